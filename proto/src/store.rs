@@ -1,0 +1,264 @@
+//! Storage behind one small trait, so protocol drivers run on sled in production and on an
+//! in-memory store in tests that can lose exactly what a crash loses.
+//!
+//! Durability contract: [`Store::apply`] makes a batch visible to reads at once and atomically
+//! (all of it or none of it survives a crash), but durable only once a later
+//! [`Store::sync`] has returned. `sync` covers every batch applied before it was called.
+//! Callers do not call `sync` themselves: the group-commit flusher in [`crate::durable`] does,
+//! once for many writers.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Corrupt(#[from] crate::record::CorruptRecord),
+    #[error("the store failed earlier and stopped accepting writes: {0}")]
+    Failed(String),
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// Writes applied together, atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(WriteOp::Put(key.into(), value.into()));
+        self
+    }
+
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(WriteOp::Delete(key.into()));
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every pair whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Applies `batch` atomically; visible at once, durable after the next `sync`.
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Makes every batch applied before this call durable.
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
+/// sled, made durable by `flush()` followed by `fdatasync` of its log file.
+///
+/// sled 0.34's `flush()` writes its buffers with `sync_file_range`, which neither flushes the
+/// device cache nor the file size, so it is not durable on its own; the `sync_data` after it
+/// is. `flush_async()` is never used: it deadlocks with many concurrent waiters.
+pub struct SledStore {
+    db: sled::Db,
+    log_file: File,
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            // Our flusher decides when to flush; sled's periodic flush adds nothing to
+            // durability and competes with it for the disk.
+            .flush_every_ms(None)
+            .open()?;
+        let log_file = File::open(dir.join("db"))?;
+        Ok(Self { db, log_file })
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+            .collect()
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for op in batch.ops {
+            match op {
+                WriteOp::Put(k, v) => b.insert(k, v),
+                WriteOp::Delete(k) => b.remove(k),
+            }
+        }
+        self.db.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.log_file.sync_data()?;
+        Ok(())
+    }
+}
+
+/// In-memory store for tests: `crash()` throws away everything applied since the last `sync`,
+/// which is what a process crash does to the sled store.
+#[derive(Default)]
+pub struct MemStore {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    current: BTreeMap<Vec<u8>, Vec<u8>>,
+    durable: BTreeMap<Vec<u8>, Vec<u8>>,
+    syncs: u64,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets every write that was not yet made durable.
+    pub fn crash(&self) {
+        let mut inner = self.inner.lock().expect("mem store lock");
+        inner.current = inner.durable.clone();
+    }
+
+    pub fn syncs(&self) -> u64 {
+        self.inner.lock().expect("mem store lock").syncs
+    }
+
+    /// Overwrites a stored value behind the protocol's back, for corruption tests.
+    pub fn corrupt(&self, key: &[u8], value: Vec<u8>) {
+        let mut inner = self.inner.lock().expect("mem store lock");
+        inner.current.insert(key.to_vec(), value.clone());
+        inner.durable.insert(key.to_vec(), value);
+    }
+}
+
+impl Store for MemStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.lock().expect("mem store lock").current.get(key).cloned())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let inner = self.inner.lock().expect("mem store lock");
+        Ok(inner
+            .current
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().expect("mem store lock");
+        for op in batch.ops {
+            match op {
+                WriteOp::Put(k, v) => {
+                    inner.current.insert(k, v);
+                }
+                WriteOp::Delete(k) => {
+                    inner.current.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().expect("mem store lock");
+        inner.durable = inner.current.clone();
+        inner.syncs += 1;
+        Ok(())
+    }
+}
+
+impl<S: Store> Store for std::sync::Arc<S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        (**self).scan_prefix(prefix)
+    }
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        (**self).apply(batch)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        (**self).sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(store: &dyn Store) {
+        let mut b = WriteBatch::default();
+        b.put(b"a/1".to_vec(), b"x".to_vec()).put(b"a/2".to_vec(), b"y".to_vec());
+        b.put(b"b/1".to_vec(), b"z".to_vec());
+        store.apply(b).unwrap();
+        assert_eq!(store.get(b"a/1").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(store.scan_prefix(b"a/").unwrap().len(), 2);
+        let mut b = WriteBatch::default();
+        b.delete(b"a/1".to_vec());
+        store.apply(b).unwrap();
+        assert_eq!(store.get(b"a/1").unwrap(), None);
+        store.sync().unwrap();
+    }
+
+    #[test]
+    fn sled_and_mem_behave_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        exercise(&SledStore::open(dir.path()).unwrap());
+        exercise(&MemStore::new());
+    }
+
+    #[test]
+    fn mem_crash_loses_only_what_was_not_synced() {
+        let s = MemStore::new();
+        let mut b = WriteBatch::default();
+        b.put(b"k".to_vec(), b"durable".to_vec());
+        s.apply(b).unwrap();
+        s.sync().unwrap();
+        let mut b = WriteBatch::default();
+        b.put(b"k".to_vec(), b"volatile".to_vec()).put(b"j".to_vec(), b"v".to_vec());
+        s.apply(b).unwrap();
+        s.crash();
+        assert_eq!(s.get(b"k").unwrap(), Some(b"durable".to_vec()));
+        assert_eq!(s.get(b"j").unwrap(), None);
+    }
+
+    #[test]
+    fn sled_data_survives_reopen_after_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let mut b = WriteBatch::default();
+            b.put(b"k".to_vec(), b"v".to_vec());
+            s.apply(b).unwrap();
+            s.sync().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
+    }
+}
