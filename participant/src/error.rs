@@ -1,0 +1,40 @@
+//! The participant's errors, and the one place they become gRPC statuses.
+
+use txn_proto::store::StoreError;
+use txn_proto::types::{InvalidInput, TxnId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParticipantError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    #[error("txn_id {0}: no prepared record or outcome for this txn here")]
+    UnknownTxn(TxnId),
+    #[error("{0}")]
+    OutcomeConflict(String),
+    #[error("key {key:?} is locked by prepared txn {holder}; its committed value is undecided, retry later")]
+    Locked { key: String, holder: TxnId },
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ParticipantError {
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ParticipantError::Locked { .. })
+    }
+}
+
+impl From<ParticipantError> for tonic::Status {
+    fn from(e: ParticipantError) -> Self {
+        use tonic::Status;
+        let msg = e.to_string();
+        match e {
+            ParticipantError::Invalid(_) => Status::invalid_argument(msg),
+            ParticipantError::UnknownTxn(_) => Status::not_found(msg),
+            ParticipantError::OutcomeConflict(_) => Status::failed_precondition(msg),
+            ParticipantError::Locked { .. } => Status::aborted(msg),
+            ParticipantError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
+            ParticipantError::Store(_) => Status::unavailable(msg),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Process wiring for the `participant` binary: flags, storage, gRPC servers, the resolver,
+//! graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tonic::transport::{Channel, Endpoint, Server};
+use tracing::{error, info};
+use txn_proto::pb::v1 as pb;
+use txn_proto::store::SledStore;
+use txn_proto::types::{MAX_MESSAGE_BYTES, Resolution, TxnId};
+
+use crate::node::{NodeConfig, Participant};
+use crate::service::ParticipantService;
+
+#[derive(Debug, Parser)]
+#[command(name = "participant", about = "A two-phase commit participant with its own sled database")]
+pub struct Args {
+    /// This participant's name, as the coordinator knows it.
+    #[arg(long, default_value = "p1")]
+    pub name: String,
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    pub listen: SocketAddr,
+    /// Directory of this participant's database (default: ./data/NAME).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The coordinator, asked about txns whose decision is late.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// How long a Prepare waits for a conflicting lock before voting NO.
+    #[arg(long, default_value_t = 50)]
+    pub lock_wait_ms: u64,
+    /// How long a prepared txn waits for its decision before the coordinator is asked.
+    #[arg(long, default_value_t = 2000)]
+    pub resolve_after_ms: u64,
+    /// How often the resolver runs.
+    #[arg(long, default_value_t = 500)]
+    pub resolve_interval_ms: u64,
+}
+
+/// Deadline of one Resolve call.
+const RESOLVE_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data").join(&args.name));
+    let store = SledStore::open(&data_dir)
+        .with_context(|| format!("opening the database in {}", data_dir.display()))?;
+    let config = NodeConfig {
+        lock_wait: Duration::from_millis(args.lock_wait_ms),
+        resolve_after: Duration::from_millis(args.resolve_after_ms),
+        resolve_interval: Duration::from_millis(args.resolve_interval_ms.max(1)),
+    };
+    let node = Participant::open(Arc::new(store), config).context("recovering prepared txns")?;
+
+    let coordinator = Endpoint::from_shared(args.coordinator.clone())
+        .with_context(|| format!("--coordinator {:?} is not a valid URL", args.coordinator))?
+        .connect_timeout(RESOLVE_RPC_TIMEOUT)
+        .timeout(RESOLVE_RPC_TIMEOUT)
+        .connect_lazy();
+    let resolver = tokio::spawn(node.clone().run_resolver(move |txn| {
+        let channel = coordinator.clone();
+        async move { resolve(channel, txn).await }
+    }));
+
+    let svc = ParticipantService::new(node.clone());
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
+        .await;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {} (is the port already in use?)", args.listen))?;
+    let local = listener.local_addr()?;
+    info!(name = %args.name, addr = %local, data_dir = %data_dir.display(), "participant listening");
+    println!("participant {} listening on {local}", args.name);
+
+    let mut fatal = node.fatal();
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown_signal() => info!("shutting down"),
+            _ = fatal.wait_for(|f| f.is_some()) => {}
+        }
+    };
+    Server::builder()
+        .add_service(health_svc)
+        .add_service(
+            pb::participant_server::ParticipantServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(pb::stats_server::StatsServer::new(svc))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .context("serving gRPC")?;
+    resolver.abort();
+    if let Some(reason) = node.fatal().borrow().clone() {
+        error!(%reason, "stopped on a fatal storage error");
+        anyhow::bail!("fatal storage error: {reason}");
+    }
+    node.sync().await.context("final sync")?;
+    Ok(())
+}
+
+async fn resolve(channel: Channel, txn: TxnId) -> Result<Resolution, String> {
+    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
+    let resp = client
+        .resolve(pb::ResolveRequest {
+            txn_id: txn.as_str().to_owned(),
+        })
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    Resolution::from_pb(resp.into_inner().decision).map_err(|e| e.to_string())
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default: info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
