@@ -1,0 +1,14 @@
+//! The coordinator: runs client transactions with two-phase commit (presumed abort), keeps
+//! its commit decisions durable in its own sled database, and re-drives them after a crash.
+//!
+//! Layout:
+//! - [`core`]: the protocol logic, a state machine with no I/O.
+//! - [`node`]: the driver that runs the core against the decision log and the participants.
+//! - [`service`]: gRPC conversion.
+//! - [`server`]: process wiring (flags, health, shutdown) used by the `coordinator` binary.
+
+pub mod core;
+pub mod error;
+pub mod node;
+pub mod server;
+pub mod service;

@@ -1,1 +1,11 @@
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    txn_coordinator::server::init_tracing();
+    let args = txn_coordinator::server::Args::parse();
+    if let Err(e) = txn_coordinator::server::run(args).await {
+        eprintln!("coordinator: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -15,7 +15,8 @@ use txn_proto::types::{KeyValue, Resolution, TxnId, Vote, Decision};
 use txn_proto::unix_ms;
 
 use crate::core::{
-    AbortStep, CommitStep, ParticipantCore, PrepareRequest, PrepareStep, Refusal, data_key,
+    AbortStep, CommitStep, ParticipantCore, PrepareRequest, PrepareStep, Refusal, TxnStatus,
+    data_key,
 };
 use crate::error::ParticipantError;
 
@@ -250,6 +251,12 @@ impl Participant {
                 })
             })
             .collect()
+    }
+
+    /// What this participant knows of `txn`.
+    pub fn status(&self, txn: &TxnId) -> Result<TxnStatus, ParticipantError> {
+        let core = self.core();
+        self.check(core.status(txn, self.store()))
     }
 
     pub fn stats(&self) -> NodeStats {

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use txn_proto::pb::v1 as pb;
 use txn_proto::types::{InvalidInput, TxnId};
 
-use crate::core::prepare_from_pb;
+use crate::core::{TxnStatus, prepare_from_pb};
 use crate::node::{MAX_READ_KEYS, Participant};
 
 #[derive(Clone)]
@@ -80,6 +80,22 @@ impl pb::participant_server::Participant for ParticipantService {
         let values = self.node.read(&keys)?;
         Ok(Response::new(pb::ReadResponse {
             values: values.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn get_txn_state(
+        &self,
+        request: Request<pb::TxnStateRequest>,
+    ) -> Result<Response<pb::TxnStateResponse>, Status> {
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let state = match self.node.status(&txn)? {
+            TxnStatus::Prepared => pb::TxnState::Prepared,
+            TxnStatus::Committed => pb::TxnState::Committed,
+            TxnStatus::Aborted => pb::TxnState::Aborted,
+            TxnStatus::Unknown => pb::TxnState::Unknown,
+        };
+        Ok(Response::new(pb::TxnStateResponse {
+            state: state as i32,
         }))
     }
 }

@@ -1,0 +1,408 @@
+//! The coordinator's side of two-phase commit with presumed abort, as a state machine with no
+//! I/O. Inputs are events (a txn begins, a vote arrives, the prepare deadline passes, the
+//! decision became durable, a participant acked); outputs are [`Effect`]s for the driver.
+//!
+//! Invariants it protects:
+//! - COMMIT is decided only when every participant voted YES, and the decision record must be
+//!   durable ([`Effect::PersistDecision`] then [`CoordinatorCore::on_decision_durable`]) before
+//!   the client is told or any Commit is sent.
+//! - ABORT is never forced (presumed abort): an unknown txn is an aborted txn, so Resolve
+//!   answers ABORT for a txn it has no record of, and PENDING while one is still undecided or
+//!   its commit decision is not yet durable: it never answers ABORT for a txn it might commit.
+//!
+//! Storage layout: `e` the epoch record, `c/<txn>` commit decisions not yet acked by every
+//! participant (deleted lazily once they all have: the decision has ended).
+
+use std::collections::{HashMap, HashSet};
+
+use txn_proto::pb::rec::DecisionRecord;
+use txn_proto::record;
+use txn_proto::types::{Decision, ParticipantId, Resolution, TxnId};
+
+pub const EPOCH_KEY: &[u8] = b"e";
+pub const DECISION_PREFIX: &[u8] = b"c/";
+
+pub fn decision_key(txn: &TxnId) -> Vec<u8> {
+    [DECISION_PREFIX, txn.as_str().as_bytes()].concat()
+}
+
+/// A vote as the coordinator sees it: a failed or timed-out Prepare counts as NO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoteResult {
+    Yes,
+    No { reason: String },
+    Failed { error: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Force this decision record to disk, then call `on_decision_durable`.
+    PersistDecision { key: Vec<u8>, record: Vec<u8> },
+    /// Tell the client the txn committed.
+    ReplyCommitted,
+    /// Tell the client the txn aborted, and why.
+    ReplyAborted {
+        reason: String,
+        failed_branch: Option<usize>,
+    },
+    /// Send Commit to a participant, until it acks.
+    SendCommit { to: ParticipantId },
+    /// Send Abort to a participant, best effort.
+    SendAbort { to: ParticipantId },
+    /// Delete the decision record, lazily: every participant has acked.
+    EndDecision { key: Vec<u8> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for votes; `yes` holds who voted YES so far.
+    Preparing { yes: HashSet<usize> },
+    /// Every vote was YES; the decision record is being forced.
+    Deciding,
+    /// The commit decision is durable; `acked` holds who has applied it.
+    Committing { acked: HashSet<usize> },
+}
+
+#[derive(Debug, Clone)]
+struct TxnState {
+    participants: Vec<ParticipantId>,
+    phase: Phase,
+    decided_at_unix_ms: u64,
+}
+
+/// Summary of a txn for operators and Resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnView {
+    Preparing,
+    Deciding,
+    Committing { unacked: Vec<ParticipantId> },
+}
+
+pub struct CoordinatorCore {
+    epoch: u64,
+    next_seq: u64,
+    txns: HashMap<TxnId, TxnState>,
+}
+
+impl CoordinatorCore {
+    /// A core for a coordinator whose epoch (already bumped and durable) is `epoch`.
+    pub fn new(epoch: u64) -> Self {
+        Self {
+            epoch,
+            next_seq: 1,
+            txns: HashMap::new(),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Reloads commit decisions that had not ended before a restart; each needs its Commit
+    /// re-sent to every participant.
+    pub fn recover(&mut self, decisions: Vec<(TxnId, Vec<ParticipantId>, u64)>) -> Vec<(TxnId, Vec<Effect>)> {
+        decisions
+            .into_iter()
+            .map(|(txn, participants, decided_at_unix_ms)| {
+                let effects = participants
+                    .iter()
+                    .map(|p| Effect::SendCommit { to: p.clone() })
+                    .collect();
+                self.txns.insert(
+                    txn.clone(),
+                    TxnState {
+                        participants,
+                        phase: Phase::Committing {
+                            acked: HashSet::new(),
+                        },
+                        decided_at_unix_ms,
+                    },
+                );
+                (txn, effects)
+            })
+            .collect()
+    }
+
+    /// Starts a txn over `participants` (the driver sends the Prepares).
+    pub fn begin(&mut self, participants: Vec<ParticipantId>) -> TxnId {
+        let txn = TxnId::generated(self.epoch, self.next_seq);
+        self.next_seq += 1;
+        self.txns.insert(
+            txn.clone(),
+            TxnState {
+                participants,
+                phase: Phase::Preparing {
+                    yes: HashSet::new(),
+                },
+                decided_at_unix_ms: 0,
+            },
+        );
+        txn
+    }
+
+    /// A vote from the participant at `index` in the txn's participant list.
+    pub fn on_vote(&mut self, txn: &TxnId, index: usize, vote: VoteResult, now_unix_ms: u64) -> Vec<Effect> {
+        let Some(state) = self.txns.get_mut(txn) else {
+            // Late vote for a txn already aborted and forgotten.
+            return Vec::new();
+        };
+        let Phase::Preparing { yes } = &mut state.phase else {
+            return Vec::new();
+        };
+        match vote {
+            VoteResult::Yes => {
+                yes.insert(index);
+                if yes.len() < state.participants.len() {
+                    return Vec::new();
+                }
+                state.phase = Phase::Deciding;
+                state.decided_at_unix_ms = now_unix_ms;
+                let rec = DecisionRecord {
+                    txn_id: txn.as_str().to_owned(),
+                    participants: state.participants.iter().map(|p| p.as_str().to_owned()).collect(),
+                    decided_at_unix_ms: now_unix_ms,
+                };
+                vec![Effect::PersistDecision {
+                    key: decision_key(txn),
+                    record: record::encode(&rec),
+                }]
+            }
+            VoteResult::No { reason } => self.abort(
+                txn,
+                format!("{} voted NO: {reason}", self.participant(txn, index)),
+                Some(index),
+            ),
+            VoteResult::Failed { error } => self.abort(
+                txn,
+                format!("prepare at {} failed: {error}", self.participant(txn, index)),
+                Some(index),
+            ),
+        }
+    }
+
+    /// The prepare deadline passed. Aborts the txn if it is still collecting votes.
+    pub fn on_prepare_timeout(&mut self, txn: &TxnId) -> Vec<Effect> {
+        match self.txns.get(txn).map(|s| &s.phase) {
+            Some(Phase::Preparing { yes }) => {
+                let missing = self.txns[txn]
+                    .participants
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !yes.contains(i))
+                    .map(|(_, p)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.abort(txn, format!("prepare deadline passed without a vote from {missing}"), None)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn participant(&self, txn: &TxnId, index: usize) -> String {
+        self.txns
+            .get(txn)
+            .and_then(|s| s.participants.get(index))
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| format!("participant #{index}"))
+    }
+
+    fn abort(&mut self, txn: &TxnId, reason: String, failed_branch: Option<usize>) -> Vec<Effect> {
+        let state = self.txns.remove(txn).expect("abort of a txn the core holds");
+        let mut effects = vec![Effect::ReplyAborted {
+            reason,
+            failed_branch,
+        }];
+        // Presumed abort: nothing is logged. Every participant is told, including those whose
+        // Prepare may still be in flight (they keep a tombstone and vote NO later).
+        effects.extend(
+            state
+                .participants
+                .into_iter()
+                .map(|to| Effect::SendAbort { to }),
+        );
+        effects
+    }
+
+    /// The commit decision for `txn` is durable: tell the client, send the Commits.
+    pub fn on_decision_durable(&mut self, txn: &TxnId) -> Vec<Effect> {
+        let Some(state) = self.txns.get_mut(txn) else {
+            return Vec::new();
+        };
+        if state.phase != Phase::Deciding {
+            return Vec::new();
+        }
+        state.phase = Phase::Committing {
+            acked: HashSet::new(),
+        };
+        let mut effects = vec![Effect::ReplyCommitted];
+        effects.extend(
+            state
+                .participants
+                .iter()
+                .map(|p| Effect::SendCommit { to: p.clone() }),
+        );
+        effects
+    }
+
+    /// `from` acked the Commit. Once every participant has, the decision ends.
+    pub fn on_commit_ack(&mut self, txn: &TxnId, from: &ParticipantId) -> Vec<Effect> {
+        let Some(state) = self.txns.get_mut(txn) else {
+            return Vec::new();
+        };
+        let Some(index) = state.participants.iter().position(|p| p == from) else {
+            return Vec::new();
+        };
+        let Phase::Committing { acked } = &mut state.phase else {
+            return Vec::new();
+        };
+        acked.insert(index);
+        if acked.len() < state.participants.len() {
+            return Vec::new();
+        }
+        self.txns.remove(txn);
+        vec![Effect::EndDecision {
+            key: decision_key(txn),
+        }]
+    }
+
+    /// Answer to a participant's Resolve. `logged` says whether a commit decision record for
+    /// the txn is in the store (the driver looks; this covers decisions not held in memory).
+    pub fn resolve(&self, txn: &TxnId, logged: bool) -> Resolution {
+        match self.txns.get(txn).map(|s| &s.phase) {
+            Some(Phase::Preparing { .. }) | Some(Phase::Deciding) => Resolution::Pending,
+            Some(Phase::Committing { .. }) => Resolution::Decided(Decision::Commit),
+            None if logged => Resolution::Decided(Decision::Commit),
+            // Presumed abort: no record, not in flight.
+            None => Resolution::Decided(Decision::Abort),
+        }
+    }
+
+    pub fn view(&self, txn: &TxnId) -> Option<TxnView> {
+        let s = self.txns.get(txn)?;
+        Some(match &s.phase {
+            Phase::Preparing { .. } => TxnView::Preparing,
+            Phase::Deciding => TxnView::Deciding,
+            Phase::Committing { acked } => TxnView::Committing {
+                unacked: s
+                    .participants
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !acked.contains(i))
+                    .map(|(_, p)| p.clone())
+                    .collect(),
+            },
+        })
+    }
+
+    /// Txns in flight (preparing or deciding).
+    pub fn in_flight(&self) -> usize {
+        self.txns
+            .values()
+            .filter(|s| !matches!(s.phase, Phase::Committing { .. }))
+            .count()
+    }
+
+    /// Commit decisions not yet acked by every participant.
+    pub fn committing(&self) -> usize {
+        self.txns
+            .values()
+            .filter(|s| matches!(s.phase, Phase::Committing { .. }))
+            .count()
+    }
+
+    pub fn decided_at_unix_ms(&self, txn: &TxnId) -> Option<u64> {
+        self.txns.get(txn).map(|s| s.decided_at_unix_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ParticipantId {
+        ParticipantId::parse("p", s).unwrap()
+    }
+
+    fn two() -> (CoordinatorCore, TxnId) {
+        let mut c = CoordinatorCore::new(3);
+        let t = c.begin(vec![p("p1"), p("p2")]);
+        (c, t)
+    }
+
+    #[test]
+    fn ids_carry_the_epoch_and_never_repeat() {
+        let mut c = CoordinatorCore::new(3);
+        let a = c.begin(vec![p("p1")]);
+        let b = c.begin(vec![p("p1")]);
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("3."));
+    }
+
+    #[test]
+    fn all_yes_forces_decision_before_reply_and_commits() {
+        let (mut c, t) = two();
+        assert!(c.on_vote(&t, 0, VoteResult::Yes, 10).is_empty());
+        assert_eq!(c.resolve(&t, false), Resolution::Pending);
+        let e = c.on_vote(&t, 1, VoteResult::Yes, 10);
+        assert!(matches!(e.as_slice(), [Effect::PersistDecision { .. }]));
+        // Not durable yet: Resolve must not say COMMIT, and certainly not ABORT.
+        assert_eq!(c.resolve(&t, false), Resolution::Pending);
+        let e = c.on_decision_durable(&t);
+        assert_eq!(e[0], Effect::ReplyCommitted);
+        assert_eq!(e.len(), 3);
+        assert_eq!(c.resolve(&t, true), Resolution::Decided(Decision::Commit));
+        assert!(c.on_commit_ack(&t, &p("p1")).is_empty());
+        // A duplicate ack changes nothing.
+        assert!(c.on_commit_ack(&t, &p("p1")).is_empty());
+        let e = c.on_commit_ack(&t, &p("p2"));
+        assert!(matches!(e.as_slice(), [Effect::EndDecision { .. }]));
+        assert_eq!(c.committing(), 0);
+    }
+
+    #[test]
+    fn a_no_vote_aborts_and_tells_everyone() {
+        let (mut c, t) = two();
+        c.on_vote(&t, 0, VoteResult::Yes, 0);
+        let e = c.on_vote(&t, 1, VoteResult::No { reason: "below the minimum".into() }, 0);
+        let Effect::ReplyAborted { reason, failed_branch } = &e[0] else { panic!() };
+        assert!(reason.contains("p2 voted NO"));
+        assert_eq!(*failed_branch, Some(1));
+        assert_eq!(e.len(), 3);
+        // Late and duplicate messages after the abort do nothing.
+        assert!(c.on_vote(&t, 1, VoteResult::Yes, 0).is_empty());
+        assert!(c.on_prepare_timeout(&t).is_empty());
+        assert_eq!(c.resolve(&t, false), Resolution::Decided(Decision::Abort));
+    }
+
+    #[test]
+    fn timeout_aborts_while_preparing_only() {
+        let (mut c, t) = two();
+        c.on_vote(&t, 0, VoteResult::Yes, 0);
+        let e = c.on_prepare_timeout(&t);
+        let Effect::ReplyAborted { reason, .. } = &e[0] else { panic!() };
+        assert!(reason.contains("p2"), "{reason}");
+        let (mut c, t) = two();
+        c.on_vote(&t, 0, VoteResult::Yes, 0);
+        c.on_vote(&t, 1, VoteResult::Yes, 0);
+        assert!(c.on_prepare_timeout(&t).is_empty(), "no abort once decided");
+    }
+
+    #[test]
+    fn recovered_decisions_resend_commit() {
+        let mut c = CoordinatorCore::new(4);
+        let t = TxnId::generated(3, 9);
+        let out = c.recover(vec![(t.clone(), vec![p("p1"), p("p2")], 0)]);
+        assert_eq!(out[0].1.len(), 2);
+        assert_eq!(c.resolve(&t, true), Resolution::Decided(Decision::Commit));
+        c.on_commit_ack(&t, &p("p1"));
+        assert_eq!(c.view(&t), Some(TxnView::Committing { unacked: vec![p("p2")] }));
+    }
+
+    #[test]
+    fn unknown_txn_resolves_abort_unless_logged() {
+        let c = CoordinatorCore::new(1);
+        let t = TxnId::generated(0, 1);
+        assert_eq!(c.resolve(&t, false), Resolution::Decided(Decision::Abort));
+        assert_eq!(c.resolve(&t, true), Resolution::Decided(Decision::Commit));
+    }
+}

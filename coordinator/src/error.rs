@@ -1,0 +1,36 @@
+//! The coordinator's errors, and the one place they become gRPC statuses.
+
+use txn_proto::store::StoreError;
+use txn_proto::types::InvalidInput;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("too many txns in flight (limit {limit}); retry later")]
+    Overloaded { limit: usize },
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl CoordError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CoordError::Overloaded { .. })
+    }
+}
+
+impl From<CoordError> for tonic::Status {
+    fn from(e: CoordError) -> Self {
+        use tonic::Status;
+        let msg = e.to_string();
+        match e {
+            CoordError::Invalid(_) => Status::invalid_argument(msg),
+            CoordError::Unsupported(_) => Status::unimplemented(msg),
+            CoordError::Overloaded { .. } => Status::resource_exhausted(msg),
+            CoordError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
+            CoordError::Store(_) => Status::unavailable(msg),
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The coordinator driver: runs [`CoordinatorCore`] against the decision log and the
+//! participants. The core's mutex is held only for in-memory steps, never across an await.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rand::Rng;
+use tokio::sync::{Semaphore, watch};
+use tonic::transport::Channel;
+use tracing::{Instrument, debug, info, info_span, warn};
+use txn_proto::durable::GroupCommit;
+use txn_proto::pb::rec::{DecisionRecord, EpochRecord};
+use txn_proto::pb::v1 as pb;
+use txn_proto::pb::v1::participant_client::ParticipantClient;
+use txn_proto::record;
+use txn_proto::store::{Store, StoreError, WriteBatch};
+use txn_proto::types::{
+    InvalidInput, KeyValue, ParticipantId, Protocol, Resolution, TxnId, TxnRequest, Vote,
+};
+use txn_proto::unix_ms;
+
+use crate::core::{CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, VoteResult, decision_key};
+use crate::error::CoordError;
+
+/// Most txns the coordinator runs at once; beyond it Transact answers RESOURCE_EXHAUSTED.
+/// Bounds the memory of the txn table and the number of concurrent RPCs.
+pub const MAX_IN_FLIGHT_TXNS: usize = 10_000;
+/// Longest prepare deadline a client may ask for.
+pub const MAX_PREPARE_TIMEOUT_MS: u32 = 60_000;
+
+#[derive(Debug, Clone)]
+pub struct CoordConfig {
+    /// Default time to collect every vote before deciding ABORT.
+    pub prepare_timeout: Duration,
+    /// Deadline of one Commit or Abort RPC.
+    pub rpc_timeout: Duration,
+    /// First and largest pause between Commit retries (exponential backoff with jitter).
+    pub commit_retry_base: Duration,
+    pub commit_retry_max: Duration,
+}
+
+impl Default for CoordConfig {
+    fn default() -> Self {
+        Self {
+            prepare_timeout: Duration::from_millis(1000),
+            rpc_timeout: Duration::from_millis(2000),
+            commit_retry_base: Duration::from_millis(20),
+            commit_retry_max: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// What the client is told.
+#[derive(Debug, Clone)]
+pub struct TxnOutcome {
+    pub txn: TxnId,
+    pub committed: bool,
+    pub reason: String,
+    pub failed_branch: Option<usize>,
+    pub reads: Vec<(ParticipantId, Vec<KeyValue>)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    committed: AtomicU64,
+    aborted: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CoordStats {
+    pub epoch: u64,
+    pub fsyncs: u64,
+    pub durable_writes: u64,
+    pub committed: u64,
+    pub aborted: u64,
+    pub in_doubt: u64,
+    pub in_flight: u64,
+}
+
+pub struct Coordinator {
+    core: Mutex<CoordinatorCore>,
+    gc: GroupCommit,
+    participants: HashMap<ParticipantId, ParticipantClient<Channel>>,
+    config: CoordConfig,
+    admission: Semaphore,
+    counters: Counters,
+    fatal: watch::Sender<Option<String>>,
+}
+
+impl Coordinator {
+    /// Opens the decision log, bumps the epoch durably, reloads unfinished commit decisions
+    /// and starts re-sending their Commits.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        participants: HashMap<ParticipantId, Channel>,
+        config: CoordConfig,
+    ) -> Result<Arc<Self>, StoreError> {
+        let gc = GroupCommit::start(store.clone());
+        let epoch = match store.get(EPOCH_KEY)? {
+            Some(bytes) => record::decode::<EpochRecord>(EPOCH_KEY, &bytes)?.epoch + 1,
+            None => 1,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(EPOCH_KEY.to_vec(), record::encode(&EpochRecord { epoch }));
+        gc.write_durable(batch).await?;
+
+        let mut decisions = Vec::new();
+        for (key, bytes) in store.scan_prefix(DECISION_PREFIX)? {
+            let rec: DecisionRecord = record::decode(&key, &bytes)?;
+            let corrupt = |e: InvalidInput| {
+                StoreError::Corrupt(record::CorruptRecord {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    problem: e.to_string(),
+                })
+            };
+            let txn = TxnId::parse("txn_id", &rec.txn_id).map_err(corrupt)?;
+            let ps = rec
+                .participants
+                .iter()
+                .map(|p| ParticipantId::parse("participants", p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?;
+            decisions.push((txn, ps, rec.decided_at_unix_ms));
+        }
+        let mut core = CoordinatorCore::new(epoch);
+        let resend = core.recover(decisions);
+        info!(epoch, unfinished = resend.len(), "coordinator recovered");
+        let (fatal, _) = watch::channel(None);
+        let node = Arc::new(Self {
+            core: Mutex::new(core),
+            gc,
+            participants: participants
+                .into_iter()
+                .map(|(id, ch)| {
+                    let client = ParticipantClient::new(ch)
+                        .max_decoding_message_size(txn_proto::types::MAX_MESSAGE_BYTES);
+                    (id, client)
+                })
+                .collect(),
+            config,
+            admission: Semaphore::new(MAX_IN_FLIGHT_TXNS),
+            counters: Counters::default(),
+            fatal,
+        });
+        for (txn, effects) in resend {
+            node.run_effects(&txn, effects);
+        }
+        Ok(node)
+    }
+
+    fn core(&self) -> MutexGuard<'_, CoordinatorCore> {
+        self.core.lock().expect("coordinator core lock poisoned")
+    }
+
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+
+    fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, CoordError> {
+        r.map_err(|e| {
+            if matches!(e, StoreError::Corrupt(_) | StoreError::Failed(_)) {
+                let msg = e.to_string();
+                self.fatal.send_if_modified(|f| f.replace(msg).is_none());
+            }
+            CoordError::Store(e)
+        })
+    }
+
+    pub fn participant_ids(&self) -> Vec<ParticipantId> {
+        let mut ids: Vec<_> = self.participants.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Runs one client transaction to its outcome.
+    pub async fn transact(self: &Arc<Self>, req: TxnRequest) -> Result<TxnOutcome, CoordError> {
+        if req.protocol != Protocol::TwoPhase {
+            return Err(CoordError::Unsupported(
+                "protocol: PROTOCOL_SAGA is not served by this coordinator yet".into(),
+            ));
+        }
+        for (i, b) in req.branches.iter().enumerate() {
+            if !self.participants.contains_key(&b.participant) {
+                return Err(InvalidInput::new(
+                    format!("branches[{i}].participant"),
+                    format!(
+                        "unknown participant {:?}; known: {}",
+                        b.participant.as_str(),
+                        self.participant_ids()
+                            .iter()
+                            .map(|p| p.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+                .into());
+            }
+        }
+        let timeout_ms = req.prepare_timeout_ms.unwrap_or(0);
+        if timeout_ms > MAX_PREPARE_TIMEOUT_MS {
+            return Err(InvalidInput::new(
+                "prepare_timeout_ms",
+                format!("{timeout_ms} is above the limit {MAX_PREPARE_TIMEOUT_MS}"),
+            )
+            .into());
+        }
+        let _permit = self.admission.try_acquire().map_err(|_| CoordError::Overloaded {
+            limit: MAX_IN_FLIGHT_TXNS,
+        })?;
+        let participants: Vec<ParticipantId> =
+            req.branches.iter().map(|b| b.participant.clone()).collect();
+        let txn = self.core().begin(participants.clone());
+        let span = info_span!("txn", txn = %txn);
+        self.run_two_phase(txn, req, participants).instrument(span).await
+    }
+
+    async fn run_two_phase(
+        self: &Arc<Self>,
+        txn: TxnId,
+        req: TxnRequest,
+        participants: Vec<ParticipantId>,
+    ) -> Result<TxnOutcome, CoordError> {
+        let timeout = req
+            .prepare_timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(self.config.prepare_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let epoch = self.core().epoch();
+        let names: Vec<String> = participants.iter().map(|p| p.as_str().to_owned()).collect();
+        let mut votes = FuturesUnordered::new();
+        for (i, b) in req.branches.into_iter().enumerate() {
+            let mut client = self.participants[&b.participant].clone();
+            let msg = pb::PrepareRequest {
+                txn_id: txn.as_str().to_owned(),
+                coordinator_epoch: epoch,
+                participants: names.clone(),
+                ops: b.ops.iter().map(|op| op.to_pb()).collect(),
+            };
+            votes.push(async move {
+                let mut request = tonic::Request::new(msg);
+                request.set_timeout(timeout);
+                (i, client.prepare(request).await)
+            });
+        }
+        let mut reads: Vec<(ParticipantId, Vec<KeyValue>)> = participants
+            .iter()
+            .map(|p| (p.clone(), Vec::new()))
+            .collect();
+        loop {
+            let effects = match tokio::time::timeout_at(deadline, votes.next()).await {
+                Ok(Some((i, result))) => {
+                    let vote = match result.map(|r| Vote::from_pb(r.into_inner())) {
+                        Ok(Ok(Vote::Yes { reads: r })) => {
+                            reads[i].1 = r;
+                            VoteResult::Yes
+                        }
+                        Ok(Ok(Vote::No { reason })) => VoteResult::No { reason },
+                        Ok(Err(bad)) => VoteResult::Failed {
+                            error: format!("bad response: {bad}"),
+                        },
+                        Err(status) => VoteResult::Failed {
+                            error: format!("{:?}: {}", status.code(), status.message()),
+                        },
+                    };
+                    self.core().on_vote(&txn, i, vote, unix_ms())
+                }
+                Ok(None) => unreachable!("the core decides once every vote is in"),
+                Err(_) => self.core().on_prepare_timeout(&txn),
+            };
+            if effects.is_empty() {
+                continue;
+            }
+            return self.finish(txn, effects, reads).await;
+        }
+    }
+
+    /// Carries out the decision effects of a txn and builds the client's answer.
+    async fn finish(
+        self: &Arc<Self>,
+        txn: TxnId,
+        effects: Vec<Effect>,
+        reads: Vec<(ParticipantId, Vec<KeyValue>)>,
+    ) -> Result<TxnOutcome, CoordError> {
+        let mut effects = effects;
+        if let [Effect::PersistDecision { key, record }] = effects.as_slice() {
+            let mut batch = WriteBatch::default();
+            batch.put(key.clone(), record.clone());
+            // The commit point: once this returns, the txn commits, whatever crashes.
+            self.check(self.gc.write_durable(batch).await)?;
+            effects = self.core().on_decision_durable(&txn);
+        }
+        let mut outcome = TxnOutcome {
+            txn: txn.clone(),
+            committed: false,
+            reason: String::new(),
+            failed_branch: None,
+            reads: Vec::new(),
+        };
+        let mut rest = Vec::new();
+        for e in effects {
+            match e {
+                Effect::ReplyCommitted => outcome.committed = true,
+                Effect::ReplyAborted {
+                    reason,
+                    failed_branch,
+                } => {
+                    outcome.reason = reason;
+                    outcome.failed_branch = failed_branch;
+                }
+                other => rest.push(other),
+            }
+        }
+        if outcome.committed {
+            outcome.reads = reads;
+            self.counters.committed.fetch_add(1, Ordering::Relaxed);
+            debug!("committed");
+        } else {
+            self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+            debug!(reason = %outcome.reason, "aborted");
+        }
+        self.run_effects(&txn, rest);
+        Ok(outcome)
+    }
+
+    /// Starts the sends and log writes of `effects` in the background.
+    fn run_effects(self: &Arc<Self>, txn: &TxnId, effects: Vec<Effect>) {
+        for e in effects {
+            let node = self.clone();
+            let txn = txn.clone();
+            let span = info_span!("txn", txn = %txn);
+            match e {
+                Effect::SendCommit { to } => {
+                    tokio::spawn(async move { node.drive_commit(txn, to).await }.instrument(span));
+                }
+                Effect::SendAbort { to } => {
+                    tokio::spawn(async move { node.send_abort(txn, to).await }.instrument(span));
+                }
+                Effect::EndDecision { key } => {
+                    let mut batch = WriteBatch::default();
+                    batch.delete(key);
+                    // Lazy: a decision that reappears after a crash only re-sends Commits,
+                    // which participants ack idempotently.
+                    if let Err(e) = self.gc.write_lazy(batch) {
+                        warn!(error = %e, "could not end the decision");
+                    }
+                }
+                Effect::PersistDecision { .. }
+                | Effect::ReplyCommitted
+                | Effect::ReplyAborted { .. } => {
+                    unreachable!("handled by finish")
+                }
+            }
+        }
+    }
+
+    /// Sends Commit to `to` until it acks, with capped exponential backoff and jitter.
+    async fn drive_commit(self: Arc<Self>, txn: TxnId, to: ParticipantId) {
+        let mut client = self.participants[&to].clone();
+        let mut pause = self.config.commit_retry_base;
+        let mut attempt: u64 = 0;
+        loop {
+            attempt += 1;
+            let mut request = tonic::Request::new(pb::CommitRequest {
+                txn_id: txn.as_str().to_owned(),
+            });
+            request.set_timeout(self.config.rpc_timeout);
+            match client.commit(request).await {
+                Ok(_) => {
+                    let effects = self.core().on_commit_ack(&txn, &to);
+                    self.run_effects(&txn, effects);
+                    return;
+                }
+                Err(status) => {
+                    let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
+                    let wait = pause + Duration::from_millis(jitter);
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                    ) {
+                        warn!(participant = %to, attempt, error = %status.message(),
+                            "participant refuses Commit of a committed txn; retrying");
+                    } else {
+                        debug!(participant = %to, attempt, error = %status.message(),
+                            "Commit not acked; retrying");
+                    }
+                    tokio::time::sleep(wait).await;
+                    pause = (pause * 2).min(self.config.commit_retry_max);
+                }
+            }
+        }
+    }
+
+    async fn send_abort(self: Arc<Self>, txn: TxnId, to: ParticipantId) {
+        let mut client = self.participants[&to].clone();
+        let mut request = tonic::Request::new(pb::AbortRequest {
+            txn_id: txn.as_str().to_owned(),
+        });
+        request.set_timeout(self.config.rpc_timeout);
+        // Best effort: a participant that misses it asks with Resolve and gets ABORT.
+        if let Err(status) = client.abort(request).await {
+            debug!(participant = %to, error = %status.message(), "Abort not delivered");
+        }
+    }
+
+    /// Presumed-abort answer to an in-doubt participant.
+    pub fn resolve(&self, txn: &TxnId) -> Result<Resolution, CoordError> {
+        let key = decision_key(txn);
+        let logged = match self.check(self.gc.store().get(&key))? {
+            Some(bytes) => {
+                self.check(record::decode::<DecisionRecord>(&key, &bytes).map_err(Into::into))?;
+                true
+            }
+            None => false,
+        };
+        Ok(self.core().resolve(txn, logged))
+    }
+
+    pub fn stats(&self) -> CoordStats {
+        let f = self.gc.stats();
+        let core = self.core();
+        CoordStats {
+            epoch: core.epoch(),
+            fsyncs: f.fsyncs,
+            durable_writes: f.durable_writes,
+            committed: self.counters.committed.load(Ordering::Relaxed),
+            aborted: self.counters.aborted.load(Ordering::Relaxed),
+            in_doubt: core.committing() as u64,
+            in_flight: core.in_flight() as u64,
+        }
+    }
+
+    pub async fn sync(&self) -> Result<(), CoordError> {
+        self.check(self.gc.sync_all().await)
+    }
+}

@@ -1,0 +1,142 @@
+//! Process wiring for the `coordinator` binary: flags, storage, participant channels, gRPC
+//! servers, graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tonic::transport::{Endpoint, Server};
+use tracing::{error, info};
+use txn_proto::pb::v1 as pb;
+use txn_proto::store::SledStore;
+use txn_proto::types::{MAX_MESSAGE_BYTES, ParticipantId};
+
+use crate::node::{CoordConfig, Coordinator};
+use crate::service::CoordinatorService;
+
+#[derive(Debug, Parser)]
+#[command(name = "coordinator", about = "Two-phase commit coordinator with a durable decision log")]
+pub struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory of the coordinator's database.
+    #[arg(long, default_value = "data/coordinator")]
+    pub data_dir: PathBuf,
+    /// A participant as NAME=URL, e.g. p1=http://127.0.0.1:50061 (repeat for each).
+    #[arg(long = "participant", value_name = "NAME=URL", required = true)]
+    pub participants: Vec<String>,
+    /// Default time to collect every vote before deciding ABORT.
+    #[arg(long, default_value_t = 1000)]
+    pub prepare_timeout_ms: u64,
+    /// Deadline of one Commit or Abort RPC.
+    #[arg(long, default_value_t = 2000)]
+    pub rpc_timeout_ms: u64,
+    /// Largest pause between Commit retries.
+    #[arg(long, default_value_t = 1000)]
+    pub commit_retry_max_ms: u64,
+}
+
+/// Time allowed to open a connection to a participant.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn parse_participants(raw: &[String]) -> anyhow::Result<HashMap<ParticipantId, Endpoint>> {
+    let mut out = HashMap::new();
+    for entry in raw {
+        let (name, url) = entry
+            .split_once('=')
+            .with_context(|| format!("--participant {entry:?}: expected NAME=URL"))?;
+        let id = ParticipantId::parse("--participant NAME", name)?;
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("--participant {entry:?}: {url:?} is not a valid URL"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if out.insert(id.clone(), endpoint).is_some() {
+            bail!("--participant {name} is given twice");
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let endpoints = parse_participants(&args.participants)?;
+    let store = SledStore::open(&args.data_dir)
+        .with_context(|| format!("opening the database in {}", args.data_dir.display()))?;
+    let config = CoordConfig {
+        prepare_timeout: Duration::from_millis(args.prepare_timeout_ms),
+        rpc_timeout: Duration::from_millis(args.rpc_timeout_ms),
+        commit_retry_max: Duration::from_millis(args.commit_retry_max_ms.max(1)),
+        ..CoordConfig::default()
+    };
+    let channels = endpoints
+        .into_iter()
+        .map(|(id, ep)| (id, ep.connect_lazy()))
+        .collect();
+    let node = Coordinator::open(Arc::new(store), channels, config)
+        .await
+        .context("recovering the decision log")?;
+
+    let svc = CoordinatorService::new(node.clone());
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::coordinator_server::CoordinatorServer<CoordinatorService>>()
+        .await;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {} (is the port already in use?)", args.listen))?;
+    let local = listener.local_addr()?;
+    info!(addr = %local, epoch = node.stats().epoch, "coordinator listening");
+    println!("coordinator listening on {local}");
+
+    let mut fatal = node.fatal();
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown_signal() => info!("shutting down"),
+            _ = fatal.wait_for(|f| f.is_some()) => {}
+        }
+    };
+    Server::builder()
+        .add_service(health_svc)
+        .add_service(
+            pb::coordinator_server::CoordinatorServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(pb::stats_server::StatsServer::new(svc))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .context("serving gRPC")?;
+    if let Some(reason) = node.fatal().borrow().clone() {
+        error!(%reason, "stopped on a fatal storage error");
+        bail!("fatal storage error: {reason}");
+    }
+    node.sync().await.context("final sync")?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default: info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
