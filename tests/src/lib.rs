@@ -1,0 +1,5 @@
+//! Test support shared by the integration tests and the `harness` binary: a cluster of real
+//! processes ([`cluster`]) and the bank workload with its checks ([`bank`]).
+
+pub mod bank;
+pub mod cluster;

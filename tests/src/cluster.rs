@@ -1,0 +1,388 @@
+//! A local cluster of real processes: one coordinator and N participants started from the
+//! built binaries, each on its own loopback port with its own data directory and log file.
+//! Tests and the harness use it to kill, restart and inspect processes the way an operator
+//! would.
+
+use std::fs::OpenOptions;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tonic::transport::{Channel, Endpoint};
+use txn_proto::pb::v1 as pb;
+
+/// How long a started process may take to answer its health check.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause between health probes while waiting for a process.
+const READY_POLL: Duration = Duration::from_millis(20);
+
+/// Directory holding the `coordinator` and `participant` binaries: `TXN_BIN_DIR` if set, else
+/// the cargo target directory this executable was built into.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("TXN_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let mut dir = exe.parent().context("executable has no parent directory")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; build the binaries first with `cargo build --workspace --bins` \
+             (`cargo test --workspace` does this) or set TXN_BIN_DIR",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One process of the cluster.
+pub struct Proc {
+    pub name: String,
+    pub addr: SocketAddr,
+    bin: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sets an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
+    pub fn clear_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    /// Starts the process and waits until it answers its health check.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            bail!("{} is already running", self.name);
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if !self.is_running() {
+                bail!("{} exited during start; log:\n{}", self.name, self.log_tail(20));
+            }
+            if health_ok(self.addr).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} did not pass its health check within {:?}; log:\n{}",
+                    self.name,
+                    READY_TIMEOUT,
+                    self.log_tail(20)
+                );
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// SIGKILL, like a crash: nothing is flushed, nothing cleaned up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("process is not running")?;
+        signal(c.id(), "TERM")?;
+        Ok(c.wait()?)
+    }
+
+    /// Waits for the process to exit on its own (e.g. after a crash failpoint).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(c) = &mut self.child
+                && let Some(status) = c.try_wait()?
+            {
+                self.child = None;
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} still running after {timeout:?}", self.name);
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.start().await
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{sig} {pid} failed");
+    }
+    Ok(())
+}
+
+async fn health_ok(addr: SocketAddr) -> bool {
+    let Ok(ep) = Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(channel) = ep.connect_timeout(Duration::from_millis(200)).connect().await else {
+        return false;
+    };
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let req = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    matches!(
+        client.check(req).await.map(|r| r.into_inner().status),
+        Ok(s) if s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    )
+}
+
+/// Options for [`Cluster::start`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub participants: usize,
+    /// Extra flags for the coordinator and for every participant.
+    pub coordinator_args: Vec<String>,
+    pub participant_args: Vec<String>,
+    /// Keep the data and logs in this directory instead of a temporary one.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            participants: 3,
+            coordinator_args: Vec::new(),
+            participant_args: Vec::new(),
+            dir: None,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub coordinator: Proc,
+    pub participants: Vec<Proc>,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts N participants (p1..pN) and a coordinator that knows them, each on a free port.
+    pub async fn start(opts: ClusterOptions) -> anyhow::Result<Self> {
+        let (temp, dir) = match &opts.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("txn-cluster-").tempdir()?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let coord_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut participants = Vec::new();
+        for i in 1..=opts.participants {
+            let name = format!("p{i}");
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let mut args = vec![
+                "--name".into(),
+                name.clone(),
+                "--listen".into(),
+                addr.to_string(),
+                "--data-dir".into(),
+                dir.join(&name).display().to_string(),
+                "--coordinator".into(),
+                format!("http://{coord_addr}"),
+            ];
+            args.extend(opts.participant_args.iter().cloned());
+            participants.push(Proc {
+                log: dir.join(format!("{name}.log")),
+                name,
+                addr,
+                bin: binary("participant")?,
+                args,
+                env: Vec::new(),
+                child: None,
+            });
+        }
+        let mut args = vec![
+            "--listen".into(),
+            coord_addr.to_string(),
+            "--data-dir".into(),
+            dir.join("coordinator").display().to_string(),
+        ];
+        for p in &participants {
+            args.push("--participant".into());
+            args.push(format!("{}={}", p.name, p.url()));
+        }
+        args.extend(opts.coordinator_args.iter().cloned());
+        let coordinator = Proc {
+            name: "coordinator".into(),
+            addr: coord_addr,
+            bin: binary("coordinator")?,
+            args,
+            env: Vec::new(),
+            log: dir.join("coordinator.log"),
+            child: None,
+        };
+        let mut cluster = Self {
+            coordinator,
+            participants,
+            dir,
+            _temp: temp,
+        };
+        for p in &mut cluster.participants {
+            p.start().await?;
+        }
+        cluster.coordinator.start().await?;
+        Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn participant(&mut self, name: &str) -> &mut Proc {
+        self.participants
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no participant {name}"))
+    }
+
+    pub async fn coordinator_client(
+        &self,
+    ) -> anyhow::Result<pb::coordinator_client::CoordinatorClient<Channel>> {
+        let ch = connect(&self.coordinator.url()).await?;
+        Ok(pb::coordinator_client::CoordinatorClient::new(ch))
+    }
+
+    pub async fn participant_client(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<pb::participant_client::ParticipantClient<Channel>> {
+        let p = self
+            .participants
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no participant {name}"))?;
+        Ok(pb::participant_client::ParticipantClient::new(connect(&p.url()).await?))
+    }
+
+    pub async fn stats_client(&self, name: &str) -> anyhow::Result<pb::stats_client::StatsClient<Channel>> {
+        let url = if name == "coordinator" {
+            self.coordinator.url()
+        } else {
+            self.participants
+                .iter()
+                .find(|p| p.name == name)
+                .with_context(|| format!("no participant {name}"))?
+                .url()
+        };
+        Ok(pb::stats_client::StatsClient::new(connect(&url).await?))
+    }
+
+    /// Stops every process with SIGTERM and checks each exited cleanly.
+    pub fn shutdown(&mut self) -> anyhow::Result<()> {
+        let mut failures = Vec::new();
+        for p in std::iter::once(&mut self.coordinator).chain(self.participants.iter_mut()) {
+            if p.is_running() {
+                let status = p.terminate()?;
+                if !status.success() {
+                    failures.push(format!("{} exited with {status}", p.name));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            bail!("unclean shutdown: {}", failures.join("; "));
+        }
+        Ok(())
+    }
+}
+
+/// A lazily connecting channel to `url`, shared by clones.
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
