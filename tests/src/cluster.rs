@@ -225,6 +225,8 @@ pub struct ClusterOptions {
     pub participant_args: Vec<String>,
     /// Keep the data and logs in this directory instead of a temporary one.
     pub dir: Option<PathBuf>,
+    /// Participants served elsewhere (NAME, URL), e.g. a test's in-process fake.
+    pub external_participants: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -234,6 +236,7 @@ impl Default for ClusterOptions {
             coordinator_args: Vec::new(),
             participant_args: Vec::new(),
             dir: None,
+            external_participants: Vec::new(),
         }
     }
 }
@@ -294,6 +297,10 @@ impl Cluster {
         for p in &participants {
             args.push("--participant".into());
             args.push(format!("{}={}", p.name, p.url()));
+        }
+        for (name, url) in &opts.external_participants {
+            args.push("--participant".into());
+            args.push(format!("{name}={url}"));
         }
         args.extend(opts.coordinator_args.iter().cloned());
         let coordinator = Proc {
@@ -385,4 +392,30 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .connect_lazy())
+}
+
+/// Builds the `coordinator` and `participant` binaries with the profile of the running
+/// executable, when it was started by `cargo run` (which sets `CARGO`); otherwise the binaries
+/// must already be in [`bin_dir`]. Not for use inside `cargo test`, which holds the build lock.
+pub fn ensure_binaries() -> anyhow::Result<()> {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return Ok(());
+    };
+    if std::env::var_os("TXN_BIN_DIR").is_some() {
+        return Ok(());
+    }
+    let release = bin_dir()?.ends_with("release");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "--bins", "-p", "txn-coordinator", "-p", "txn-participant"])
+        .arg("--manifest-path")
+        .arg(manifest);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build for the service binaries")?;
+    if !status.success() {
+        bail!("building the coordinator and participant binaries failed");
+    }
+    Ok(())
 }
