@@ -100,7 +100,10 @@ impl CoordinatorCore {
 
     /// Reloads commit decisions that had not ended before a restart; each needs its Commit
     /// re-sent to every participant.
-    pub fn recover(&mut self, decisions: Vec<(TxnId, Vec<ParticipantId>, u64)>) -> Vec<(TxnId, Vec<Effect>)> {
+    pub fn recover(
+        &mut self,
+        decisions: Vec<(TxnId, Vec<ParticipantId>, u64)>,
+    ) -> Vec<(TxnId, Vec<Effect>)> {
         decisions
             .into_iter()
             .map(|(txn, participants, decided_at_unix_ms)| {
@@ -141,7 +144,13 @@ impl CoordinatorCore {
     }
 
     /// A vote from the participant at `index` in the txn's participant list.
-    pub fn on_vote(&mut self, txn: &TxnId, index: usize, vote: VoteResult, now_unix_ms: u64) -> Vec<Effect> {
+    pub fn on_vote(
+        &mut self,
+        txn: &TxnId,
+        index: usize,
+        vote: VoteResult,
+        now_unix_ms: u64,
+    ) -> Vec<Effect> {
         let Some(state) = self.txns.get_mut(txn) else {
             // Late vote for a txn already aborted and forgotten.
             return Vec::new();
@@ -159,7 +168,11 @@ impl CoordinatorCore {
                 state.decided_at_unix_ms = now_unix_ms;
                 let rec = DecisionRecord {
                     txn_id: txn.as_str().to_owned(),
-                    participants: state.participants.iter().map(|p| p.as_str().to_owned()).collect(),
+                    participants: state
+                        .participants
+                        .iter()
+                        .map(|p| p.as_str().to_owned())
+                        .collect(),
                     decided_at_unix_ms: now_unix_ms,
                 };
                 vec![Effect::PersistDecision {
@@ -174,7 +187,10 @@ impl CoordinatorCore {
             ),
             VoteResult::Failed { error } => self.abort(
                 txn,
-                format!("prepare at {} failed: {error}", self.participant(txn, index)),
+                format!(
+                    "prepare at {} failed: {error}",
+                    self.participant(txn, index)
+                ),
                 Some(index),
             ),
         }
@@ -192,7 +208,11 @@ impl CoordinatorCore {
                     .map(|(_, p)| p.to_string())
                     .collect::<Vec<_>>()
                     .join(", ");
-                self.abort(txn, format!("prepare deadline passed without a vote from {missing}"), None)
+                self.abort(
+                    txn,
+                    format!("prepare deadline passed without a vote from {missing}"),
+                    None,
+                )
             }
             _ => Vec::new(),
         }
@@ -207,7 +227,10 @@ impl CoordinatorCore {
     }
 
     fn abort(&mut self, txn: &TxnId, reason: String, failed_branch: Option<usize>) -> Vec<Effect> {
-        let state = self.txns.remove(txn).expect("abort of a txn the core holds");
+        let state = self
+            .txns
+            .remove(txn)
+            .expect("abort of a txn the core holds");
         let mut effects = vec![Effect::ReplyAborted {
             reason,
             failed_branch,
@@ -363,8 +386,21 @@ mod tests {
     fn a_no_vote_aborts_and_tells_everyone() {
         let (mut c, t) = two();
         c.on_vote(&t, 0, VoteResult::Yes, 0);
-        let e = c.on_vote(&t, 1, VoteResult::No { reason: "below the minimum".into() }, 0);
-        let Effect::ReplyAborted { reason, failed_branch } = &e[0] else { panic!() };
+        let e = c.on_vote(
+            &t,
+            1,
+            VoteResult::No {
+                reason: "below the minimum".into(),
+            },
+            0,
+        );
+        let Effect::ReplyAborted {
+            reason,
+            failed_branch,
+        } = &e[0]
+        else {
+            panic!()
+        };
         assert!(reason.contains("p2 voted NO"));
         assert_eq!(*failed_branch, Some(1));
         assert_eq!(e.len(), 3);
@@ -379,7 +415,9 @@ mod tests {
         let (mut c, t) = two();
         c.on_vote(&t, 0, VoteResult::Yes, 0);
         let e = c.on_prepare_timeout(&t);
-        let Effect::ReplyAborted { reason, .. } = &e[0] else { panic!() };
+        let Effect::ReplyAborted { reason, .. } = &e[0] else {
+            panic!()
+        };
         assert!(reason.contains("p2"), "{reason}");
         let (mut c, t) = two();
         c.on_vote(&t, 0, VoteResult::Yes, 0);
@@ -395,7 +433,12 @@ mod tests {
         assert_eq!(out[0].1.len(), 2);
         assert_eq!(c.resolve(&t, true), Resolution::Decided(Decision::Commit));
         c.on_commit_ack(&t, &p("p1"));
-        assert_eq!(c.view(&t), Some(TxnView::Committing { unacked: vec![p("p2")] }));
+        assert_eq!(
+            c.view(&t),
+            Some(TxnView::Committing {
+                unacked: vec![p("p2")]
+            })
+        );
     }
 
     #[test]

@@ -208,14 +208,19 @@ impl Coordinator {
             )
             .into());
         }
-        let _permit = self.admission.try_acquire().map_err(|_| CoordError::Overloaded {
-            limit: MAX_IN_FLIGHT_TXNS,
-        })?;
+        let _permit = self
+            .admission
+            .try_acquire()
+            .map_err(|_| CoordError::Overloaded {
+                limit: MAX_IN_FLIGHT_TXNS,
+            })?;
         let participants: Vec<ParticipantId> =
             req.branches.iter().map(|b| b.participant.clone()).collect();
         let txn = self.core().begin(participants.clone());
         let span = info_span!("txn", txn = %txn);
-        self.run_two_phase(txn, req, participants).instrument(span).await
+        self.run_two_phase(txn, req, participants)
+            .instrument(span)
+            .await
     }
 
     async fn run_two_phase(

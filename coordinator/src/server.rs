@@ -19,7 +19,10 @@ use crate::node::{CoordConfig, Coordinator};
 use crate::service::CoordinatorService;
 
 #[derive(Debug, Parser)]
-#[command(name = "coordinator", about = "Two-phase commit coordinator with a durable decision log")]
+#[command(
+    name = "coordinator",
+    about = "Two-phase commit coordinator with a durable decision log"
+)]
 pub struct Args {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]

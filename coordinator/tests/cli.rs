@@ -17,11 +17,26 @@ fn run(args: &[&str]) -> (i32, String) {
 fn malformed_participant_flag_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().display().to_string();
-    let (code, err) = run(&["--data-dir", &data, "--listen", "127.0.0.1:0", "--participant", "p1"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("--participant \"p1\": expected NAME=URL"), "{err}");
     let (code, err) = run(&[
-        "--data-dir", &data, "--listen", "127.0.0.1:0", "--participant", "p 1=http://127.0.0.1:1",
+        "--data-dir",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--participant",
+        "p1",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--participant \"p1\": expected NAME=URL"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "--data-dir",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--participant",
+        "p 1=http://127.0.0.1:1",
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("--participant NAME"), "{err}");

@@ -57,7 +57,10 @@ pub enum PrepareStep {
     /// Vote NO. `batch` (an abort tombstone) may be written lazily.
     VoteNo { reason: String, batch: WriteBatch },
     /// Make `batch` (the prepared record) durable, then vote YES with `reads`.
-    Persist { batch: WriteBatch, reads: Vec<KeyValue> },
+    Persist {
+        batch: WriteBatch,
+        reads: Vec<KeyValue>,
+    },
     /// A duplicate of a Prepare already voted YES: vote YES again once the store is synced.
     Revote { reads: Vec<KeyValue> },
 }
@@ -77,7 +80,9 @@ pub enum CommitStep {
 #[derive(Debug, PartialEq)]
 pub enum AbortStep {
     /// Apply `batch` lazily (presumed abort: nothing here needs to be durable) and ack.
-    Apply { batch: WriteBatch },
+    Apply {
+        batch: WriteBatch,
+    },
     /// Already aborted: ack.
     AlreadyAborted,
     Refused(Refusal),
@@ -169,14 +174,21 @@ impl ParticipantCore {
                 // Remember the NO, so a peer asking during cooperative termination learns that
                 // this txn can only abort. Lazily: losing it is harmless under presumed abort.
                 let mut batch = WriteBatch::default();
-                batch.put(outcome_key(&req.txn), outcome(OutcomeKind::Aborted, now_unix_ms));
+                batch.put(
+                    outcome_key(&req.txn),
+                    outcome(OutcomeKind::Aborted, now_unix_ms),
+                );
                 Ok(PrepareStep::VoteNo { reason, batch })
             }
             Ok((writes, reads)) => {
                 let rec = PreparedRecord {
                     txn_id: req.txn.as_str().to_owned(),
                     coordinator_epoch: req.coordinator_epoch,
-                    participants: req.participants.iter().map(|p| p.as_str().to_owned()).collect(),
+                    participants: req
+                        .participants
+                        .iter()
+                        .map(|p| p.as_str().to_owned())
+                        .collect(),
                     writes,
                     reads: reads.iter().cloned().map(Into::into).collect(),
                     exclusive_keys: exclusive,
@@ -208,7 +220,10 @@ impl ParticipantCore {
                 };
             }
             batch.delete(prepared_key(txn));
-            batch.put(outcome_key(txn), outcome(OutcomeKind::Committed, now_unix_ms));
+            batch.put(
+                outcome_key(txn),
+                outcome(OutcomeKind::Committed, now_unix_ms),
+            );
             return Ok(CommitStep::Apply { batch });
         }
         Ok(match read_outcome(store, txn)? {
@@ -329,7 +344,9 @@ type Evaluated = Result<(Vec<Write>, Vec<KeyValue>), String>;
 fn evaluate(ops: &[Op], store: &dyn Store) -> Result<Evaluated, StoreError> {
     let mut overlay: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
     let mut reads = Vec::new();
-    let current = |overlay: &[(Vec<u8>, Option<Vec<u8>>)], key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+    let current = |overlay: &[(Vec<u8>, Option<Vec<u8>>)],
+                   key: &[u8]|
+     -> Result<Option<Vec<u8>>, StoreError> {
         match overlay.iter().find(|(k, _)| k == key) {
             Some((_, v)) => Ok(v.clone()),
             None => store.get(&data_key(key)),
@@ -413,7 +430,10 @@ pub fn prepare_from_pb(
     if req.participants.len() > MAX_BRANCHES {
         return Err(InvalidInput::new(
             "participants",
-            format!("has {} entries, the limit is {MAX_BRANCHES}", req.participants.len()),
+            format!(
+                "has {} entries, the limit is {MAX_BRANCHES}",
+                req.participants.len()
+            ),
         ));
     }
     let participants = req
@@ -470,30 +490,42 @@ mod tests {
     fn prepare_vote_yes_commit_applies_once() {
         let store = MemStore::new();
         let mut core = ParticipantCore::new();
-        let step = core.prepare(&req("1", vec![add("a", 10)]), &store, 0).unwrap();
+        let step = core
+            .prepare(&req("1", vec![add("a", 10)]), &store, 0)
+            .unwrap();
         let PrepareStep::Persist { batch, .. } = step else {
             panic!("expected Persist, got {step:?}")
         };
         apply(&store, batch);
         // A duplicate Prepare re-votes without taking anything twice.
-        let dup = core.prepare(&req("1", vec![add("a", 10)]), &store, 0).unwrap();
+        let dup = core
+            .prepare(&req("1", vec![add("a", 10)]), &store, 0)
+            .unwrap();
         assert!(matches!(dup, PrepareStep::Revote { .. }));
         let CommitStep::Apply { batch } = core.commit(&txn("1"), &store, 0).unwrap() else {
             panic!("expected Apply")
         };
         apply(&store, batch);
         assert_eq!(balance(&store, "a"), 10);
-        assert_eq!(core.commit(&txn("1"), &store, 0).unwrap(), CommitStep::AlreadyCommitted);
+        assert_eq!(
+            core.commit(&txn("1"), &store, 0).unwrap(),
+            CommitStep::AlreadyCommitted
+        );
         assert_eq!(balance(&store, "a"), 10);
         assert_eq!(core.locked_keys(), 0);
-        assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Committed);
+        assert_eq!(
+            core.status(&txn("1"), &store).unwrap(),
+            TxnStatus::Committed
+        );
     }
 
     #[test]
     fn bound_violation_votes_no_and_holds_nothing() {
         let store = MemStore::new();
         let mut core = ParticipantCore::new();
-        let step = core.prepare(&req("1", vec![add("a", -5)]), &store, 0).unwrap();
+        let step = core
+            .prepare(&req("1", vec![add("a", -5)]), &store, 0)
+            .unwrap();
         let PrepareStep::VoteNo { reason, batch } = step else {
             panic!("expected NO")
         };
@@ -508,13 +540,16 @@ mod tests {
     fn conflicting_prepare_is_blocked_until_decision() {
         let store = MemStore::new();
         let mut core = ParticipantCore::new();
-        let PrepareStep::Persist { batch, .. } =
-            core.prepare(&req("1", vec![add("a", 1)]), &store, 0).unwrap()
+        let PrepareStep::Persist { batch, .. } = core
+            .prepare(&req("1", vec![add("a", 1)]), &store, 0)
+            .unwrap()
         else {
             panic!()
         };
         apply(&store, batch);
-        let step = core.prepare(&req("2", vec![add("a", 1)]), &store, 0).unwrap();
+        let step = core
+            .prepare(&req("2", vec![add("a", 1)]), &store, 0)
+            .unwrap();
         assert_eq!(step, PrepareStep::Blocked { holder: txn("1") });
         assert!(core.check_readable(&[b"a".to_vec()]).is_err());
         let AbortStep::Apply { batch } = core.abort(&txn("1"), &store, 0).unwrap() else {
@@ -522,7 +557,8 @@ mod tests {
         };
         apply(&store, batch);
         assert!(matches!(
-            core.prepare(&req("2", vec![add("a", 1)]), &store, 0).unwrap(),
+            core.prepare(&req("2", vec![add("a", 1)]), &store, 0)
+                .unwrap(),
             PrepareStep::Persist { .. }
         ));
         // The aborted txn stays aborted: Commit is refused, a late Prepare votes NO.
@@ -531,7 +567,8 @@ mod tests {
             CommitStep::Refused(Refusal::Conflict(_))
         ));
         assert!(matches!(
-            core.prepare(&req("1", vec![add("b", 1)]), &store, 0).unwrap(),
+            core.prepare(&req("1", vec![add("b", 1)]), &store, 0)
+                .unwrap(),
             PrepareStep::VoteNo { .. }
         ));
     }
@@ -545,10 +582,14 @@ mod tests {
         };
         apply(&store, batch);
         assert!(matches!(
-            core.prepare(&req("9", vec![add("a", 1)]), &store, 0).unwrap(),
+            core.prepare(&req("9", vec![add("a", 1)]), &store, 0)
+                .unwrap(),
             PrepareStep::VoteNo { .. }
         ));
-        assert_eq!(core.abort(&txn("9"), &store, 0).unwrap(), AbortStep::AlreadyAborted);
+        assert_eq!(
+            core.abort(&txn("9"), &store, 0).unwrap(),
+            AbortStep::AlreadyAborted
+        );
         assert_eq!(
             core.commit(&txn("10"), &store, 0).unwrap(),
             CommitStep::Refused(Refusal::Unknown)
@@ -559,15 +600,17 @@ mod tests {
     fn recovery_after_crash_keeps_durable_prepared_records_and_their_locks() {
         let store = MemStore::new();
         let mut core = ParticipantCore::new();
-        let PrepareStep::Persist { batch, .. } =
-            core.prepare(&req("1", vec![add("a", 1)]), &store, 0).unwrap()
+        let PrepareStep::Persist { batch, .. } = core
+            .prepare(&req("1", vec![add("a", 1)]), &store, 0)
+            .unwrap()
         else {
             panic!()
         };
         apply(&store, batch);
         store.sync().unwrap();
-        let PrepareStep::Persist { batch, .. } =
-            core.prepare(&req("2", vec![add("b", 1)]), &store, 0).unwrap()
+        let PrepareStep::Persist { batch, .. } = core
+            .prepare(&req("2", vec![add("b", 1)]), &store, 0)
+            .unwrap()
         else {
             panic!()
         };
@@ -622,7 +665,8 @@ mod tests {
                 max: None,
             },
         ];
-        let PrepareStep::VoteNo { reason, .. } = core.prepare(&req("2", overflow), &store, 0).unwrap()
+        let PrepareStep::VoteNo { reason, .. } =
+            core.prepare(&req("2", overflow), &store, 0).unwrap()
         else {
             panic!()
         };

@@ -11,7 +11,9 @@ pub enum ParticipantError {
     UnknownTxn(TxnId),
     #[error("{0}")]
     OutcomeConflict(String),
-    #[error("key {key:?} is locked by prepared txn {holder}; its committed value is undecided, retry later")]
+    #[error(
+        "key {key:?} is locked by prepared txn {holder}; its committed value is undecided, retry later"
+    )]
     Locked { key: String, holder: TxnId },
     #[error("storage: {0}")]
     Store(#[from] StoreError),

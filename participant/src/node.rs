@@ -11,7 +11,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_proto::durable::GroupCommit;
 use txn_proto::store::{Store, StoreError};
-use txn_proto::types::{KeyValue, Resolution, TxnId, Vote, Decision};
+use txn_proto::types::{Decision, KeyValue, Resolution, TxnId, Vote};
 use txn_proto::unix_ms;
 
 use crate::core::{
@@ -82,7 +82,10 @@ impl Participant {
         let mut core = ParticipantCore::new();
         let recovered = core.recover(store.as_ref())?;
         if !recovered.is_empty() {
-            info!(count = recovered.len(), "recovered prepared txns; their locks are held again");
+            info!(
+                count = recovered.len(),
+                "recovered prepared txns; their locks are held again"
+            );
         }
         let (fatal, _) = watch::channel(None);
         Ok(Arc::new(Self {
@@ -296,7 +299,12 @@ impl Participant {
         let recovered = std::mem::take(&mut *self.recovered.lock().expect("recovered lock"));
         for t in recovered {
             // Recovered txns lost their decision messages with the crash: ask at once.
-            first_seen.insert(t, start.checked_sub(self.config.resolve_after).unwrap_or(start));
+            first_seen.insert(
+                t,
+                start
+                    .checked_sub(self.config.resolve_after)
+                    .unwrap_or(start),
+            );
         }
         let mut tick = tokio::time::interval(self.config.resolve_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

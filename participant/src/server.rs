@@ -18,7 +18,10 @@ use crate::node::{NodeConfig, Participant};
 use crate::service::ParticipantService;
 
 #[derive(Debug, Parser)]
-#[command(name = "participant", about = "A two-phase commit participant with its own sled database")]
+#[command(
+    name = "participant",
+    about = "A two-phase commit participant with its own sled database"
+)]
 pub struct Args {
     /// This participant's name, as the coordinator knows it.
     #[arg(long, default_value = "p1")]

@@ -108,7 +108,9 @@ impl GroupCommit {
     pub fn write_lazy(&self, batch: WriteBatch) -> Result<Ticket, StoreError> {
         self.check_failed()?;
         self.shared.store.apply(batch)?;
-        Ok(Ticket(self.shared.applied.fetch_add(1, Ordering::SeqCst) + 1))
+        Ok(Ticket(
+            self.shared.applied.fetch_add(1, Ordering::SeqCst) + 1,
+        ))
     }
 
     /// Applies `batch` and returns once it is durable.
@@ -254,7 +256,7 @@ mod tests {
         fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(None)
         }
-        fn scan_prefix(&self, _: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        fn scan_prefix(&self, _: &[u8]) -> Result<crate::store::Pairs, StoreError> {
             Ok(vec![])
         }
         fn apply(&self, _: WriteBatch) -> Result<(), StoreError> {

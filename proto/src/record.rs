@@ -30,7 +30,10 @@ pub fn decode<M: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M, Corru
         problem,
     };
     if bytes.len() < CRC_LEN {
-        return Err(corrupt(format!("{} bytes is shorter than its checksum", bytes.len())));
+        return Err(corrupt(format!(
+            "{} bytes is shorter than its checksum",
+            bytes.len()
+        )));
     }
     let (body, trailer) = bytes.split_at(bytes.len() - CRC_LEN);
     let stored = u32::from_le_bytes(trailer.try_into().expect("split at CRC_LEN"));

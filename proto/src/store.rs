@@ -24,6 +24,9 @@ pub enum StoreError {
     Failed(String),
 }
 
+/// Key-value pairs, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One write of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
@@ -56,7 +59,7 @@ impl WriteBatch {
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every pair whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError>;
     /// Applies `batch` atomically; visible at once, durable after the next `sync`.
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every batch applied before this call durable.
@@ -92,7 +95,7 @@ impl Store for SledStore {
         Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         self.db
             .scan_prefix(prefix)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
@@ -157,10 +160,16 @@ impl MemStore {
 
 impl Store for MemStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.inner.lock().expect("mem store lock").current.get(key).cloned())
+        Ok(self
+            .inner
+            .lock()
+            .expect("mem store lock")
+            .current
+            .get(key)
+            .cloned())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         let inner = self.inner.lock().expect("mem store lock");
         Ok(inner
             .current
@@ -197,7 +206,7 @@ impl<S: Store> Store for std::sync::Arc<S> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         (**self).get(key)
     }
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         (**self).scan_prefix(prefix)
     }
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
@@ -214,7 +223,8 @@ mod tests {
 
     fn exercise(store: &dyn Store) {
         let mut b = WriteBatch::default();
-        b.put(b"a/1".to_vec(), b"x".to_vec()).put(b"a/2".to_vec(), b"y".to_vec());
+        b.put(b"a/1".to_vec(), b"x".to_vec())
+            .put(b"a/2".to_vec(), b"y".to_vec());
         b.put(b"b/1".to_vec(), b"z".to_vec());
         store.apply(b).unwrap();
         assert_eq!(store.get(b"a/1").unwrap(), Some(b"x".to_vec()));
@@ -241,7 +251,8 @@ mod tests {
         s.apply(b).unwrap();
         s.sync().unwrap();
         let mut b = WriteBatch::default();
-        b.put(b"k".to_vec(), b"volatile".to_vec()).put(b"j".to_vec(), b"v".to_vec());
+        b.put(b"k".to_vec(), b"volatile".to_vec())
+            .put(b"j".to_vec(), b"v".to_vec());
         s.apply(b).unwrap();
         s.crash();
         assert_eq!(s.get(b"k").unwrap(), Some(b"durable".to_vec()));

@@ -200,9 +200,9 @@ impl Op {
     /// as `branches[1].ops[0]`.
     pub fn from_pb(field: &str, op: pb::Op) -> Result<Self, InvalidInput> {
         use pb::op::Kind;
-        let kind = op
-            .kind
-            .ok_or_else(|| InvalidInput::new(field, "no operation set (read, put, delete, add or check)"))?;
+        let kind = op.kind.ok_or_else(|| {
+            InvalidInput::new(field, "no operation set (read, put, delete, add or check)")
+        })?;
         let op = match kind {
             Kind::Read(r) => Op::Read { key: r.key },
             Kind::Put(p) => {
@@ -274,7 +274,10 @@ pub fn ops_from_pb(field: &str, ops: Vec<pb::Op>) -> Result<Vec<Op>, InvalidInpu
     if ops.len() > MAX_OPS_PER_BRANCH {
         return Err(InvalidInput::new(
             field,
-            format!("has {} operations, the limit is {MAX_OPS_PER_BRANCH}", ops.len()),
+            format!(
+                "has {} operations, the limit is {MAX_OPS_PER_BRANCH}",
+                ops.len()
+            ),
         ));
     }
     ops.into_iter()
@@ -434,12 +437,18 @@ impl TxnRequest {
     pub fn from_pb(req: pb::TransactRequest) -> Result<Self, InvalidInput> {
         let protocol = Protocol::from_pb(req.protocol)?;
         if req.branches.is_empty() {
-            return Err(InvalidInput::new("branches", "must hold at least one branch"));
+            return Err(InvalidInput::new(
+                "branches",
+                "must hold at least one branch",
+            ));
         }
         if req.branches.len() > MAX_BRANCHES {
             return Err(InvalidInput::new(
                 "branches",
-                format!("has {} branches, the limit is {MAX_BRANCHES}", req.branches.len()),
+                format!(
+                    "has {} branches, the limit is {MAX_BRANCHES}",
+                    req.branches.len()
+                ),
             ));
         }
         let mut branches: Vec<Branch> = Vec::with_capacity(req.branches.len());
@@ -471,7 +480,12 @@ pub fn decode_counter(value: Option<&[u8]>) -> Result<i64, String> {
         Some(v) => std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(|| format!("value {:?} is not a decimal i64", String::from_utf8_lossy(v))),
+            .ok_or_else(|| {
+                format!(
+                    "value {:?} is not a decimal i64",
+                    String::from_utf8_lossy(v)
+                )
+            }),
     }
 }
 

@@ -95,10 +95,17 @@ pub struct Transfer {
 /// What the client was told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Committed { txn: String },
-    Aborted { txn: String, reason: String },
+    Committed {
+        txn: String,
+    },
+    Aborted {
+        txn: String,
+        reason: String,
+    },
     /// The call failed: the txn may or may not have committed.
-    Unknown { error: String },
+    Unknown {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -237,12 +244,18 @@ pub async fn observe(
     let mut in_doubt = 0;
     for p in &cluster.participants {
         clients.insert(p.name.clone(), cluster.participant_client(&p.name).await?);
-        let s = cluster.stats_client(&p.name).await?.get_stats(pb::StatsRequest {}).await?;
+        let s = cluster
+            .stats_client(&p.name)
+            .await?
+            .get_stats(pb::StatsRequest {})
+            .await?;
         in_doubt += s.into_inner().in_doubt;
     }
     let mut balances = Vec::with_capacity(accounts.len());
     for a in accounts {
-        let c = clients.get_mut(&a.participant).context("unknown participant")?;
+        let c = clients
+            .get_mut(&a.participant)
+            .context("unknown participant")?;
         let r = c
             .read(pb::ReadRequest {
                 keys: vec![a.key.as_bytes().to_vec()],
@@ -296,7 +309,10 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<St
         ));
     }
     if observed.in_doubt > 0 {
-        problems.push(format!("{} txns still prepared (in doubt)", observed.in_doubt));
+        problems.push(format!(
+            "{} txns still prepared (in doubt)",
+            observed.in_doubt
+        ));
     }
     let mut expected = initial.to_vec();
     for r in history {
@@ -368,12 +384,19 @@ pub fn tally(history: &[Record]) -> Tally {
 }
 
 /// Waits until no participant holds a prepared txn, or `timeout` passes.
-pub async fn wait_quiet(cluster: &crate::cluster::Cluster, timeout: Duration) -> anyhow::Result<u64> {
+pub async fn wait_quiet(
+    cluster: &crate::cluster::Cluster,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut in_doubt = 0;
         for p in &cluster.participants {
-            let s = cluster.stats_client(&p.name).await?.get_stats(pb::StatsRequest {}).await?;
+            let s = cluster
+                .stats_client(&p.name)
+                .await?
+                .get_stats(pb::StatsRequest {})
+                .await?;
             in_doubt += s.into_inner().in_doubt;
         }
         let c = cluster
@@ -411,32 +434,55 @@ mod tests {
     fn a_clean_history_passes() {
         let history = vec![
             rec(0, 1, 10, committed("1.1")),
-            rec(1, 0, 500, Outcome::Aborted { txn: "1.2".into(), reason: "NO".into() }),
+            rec(
+                1,
+                0,
+                500,
+                Outcome::Aborted {
+                    txn: "1.2".into(),
+                    reason: "NO".into(),
+                },
+            ),
         ];
         let observed = Observed {
             balances: vec![90, 110],
-            states: [("1.1".into(), (Committed, Committed)), ("1.2".into(), (Aborted, Aborted))]
-                .into_iter()
-                .collect(),
+            states: [
+                ("1.1".into(), (Committed, Committed)),
+                ("1.2".into(), (Aborted, Aborted)),
+            ]
+            .into_iter()
+            .collect(),
             in_doubt: 0,
         };
-        assert_eq!(check(&[100, 100], &history, &observed), Vec::<String>::new());
+        assert_eq!(
+            check(&[100, 100], &history, &observed),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
     fn planted_faults_are_caught() {
-        let history = vec![rec(0, 1, 10, committed("1.1")), rec(0, 1, 5, committed("1.2"))];
+        let history = vec![
+            rec(0, 1, 10, committed("1.1")),
+            rec(0, 1, 5, committed("1.2")),
+        ];
         let observed = Observed {
             // 1.2 committed at p1 only: money vanished.
             balances: vec![85, 110],
-            states: [("1.1".into(), (Committed, Committed)), ("1.2".into(), (Committed, Prepared))]
-                .into_iter()
-                .collect(),
+            states: [
+                ("1.1".into(), (Committed, Committed)),
+                ("1.2".into(), (Committed, Prepared)),
+            ]
+            .into_iter()
+            .collect(),
             in_doubt: 1,
         };
         let problems = check(&[100, 100], &history, &observed).join("\n");
         assert!(problems.contains("not conserved"), "{problems}");
-        assert!(problems.contains("atomicity violation: txn 1.2"), "{problems}");
+        assert!(
+            problems.contains("atomicity violation: txn 1.2"),
+            "{problems}"
+        );
         assert!(problems.contains("acknowledged txn 1.2 lost"), "{problems}");
         assert!(problems.contains("still prepared"), "{problems}");
     }

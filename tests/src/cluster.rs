@@ -25,7 +25,10 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe().context("locating the running executable")?;
-    let mut dir = exe.parent().context("executable has no parent directory")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("executable has no parent directory")?
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -120,7 +123,11 @@ impl Proc {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             if !self.is_running() {
-                bail!("{} exited during start; log:\n{}", self.name, self.log_tail(20));
+                bail!(
+                    "{} exited during start; log:\n{}",
+                    self.name,
+                    self.log_tail(20)
+                );
             }
             if health_ok(self.addr).await {
                 return Ok(());
@@ -153,7 +160,10 @@ impl Proc {
     }
 
     /// Waits for the process to exit on its own (e.g. after a crash failpoint).
-    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(c) = &mut self.child
@@ -203,7 +213,11 @@ async fn health_ok(addr: SocketAddr) -> bool {
     let Ok(ep) = Endpoint::from_shared(format!("http://{addr}")) else {
         return false;
     };
-    let Ok(channel) = ep.connect_timeout(Duration::from_millis(200)).connect().await else {
+    let Ok(channel) = ep
+        .connect_timeout(Duration::from_millis(200))
+        .connect()
+        .await
+    else {
         return false;
     };
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -352,10 +366,15 @@ impl Cluster {
             .iter()
             .find(|p| p.name == name)
             .with_context(|| format!("no participant {name}"))?;
-        Ok(pb::participant_client::ParticipantClient::new(connect(&p.url()).await?))
+        Ok(pb::participant_client::ParticipantClient::new(
+            connect(&p.url()).await?,
+        ))
     }
 
-    pub async fn stats_client(&self, name: &str) -> anyhow::Result<pb::stats_client::StatsClient<Channel>> {
+    pub async fn stats_client(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<pb::stats_client::StatsClient<Channel>> {
         let url = if name == "coordinator" {
             self.coordinator.url()
         } else {
@@ -407,13 +426,23 @@ pub fn ensure_binaries() -> anyhow::Result<()> {
     let release = bin_dir()?.ends_with("release");
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bins", "-p", "txn-coordinator", "-p", "txn-participant"])
-        .arg("--manifest-path")
-        .arg(manifest);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--bins",
+        "-p",
+        "txn-coordinator",
+        "-p",
+        "txn-participant",
+    ])
+    .arg("--manifest-path")
+    .arg(manifest);
     if release {
         cmd.arg("--release");
     }
-    let status = cmd.status().context("running cargo build for the service binaries")?;
+    let status = cmd
+        .status()
+        .context("running cargo build for the service binaries")?;
     if !status.success() {
         bail!("building the coordinator and participant binaries failed");
     }

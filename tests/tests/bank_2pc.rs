@@ -26,7 +26,10 @@ async fn concurrent_transfers_are_atomic() -> anyhow::Result<()> {
     let tally = bank::tally(&history);
     println!("{tally:?}");
     assert_eq!(history.len(), 400);
-    assert_eq!(tally.unknown, 0, "no faults were injected, every call must answer");
+    assert_eq!(
+        tally.unknown, 0,
+        "no faults were injected, every call must answer"
+    );
     assert!(tally.committed > 0, "some transfers must commit: {tally:?}");
     assert!(tally.aborted > 0, "overdrafts must abort: {tally:?}");
 

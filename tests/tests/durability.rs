@@ -40,7 +40,10 @@ async fn participant_keeps_its_yes_vote_and_locks_across_kill_9() -> anyhow::Res
     })
     .await?;
     let mut p1 = cluster.participant_client("p1").await?;
-    let vote = p1.prepare(prepare("test.1", vec![add("acct", 5)])).await?.into_inner();
+    let vote = p1
+        .prepare(prepare("test.1", vec![add("acct", 5)]))
+        .await?
+        .into_inner();
     assert_eq!(vote.vote, pb::Vote::Yes as i32, "{}", vote.reason);
 
     cluster.coordinator.kill();
@@ -49,35 +52,72 @@ async fn participant_keeps_its_yes_vote_and_locks_across_kill_9() -> anyhow::Res
     let mut p1 = cluster.participant_client("p1").await?;
 
     let state = p1
-        .get_txn_state(pb::TxnStateRequest { txn_id: "test.1".into() })
+        .get_txn_state(pb::TxnStateRequest {
+            txn_id: "test.1".into(),
+        })
         .await?
         .into_inner()
         .state;
-    assert_eq!(state, pb::TxnState::Prepared as i32, "the prepared record survived");
+    assert_eq!(
+        state,
+        pb::TxnState::Prepared as i32,
+        "the prepared record survived"
+    );
     let read = p1
-        .read(pb::ReadRequest { keys: vec![b"acct".to_vec()] })
+        .read(pb::ReadRequest {
+            keys: vec![b"acct".to_vec()],
+        })
         .await
         .expect_err("the key is still locked by the in-doubt txn");
     assert_eq!(read.code(), tonic::Code::Aborted, "{}", read.message());
     assert!(read.message().contains("test.1"), "{}", read.message());
-    let other = p1.prepare(prepare("test.2", vec![add("acct", 1)])).await?.into_inner();
-    assert_eq!(other.vote, pb::Vote::No as i32, "a conflicting txn cannot take the lock");
+    let other = p1
+        .prepare(prepare("test.2", vec![add("acct", 1)]))
+        .await?
+        .into_inner();
+    assert_eq!(
+        other.vote,
+        pb::Vote::No as i32,
+        "a conflicting txn cannot take the lock"
+    );
     assert!(other.reason.contains("lock conflict"), "{}", other.reason);
 
-    p1.commit(pb::CommitRequest { txn_id: "test.1".into() }).await?;
+    p1.commit(pb::CommitRequest {
+        txn_id: "test.1".into(),
+    })
+    .await?;
     let values = p1
-        .read(pb::ReadRequest { keys: vec![b"acct".to_vec()] })
+        .read(pb::ReadRequest {
+            keys: vec![b"acct".to_vec()],
+        })
         .await?
         .into_inner()
         .values;
-    assert_eq!(values[0].value.as_deref(), Some(&b"5"[..]), "the prepared write applied");
+    assert_eq!(
+        values[0].value.as_deref(),
+        Some(&b"5"[..]),
+        "the prepared write applied"
+    );
     // Commit is idempotent, also after another restart.
     cluster.participant("p1").kill();
     cluster.participant("p1").start().await?;
     let mut p1 = cluster.participant_client("p1").await?;
-    p1.commit(pb::CommitRequest { txn_id: "test.1".into() }).await?;
-    let values = p1.read(pb::ReadRequest { keys: vec![b"acct".to_vec()] }).await?.into_inner().values;
-    assert_eq!(values[0].value.as_deref(), Some(&b"5"[..]), "applied exactly once");
+    p1.commit(pb::CommitRequest {
+        txn_id: "test.1".into(),
+    })
+    .await?;
+    let values = p1
+        .read(pb::ReadRequest {
+            keys: vec![b"acct".to_vec()],
+        })
+        .await?
+        .into_inner()
+        .values;
+    assert_eq!(
+        values[0].value.as_deref(),
+        Some(&b"5"[..]),
+        "applied exactly once"
+    );
     cluster.shutdown()?;
     Ok(())
 }
@@ -113,10 +153,16 @@ impl pb::participant_server::Participant for FakeParticipant {
             Err(Status::unavailable("fake participant is not acking yet"))
         }
     }
-    async fn abort(&self, _: Request<pb::AbortRequest>) -> Result<Response<pb::AbortResponse>, Status> {
+    async fn abort(
+        &self,
+        _: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::AbortResponse>, Status> {
         Ok(Response::new(pb::AbortResponse {}))
     }
-    async fn read(&self, _: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
+    async fn read(
+        &self,
+        _: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
     async fn get_txn_state(
@@ -128,7 +174,12 @@ impl pb::participant_server::Participant for FakeParticipant {
 }
 
 async fn coordinator_stats(cluster: &Cluster) -> anyhow::Result<pb::StatsResponse> {
-    Ok(cluster.stats_client("coordinator").await?.get_stats(pb::StatsRequest {}).await?.into_inner())
+    Ok(cluster
+        .stats_client("coordinator")
+        .await?
+        .get_stats(pb::StatsRequest {})
+        .await?
+        .into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +201,10 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
     })
     .await?;
     let mut client = cluster.coordinator_client().await?;
-    let branch = |p: &str| pb::Branch { participant: p.into(), ops: vec![add("k", 1)] };
+    let branch = |p: &str| pb::Branch {
+        participant: p.into(),
+        ops: vec![add("k", 1)],
+    };
     let resp = client
         .transact(pb::TransactRequest {
             protocol: pb::Protocol::TwoPhase as i32,
@@ -159,7 +213,12 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
         })
         .await?
         .into_inner();
-    assert_eq!(resp.outcome, pb::Outcome::Committed as i32, "{}", resp.reason);
+    assert_eq!(
+        resp.outcome,
+        pb::Outcome::Committed as i32,
+        "{}",
+        resp.reason
+    );
     let epoch_before = coordinator_stats(&cluster).await?.epoch;
 
     cluster.coordinator.kill();
@@ -167,17 +226,25 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
     cluster.coordinator.start().await?;
 
     let stats = coordinator_stats(&cluster).await?;
-    assert_eq!(stats.epoch, epoch_before + 1, "the epoch is bumped at every start");
+    assert_eq!(
+        stats.epoch,
+        epoch_before + 1,
+        "the epoch is bumped at every start"
+    );
     assert_eq!(stats.in_doubt, 1, "the commit decision was reloaded");
     let mut client = cluster.coordinator_client().await?;
     let decision = client
-        .resolve(pb::ResolveRequest { txn_id: resp.txn_id.clone() })
+        .resolve(pb::ResolveRequest {
+            txn_id: resp.txn_id.clone(),
+        })
         .await?
         .into_inner()
         .decision;
     assert_eq!(decision, pb::Decision::Commit as i32);
     let unknown = client
-        .resolve(pb::ResolveRequest { txn_id: format!("{epoch_before}.999999") })
+        .resolve(pb::ResolveRequest {
+            txn_id: format!("{epoch_before}.999999"),
+        })
         .await?
         .into_inner()
         .decision;
@@ -186,16 +253,26 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
     // Wait for the restarted coordinator to re-send Commit, then let the fake ack.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while fake.commit_calls.load(Ordering::SeqCst) <= calls_at_crash {
-        assert!(tokio::time::Instant::now() < deadline, "no Commit re-sent after restart");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Commit re-sent after restart"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     fake.ack_commits.store(true, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while coordinator_stats(&cluster).await?.in_doubt > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "decision never ended");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "decision never ended"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(fake.acked.load(Ordering::SeqCst), 2, "both branches acked once");
+    assert_eq!(
+        fake.acked.load(Ordering::SeqCst),
+        2,
+        "both branches acked once"
+    );
     cluster.shutdown()?;
     server.abort();
     Ok(())

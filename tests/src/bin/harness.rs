@@ -11,7 +11,10 @@ use txn_tests::bank::{self, Outcome, Workload};
 use txn_tests::cluster::{self, Cluster, ClusterOptions};
 
 #[derive(Parser)]
-#[command(name = "harness", about = "Runs workloads against a local cluster and checks them")]
+#[command(
+    name = "harness",
+    about = "Runs workloads against a local cluster and checks them"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,14 +74,21 @@ async fn total_fsyncs(cluster: &Cluster) -> anyhow::Result<u64> {
     let names = std::iter::once("coordinator".to_string())
         .chain(cluster.participants.iter().map(|p| p.name.clone()));
     for name in names {
-        let s = cluster.stats_client(&name).await?.get_stats(pb::StatsRequest {}).await?;
+        let s = cluster
+            .stats_client(&name)
+            .await?
+            .get_stats(pb::StatsRequest {})
+            .await?;
         n += s.into_inner().fsyncs;
     }
     Ok(n)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
-    anyhow::ensure!(args.participants >= 2, "--participants: transfers need at least 2");
+    anyhow::ensure!(
+        args.participants >= 2,
+        "--participants: transfers need at least 2"
+    );
     anyhow::ensure!(
         args.accounts >= args.participants
             && args.accounts <= args.participants * bank::MAX_ACCOUNTS_PER_PARTICIPANT,
@@ -135,7 +145,10 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
 
     let ms = |us: u64| us as f64 / 1000.0;
     println!("committed            {}", tally.committed);
-    println!("aborted              {} ({} on lock conflicts)", tally.aborted, lock_aborts);
+    println!(
+        "aborted              {} ({} on lock conflicts)",
+        tally.aborted, lock_aborts
+    );
     println!("unknown to client    {}", tally.unknown);
     println!(
         "throughput           {:.0} committed txns/s",
@@ -154,7 +167,9 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     );
     println!("in doubt at the end  {left}");
     if problems.is_empty() {
-        println!("checks               OK: total conserved, every txn atomic, nothing acknowledged lost");
+        println!(
+            "checks               OK: total conserved, every txn atomic, nothing acknowledged lost"
+        );
         Ok(true)
     } else {
         println!("checks               FAILED:");
