@@ -21,10 +21,25 @@ use txn_proto::store::{Store, StoreError, WriteBatch};
 use txn_proto::types::{
     InvalidInput, KeyValue, ParticipantId, Protocol, Resolution, TxnId, TxnRequest, Vote,
 };
-use txn_proto::unix_ms;
+use txn_proto::{failpoint, unix_ms};
 
 use crate::core::{CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, VoteResult, decision_key};
 use crate::error::CoordError;
+
+/// Crash points (see `txn_proto::failpoint`).
+pub mod failpoints {
+    /// Every vote was YES; the commit decision is not yet written.
+    pub const BEFORE_DECISION_DURABLE: &str = "coordinator::before_decision_durable";
+    /// The commit decision is durable; the client has not been told, no Commit sent.
+    pub const AFTER_DECISION_DURABLE: &str = "coordinator::after_decision_durable";
+    /// Some participants acked the Commit, others have not been reached yet.
+    pub const AFTER_PARTIAL_COMMIT: &str = "coordinator::after_partial_commit";
+    pub const ALL: &[&str] = &[
+        BEFORE_DECISION_DURABLE,
+        AFTER_DECISION_DURABLE,
+        AFTER_PARTIAL_COMMIT,
+    ];
+}
 
 /// Most txns the coordinator runs at once; beyond it Transact answers RESOURCE_EXHAUSTED.
 /// Bounds the memory of the txn table and the number of concurrent RPCs.
@@ -294,8 +309,10 @@ impl Coordinator {
         if let [Effect::PersistDecision { key, record }] = effects.as_slice() {
             let mut batch = WriteBatch::default();
             batch.put(key.clone(), record.clone());
+            failpoint::hit(failpoints::BEFORE_DECISION_DURABLE);
             // The commit point: once this returns, the txn commits, whatever crashes.
             self.check(self.gc.write_durable(batch).await)?;
+            failpoint::hit(failpoints::AFTER_DECISION_DURABLE);
             effects = self.core().on_decision_durable(&txn);
         }
         let mut outcome = TxnOutcome {
@@ -376,6 +393,9 @@ impl Coordinator {
             match client.commit(request).await {
                 Ok(_) => {
                     let effects = self.core().on_commit_ack(&txn, &to);
+                    if effects.is_empty() {
+                        failpoint::hit(failpoints::AFTER_PARTIAL_COMMIT);
+                    }
                     self.run_effects(&txn, effects);
                     return;
                 }

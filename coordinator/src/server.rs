@@ -15,7 +15,7 @@ use txn_proto::pb::v1 as pb;
 use txn_proto::store::SledStore;
 use txn_proto::types::{MAX_MESSAGE_BYTES, ParticipantId};
 
-use crate::node::{CoordConfig, Coordinator};
+use crate::node::{CoordConfig, Coordinator, failpoints};
 use crate::service::CoordinatorService;
 
 #[derive(Debug, Parser)]
@@ -66,6 +66,7 @@ fn parse_participants(raw: &[String]) -> anyhow::Result<HashMap<ParticipantId, E
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    txn_proto::failpoint::setup_from_env(failpoints::ALL).map_err(anyhow::Error::msg)?;
     let endpoints = parse_participants(&args.participants)?;
     let store = SledStore::open(&args.data_dir)
         .with_context(|| format!("opening the database in {}", args.data_dir.display()))?;
@@ -109,6 +110,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(pb::stats_server::StatsServer::new(svc))
+        .add_service(pb::failpoints_server::FailpointsServer::new(
+            txn_proto::failpoint::FailpointService::new(failpoints::ALL),
+        ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

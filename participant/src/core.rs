@@ -302,7 +302,40 @@ fn outcome(kind: OutcomeKind, at_unix_ms: u64) -> Vec<u8> {
     record::encode(&OutcomeRecord {
         kind: kind as i32,
         at_unix_ms,
+        participants: Vec::new(),
     })
+}
+
+/// Recorded outcomes with txn ids after `start_after`, at most `limit`, in id order.
+pub fn list_outcomes(
+    store: &dyn Store,
+    start_after: &str,
+    limit: usize,
+) -> Result<Vec<(String, TxnStatus, Vec<String>)>, StoreError> {
+    let mut out = Vec::new();
+    // Strictly after `start_after`: the smallest key greater than it appends a zero byte.
+    let start = [OUTCOME_PREFIX, start_after.as_bytes(), b"\0"].concat();
+    let start = if start_after.is_empty() {
+        OUTCOME_PREFIX.to_vec()
+    } else {
+        start
+    };
+    for (key, bytes) in store.scan_page(OUTCOME_PREFIX, &start, limit)? {
+        let id = String::from_utf8_lossy(&key[OUTCOME_PREFIX.len()..]).into_owned();
+        let rec: OutcomeRecord = record::decode(&key, &bytes)?;
+        let status = match OutcomeKind::try_from(rec.kind) {
+            Ok(OutcomeKind::Committed) => TxnStatus::Committed,
+            Ok(OutcomeKind::Aborted) => TxnStatus::Aborted,
+            _ => {
+                return Err(StoreError::Corrupt(record::CorruptRecord {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    problem: format!("outcome kind {} is not committed or aborted", rec.kind),
+                }));
+            }
+        };
+        out.push((id, status, rec.participants));
+    }
+    Ok(out)
 }
 
 fn read_outcome(store: &dyn Store, txn: &TxnId) -> Result<Option<OutcomeKind>, StoreError> {

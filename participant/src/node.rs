@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_proto::durable::GroupCommit;
 use txn_proto::store::{Store, StoreError};
 use txn_proto::types::{Decision, KeyValue, Resolution, TxnId, Vote};
-use txn_proto::unix_ms;
+use txn_proto::{failpoint, unix_ms};
 
 use crate::core::{
     AbortStep, CommitStep, ParticipantCore, PrepareRequest, PrepareStep, Refusal, TxnStatus,
@@ -20,11 +21,31 @@ use crate::core::{
 };
 use crate::error::ParticipantError;
 
+/// Crash points (see `txn_proto::failpoint`).
+pub mod failpoints {
+    /// The prepared record is written but not yet durable; no vote sent.
+    pub const BEFORE_PREPARE_DURABLE: &str = "participant::before_prepare_durable";
+    /// The prepared record is durable; the YES vote is not sent yet.
+    pub const AFTER_PREPARE_DURABLE: &str = "participant::after_prepare_durable";
+    /// The commit is applied and durable; the ack is not sent yet.
+    pub const AFTER_COMMIT_APPLY: &str = "participant::after_commit_apply";
+    pub const ALL: &[&str] = &[
+        BEFORE_PREPARE_DURABLE,
+        AFTER_PREPARE_DURABLE,
+        AFTER_COMMIT_APPLY,
+    ];
+}
+
+/// Largest page of ListOutcomes.
+pub const MAX_OUTCOMES_PAGE: usize = 10_000;
+
 /// Most keys one Read request may name.
 pub const MAX_READ_KEYS: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// This participant's name, as the coordinator and its peers know it.
+    pub name: String,
     /// How long a Prepare waits for a conflicting lock before it votes NO. Bounded so that
     /// a distributed deadlock costs at most this long, never a hang.
     pub lock_wait: Duration,
@@ -33,14 +54,19 @@ pub struct NodeConfig {
     pub resolve_after: Duration,
     /// How often the resolver looks for txns to ask about.
     pub resolve_interval: Duration,
+    /// Largest pause between two attempts to resolve the same txn (the pause doubles from
+    /// `resolve_interval` up to this, with jitter).
+    pub resolve_backoff_max: Duration,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
+            name: "p1".into(),
             lock_wait: Duration::from_millis(50),
             resolve_after: Duration::from_millis(2000),
-            resolve_interval: Duration::from_millis(500),
+            resolve_interval: Duration::from_millis(200),
+            resolve_backoff_max: Duration::from_millis(2000),
         }
     }
 }
@@ -160,7 +186,9 @@ impl Participant {
             match step {
                 PrepareStep::Persist { reads, .. } => {
                     let ticket = ticket.expect("Persist writes a batch");
+                    failpoint::hit(failpoints::BEFORE_PREPARE_DURABLE);
                     self.check(self.gc.wait(ticket).await)?;
+                    failpoint::hit(failpoints::AFTER_PREPARE_DURABLE);
                     debug!("voted YES");
                     return Ok(Vote::Yes { reads });
                 }
@@ -209,6 +237,7 @@ impl Participant {
             };
             self.released.notify_waiters();
             self.check(self.gc.wait(ticket).await)?;
+            failpoint::hit(failpoints::AFTER_COMMIT_APPLY);
             debug!("committed");
             Ok(())
         }
@@ -262,6 +291,16 @@ impl Participant {
         self.check(core.status(txn, self.store()))
     }
 
+    /// One page of recorded outcomes, after `start_after`.
+    pub fn list_outcomes(
+        &self,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, TxnStatus, Vec<String>)>, ParticipantError> {
+        let limit = limit.clamp(1, MAX_OUTCOMES_PAGE);
+        self.check(crate::core::list_outcomes(self.store(), start_after, limit))
+    }
+
     pub fn stats(&self) -> NodeStats {
         let f = self.gc.stats();
         NodeStats {
@@ -286,53 +325,173 @@ impl Participant {
         self.check(self.gc.sync_all().await)
     }
 
-    /// Asks the coordinator about txns that have waited too long for their decision, and
-    /// applies the answer. Runs until the returned future is dropped. `resolve` performs one
-    /// Resolve call.
-    pub async fn run_resolver<F, Fut>(self: Arc<Self>, resolve: F)
-    where
-        F: Fn(TxnId) -> Fut,
-        Fut: std::future::Future<Output = Result<Resolution, String>>,
-    {
-        let mut first_seen: HashMap<TxnId, Instant> = HashMap::new();
+    /// Cooperative termination, asked by another participant of `txn`. A txn never prepared
+    /// here gets a durable abort tombstone first: once this answers ABORTED, a late Prepare
+    /// must vote NO, or the asker's abort and a commit could both happen.
+    pub async fn query_peer(&self, txn: &TxnId) -> Result<TxnStatus, ParticipantError> {
+        let (status, ticket) = {
+            let mut core = self.core();
+            match self.check(core.status(txn, self.store()))? {
+                TxnStatus::Unknown => match self.check(core.abort(txn, self.store(), unix_ms()))? {
+                    AbortStep::Apply { batch } => {
+                        info!(txn = %txn, "peer asked about a txn never prepared here: recording its abort");
+                        (TxnStatus::Aborted, self.check(self.gc.write_lazy(batch))?)
+                    }
+                    AbortStep::AlreadyAborted => (TxnStatus::Aborted, self.gc.current()),
+                    AbortStep::Refused(r) => return Err(refusal(txn, r)),
+                },
+                // Outcomes may still sit unsynced in the group-commit queue: answer only once
+                // everything written so far is durable.
+                status => (status, self.gc.current()),
+            }
+        };
+        self.check(self.gc.wait(ticket).await)?;
+        Ok(status)
+    }
+
+    /// Resolves txns that have waited too long for their decision: asks the coordinator, and
+    /// while it is unreachable asks the txn's other participants (cooperative termination).
+    /// Runs until the returned future is dropped.
+    pub async fn run_resolver(self: Arc<Self>, transport: Arc<dyn ResolveTransport>) {
+        let mut pending: HashMap<TxnId, Backoff> = HashMap::new();
         let start = Instant::now();
         let recovered = std::mem::take(&mut *self.recovered.lock().expect("recovered lock"));
         for t in recovered {
             // Recovered txns lost their decision messages with the crash: ask at once.
-            first_seen.insert(
-                t,
-                start
-                    .checked_sub(self.config.resolve_after)
-                    .unwrap_or(start),
-            );
+            pending.insert(t, Backoff::new(start, self.config.resolve_interval));
         }
         let mut tick = tokio::time::interval(self.config.resolve_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let now = Instant::now();
-            let current: Vec<TxnId> = self.core().prepared().map(|(t, _)| t.clone()).collect();
-            first_seen.retain(|t, _| current.contains(t));
-            for t in current {
-                let seen = *first_seen.entry(t.clone()).or_insert(now);
-                if now.duration_since(seen) < self.config.resolve_after {
+            let current: Vec<(TxnId, Vec<String>)> = self.in_doubt();
+            pending.retain(|t, _| current.iter().any(|(c, _)| c == t));
+            for (txn, participants) in current {
+                let b = pending.entry(txn.clone()).or_insert_with(|| {
+                    Backoff::new(
+                        now + self.config.resolve_after,
+                        self.config.resolve_interval,
+                    )
+                });
+                if now < b.next_try {
                     continue;
                 }
-                let result = match resolve(t.clone()).await {
-                    Ok(Resolution::Decided(Decision::Commit)) => self.commit(&t).await,
-                    Ok(Resolution::Decided(Decision::Abort)) => self.abort(&t).await,
-                    Ok(Resolution::Pending) => Ok(()),
-                    Err(e) => {
-                        warn!(txn = %t, error = %e, "resolve failed; will ask again");
-                        Ok(())
-                    }
-                };
-                if let Err(e) = result {
-                    warn!(txn = %t, error = %e, "applying the resolved decision failed");
+                let span = info_span!("resolve", txn = %txn, attempt = b.attempts + 1);
+                let decided = self
+                    .resolve_once(transport.as_ref(), &txn, &participants)
+                    .instrument(span)
+                    .await;
+                if !decided {
+                    b.failed(now, self.config.resolve_backoff_max);
                 }
             }
         }
     }
+
+    /// One attempt to learn and apply the decision of `txn`; true once it is applied.
+    async fn resolve_once(
+        &self,
+        transport: &dyn ResolveTransport,
+        txn: &TxnId,
+        participants: &[String],
+    ) -> bool {
+        let decision = match transport.resolve(txn.clone()).await {
+            Ok(Resolution::Decided(d)) => Some(d),
+            Ok(Resolution::Pending) => {
+                debug!("coordinator has not decided yet");
+                None
+            }
+            Err(TransportError::Unreachable(e)) => {
+                debug!(error = %e, "coordinator unreachable; asking the other participants");
+                self.ask_peers(transport, txn, participants).await
+            }
+            Err(TransportError::Other(e)) => {
+                warn!(error = %e, "resolve failed; will ask again");
+                None
+            }
+        };
+        let Some(decision) = decision else {
+            return false;
+        };
+        let result = match decision {
+            Decision::Commit => self.commit(txn).await,
+            Decision::Abort => self.abort(txn).await,
+        };
+        match result {
+            Ok(()) => {
+                info!(?decision, "in-doubt txn resolved");
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "applying the resolved decision failed");
+                false
+            }
+        }
+    }
+
+    /// Cooperative termination: a peer that committed means COMMIT; one that voted NO,
+    /// aborted or never prepared means ABORT; if every peer is prepared (or unreachable) the
+    /// txn stays blocked until the coordinator answers.
+    async fn ask_peers(
+        &self,
+        transport: &dyn ResolveTransport,
+        txn: &TxnId,
+        participants: &[String],
+    ) -> Option<Decision> {
+        for peer in participants.iter().filter(|p| **p != self.config.name) {
+            match transport.query_peer(peer.clone(), txn.clone()).await {
+                Ok(TxnStatus::Committed) => return Some(Decision::Commit),
+                Ok(TxnStatus::Aborted | TxnStatus::Unknown) => {
+                    info!(%peer, "peer did not prepare or aborted: the txn can only abort");
+                    return Some(Decision::Abort);
+                }
+                Ok(TxnStatus::Prepared) => {}
+                Err(e) => debug!(%peer, error = %e, "peer unreachable"),
+            }
+        }
+        debug!("every reachable peer is prepared: blocked until the coordinator answers");
+        None
+    }
+}
+
+/// Retry schedule of one in-doubt txn: capped exponential backoff with jitter.
+struct Backoff {
+    next_try: Instant,
+    pause: Duration,
+    attempts: u32,
+}
+
+impl Backoff {
+    fn new(first_try: Instant, pause: Duration) -> Self {
+        Self {
+            next_try: first_try,
+            pause,
+            attempts: 0,
+        }
+    }
+
+    fn failed(&mut self, now: Instant, max: Duration) {
+        self.attempts += 1;
+        let jitter = rand::random_range(0..=self.pause.as_millis() as u64 / 2);
+        self.next_try = now + self.pause + Duration::from_millis(jitter);
+        self.pause = (self.pause * 2).min(max);
+    }
+}
+
+/// Why a Resolve call failed.
+#[derive(Debug, Clone)]
+pub enum TransportError {
+    /// The coordinator could not be reached (down, partitioned, timed out).
+    Unreachable(String),
+    Other(String),
+}
+
+/// How the resolver reaches the coordinator and the other participants.
+pub trait ResolveTransport: Send + Sync + 'static {
+    fn resolve(&self, txn: TxnId) -> BoxFuture<'static, Result<Resolution, TransportError>>;
+    fn query_peer(&self, peer: String, txn: TxnId)
+    -> BoxFuture<'static, Result<TxnStatus, String>>;
 }
 
 fn refusal(txn: &TxnId, r: Refusal) -> ParticipantError {

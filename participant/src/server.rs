@@ -1,6 +1,7 @@
 //! Process wiring for the `participant` binary: flags, storage, gRPC servers, the resolver,
 //! graceful shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,14 +9,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use futures::future::BoxFuture;
 use tonic::transport::{Channel, Endpoint, Server};
 use tracing::{error, info};
 use txn_proto::pb::v1 as pb;
 use txn_proto::store::SledStore;
-use txn_proto::types::{MAX_MESSAGE_BYTES, Resolution, TxnId};
+use txn_proto::types::{MAX_MESSAGE_BYTES, ParticipantId, Resolution, TxnId};
 
-use crate::node::{NodeConfig, Participant};
-use crate::service::ParticipantService;
+use crate::core::TxnStatus;
+use crate::node::{NodeConfig, Participant, ResolveTransport, TransportError, failpoints};
+use crate::service::{ParticipantService, state_from_pb};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,9 +44,16 @@ pub struct Args {
     /// How long a prepared txn waits for its decision before the coordinator is asked.
     #[arg(long, default_value_t = 2000)]
     pub resolve_after_ms: u64,
-    /// How often the resolver runs.
-    #[arg(long, default_value_t = 500)]
+    /// How often the resolver runs; also the first pause between Resolve attempts.
+    #[arg(long, default_value_t = 200)]
     pub resolve_interval_ms: u64,
+    /// Largest pause between Resolve attempts for one txn.
+    #[arg(long, default_value_t = 2000)]
+    pub resolve_backoff_max_ms: u64,
+    /// Another participant as NAME=URL, asked during cooperative termination while the
+    /// coordinator is unreachable (repeat for each).
+    #[arg(long = "peer", value_name = "NAME=URL")]
+    pub peers: Vec<String>,
 }
 
 /// Deadline of one Resolve call.
@@ -56,7 +66,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("data").join(&args.name));
     let store = SledStore::open(&data_dir)
         .with_context(|| format!("opening the database in {}", data_dir.display()))?;
+    txn_proto::failpoint::setup_from_env(failpoints::ALL).map_err(anyhow::Error::msg)?;
+    let mut peers = HashMap::new();
+    for entry in &args.peers {
+        let (name, url) = entry
+            .split_once('=')
+            .with_context(|| format!("--peer {entry:?}: expected NAME=URL"))?;
+        ParticipantId::parse("--peer NAME", name)?;
+        let ch = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("--peer {entry:?}: {url:?} is not a valid URL"))?
+            .connect_timeout(RESOLVE_RPC_TIMEOUT)
+            .timeout(RESOLVE_RPC_TIMEOUT)
+            .connect_lazy();
+        peers.insert(name.to_owned(), ch);
+    }
     let config = NodeConfig {
+        name: args.name.clone(),
+        resolve_backoff_max: Duration::from_millis(args.resolve_backoff_max_ms.max(1)),
         lock_wait: Duration::from_millis(args.lock_wait_ms),
         resolve_after: Duration::from_millis(args.resolve_after_ms),
         resolve_interval: Duration::from_millis(args.resolve_interval_ms.max(1)),
@@ -68,10 +94,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .connect_timeout(RESOLVE_RPC_TIMEOUT)
         .timeout(RESOLVE_RPC_TIMEOUT)
         .connect_lazy();
-    let resolver = tokio::spawn(node.clone().run_resolver(move |txn| {
-        let channel = coordinator.clone();
-        async move { resolve(channel, txn).await }
-    }));
+    let transport = Arc::new(GrpcTransport { coordinator, peers });
+    let resolver = tokio::spawn(node.clone().run_resolver(transport));
 
     let svc = ParticipantService::new(node.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -100,6 +124,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(pb::stats_server::StatsServer::new(svc))
+        .add_service(pb::failpoints_server::FailpointsServer::new(
+            txn_proto::failpoint::FailpointService::new(failpoints::ALL),
+        ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
@@ -115,15 +142,53 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn resolve(channel: Channel, txn: TxnId) -> Result<Resolution, String> {
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
-    let resp = client
-        .resolve(pb::ResolveRequest {
-            txn_id: txn.as_str().to_owned(),
+/// Reaches the coordinator and the peers over gRPC.
+struct GrpcTransport {
+    coordinator: Channel,
+    peers: HashMap<String, Channel>,
+}
+
+impl ResolveTransport for GrpcTransport {
+    fn resolve(&self, txn: TxnId) -> BoxFuture<'static, Result<Resolution, TransportError>> {
+        let mut client = pb::coordinator_client::CoordinatorClient::new(self.coordinator.clone());
+        Box::pin(async move {
+            let resp = client
+                .resolve(pb::ResolveRequest {
+                    txn_id: txn.as_str().to_owned(),
+                })
+                .await
+                .map_err(|s| {
+                    let msg = format!("{:?}: {}", s.code(), s.message());
+                    match s.code() {
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                            TransportError::Unreachable(msg)
+                        }
+                        _ => TransportError::Other(msg),
+                    }
+                })?;
+            Resolution::from_pb(resp.into_inner().decision)
+                .map_err(|e| TransportError::Other(e.to_string()))
         })
-        .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
-    Resolution::from_pb(resp.into_inner().decision).map_err(|e| e.to_string())
+    }
+
+    fn query_peer(
+        &self,
+        peer: String,
+        txn: TxnId,
+    ) -> BoxFuture<'static, Result<TxnStatus, String>> {
+        let channel = self.peers.get(&peer).cloned();
+        Box::pin(async move {
+            let channel = channel.ok_or_else(|| format!("no --peer address for {peer}"))?;
+            let mut client = pb::participant_client::ParticipantClient::new(channel);
+            let resp = client
+                .query_peer(pb::TxnStateRequest {
+                    txn_id: txn.as_str().to_owned(),
+                })
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            state_from_pb(resp.into_inner().state).map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// Resolves on SIGTERM or ctrl-c.

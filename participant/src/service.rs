@@ -7,7 +7,7 @@ use txn_proto::pb::v1 as pb;
 use txn_proto::types::{InvalidInput, TxnId};
 
 use crate::core::{TxnStatus, prepare_from_pb};
-use crate::node::{MAX_READ_KEYS, Participant};
+use crate::node::{MAX_OUTCOMES_PAGE, MAX_READ_KEYS, Participant};
 
 #[derive(Clone)]
 pub struct ParticipantService {
@@ -88,15 +88,72 @@ impl pb::participant_server::Participant for ParticipantService {
         request: Request<pb::TxnStateRequest>,
     ) -> Result<Response<pb::TxnStateResponse>, Status> {
         let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
-        let state = match self.node.status(&txn)? {
-            TxnStatus::Prepared => pb::TxnState::Prepared,
-            TxnStatus::Committed => pb::TxnState::Committed,
-            TxnStatus::Aborted => pb::TxnState::Aborted,
-            TxnStatus::Unknown => pb::TxnState::Unknown,
-        };
+        let state = state_to_pb(self.node.status(&txn)?);
         Ok(Response::new(pb::TxnStateResponse {
             state: state as i32,
         }))
+    }
+
+    async fn query_peer(
+        &self,
+        request: Request<pb::TxnStateRequest>,
+    ) -> Result<Response<pb::TxnStateResponse>, Status> {
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let state = state_to_pb(self.node.query_peer(&txn).await?);
+        Ok(Response::new(pb::TxnStateResponse {
+            state: state as i32,
+        }))
+    }
+
+    async fn list_outcomes(
+        &self,
+        request: Request<pb::ListOutcomesRequest>,
+    ) -> Result<Response<pb::ListOutcomesResponse>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 {
+            MAX_OUTCOMES_PAGE
+        } else {
+            r.limit as usize
+        };
+        let page = self.node.list_outcomes(&r.start_after, limit)?;
+        let next = if page.len() >= limit.min(MAX_OUTCOMES_PAGE) {
+            page.last().map(|(id, _, _)| id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListOutcomesResponse {
+            outcomes: page
+                .into_iter()
+                .map(|(txn_id, state, participants)| pb::TxnOutcome {
+                    txn_id,
+                    state: state_to_pb(state) as i32,
+                    participants,
+                })
+                .collect(),
+            next,
+        }))
+    }
+}
+
+pub fn state_to_pb(s: TxnStatus) -> pb::TxnState {
+    match s {
+        TxnStatus::Prepared => pb::TxnState::Prepared,
+        TxnStatus::Committed => pb::TxnState::Committed,
+        TxnStatus::Aborted => pb::TxnState::Aborted,
+        TxnStatus::Unknown => pb::TxnState::Unknown,
+    }
+}
+
+pub fn state_from_pb(raw: i32) -> Result<TxnStatus, InvalidInput> {
+    match pb::TxnState::try_from(raw) {
+        Ok(pb::TxnState::Prepared) => Ok(TxnStatus::Prepared),
+        Ok(pb::TxnState::Committed) => Ok(TxnStatus::Committed),
+        Ok(pb::TxnState::Aborted) => Ok(TxnStatus::Aborted),
+        Ok(pb::TxnState::Unknown) => Ok(TxnStatus::Unknown),
+        _ => Err(InvalidInput::new(
+            "state",
+            format!("{raw} is not a known txn state"),
+        )),
     }
 }
 

@@ -259,6 +259,14 @@ mod tests {
         fn scan_prefix(&self, _: &[u8]) -> Result<crate::store::Pairs, StoreError> {
             Ok(vec![])
         }
+        fn scan_page(
+            &self,
+            _: &[u8],
+            _: &[u8],
+            _: usize,
+        ) -> Result<crate::store::Pairs, StoreError> {
+            Ok(vec![])
+        }
         fn apply(&self, _: WriteBatch) -> Result<(), StoreError> {
             Ok(())
         }

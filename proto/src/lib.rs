@@ -9,10 +9,12 @@
 //! - [`record`]: checksummed encoding of durable records.
 //! - [`store`]: the [`store::Store`] trait with a sled implementation and an in-memory one
 //!   that can simulate a crash.
+//! - [`failpoint`]: named crash points for fault-injection tests.
 //! - [`durable`]: the group-commit flusher that turns "written" into "fsynced" for many
 //!   writers at once.
 
 pub mod durable;
+pub mod failpoint;
 pub mod record;
 pub mod store;
 pub mod types;

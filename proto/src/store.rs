@@ -60,6 +60,9 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every pair whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError>;
+    /// At most `limit` pairs whose key starts with `prefix` and is at or after `start`, in key
+    /// order: one page of a long listing.
+    fn scan_page(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError>;
     /// Applies `batch` atomically; visible at once, durable after the next `sync`.
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every batch applied before this call durable.
@@ -98,6 +101,19 @@ impl Store for SledStore {
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         self.db
             .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+            .collect()
+    }
+
+    fn scan_page(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+        self.db
+            .range(start.max(prefix)..)
+            .take_while(|r| {
+                r.as_ref()
+                    .map(|(k, _)| k.starts_with(prefix))
+                    .unwrap_or(true)
+            })
+            .take(limit)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
             .collect()
     }
@@ -179,6 +195,17 @@ impl Store for MemStore {
             .collect())
     }
 
+    fn scan_page(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+        let inner = self.inner.lock().expect("mem store lock");
+        Ok(inner
+            .current
+            .range(start.max(prefix).to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().expect("mem store lock");
         for op in batch.ops {
@@ -209,6 +236,9 @@ impl<S: Store> Store for std::sync::Arc<S> {
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         (**self).scan_prefix(prefix)
     }
+    fn scan_page(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+        (**self).scan_page(prefix, start, limit)
+    }
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
         (**self).apply(batch)
     }
@@ -229,6 +259,9 @@ mod tests {
         store.apply(b).unwrap();
         assert_eq!(store.get(b"a/1").unwrap(), Some(b"x".to_vec()));
         assert_eq!(store.scan_prefix(b"a/").unwrap().len(), 2);
+        let page = store.scan_page(b"a/", b"a/1\0", 10).unwrap();
+        assert_eq!(page, vec![(b"a/2".to_vec(), b"y".to_vec())]);
+        assert_eq!(store.scan_page(b"a/", b"", 1).unwrap().len(), 1);
         let mut b = WriteBatch::default();
         b.delete(b"a/1".to_vec());
         store.apply(b).unwrap();

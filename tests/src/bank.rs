@@ -17,6 +17,9 @@ use txn_proto::types::{decode_counter, encode_counter};
 /// branch, and a branch holds at most this many operations.
 pub const MAX_ACCOUNTS_PER_PARTICIPANT: usize = txn_proto::types::MAX_OPS_PER_BRANCH;
 
+/// Pause of a client after a call that failed without an outcome.
+pub const UNKNOWN_BACKOFF: Duration = Duration::from_millis(20);
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Account {
     pub participant: String,
@@ -190,6 +193,10 @@ pub async fn run(
                 let t = pick(&mut rng, &accounts, balance, w.overdraft_share);
                 let t0 = Instant::now();
                 let outcome = transfer(&mut client, &accounts, t).await;
+                if matches!(outcome, Outcome::Unknown { .. }) {
+                    // Like a real client: do not hammer a coordinator that is not answering.
+                    tokio::time::sleep(UNKNOWN_BACKOFF).await;
+                }
                 out.push(Record {
                     transfer: t,
                     outcome,
@@ -232,6 +239,9 @@ pub struct Observed {
     pub states: HashMap<String, (pb::TxnState, pb::TxnState)>,
     /// Prepared txns still held by any participant.
     pub in_doubt: u64,
+    /// Every outcome each participant durably recorded: txn -> [(participant, state, the
+    /// txn's participants as recorded with a commit)].
+    pub outcomes: HashMap<String, Vec<(String, pb::TxnState, Vec<String>)>>,
 }
 
 /// Reads balances, txn states and in-doubt counts directly from the participants.
@@ -290,11 +300,66 @@ pub async fn observe(
         let b = state_at(r.transfer.to).await?;
         states.insert(txn, (a, b));
     }
+    let mut outcomes: HashMap<String, Vec<(String, pb::TxnState, Vec<String>)>> = HashMap::new();
+    for (name, c) in clients.iter_mut() {
+        let mut start_after = String::new();
+        loop {
+            let page = c
+                .list_outcomes(pb::ListOutcomesRequest {
+                    start_after: start_after.clone(),
+                    limit: 0,
+                })
+                .await
+                .with_context(|| format!("listing outcomes at {name}"))?
+                .into_inner();
+            for o in page.outcomes {
+                let state = pb::TxnState::try_from(o.state).unwrap_or(pb::TxnState::Unspecified);
+                outcomes
+                    .entry(o.txn_id)
+                    .or_default()
+                    .push((name.clone(), state, o.participants));
+            }
+            if page.next.is_empty() {
+                break;
+            }
+            start_after = page.next;
+        }
+    }
     Ok(Observed {
         balances,
         states,
         in_doubt,
+        outcomes,
     })
+}
+
+/// Atomicity from the participants' own records, whatever the clients were told: a txn
+/// committed anywhere must be committed at every one of its participants.
+pub fn check_outcomes(observed: &Observed) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut txns: Vec<_> = observed.outcomes.iter().collect();
+    txns.sort_by(|a, b| a.0.cmp(b.0));
+    for (txn, records) in txns {
+        let Some((_, _, members)) = records
+            .iter()
+            .find(|(_, s, m)| *s == pb::TxnState::Committed && !m.is_empty())
+        else {
+            continue;
+        };
+        for member in members {
+            let state = records
+                .iter()
+                .find(|(p, _, _)| p == member)
+                .map(|(_, s, _)| *s)
+                .unwrap_or(pb::TxnState::Unknown);
+            if state != pb::TxnState::Committed {
+                problems.push(format!(
+                    "atomicity violation: txn {txn} committed at some participants but {state:?} at {member}"
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// Every invariant that failed, in words; empty when all hold.
@@ -314,6 +379,7 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<St
             observed.in_doubt
         ));
     }
+    problems.extend(check_outcomes(observed));
     let mut expected = initial.to_vec();
     for r in history {
         let (txn, client_committed) = match &r.outcome {
@@ -453,6 +519,7 @@ mod tests {
             .into_iter()
             .collect(),
             in_doubt: 0,
+            outcomes: HashMap::new(),
         };
         assert_eq!(
             check(&[100, 100], &history, &observed),
@@ -476,6 +543,7 @@ mod tests {
             .into_iter()
             .collect(),
             in_doubt: 1,
+            outcomes: HashMap::new(),
         };
         let problems = check(&[100, 100], &history, &observed).join("\n");
         assert!(problems.contains("not conserved"), "{problems}");
@@ -485,5 +553,37 @@ mod tests {
         );
         assert!(problems.contains("acknowledged txn 1.2 lost"), "{problems}");
         assert!(problems.contains("still prepared"), "{problems}");
+    }
+
+    #[test]
+    fn outcome_records_reveal_a_half_commit_the_client_never_saw() {
+        let both = vec!["p1".to_string(), "p2".to_string()];
+        let mut outcomes = HashMap::new();
+        outcomes.insert(
+            "2.7".to_string(),
+            vec![
+                ("p1".to_string(), Committed, both.clone()),
+                ("p2".to_string(), Aborted, vec![]),
+            ],
+        );
+        outcomes.insert(
+            "2.8".to_string(),
+            vec![("p1".to_string(), Committed, both.clone())],
+        );
+        outcomes.insert(
+            "2.9".to_string(),
+            vec![
+                ("p1".to_string(), Committed, both.clone()),
+                ("p2".to_string(), Committed, both),
+            ],
+        );
+        let observed = Observed {
+            outcomes,
+            ..Default::default()
+        };
+        let problems = check_outcomes(&observed);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("2.7") && problems[0].contains("Aborted at p2"));
+        assert!(problems[1].contains("2.8") && problems[1].contains("Unknown at p2"));
     }
 }

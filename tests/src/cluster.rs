@@ -277,10 +277,13 @@ impl Cluster {
             }
         };
         let coord_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let addrs: Vec<SocketAddr> = (0..opts.participants)
+            .map(|_| Ok(format!("127.0.0.1:{}", free_port()?).parse()?))
+            .collect::<anyhow::Result<_>>()?;
         let mut participants = Vec::new();
         for i in 1..=opts.participants {
             let name = format!("p{i}");
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let addr = addrs[i - 1];
             let mut args = vec![
                 "--name".into(),
                 name.clone(),
@@ -291,6 +294,12 @@ impl Cluster {
                 "--coordinator".into(),
                 format!("http://{coord_addr}"),
             ];
+            for (j, peer) in addrs.iter().enumerate() {
+                if j + 1 != i {
+                    args.push("--peer".into());
+                    args.push(format!("p{}=http://{peer}", j + 1));
+                }
+            }
             args.extend(opts.participant_args.iter().cloned());
             participants.push(Proc {
                 log: dir.join(format!("{name}.log")),
@@ -385,6 +394,39 @@ impl Cluster {
                 .url()
         };
         Ok(pb::stats_client::StatsClient::new(connect(&url).await?))
+    }
+
+    /// Arms failpoint `name` on `node` (coordinator, p1, ...) with `action`, e.g. "crash".
+    pub async fn set_failpoint(&self, node: &str, name: &str, action: &str) -> anyhow::Result<()> {
+        let url = self.url_of(node)?;
+        let mut c = pb::failpoints_client::FailpointsClient::new(connect(&url).await?);
+        c.set_failpoint(pb::SetFailpointRequest {
+            name: name.into(),
+            action: action.into(),
+        })
+        .await
+        .with_context(|| format!("arming {name} on {node}"))?;
+        Ok(())
+    }
+
+    pub fn url_of(&self, node: &str) -> anyhow::Result<String> {
+        if node == "coordinator" {
+            return Ok(self.coordinator.url());
+        }
+        Ok(self
+            .participants
+            .iter()
+            .find(|p| p.name == node)
+            .with_context(|| format!("no node {node}"))?
+            .url())
+    }
+
+    pub fn node(&mut self, node: &str) -> &mut Proc {
+        if node == "coordinator" {
+            &mut self.coordinator
+        } else {
+            self.participant(node)
+        }
     }
 
     /// Stops every process with SIGTERM and checks each exited cleanly.

@@ -171,6 +171,18 @@ impl pb::participant_server::Participant for FakeParticipant {
     ) -> Result<Response<pb::TxnStateResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn query_peer(
+        &self,
+        _: Request<pb::TxnStateRequest>,
+    ) -> Result<Response<pb::TxnStateResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_outcomes(
+        &self,
+        _: Request<pb::ListOutcomesRequest>,
+    ) -> Result<Response<pb::ListOutcomesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 async fn coordinator_stats(cluster: &Cluster) -> anyhow::Result<pb::StatsResponse> {

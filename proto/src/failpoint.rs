@@ -1,0 +1,119 @@
+//! Named crash points, armed by tests and the harness to kill a process at an exact step of
+//! the protocol. Built on the `fail` crate; they do nothing unless the binary was built with
+//! the `failpoints` feature.
+//!
+//! Actions are the `fail` crate's, plus `crash`: abort the process on the spot, skipping every
+//! destructor and flush, as kill -9 would. Arm them at start with the `TXN_FAILPOINTS`
+//! environment variable (`name=action;name=action`) or at run time through the `Failpoints`
+//! gRPC service ([`FailpointService`]).
+
+use tonic::{Request, Response, Status};
+
+use crate::pb::v1 as pb;
+
+/// Environment variable read at process start.
+pub const ENV_VAR: &str = "TXN_FAILPOINTS";
+
+/// Whether this binary was built with failpoints.
+pub const ENABLED: bool = cfg!(feature = "failpoints");
+
+/// Evaluates the failpoint `name`: crashes, sleeps, pauses or panics if it is armed so.
+pub fn hit(name: &str) {
+    if ENABLED {
+        fail::eval(name, |_| crash(name));
+    }
+}
+
+fn crash(name: &str) -> ! {
+    eprintln!("failpoint {name}: crashing the process");
+    std::process::abort()
+}
+
+/// Turns our `crash` action into the `fail` crate's `return`, which [`hit`] treats as a crash.
+fn to_fail_action(action: &str) -> String {
+    action.replace("crash", "return")
+}
+
+fn from_fail_action(action: &str) -> String {
+    action.replace("return", "crash")
+}
+
+/// Arms one failpoint. `known` lists the names the binary has.
+pub fn set(known: &[&str], name: &str, action: &str) -> Result<(), Status> {
+    if !ENABLED {
+        return Err(Status::failed_precondition(
+            "this binary was built without the failpoints feature",
+        ));
+    }
+    if !known.contains(&name) {
+        return Err(Status::not_found(format!(
+            "name: unknown failpoint {name:?}; known: {}",
+            known.join(", ")
+        )));
+    }
+    let action = action.trim();
+    if action.is_empty() || action == "off" {
+        fail::remove(name);
+        return Ok(());
+    }
+    fail::cfg(name, &to_fail_action(action))
+        .map_err(|e| Status::invalid_argument(format!("action: {action:?}: {e}")))
+}
+
+/// Arms the failpoints named in `TXN_FAILPOINTS`. Errors name the bad entry.
+pub fn setup_from_env(known: &[&str]) -> Result<(), String> {
+    let Ok(spec) = std::env::var(ENV_VAR) else {
+        return Ok(());
+    };
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, action) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{ENV_VAR}: {entry:?} is not NAME=ACTION"))?;
+        set(known, name.trim(), action).map_err(|s| format!("{ENV_VAR}: {}", s.message()))?;
+    }
+    Ok(())
+}
+
+/// The `Failpoints` gRPC service over a binary's known failpoint names.
+#[derive(Clone)]
+pub struct FailpointService {
+    known: &'static [&'static str],
+}
+
+impl FailpointService {
+    pub fn new(known: &'static [&'static str]) -> Self {
+        Self { known }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::failpoints_server::Failpoints for FailpointService {
+    async fn set_failpoint(
+        &self,
+        request: Request<pb::SetFailpointRequest>,
+    ) -> Result<Response<pb::SetFailpointResponse>, Status> {
+        let r = request.into_inner();
+        set(self.known, &r.name, &r.action)?;
+        tracing::warn!(name = %r.name, action = %r.action, "failpoint set");
+        Ok(Response::new(pb::SetFailpointResponse {}))
+    }
+
+    async fn list_failpoints(
+        &self,
+        _request: Request<pb::ListFailpointsRequest>,
+    ) -> Result<Response<pb::ListFailpointsResponse>, Status> {
+        let armed: std::collections::HashMap<String, String> = fail::list().into_iter().collect();
+        let failpoints = self
+            .known
+            .iter()
+            .map(|name| pb::Failpoint {
+                name: (*name).to_owned(),
+                action: armed
+                    .get(*name)
+                    .map(|a| from_fail_action(a))
+                    .unwrap_or_else(|| "off".into()),
+            })
+            .collect();
+        Ok(Response::new(pb::ListFailpointsResponse { failpoints }))
+    }
+}
