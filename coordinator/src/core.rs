@@ -126,10 +126,16 @@ impl CoordinatorCore {
             .collect()
     }
 
+    /// A fresh id from the same sequence as txns (sagas use it).
+    pub fn next_id(&mut self) -> TxnId {
+        let id = TxnId::generated(self.epoch, self.next_seq);
+        self.next_seq += 1;
+        id
+    }
+
     /// Starts a txn over `participants` (the driver sends the Prepares).
     pub fn begin(&mut self, participants: Vec<ParticipantId>) -> TxnId {
-        let txn = TxnId::generated(self.epoch, self.next_seq);
-        self.next_seq += 1;
+        let txn = self.next_id();
         self.txns.insert(
             txn.clone(),
             TxnState {

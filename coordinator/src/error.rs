@@ -11,8 +11,18 @@ pub enum CoordError {
     Unsupported(String),
     #[error("too many txns in flight (limit {limit}); retry later")]
     Overloaded { limit: usize },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Precondition(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+}
+
+impl From<txn_proto::record::CorruptRecord> for CoordError {
+    fn from(e: txn_proto::record::CorruptRecord) -> Self {
+        CoordError::Store(StoreError::Corrupt(e))
+    }
 }
 
 impl CoordError {
@@ -29,6 +39,8 @@ impl From<CoordError> for tonic::Status {
             CoordError::Invalid(_) => Status::invalid_argument(msg),
             CoordError::Unsupported(_) => Status::unimplemented(msg),
             CoordError::Overloaded { .. } => Status::resource_exhausted(msg),
+            CoordError::NotFound(_) => Status::not_found(msg),
+            CoordError::Precondition(_) => Status::failed_precondition(msg),
             CoordError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
             CoordError::Store(_) => Status::unavailable(msg),
         }

@@ -10,5 +10,7 @@
 pub mod core;
 pub mod error;
 pub mod node;
+pub mod saga;
+pub mod saga_driver;
 pub mod server;
 pub mod service;

@@ -1,7 +1,7 @@
 //! The coordinator driver: runs [`CoordinatorCore`] against the decision log and the
 //! participants. The core's mutex is held only for in-memory steps, never across an await.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -56,6 +56,10 @@ pub struct CoordConfig {
     /// First and largest pause between Commit retries (exponential backoff with jitter).
     pub commit_retry_base: Duration,
     pub commit_retry_max: Duration,
+    /// Default deadline of a saga's forward phase; past it, the saga compensates.
+    pub saga_timeout: Duration,
+    /// Failed Compensate calls a saga may make before it is parked.
+    pub compensation_budget: u32,
 }
 
 impl Default for CoordConfig {
@@ -65,6 +69,8 @@ impl Default for CoordConfig {
             rpc_timeout: Duration::from_millis(2000),
             commit_retry_base: Duration::from_millis(20),
             commit_retry_max: Duration::from_millis(1000),
+            saga_timeout: Duration::from_millis(5000),
+            compensation_budget: 20,
         }
     }
 }
@@ -80,9 +86,11 @@ pub struct TxnOutcome {
 }
 
 #[derive(Default)]
-struct Counters {
-    committed: AtomicU64,
-    aborted: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) committed: AtomicU64,
+    pub(crate) aborted: AtomicU64,
+    pub(crate) sagas_completed: AtomicU64,
+    pub(crate) sagas_compensated: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -94,16 +102,21 @@ pub struct CoordStats {
     pub aborted: u64,
     pub in_doubt: u64,
     pub in_flight: u64,
+    pub sagas_active: u64,
+    pub sagas_completed: u64,
+    pub sagas_compensated: u64,
 }
 
 pub struct Coordinator {
     core: Mutex<CoordinatorCore>,
-    gc: GroupCommit,
-    participants: HashMap<ParticipantId, ParticipantClient<Channel>>,
-    config: CoordConfig,
-    admission: Semaphore,
-    counters: Counters,
+    pub(crate) gc: GroupCommit,
+    pub(crate) participants: HashMap<ParticipantId, ParticipantClient<Channel>>,
+    pub(crate) config: CoordConfig,
+    admission: Arc<Semaphore>,
+    pub(crate) counters: Counters,
     fatal: watch::Sender<Option<String>>,
+    /// Sagas a task is driving right now, so a retry never drives one twice.
+    pub(crate) active_sagas: Mutex<HashSet<TxnId>>,
 }
 
 impl Coordinator {
@@ -113,7 +126,7 @@ impl Coordinator {
         store: Arc<dyn Store>,
         participants: HashMap<ParticipantId, Channel>,
         config: CoordConfig,
-    ) -> Result<Arc<Self>, StoreError> {
+    ) -> Result<Arc<Self>, CoordError> {
         let gc = GroupCommit::start(store.clone());
         let epoch = match store.get(EPOCH_KEY)? {
             Some(bytes) => record::decode::<EpochRecord>(EPOCH_KEY, &bytes)?.epoch + 1,
@@ -157,17 +170,19 @@ impl Coordinator {
                 })
                 .collect(),
             config,
-            admission: Semaphore::new(MAX_IN_FLIGHT_TXNS),
+            admission: Arc::new(Semaphore::new(MAX_IN_FLIGHT_TXNS)),
             counters: Counters::default(),
             fatal,
+            active_sagas: Mutex::new(HashSet::new()),
         });
         for (txn, effects) in resend {
             node.run_effects(&txn, effects);
         }
+        node.resume_sagas()?;
         Ok(node)
     }
 
-    fn core(&self) -> MutexGuard<'_, CoordinatorCore> {
+    pub(crate) fn core(&self) -> MutexGuard<'_, CoordinatorCore> {
         self.core.lock().expect("coordinator core lock poisoned")
     }
 
@@ -175,7 +190,7 @@ impl Coordinator {
         self.fatal.subscribe()
     }
 
-    fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, CoordError> {
+    pub(crate) fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, CoordError> {
         r.map_err(|e| {
             if matches!(e, StoreError::Corrupt(_) | StoreError::Failed(_)) {
                 let msg = e.to_string();
@@ -193,11 +208,6 @@ impl Coordinator {
 
     /// Runs one client transaction to its outcome.
     pub async fn transact(self: &Arc<Self>, req: TxnRequest) -> Result<TxnOutcome, CoordError> {
-        if req.protocol != Protocol::TwoPhase {
-            return Err(CoordError::Unsupported(
-                "protocol: PROTOCOL_SAGA is not served by this coordinator yet".into(),
-            ));
-        }
         for (i, b) in req.branches.iter().enumerate() {
             if !self.participants.contains_key(&b.participant) {
                 return Err(InvalidInput::new(
@@ -223,19 +233,32 @@ impl Coordinator {
             )
             .into());
         }
-        let _permit = self
-            .admission
-            .try_acquire()
-            .map_err(|_| CoordError::Overloaded {
-                limit: MAX_IN_FLIGHT_TXNS,
-            })?;
-        let participants: Vec<ParticipantId> =
-            req.branches.iter().map(|b| b.participant.clone()).collect();
-        let txn = self.core().begin(participants.clone());
-        let span = info_span!("txn", txn = %txn);
-        self.run_two_phase(txn, req, participants)
-            .instrument(span)
-            .await
+        let permit =
+            self.admission
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| CoordError::Overloaded {
+                    limit: MAX_IN_FLIGHT_TXNS,
+                })?;
+        // The protocol runs in its own task: if the client goes away (deadline, cancel,
+        // disconnect), tonic drops this future, but the txn must still reach its decision and
+        // release its participants.
+        let node = self.clone();
+        let run = tokio::spawn(async move {
+            let _permit = permit;
+            if req.protocol == Protocol::Saga {
+                return node.transact_saga(req).await;
+            }
+            let participants: Vec<ParticipantId> =
+                req.branches.iter().map(|b| b.participant.clone()).collect();
+            let txn = node.core().begin(participants.clone());
+            let span = info_span!("txn", txn = %txn);
+            node.run_two_phase(txn, req, participants)
+                .instrument(span)
+                .await
+        });
+        run.await
+            .map_err(|e| CoordError::Store(StoreError::Failed(format!("txn task failed: {e}"))))?
     }
 
     async fn run_two_phase(
@@ -381,7 +404,12 @@ impl Coordinator {
 
     /// Sends Commit to `to` until it acks, with capped exponential backoff and jitter.
     async fn drive_commit(self: Arc<Self>, txn: TxnId, to: ParticipantId) {
-        let mut client = self.participants[&to].clone();
+        let Some(mut client) = self.participants.get(&to).cloned() else {
+            tracing::error!(participant = %to,
+                "a commit decision names a participant that is not configured (--participant); \
+                 the txn stays in doubt until it is configured again");
+            return;
+        };
         let mut pause = self.config.commit_retry_base;
         let mut attempt: u64 = 0;
         loop {
@@ -420,7 +448,9 @@ impl Coordinator {
     }
 
     async fn send_abort(self: Arc<Self>, txn: TxnId, to: ParticipantId) {
-        let mut client = self.participants[&to].clone();
+        let Some(mut client) = self.participants.get(&to).cloned() else {
+            return;
+        };
         let mut request = tonic::Request::new(pb::AbortRequest {
             txn_id: txn.as_str().to_owned(),
         });
@@ -455,6 +485,9 @@ impl Coordinator {
             aborted: self.counters.aborted.load(Ordering::Relaxed),
             in_doubt: core.committing() as u64,
             in_flight: core.in_flight() as u64,
+            sagas_active: self.active_sagas.lock().expect("active sagas").len() as u64,
+            sagas_completed: self.counters.sagas_completed.load(Ordering::Relaxed),
+            sagas_compensated: self.counters.sagas_compensated.load(Ordering::Relaxed),
         }
     }
 

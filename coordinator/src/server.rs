@@ -39,10 +39,26 @@ pub struct Args {
     /// Deadline of one Commit or Abort RPC.
     #[arg(long, default_value_t = 2000)]
     pub rpc_timeout_ms: u64,
-    /// Largest pause between Commit retries.
+    /// Largest pause between Commit retries (and saga step retries).
     #[arg(long, default_value_t = 1000)]
     pub commit_retry_max_ms: u64,
+    /// Default deadline of a saga's forward phase; past it the saga compensates.
+    #[arg(long, default_value_t = 5000)]
+    pub saga_timeout_ms: u64,
+    /// Failed Compensate calls before a saga is parked for an operator.
+    #[arg(long, default_value_t = 20)]
+    pub compensation_budget: u32,
 }
+
+/// Every crash point of the coordinator: 2PC and saga.
+const ALL_FAILPOINTS: &[&str] = &[
+    failpoints::BEFORE_DECISION_DURABLE,
+    failpoints::AFTER_DECISION_DURABLE,
+    failpoints::AFTER_PARTIAL_COMMIT,
+    crate::saga_driver::failpoints::AFTER_STEP_EXECUTED,
+    crate::saga_driver::failpoints::AFTER_STEP_LOGGED,
+    crate::saga_driver::failpoints::MID_COMPENSATION,
+];
 
 /// Time allowed to open a connection to a participant.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -66,7 +82,7 @@ fn parse_participants(raw: &[String]) -> anyhow::Result<HashMap<ParticipantId, E
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    txn_proto::failpoint::setup_from_env(failpoints::ALL).map_err(anyhow::Error::msg)?;
+    txn_proto::failpoint::setup_from_env(ALL_FAILPOINTS).map_err(anyhow::Error::msg)?;
     let endpoints = parse_participants(&args.participants)?;
     let store = SledStore::open(&args.data_dir)
         .with_context(|| format!("opening the database in {}", args.data_dir.display()))?;
@@ -74,6 +90,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         prepare_timeout: Duration::from_millis(args.prepare_timeout_ms),
         rpc_timeout: Duration::from_millis(args.rpc_timeout_ms),
         commit_retry_max: Duration::from_millis(args.commit_retry_max_ms.max(1)),
+        saga_timeout: Duration::from_millis(args.saga_timeout_ms),
+        compensation_budget: args.compensation_budget.max(1),
         ..CoordConfig::default()
     };
     let channels = endpoints
@@ -111,7 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
         .add_service(pb::stats_server::StatsServer::new(svc))
         .add_service(pb::failpoints_server::FailpointsServer::new(
-            txn_proto::failpoint::FailpointService::new(failpoints::ALL),
+            txn_proto::failpoint::FailpointService::new(ALL_FAILPOINTS),
         ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

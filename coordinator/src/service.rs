@@ -74,6 +74,9 @@ impl pb::stats_server::Stats for CoordinatorService {
             aborted: s.aborted,
             in_doubt: s.in_doubt,
             epoch: s.epoch,
+            sagas_active: s.sagas_active,
+            sagas_completed: s.sagas_completed,
+            sagas_compensated: s.sagas_compensated,
         }))
     }
 }

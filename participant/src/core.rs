@@ -15,11 +15,15 @@
 
 use std::collections::HashMap;
 
+use prost::Message;
+
 use txn_proto::pb::rec::{OutcomeKind, OutcomeRecord, PreparedRecord, Write};
 use txn_proto::pb::v1 as pb;
 use txn_proto::record;
 use txn_proto::store::{Store, StoreError, WriteBatch};
-use txn_proto::types::{KeyValue, Op, ParticipantId, TxnId, decode_counter, encode_counter};
+use txn_proto::types::{
+    KeyValue, MAX_RECORD_BYTES, Op, ParticipantId, TxnId, decode_counter, encode_counter,
+};
 
 use crate::locks::LockTable;
 
@@ -195,6 +199,17 @@ impl ParticipantCore {
                     shared_keys: shared,
                     prepared_at_unix_ms: now_unix_ms,
                 };
+                if rec.encoded_len() > MAX_RECORD_BYTES {
+                    self.locks
+                        .release_all(&req.txn, &rec.exclusive_keys, &rec.shared_keys);
+                    return Ok(PrepareStep::VoteNo {
+                        reason: format!(
+                            "the prepared record would be {} bytes, the limit is {MAX_RECORD_BYTES}",
+                            rec.encoded_len()
+                        ),
+                        batch: WriteBatch::default(),
+                    });
+                }
                 let mut batch = WriteBatch::default();
                 batch.put(prepared_key(&req.txn), record::encode(&rec));
                 self.prepared.insert(req.txn.clone(), rec);
@@ -289,12 +304,27 @@ impl ParticipantCore {
         self.prepared.iter()
     }
 
+    pub fn is_prepared(&self, txn: &TxnId) -> bool {
+        self.prepared.contains_key(txn)
+    }
+
     pub fn in_doubt(&self) -> usize {
         self.prepared.len()
     }
 
     pub fn locked_keys(&self) -> usize {
         self.locks.len()
+    }
+
+    /// A 2PC txn holding a lock that conflicts with running `ops` now (for saga steps, which
+    /// apply in one atomic batch under the core's mutex and so need no locks of their own).
+    pub fn lock_conflict(&self, ops: &[Op]) -> Option<TxnId> {
+        let (exclusive, shared) = lock_sets(ops);
+        self.locks.conflict(None, &exclusive, &shared)
+    }
+
+    pub fn lock_conflict_keys(&self, keys: &[Vec<u8>]) -> Option<TxnId> {
+        self.locks.conflict(None, keys, &[])
     }
 }
 
@@ -354,7 +384,7 @@ fn read_outcome(store: &dyn Store, txn: &TxnId) -> Result<Option<OutcomeKind>, S
 }
 
 /// Keys to lock exclusively (written) and shared (only read or checked), each once.
-fn lock_sets(ops: &[Op]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+pub(crate) fn lock_sets(ops: &[Op]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut exclusive: Vec<Vec<u8>> = Vec::new();
     let mut shared: Vec<Vec<u8>> = Vec::new();
     for op in ops.iter().filter(|op| op.writes()) {
@@ -372,9 +402,9 @@ fn lock_sets(ops: &[Op]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 
 /// Runs the branch's operations in order against committed data (plus the branch's own earlier
 /// writes). Returns the writes and reads, or the reason to vote NO.
-type Evaluated = Result<(Vec<Write>, Vec<KeyValue>), String>;
+pub(crate) type Evaluated = Result<(Vec<Write>, Vec<KeyValue>), String>;
 
-fn evaluate(ops: &[Op], store: &dyn Store) -> Result<Evaluated, StoreError> {
+pub(crate) fn evaluate(ops: &[Op], store: &dyn Store) -> Result<Evaluated, StoreError> {
     let mut overlay: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
     let mut reads = Vec::new();
     let current = |overlay: &[(Vec<u8>, Option<Vec<u8>>)],

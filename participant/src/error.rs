@@ -15,6 +15,8 @@ pub enum ParticipantError {
         "key {key:?} is locked by prepared txn {holder}; its committed value is undecided, retry later"
     )]
     Locked { key: String, holder: TxnId },
+    #[error("busy: prepared txn {holder} holds a key this step needs; retry later")]
+    Busy { holder: TxnId },
     #[error("storage: {0}")]
     Store(#[from] StoreError),
 }
@@ -22,7 +24,10 @@ pub enum ParticipantError {
 impl ParticipantError {
     /// Whether the same request may succeed if sent again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ParticipantError::Locked { .. })
+        matches!(
+            self,
+            ParticipantError::Locked { .. } | ParticipantError::Busy { .. }
+        )
     }
 }
 
@@ -34,7 +39,7 @@ impl From<ParticipantError> for tonic::Status {
             ParticipantError::Invalid(_) => Status::invalid_argument(msg),
             ParticipantError::UnknownTxn(_) => Status::not_found(msg),
             ParticipantError::OutcomeConflict(_) => Status::failed_precondition(msg),
-            ParticipantError::Locked { .. } => Status::aborted(msg),
+            ParticipantError::Locked { .. } | ParticipantError::Busy { .. } => Status::aborted(msg),
             ParticipantError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
             ParticipantError::Store(_) => Status::unavailable(msg),
         }

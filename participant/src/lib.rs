@@ -15,5 +15,6 @@ pub mod core;
 pub mod error;
 pub mod locks;
 pub mod node;
+pub mod saga;
 pub mod server;
 pub mod service;

@@ -18,20 +18,21 @@ pub struct LockTable {
 }
 
 impl LockTable {
-    /// Takes every lock, or none and names a txn that holds a conflicting one.
-    pub fn try_lock_all(
-        &mut self,
-        txn: &TxnId,
+    /// A txn other than `txn` holding a lock that conflicts with the given ones.
+    pub fn conflict(
+        &self,
+        txn: Option<&TxnId>,
         exclusive: &[Vec<u8>],
         shared: &[Vec<u8>],
-    ) -> Result<(), TxnId> {
+    ) -> Option<TxnId> {
+        let other = |h: &&TxnId| Some(*h) != txn;
         for key in exclusive {
             if let Some(e) = self.entries.get(key) {
-                if let Some(holder) = e.exclusive.as_ref().filter(|h| *h != txn) {
-                    return Err(holder.clone());
+                if let Some(holder) = e.exclusive.as_ref().filter(other) {
+                    return Some(holder.clone());
                 }
-                if let Some(holder) = e.shared.iter().find(|h| *h != txn) {
-                    return Err(holder.clone());
+                if let Some(holder) = e.shared.iter().find(other) {
+                    return Some(holder.clone());
                 }
             }
         }
@@ -40,10 +41,23 @@ impl LockTable {
                 .entries
                 .get(key)
                 .and_then(|e| e.exclusive.as_ref())
-                .filter(|h| *h != txn)
+                .filter(other)
             {
-                return Err(holder.clone());
+                return Some(holder.clone());
             }
+        }
+        None
+    }
+
+    /// Takes every lock, or none and names a txn that holds a conflicting one.
+    pub fn try_lock_all(
+        &mut self,
+        txn: &TxnId,
+        exclusive: &[Vec<u8>],
+        shared: &[Vec<u8>],
+    ) -> Result<(), TxnId> {
+        if let Some(holder) = self.conflict(Some(txn), exclusive, shared) {
+            return Err(holder);
         }
         for key in exclusive {
             self.entries.entry(key.clone()).or_default().exclusive = Some(txn.clone());

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_proto::durable::GroupCommit;
 use txn_proto::store::{Store, StoreError};
-use txn_proto::types::{Decision, KeyValue, Resolution, TxnId, Vote};
+use txn_proto::types::{Decision, KeyValue, Op, Resolution, TxnId, Vote};
 use txn_proto::{failpoint, unix_ms};
 
 use crate::core::{
@@ -20,6 +20,7 @@ use crate::core::{
     data_key,
 };
 use crate::error::ParticipantError;
+use crate::saga::{self, CompensateStep, Compensation, ExecuteStep, StepResult};
 
 /// Crash points (see `txn_proto::failpoint`).
 pub mod failpoints {
@@ -113,6 +114,10 @@ impl Participant {
                 "recovered prepared txns; their locks are held again"
             );
         }
+        // sled may have recovered writes that reached the file but were never fsynced (a
+        // crash between its flush and our fdatasync). Make them durable before answering
+        // anyone on their strength.
+        store.sync()?;
         let (fatal, _) = watch::channel(None);
         Ok(Arc::new(Self {
             core: Mutex::new(core),
@@ -189,6 +194,14 @@ impl Participant {
                     failpoint::hit(failpoints::BEFORE_PREPARE_DURABLE);
                     self.check(self.gc.wait(ticket).await)?;
                     failpoint::hit(failpoints::AFTER_PREPARE_DURABLE);
+                    if !self.core().is_prepared(&req.txn) {
+                        // Aborted while the record was being made durable (an Abort that
+                        // overtook this vote, or cooperative termination): never say YES for
+                        // a txn this participant has already given up.
+                        return Ok(Vote::No {
+                            reason: "txn was aborted here while it prepared".into(),
+                        });
+                    }
                     debug!("voted YES");
                     return Ok(Vote::Yes { reads });
                 }
@@ -262,6 +275,122 @@ impl Participant {
         self.released.notify_waiters();
         debug!("aborted");
         Ok(())
+    }
+
+    /// Runs one saga step. Waits up to the lock wait for prepared 2PC txns holding its keys,
+    /// then fails with a retryable error.
+    pub async fn execute_step(
+        &self,
+        saga: &TxnId,
+        step: u32,
+        ops: &[Op],
+    ) -> Result<StepResult, ParticipantError> {
+        let span = info_span!("execute", saga = %saga, step);
+        async {
+            let deadline = tokio::time::Instant::now() + self.config.lock_wait;
+            loop {
+                let released = self.released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                let outcome = {
+                    let core = self.core();
+                    match self.check(saga::execute(
+                        &core,
+                        saga,
+                        step,
+                        ops,
+                        self.store(),
+                        unix_ms(),
+                    ))? {
+                        ExecuteStep::Done { batch, result } => {
+                            let ticket = match batch {
+                                Some(b) => self.check(self.gc.write_lazy(b))?,
+                                None => self.gc.current(),
+                            };
+                            Ok((ticket, result))
+                        }
+                        ExecuteStep::Blocked { holder } => Err(holder),
+                    }
+                };
+                match outcome {
+                    Ok((ticket, result)) => {
+                        self.check(self.gc.wait(ticket).await)?;
+                        debug!(?result, "step executed");
+                        return Ok(result);
+                    }
+                    Err(holder) => {
+                        if tokio::time::timeout_at(deadline, released).await.is_err() {
+                            return Err(ParticipantError::Busy { holder });
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Undoes one saga step (or records a null compensation).
+    pub async fn compensate_step(
+        &self,
+        saga: &TxnId,
+        step: u32,
+    ) -> Result<Compensation, ParticipantError> {
+        let span = info_span!("compensate", saga = %saga, step);
+        async {
+            let deadline = tokio::time::Instant::now() + self.config.lock_wait;
+            loop {
+                let released = self.released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                let outcome = {
+                    let core = self.core();
+                    match self.check(saga::compensate(
+                        &core,
+                        saga,
+                        step,
+                        self.store(),
+                        unix_ms(),
+                    ))? {
+                        CompensateStep::Done {
+                            batch,
+                            compensation,
+                        } => {
+                            let ticket = match batch {
+                                Some(b) => self.check(self.gc.write_lazy(b))?,
+                                None => self.gc.current(),
+                            };
+                            Ok((ticket, compensation))
+                        }
+                        CompensateStep::Blocked { holder } => Err(holder),
+                    }
+                };
+                match outcome {
+                    Ok((ticket, compensation)) => {
+                        self.check(self.gc.wait(ticket).await)?;
+                        debug!(?compensation, "step compensated");
+                        return Ok(compensation);
+                    }
+                    Err(holder) => {
+                        if tokio::time::timeout_at(deadline, released).await.is_err() {
+                            return Err(ParticipantError::Busy { holder });
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One page of saga barrier records, from `start` (a barrier key) on.
+    pub fn list_barriers(
+        &self,
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, txn_proto::pb::rec::BarrierRecord)>, ParticipantError> {
+        let limit = limit.clamp(1, MAX_OUTCOMES_PAGE);
+        self.check(saga::list_barriers(self.store(), start, limit))
     }
 
     /// Committed values of `keys`. A key locked for writing by a prepared txn is refused:

@@ -8,6 +8,7 @@ use txn_proto::types::{InvalidInput, TxnId};
 
 use crate::core::{TxnStatus, prepare_from_pb};
 use crate::node::{MAX_OUTCOMES_PAGE, MAX_READ_KEYS, Participant};
+use crate::saga::{Compensation, StepResult};
 
 #[derive(Clone)]
 pub struct ParticipantService {
@@ -105,6 +106,93 @@ impl pb::participant_server::Participant for ParticipantService {
         }))
     }
 
+    async fn execute(
+        &self,
+        request: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let r = request.into_inner();
+        let saga = saga_step(&r.saga_id, r.step)?;
+        let ops = txn_proto::types::ops_from_pb("ops", r.ops)?;
+        let (result, reason, reads) = match self.node.execute_step(&saga, r.step, &ops).await? {
+            StepResult::Succeeded { reads } => (pb::StepResult::Succeeded, String::new(), reads),
+            StepResult::Failed { reason } => (pb::StepResult::Failed, reason, Vec::new()),
+            StepResult::Refused { reason } => (pb::StepResult::Refused, reason, Vec::new()),
+        };
+        Ok(Response::new(pb::ExecuteResponse {
+            result: result as i32,
+            reason,
+            reads: reads.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn compensate(
+        &self,
+        request: Request<pb::CompensateRequest>,
+    ) -> Result<Response<pb::CompensateResponse>, Status> {
+        let r = request.into_inner();
+        let saga = saga_step(&r.saga_id, r.step)?;
+        let kind = match self.node.compensate_step(&saga, r.step).await? {
+            Compensation::Applied => pb::CompensationKind::Applied,
+            Compensation::Null => pb::CompensationKind::Null,
+        };
+        Ok(Response::new(pb::CompensateResponse { kind: kind as i32 }))
+    }
+
+    async fn list_barriers(
+        &self,
+        request: Request<pb::ListBarriersRequest>,
+    ) -> Result<Response<pb::ListBarriersResponse>, Status> {
+        use txn_proto::pb::rec::BarrierKind;
+        let r = request.into_inner();
+        let limit = if r.limit == 0 {
+            MAX_OUTCOMES_PAGE
+        } else {
+            r.limit as usize
+        };
+        let start = if r.start_after.is_empty() {
+            Vec::new()
+        } else {
+            [r.start_after.as_slice(), b"\0"].concat()
+        };
+        let page = self.node.list_barriers(&start, limit)?;
+        let next = if page.len() >= limit.min(MAX_OUTCOMES_PAGE) {
+            page.last().map(|(k, _)| k.clone()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut barriers = Vec::with_capacity(page.len());
+        for (key, rec) in page {
+            // Keys are b/<saga>/<step>/<x|c>.
+            let text = String::from_utf8_lossy(&key).into_owned();
+            let mut parts = text.split_once('/').map(|x| x.1).unwrap_or("").rsplitn(3, '/');
+            let action = parts.next().unwrap_or("");
+            let step = parts
+                .next()
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(u32::MAX);
+            let saga_id = parts.next().unwrap_or("").to_owned();
+            let action = match action {
+                "x" => pb::BarrierAction::Execute,
+                "c" => pb::BarrierAction::Compensate,
+                _ => pb::BarrierAction::Unspecified,
+            };
+            let outcome = match BarrierKind::try_from(rec.kind) {
+                Ok(BarrierKind::Executed) => pb::BarrierOutcome::Executed,
+                Ok(BarrierKind::ExecuteFailed) => pb::BarrierOutcome::ExecuteFailed,
+                Ok(BarrierKind::Compensated) => pb::BarrierOutcome::Compensated,
+                Ok(BarrierKind::NullCompensated) => pb::BarrierOutcome::NullCompensated,
+                _ => pb::BarrierOutcome::Unspecified,
+            };
+            barriers.push(pb::Barrier {
+                saga_id,
+                step,
+                action: action as i32,
+                outcome: outcome as i32,
+            });
+        }
+        Ok(Response::new(pb::ListBarriersResponse { barriers, next }))
+    }
+
     async fn list_outcomes(
         &self,
         request: Request<pb::ListOutcomesRequest>,
@@ -133,6 +221,19 @@ impl pb::participant_server::Participant for ParticipantService {
             next,
         }))
     }
+}
+
+fn saga_step(saga_id: &str, step: u32) -> Result<TxnId, InvalidInput> {
+    if step as usize >= txn_proto::types::MAX_BRANCHES {
+        return Err(InvalidInput::new(
+            "step",
+            format!(
+                "{step} is beyond the most steps a saga may have ({})",
+                txn_proto::types::MAX_BRANCHES
+            ),
+        ));
+    }
+    TxnId::parse("saga_id", saga_id)
 }
 
 pub fn state_to_pb(s: TxnStatus) -> pb::TxnState {
@@ -170,7 +271,7 @@ impl pb::stats_server::Stats for ParticipantService {
             committed: s.committed,
             aborted: s.aborted,
             in_doubt: s.in_doubt,
-            epoch: 0,
+            ..Default::default()
         }))
     }
 }

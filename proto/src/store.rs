@@ -69,6 +69,12 @@ pub trait Store: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StoreError>;
 }
 
+/// sled's segment size. sled writes any item larger than a quarter of a segment to a separate
+/// blob file that it never fsyncs, so our durability (fdatasync of the log file) would not
+/// cover it. 16 MiB, sled's largest, puts that threshold at about 4 MiB, and
+/// [`crate::types::MAX_RECORD_BYTES`] keeps every record we write far below it.
+pub const SEGMENT_SIZE: usize = 16 * 1024 * 1024;
+
 /// sled, made durable by `flush()` followed by `fdatasync` of its log file.
 ///
 /// sled 0.34's `flush()` writes its buffers with `sync_file_range`, which neither flushes the
@@ -84,6 +90,7 @@ impl SledStore {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir)
+            .segment_size(SEGMENT_SIZE)
             // Our flusher decides when to flush; sled's periodic flush adds nothing to
             // durability and competes with it for the disk.
             .flush_every_ms(None)

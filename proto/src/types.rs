@@ -13,9 +13,13 @@ pub const MAX_TXN_ID_LEN: usize = 128;
 pub const MAX_PARTICIPANT_ID_LEN: usize = 64;
 /// Longest key, in bytes. Keys live in lock tables and prepared records.
 pub const MAX_KEY_LEN: usize = 1024;
-/// Largest value, in bytes. Kept well under sled's blob threshold so every write lives in the
-/// one log file that the group-commit flusher fsyncs.
+/// Largest value, in bytes.
 pub const MAX_VALUE_LEN: usize = 16 * 1024;
+/// Largest durable record (a prepared record, a saga step's barrier, a saga log entry). Far
+/// below sled's blob threshold (see `store::SEGMENT_SIZE`), so every record lives in the one
+/// log file that the group-commit flusher fsyncs. A branch whose record would be larger is
+/// refused with a NO vote rather than written unsafely.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Most operations in one branch.
 pub const MAX_OPS_PER_BRANCH: usize = 256;
 /// Most branches (participants) in one txn.

@@ -118,15 +118,41 @@ pub struct Record {
     pub latency: Duration,
 }
 
-/// Moves `amount` from one account to another; the source may not go below zero.
+/// Which protocol a workload runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    TwoPhase,
+    Saga,
+}
+
+impl Protocol {
+    pub fn to_pb(self) -> pb::Protocol {
+        match self {
+            Protocol::TwoPhase => pb::Protocol::TwoPhase,
+            Protocol::Saga => pb::Protocol::Saga,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TwoPhase => "2pc",
+            Protocol::Saga => "saga",
+        }
+    }
+}
+
+/// Moves `amount` from one account to another; the source may not go below zero. As a saga,
+/// the debit runs first, so an overdraft fails at step 0 and nothing needs undoing; a failure
+/// of the credit would undo the debit.
 pub async fn transfer(
     client: &mut CoordinatorClient<Channel>,
     accounts: &[Account],
     t: Transfer,
+    protocol: Protocol,
 ) -> Outcome {
     let (from, to) = (&accounts[t.from], &accounts[t.to]);
     let req = pb::TransactRequest {
-        protocol: pb::Protocol::TwoPhase as i32,
+        protocol: protocol.to_pb() as i32,
         branches: vec![
             pb::Branch {
                 participant: from.participant.clone(),
@@ -167,6 +193,7 @@ pub struct Workload {
     /// Share of transfers (0..=1) that ask for more than any account can hold, so they abort.
     pub overdraft_share: f64,
     pub seed: u64,
+    pub protocol: Protocol,
 }
 
 /// Runs closed-loop transfer clients; each picks two accounts on different participants.
@@ -192,7 +219,7 @@ pub async fn run(
             {
                 let t = pick(&mut rng, &accounts, balance, w.overdraft_share);
                 let t0 = Instant::now();
-                let outcome = transfer(&mut client, &accounts, t).await;
+                let outcome = transfer(&mut client, &accounts, t, w.protocol).await;
                 if matches!(outcome, Outcome::Unknown { .. }) {
                     // Like a real client: do not hammer a coordinator that is not answering.
                     tokio::time::sleep(UNKNOWN_BACKOFF).await;
@@ -242,6 +269,10 @@ pub struct Observed {
     /// Every outcome each participant durably recorded: txn -> [(participant, state, the
     /// txn's participants as recorded with a commit)].
     pub outcomes: HashMap<String, Vec<(String, pb::TxnState, Vec<String>)>>,
+    /// Saga barrier records: saga -> [(participant, barrier)].
+    pub barriers: HashMap<String, Vec<(String, pb::Barrier)>>,
+    /// The protocol the history ran under (None: checks that need it are skipped).
+    pub protocol: Option<Protocol>,
 }
 
 /// Reads balances, txn states and in-doubt counts directly from the participants.
@@ -249,6 +280,7 @@ pub async fn observe(
     cluster: &crate::cluster::Cluster,
     accounts: &[Account],
     history: &[Record],
+    protocol: Protocol,
 ) -> anyhow::Result<Observed> {
     let mut clients = HashMap::new();
     let mut in_doubt = 0;
@@ -277,7 +309,7 @@ pub async fn observe(
         balances.push(decode_counter(v.as_deref()).map_err(anyhow::Error::msg)?);
     }
     let mut states = HashMap::new();
-    for r in history {
+    for r in history.iter().filter(|_| protocol == Protocol::TwoPhase) {
         let txn = match &r.outcome {
             Outcome::Committed { txn } | Outcome::Aborted { txn, .. } => txn.clone(),
             Outcome::Unknown { .. } => continue,
@@ -325,12 +357,101 @@ pub async fn observe(
             start_after = page.next;
         }
     }
+    let mut barriers: HashMap<String, Vec<(String, pb::Barrier)>> = HashMap::new();
+    for (name, c) in clients.iter_mut() {
+        let mut start_after = Vec::new();
+        loop {
+            let page = c
+                .list_barriers(pb::ListBarriersRequest {
+                    start_after: start_after.clone(),
+                    limit: 0,
+                })
+                .await
+                .with_context(|| format!("listing saga barriers at {name}"))?
+                .into_inner();
+            for b in page.barriers {
+                barriers
+                    .entry(b.saga_id.clone())
+                    .or_default()
+                    .push((name.clone(), b));
+            }
+            if page.next.is_empty() {
+                break;
+            }
+            start_after = page.next;
+        }
+    }
     Ok(Observed {
         balances,
         states,
         in_doubt,
         outcomes,
+        barriers,
+        protocol: Some(protocol),
     })
+}
+
+/// Saga checks from the participants' barrier records: every saga ended completed (each of its
+/// `steps` executed, nothing compensated) or compensated (every executed step undone), with at
+/// most one record per (saga, step, action).
+pub fn check_sagas(observed: &Observed, steps: u32) -> Vec<String> {
+    use pb::{BarrierAction as A, BarrierOutcome as O};
+    let mut problems = Vec::new();
+    let mut sagas: Vec<_> = observed.barriers.iter().collect();
+    sagas.sort_by(|a, b| a.0.cmp(b.0));
+    for (saga, records) in sagas {
+        let find = |step: u32, action: A| -> Vec<O> {
+            records
+                .iter()
+                .filter(|(_, b)| b.step == step && b.action == action as i32)
+                .map(|(_, b)| O::try_from(b.outcome).unwrap_or(O::Unspecified))
+                .collect()
+        };
+        let compensating = records
+            .iter()
+            .any(|(_, b)| b.action == A::Compensate as i32);
+        for step in 0..steps {
+            let x = find(step, A::Execute);
+            let c = find(step, A::Compensate);
+            if x.len() > 1 || c.len() > 1 {
+                problems.push(format!(
+                    "saga {saga} step {step}: more than one effect recorded"
+                ));
+            }
+            let executed = x.first() == Some(&O::Executed);
+            if compensating {
+                if executed && c.first() != Some(&O::Compensated) {
+                    problems.push(format!(
+                        "saga {saga} step {step}: executed but not compensated ({c:?})"
+                    ));
+                }
+            } else if !executed && !x.contains(&O::ExecuteFailed) {
+                // No compensation anywhere: either every step ran, or the first failed one
+                // ended it (a failure at step 0 needs no compensation).
+                let failed_before =
+                    (0..step).any(|s| find(s, A::Execute).contains(&O::ExecuteFailed));
+                if !failed_before {
+                    problems.push(format!(
+                        "saga {saga} step {step}: never executed, yet nothing was compensated"
+                    ));
+                }
+            } else if executed && (0..step).any(|s| find(s, A::Execute).contains(&O::ExecuteFailed))
+            {
+                problems.push(format!(
+                    "saga {saga} step {step}: executed after an earlier step failed"
+                ));
+            }
+        }
+        if !compensating
+            && (0..steps).any(|s| find(s, A::Execute).contains(&O::ExecuteFailed))
+            && (0..steps).any(|s| find(s, A::Execute).contains(&O::Executed))
+        {
+            problems.push(format!(
+                "saga {saga}: a step failed but executed steps were not compensated"
+            ));
+        }
+    }
+    problems
 }
 
 /// Atomicity from the participants' own records, whatever the clients were told: a txn
@@ -380,6 +501,9 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<St
         ));
     }
     problems.extend(check_outcomes(observed));
+    if observed.protocol == Some(Protocol::Saga) {
+        problems.extend(check_sagas(observed, 2));
+    }
     let mut expected = initial.to_vec();
     for r in history {
         let (txn, client_committed) = match &r.outcome {
@@ -387,6 +511,13 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<St
             Outcome::Aborted { txn, .. } => (txn, false),
             Outcome::Unknown { .. } => continue,
         };
+        if observed.protocol == Some(Protocol::Saga) {
+            if client_committed {
+                expected[r.transfer.from] -= r.transfer.amount;
+                expected[r.transfer.to] += r.transfer.amount;
+            }
+            continue;
+        }
         let Some(&(a, b)) = observed.states.get(txn) else {
             problems.push(format!("txn {txn}: no state observed"));
             continue;
@@ -449,7 +580,8 @@ pub fn tally(history: &[Record]) -> Tally {
     t
 }
 
-/// Waits until no participant holds a prepared txn, or `timeout` passes.
+/// Waits until no participant holds a prepared txn, the coordinator has no commit decision
+/// waiting for acks and drives no saga, or `timeout` passes. Returns what is left.
 pub async fn wait_quiet(
     cluster: &crate::cluster::Cluster,
     timeout: Duration,
@@ -471,7 +603,7 @@ pub async fn wait_quiet(
             .get_stats(pb::StatsRequest {})
             .await?
             .into_inner();
-        in_doubt += c.in_doubt;
+        in_doubt += c.in_doubt + c.sagas_active;
         if in_doubt == 0 || Instant::now() > deadline {
             return Ok(in_doubt);
         }
@@ -520,6 +652,7 @@ mod tests {
             .collect(),
             in_doubt: 0,
             outcomes: HashMap::new(),
+            ..Default::default()
         };
         assert_eq!(
             check(&[100, 100], &history, &observed),
@@ -544,6 +677,7 @@ mod tests {
             .collect(),
             in_doubt: 1,
             outcomes: HashMap::new(),
+            ..Default::default()
         };
         let problems = check(&[100, 100], &history, &observed).join("\n");
         assert!(problems.contains("not conserved"), "{problems}");

@@ -21,6 +21,7 @@ async fn concurrent_transfers_are_atomic() -> anyhow::Result<()> {
         duration: Duration::from_secs(120),
         overdraft_share: 0.15,
         seed: 7,
+        protocol: bank::Protocol::TwoPhase,
     };
     let history = bank::run(&client, &accounts, balance, &workload).await;
     let tally = bank::tally(&history);
@@ -35,7 +36,7 @@ async fn concurrent_transfers_are_atomic() -> anyhow::Result<()> {
 
     let left = bank::wait_quiet(&cluster, Duration::from_secs(10)).await?;
     assert_eq!(left, 0, "txns still in doubt after the run");
-    let observed = bank::observe(&cluster, &accounts, &history).await?;
+    let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
     let initial = vec![balance; accounts.len()];
     let problems = bank::check(&initial, &history, &observed);
     assert!(problems.is_empty(), "{}", problems.join("\n"));

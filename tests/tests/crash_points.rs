@@ -71,6 +71,7 @@ async fn crash_and_recover(node: &str, failpoint: &str, seed: u64) -> anyhow::Re
         duration: Duration::from_secs(90),
         overdraft_share: 0.1,
         seed,
+        protocol: bank::Protocol::TwoPhase,
     };
     let runner = {
         let accounts = accounts.clone();
@@ -95,7 +96,7 @@ async fn crash_and_recover(node: &str, failpoint: &str, seed: u64) -> anyhow::Re
          quiet {resolved_in:?} after restart"
     );
     assert_eq!(left, 0, "txns still in doubt after recovery");
-    let observed = bank::observe(&cluster, &accounts, &history).await?;
+    let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
     let problems = bank::check(&vec![BALANCE; accounts.len()], &history, &observed);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(
@@ -155,6 +156,7 @@ async fn random_kill_9_keeps_every_txn_atomic() -> anyhow::Result<()> {
         duration: Duration::from_secs(120),
         overdraft_share: 0.1,
         seed,
+        protocol: bank::Protocol::TwoPhase,
     };
     let runner = {
         let accounts = accounts.clone();
@@ -181,7 +183,7 @@ async fn random_kill_9_keeps_every_txn_atomic() -> anyhow::Result<()> {
     println!("kills: {kills:?}; {tally:?}");
     assert!(!kills.is_empty(), "the run ended before any kill");
     assert_eq!(left, 0, "txns still in doubt after every process is back");
-    let observed = bank::observe(&cluster, &accounts, &history).await?;
+    let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
     let problems = bank::check(&vec![BALANCE; accounts.len()], &history, &observed);
     assert!(problems.is_empty(), "seed {seed}:\n{}", problems.join("\n"));
     cluster.shutdown()?;

@@ -183,6 +183,24 @@ impl pb::participant_server::Participant for FakeParticipant {
     ) -> Result<Response<pb::ListOutcomesResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn execute(
+        &self,
+        _: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn compensate(
+        &self,
+        _: Request<pb::CompensateRequest>,
+    ) -> Result<Response<pb::CompensateResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_barriers(
+        &self,
+        _: Request<pb::ListBarriersRequest>,
+    ) -> Result<Response<pb::ListBarriersResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 async fn coordinator_stats(cluster: &Cluster) -> anyhow::Result<pb::StatsResponse> {

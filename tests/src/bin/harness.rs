@@ -119,6 +119,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         duration: Duration::from_secs(args.duration),
         overdraft_share: args.overdraft_share,
         seed: args.seed,
+        protocol: bank::Protocol::TwoPhase,
     };
     let started = Instant::now();
     let history = bank::run(&client, &accounts, INITIAL_BALANCE, &workload).await;
@@ -138,7 +139,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             _ => {}
         }
     }
-    let observed = bank::observe(&cluster, &accounts, &history).await?;
+    let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
     let initial = vec![INITIAL_BALANCE; accounts.len()];
     let problems = bank::check(&initial, &history, &observed);
     cluster.shutdown()?;

@@ -1,0 +1,363 @@
+//! Drives sagas: runs each step at its participant, forces the saga log after every
+//! transition, compensates in reverse on failure, resumes unfinished sagas after a restart,
+//! and parks compensations that keep failing until an operator retries them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::Rng;
+use tracing::{Instrument, debug, info, info_span, warn};
+use txn_proto::pb::rec::{SagaRecord, SagaState};
+use txn_proto::pb::v1 as pb;
+use txn_proto::record;
+use txn_proto::store::WriteBatch;
+use txn_proto::types::{KeyValue, ParticipantId, TxnId, TxnRequest};
+use txn_proto::{failpoint, unix_ms};
+
+use crate::error::CoordError;
+use crate::node::{Coordinator, TxnOutcome};
+use crate::saga::{Next, SAGA_PREFIX, Saga, saga_key};
+
+/// Crash points of the saga orchestrator.
+pub mod failpoints {
+    /// A step's Execute returned; the saga log does not record it yet.
+    pub const AFTER_STEP_EXECUTED: &str = "coordinator::saga_after_step_executed";
+    /// The saga log records the step's outcome; the next call is not made yet.
+    pub const AFTER_STEP_LOGGED: &str = "coordinator::saga_after_step_logged";
+    /// A Compensate returned; the saga log does not record it yet.
+    pub const MID_COMPENSATION: &str = "coordinator::saga_mid_compensation";
+    pub const ALL: &[&str] = &[AFTER_STEP_EXECUTED, AFTER_STEP_LOGGED, MID_COMPENSATION];
+}
+
+/// The forward outcome of one step, once the retries are over.
+enum Executed {
+    Succeeded(Vec<KeyValue>),
+    /// The participant ran the step's checks and they failed: nothing applied.
+    Failed(String),
+    /// The outcome is unknown (deadline passed) or the step was refused: compensate it too.
+    Abandoned(String),
+}
+
+/// Whether a failed call may succeed if sent again.
+fn transient(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unavailable | DeadlineExceeded | Aborted | ResourceExhausted | Unknown | Cancelled
+    )
+}
+
+impl Coordinator {
+    pub(crate) async fn transact_saga(
+        self: &Arc<Self>,
+        req: TxnRequest,
+    ) -> Result<TxnOutcome, CoordError> {
+        let id = self.core().next_id();
+        let timeout = req
+            .prepare_timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(self.config.saga_timeout);
+        let branches = req
+            .branches
+            .iter()
+            .map(|b| pb::Branch {
+                participant: b.participant.to_string(),
+                ops: b.ops.iter().map(|op| op.to_pb()).collect(),
+            })
+            .collect();
+        let now = unix_ms();
+        let saga = Saga::new(&id, branches, now + timeout.as_millis() as u64, now);
+        let size = prost::Message::encoded_len(saga.record());
+        if size > txn_proto::types::MAX_RECORD_BYTES {
+            return Err(txn_proto::types::InvalidInput::new(
+                "branches",
+                format!(
+                    "the saga's log record would be {size} bytes, the limit is {}",
+                    txn_proto::types::MAX_RECORD_BYTES
+                ),
+            )
+            .into());
+        }
+        let span = info_span!("saga", saga = %id);
+        async {
+            // The saga exists durably before its first step runs, so a crash resumes it.
+            self.persist_saga(&saga, true).await?;
+            self.active_sagas
+                .lock()
+                .expect("active sagas")
+                .insert(id.clone());
+            let result = self.drive_saga(saga).await;
+            self.active_sagas.lock().expect("active sagas").remove(&id);
+            let (saga, reads) = result?;
+            Ok(self.saga_outcome(&id, &saga, reads))
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn saga_outcome(&self, id: &TxnId, saga: &Saga, reads: Vec<Vec<KeyValue>>) -> TxnOutcome {
+        let rec = saga.record();
+        let committed = saga.next() == Next::Completed;
+        let mut reason = rec.reason.clone();
+        if saga.next() == Next::Parked {
+            reason = format!(
+                "{reason}; compensation parked after {} failed attempts (last error: {}); retry it with txnctl saga retry {id}",
+                rec.compensation_attempts, rec.last_error
+            );
+        }
+        TxnOutcome {
+            txn: id.clone(),
+            committed,
+            reason: if committed { String::new() } else { reason },
+            failed_branch: rec.failed_step.map(|s| s as usize),
+            reads: if committed {
+                rec.branches
+                    .iter()
+                    .zip(reads)
+                    .filter_map(|(b, r)| {
+                        ParticipantId::parse("participant", &b.participant)
+                            .ok()
+                            .map(|p| (p, r))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    async fn persist_saga(&self, saga: &Saga, durable: bool) -> Result<(), CoordError> {
+        let id = TxnId::parse("saga_id", saga.id())?;
+        let mut batch = WriteBatch::default();
+        batch.put(saga_key(&id), record::encode(saga.record()));
+        if durable {
+            self.check(self.gc.write_durable(batch).await)
+        } else {
+            self.check(self.gc.write_lazy(batch)).map(|_| ())
+        }
+    }
+
+    /// Runs `saga` until it completes, is compensated, or is parked.
+    async fn drive_saga(
+        self: &Arc<Self>,
+        mut saga: Saga,
+    ) -> Result<(Saga, Vec<Vec<KeyValue>>), CoordError> {
+        let mut reads = vec![Vec::new(); saga.steps()];
+        let mut pause = self.config.commit_retry_base;
+        loop {
+            match saga.next() {
+                Next::Execute(step) => {
+                    let executed = self.execute_step(&saga, step).await;
+                    failpoint::hit(failpoints::AFTER_STEP_EXECUTED);
+                    let participant = saga.branch(step).participant.clone();
+                    match executed {
+                        Executed::Succeeded(r) => {
+                            reads[step as usize] = r;
+                            saga.on_executed(step, unix_ms());
+                        }
+                        Executed::Failed(reason) => saga.on_execute_failed(
+                            step,
+                            format!("step {step} at {participant} failed: {reason}"),
+                            unix_ms(),
+                        ),
+                        Executed::Abandoned(reason) => saga.on_execute_abandoned(
+                            step,
+                            format!("step {step} at {participant} abandoned: {reason}"),
+                            unix_ms(),
+                        ),
+                    }
+                    self.persist_saga(&saga, true).await?;
+                    failpoint::hit(failpoints::AFTER_STEP_LOGGED);
+                }
+                Next::Compensate(step) => match self.compensate_step(&saga, step).await {
+                    Ok(()) => {
+                        failpoint::hit(failpoints::MID_COMPENSATION);
+                        saga.on_compensated(step, unix_ms());
+                        self.persist_saga(&saga, true).await?;
+                        pause = self.config.commit_retry_base;
+                    }
+                    Err(error) => {
+                        let parked = saga.on_compensate_failed(
+                            error.clone(),
+                            self.config.compensation_budget,
+                            unix_ms(),
+                        );
+                        self.persist_saga(&saga, parked).await?;
+                        if parked {
+                            warn!(step, %error, "compensation out of retries: saga parked");
+                        } else {
+                            debug!(step, %error, "compensation failed; retrying");
+                            tokio::time::sleep(jittered(pause)).await;
+                            pause = (pause * 2).min(self.config.commit_retry_max);
+                        }
+                    }
+                },
+                Next::Completed => {
+                    self.counters
+                        .sagas_completed
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!("saga completed");
+                    return Ok((saga, reads));
+                }
+                Next::Compensated => {
+                    self.counters
+                        .sagas_compensated
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(reason = %saga.record().reason, "saga compensated");
+                    return Ok((saga, reads));
+                }
+                Next::Parked => return Ok((saga, reads)),
+            }
+        }
+    }
+
+    /// Sends Execute until it answers or the saga's deadline passes.
+    async fn execute_step(&self, saga: &Saga, step: u32) -> Executed {
+        let branch = saga.branch(step);
+        let Some(client) = ParticipantId::parse("participant", &branch.participant)
+            .ok()
+            .and_then(|p| self.participants.get(&p).cloned())
+        else {
+            return Executed::Abandoned(format!("unknown participant {}", branch.participant));
+        };
+        let mut pause = self.config.commit_retry_base;
+        let mut last_error = String::from("no attempt made");
+        loop {
+            let remaining = saga.deadline_unix_ms().saturating_sub(unix_ms());
+            if remaining == 0 {
+                return Executed::Abandoned(format!("deadline passed; last error: {last_error}"));
+            }
+            let mut request = tonic::Request::new(pb::ExecuteRequest {
+                saga_id: saga.id().to_owned(),
+                step,
+                ops: branch.ops.clone(),
+            });
+            request.set_timeout(
+                self.config
+                    .rpc_timeout
+                    .min(Duration::from_millis(remaining)),
+            );
+            match client.clone().execute(request).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    return match pb::StepResult::try_from(resp.result) {
+                        Ok(pb::StepResult::Succeeded) => {
+                            Executed::Succeeded(resp.reads.into_iter().map(Into::into).collect())
+                        }
+                        Ok(pb::StepResult::Failed) => Executed::Failed(resp.reason),
+                        Ok(pb::StepResult::Refused) => {
+                            Executed::Abandoned(format!("refused: {}", resp.reason))
+                        }
+                        _ => Executed::Abandoned(format!("unknown step result {}", resp.result)),
+                    };
+                }
+                Err(status) if transient(status.code()) => {
+                    last_error = format!("{:?}: {}", status.code(), status.message());
+                    let wait = jittered(pause).min(Duration::from_millis(remaining));
+                    tokio::time::sleep(wait).await;
+                    pause = (pause * 2).min(self.config.commit_retry_max);
+                }
+                Err(status) => {
+                    return Executed::Abandoned(format!(
+                        "{:?}: {}",
+                        status.code(),
+                        status.message()
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn compensate_step(&self, saga: &Saga, step: u32) -> Result<(), String> {
+        let branch = saga.branch(step);
+        let client = ParticipantId::parse("participant", &branch.participant)
+            .ok()
+            .and_then(|p| self.participants.get(&p).cloned())
+            .ok_or_else(|| format!("unknown participant {}", branch.participant))?;
+        let mut request = tonic::Request::new(pb::CompensateRequest {
+            saga_id: saga.id().to_owned(),
+            step,
+        });
+        request.set_timeout(self.config.rpc_timeout);
+        client
+            .clone()
+            .compensate(request)
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    }
+
+    /// Resumes every saga that was running or compensating when the coordinator stopped.
+    pub(crate) fn resume_sagas(self: &Arc<Self>) -> Result<(), CoordError> {
+        let mut resumed = 0;
+        for (key, bytes) in self.check(self.gc.store().scan_prefix(SAGA_PREFIX))? {
+            let rec: SagaRecord = self.check(record::decode(&key, &bytes).map_err(Into::into))?;
+            let saga = self.check(Saga::from_record(&key, rec).map_err(Into::into))?;
+            if matches!(saga.state(), SagaState::Running | SagaState::Compensating) {
+                resumed += 1;
+                self.spawn_saga(saga)?;
+            }
+        }
+        if resumed > 0 {
+            info!(resumed, "resuming unfinished sagas");
+        }
+        Ok(())
+    }
+
+    fn spawn_saga(self: &Arc<Self>, saga: Saga) -> Result<(), CoordError> {
+        let id = TxnId::parse("saga_id", saga.id())?;
+        if !self
+            .active_sagas
+            .lock()
+            .expect("active sagas")
+            .insert(id.clone())
+        {
+            return Ok(());
+        }
+        let node = self.clone();
+        let span = info_span!("saga", saga = %id);
+        tokio::spawn(
+            async move {
+                if let Err(e) = node.drive_saga(saga).await {
+                    warn!(error = %e, "saga stopped");
+                }
+                node.active_sagas.lock().expect("active sagas").remove(&id);
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    /// Reads a saga's log record.
+    pub fn saga(&self, id: &TxnId) -> Result<Option<SagaRecord>, CoordError> {
+        let key = saga_key(id);
+        match self.check(self.gc.store().get(&key))? {
+            Some(bytes) => Ok(Some(
+                self.check(record::decode(&key, &bytes).map_err(Into::into))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// An operator's retry of a parked saga: compensation resumes now with a fresh budget.
+    pub async fn retry_saga(self: &Arc<Self>, id: &TxnId) -> Result<(), CoordError> {
+        let rec = self
+            .saga(id)?
+            .ok_or_else(|| CoordError::NotFound(format!("saga_id {id}: no such saga")))?;
+        let mut saga = self.check(Saga::from_record(&saga_key(id), rec).map_err(Into::into))?;
+        if !saga.retry(unix_ms()) {
+            return Err(CoordError::Precondition(format!(
+                "saga_id {id}: is {:?}, only a parked saga can be retried",
+                saga.state()
+            )));
+        }
+        self.persist_saga(&saga, true).await?;
+        self.spawn_saga(saga)
+    }
+}
+
+fn jittered(pause: Duration) -> Duration {
+    let extra = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
+    pause + Duration::from_millis(extra)
+}
