@@ -77,6 +77,7 @@ impl pb::stats_server::Stats for CoordinatorService {
             sagas_active: s.sagas_active,
             sagas_completed: s.sagas_completed,
             sagas_compensated: s.sagas_compensated,
+            ..Default::default()
         }))
     }
 }

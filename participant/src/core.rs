@@ -304,6 +304,10 @@ impl ParticipantCore {
         self.prepared.iter()
     }
 
+    pub fn prepared_at_unix_ms(&self, txn: &TxnId) -> Option<u64> {
+        self.prepared.get(txn).map(|r| r.prepared_at_unix_ms)
+    }
+
     pub fn is_prepared(&self, txn: &TxnId) -> bool {
         self.prepared.contains_key(txn)
     }

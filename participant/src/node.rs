@@ -30,10 +30,13 @@ pub mod failpoints {
     pub const AFTER_PREPARE_DURABLE: &str = "participant::after_prepare_durable";
     /// The commit is applied and durable; the ack is not sent yet.
     pub const AFTER_COMMIT_APPLY: &str = "participant::after_commit_apply";
+    /// A saga step is applied and durable; the answer is not sent yet.
+    pub const AFTER_STEP_EXECUTED: &str = "participant::saga_after_step_executed";
     pub const ALL: &[&str] = &[
         BEFORE_PREPARE_DURABLE,
         AFTER_PREPARE_DURABLE,
         AFTER_COMMIT_APPLY,
+        AFTER_STEP_EXECUTED,
     ];
 }
 
@@ -76,6 +79,7 @@ impl Default for NodeConfig {
 struct Counters {
     committed: AtomicU64,
     aborted: AtomicU64,
+    max_in_doubt_ms: AtomicU64,
 }
 
 /// A snapshot of the node's counters.
@@ -86,6 +90,8 @@ pub struct NodeStats {
     pub committed: u64,
     pub aborted: u64,
     pub in_doubt: u64,
+    pub max_in_doubt_ms: u64,
+    pub oldest_in_doubt_ms: u64,
 }
 
 pub struct Participant {
@@ -234,8 +240,10 @@ impl Participant {
         async {
             let ticket = {
                 let mut core = self.core();
+                let prepared_at = core.prepared_at_unix_ms(txn);
                 match self.check(core.commit(txn, self.store(), unix_ms()))? {
                     CommitStep::Apply { batch } => {
+                        self.note_in_doubt(prepared_at);
                         // Applied under the core lock, so nobody sees the released locks
                         // before the new values. The locks go before the fsync (early lock
                         // release): the decision is already durable at the coordinator, and a
@@ -262,9 +270,11 @@ impl Participant {
         let _span = info_span!("abort", txn = %txn).entered();
         {
             let mut core = self.core();
+            let prepared_at = core.prepared_at_unix_ms(txn);
             match self.check(core.abort(txn, self.store(), unix_ms()))? {
                 // Presumed abort: the abort record is not forced.
                 AbortStep::Apply { batch } => {
+                    self.note_in_doubt(prepared_at);
                     self.check(self.gc.write_lazy(batch))?;
                     self.counters.aborted.fetch_add(1, Ordering::Relaxed);
                 }
@@ -315,6 +325,7 @@ impl Participant {
                 match outcome {
                     Ok((ticket, result)) => {
                         self.check(self.gc.wait(ticket).await)?;
+                        failpoint::hit(failpoints::AFTER_STEP_EXECUTED);
                         debug!(?result, "step executed");
                         return Ok(result);
                     }
@@ -393,6 +404,13 @@ impl Participant {
         self.check(saga::list_barriers(self.store(), start, limit))
     }
 
+    fn note_in_doubt(&self, prepared_at_unix_ms: Option<u64>) {
+        if let Some(at) = prepared_at_unix_ms {
+            let ms = unix_ms().saturating_sub(at);
+            self.counters.max_in_doubt_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+
     /// Committed values of `keys`. A key locked for writing by a prepared txn is refused:
     /// its value is undecided, and returning either one could show a reader half a txn.
     pub fn read(&self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, ParticipantError> {
@@ -432,12 +450,26 @@ impl Participant {
 
     pub fn stats(&self) -> NodeStats {
         let f = self.gc.stats();
+        let now = unix_ms();
+        // One lock for both figures: a second `self.core()` in the same expression would
+        // deadlock on the first one's guard.
+        let (in_doubt, oldest_in_doubt_ms) = {
+            let core = self.core();
+            let oldest = core
+                .prepared()
+                .map(|(_, r)| now.saturating_sub(r.prepared_at_unix_ms))
+                .max()
+                .unwrap_or(0);
+            (core.in_doubt() as u64, oldest)
+        };
         NodeStats {
             fsyncs: f.fsyncs,
             durable_writes: f.durable_writes,
             committed: self.counters.committed.load(Ordering::Relaxed),
             aborted: self.counters.aborted.load(Ordering::Relaxed),
-            in_doubt: self.core().in_doubt() as u64,
+            in_doubt,
+            max_in_doubt_ms: self.counters.max_in_doubt_ms.load(Ordering::Relaxed),
+            oldest_in_doubt_ms,
         }
     }
 

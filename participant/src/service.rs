@@ -271,6 +271,8 @@ impl pb::stats_server::Stats for ParticipantService {
             committed: s.committed,
             aborted: s.aborted,
             in_doubt: s.in_doubt,
+            max_in_doubt_ms: s.max_in_doubt_ms,
+            oldest_in_doubt_ms: s.oldest_in_doubt_ms,
             ..Default::default()
         }))
     }

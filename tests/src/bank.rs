@@ -116,6 +116,8 @@ pub struct Record {
     pub transfer: Transfer,
     pub outcome: Outcome,
     pub latency: Duration,
+    /// When the answer came, from the start of the run.
+    pub at: Duration,
 }
 
 /// Which protocol a workload runs under.
@@ -228,6 +230,7 @@ pub async fn run(
                     transfer: t,
                     outcome,
                     latency: t0.elapsed(),
+                    at: started.elapsed(),
                 });
             }
             out
@@ -512,6 +515,25 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<St
             Outcome::Unknown { .. } => continue,
         };
         if observed.protocol == Some(Protocol::Saga) {
+            let records = observed.barriers.get(txn).map(Vec::as_slice).unwrap_or(&[]);
+            let compensated = records
+                .iter()
+                .any(|(_, b)| b.action == pb::BarrierAction::Compensate as i32);
+            let executed = records
+                .iter()
+                .filter(|(_, b)| b.outcome == pb::BarrierOutcome::Executed as i32)
+                .count();
+            if client_committed && (compensated || executed < 2) {
+                problems.push(format!(
+                    "acknowledged saga {txn} lost: client saw COMMITTED, but {executed} steps executed{}",
+                    if compensated { " and it was compensated" } else { "" }
+                ));
+            }
+            if !client_committed && executed > 0 && !compensated {
+                problems.push(format!(
+                    "saga {txn}: client saw ABORTED, yet {executed} steps executed and none was compensated"
+                ));
+            }
             if client_committed {
                 expected[r.transfer.from] -= r.transfer.amount;
                 expected[r.transfer.to] += r.transfer.amount;
@@ -545,19 +567,40 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<St
             expected[r.transfer.to] += r.transfer.amount;
         }
     }
-    let unknown = history
-        .iter()
-        .any(|r| matches!(r.outcome, Outcome::Unknown { .. }));
-    if !unknown {
+    if let Some(n) = lost_updates(initial, history, observed)
+        && n > 0
+    {
         for (i, (want, got)) in expected.iter().zip(&observed.balances).enumerate() {
             if want != got {
                 problems.push(format!(
-                    "account #{i}: balance {got}, but the committed transfers give {want}"
+                    "lost update: account #{i} holds {got}, but the committed transfers give {want}"
                 ));
             }
         }
     }
     problems
+}
+
+/// Accounts whose final balance differs from what the acknowledged transfers give. `None`
+/// when some call had no answer, so the expected balances are not known.
+pub fn lost_updates(initial: &[i64], history: &[Record], observed: &Observed) -> Option<usize> {
+    if history.iter().any(|r| matches!(r.outcome, Outcome::Unknown { .. })) {
+        return None;
+    }
+    let mut expected = initial.to_vec();
+    for r in history {
+        if matches!(r.outcome, Outcome::Committed { .. }) {
+            expected[r.transfer.from] -= r.transfer.amount;
+            expected[r.transfer.to] += r.transfer.amount;
+        }
+    }
+    Some(
+        expected
+            .iter()
+            .zip(&observed.balances)
+            .filter(|(want, got)| want != got)
+            .count(),
+    )
 }
 
 /// Counts of what clients were told.
@@ -604,6 +647,9 @@ pub async fn wait_quiet(
             .await?
             .into_inner();
         in_doubt += c.in_doubt + c.sagas_active;
+        if std::env::var_os("HARNESS_DEBUG").is_some() {
+            eprintln!("wait_quiet: total {in_doubt}; coordinator {c:?}");
+        }
         if in_doubt == 0 || Instant::now() > deadline {
             return Ok(in_doubt);
         }
@@ -621,6 +667,7 @@ mod tests {
             transfer: Transfer { from, to, amount },
             outcome,
             latency: Duration::ZERO,
+            at: Duration::ZERO,
         }
     }
 
@@ -687,6 +734,7 @@ mod tests {
         );
         assert!(problems.contains("acknowledged txn 1.2 lost"), "{problems}");
         assert!(problems.contains("still prepared"), "{problems}");
+        assert!(problems.contains("lost update"), "{problems}");
     }
 
     #[test]

@@ -144,6 +144,16 @@ impl Proc {
         }
     }
 
+    /// SIGSTOP: the process stays alive but answers nothing.
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        signal(self.pid().context("process is not running")?, "STOP")
+    }
+
+    /// SIGCONT after [`Proc::pause`].
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        signal(self.pid().context("process is not running")?, "CONT")
+    }
+
     /// SIGKILL, like a crash: nothing is flushed, nothing cleaned up.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -241,6 +251,9 @@ pub struct ClusterOptions {
     pub dir: Option<PathBuf>,
     /// Participants served elsewhere (NAME, URL), e.g. a test's in-process fake.
     pub external_participants: Vec<(String, String)>,
+    /// Route the link between the coordinator and this participant (both directions)
+    /// through fault-injecting proxies (see [`Cluster::proxies`]).
+    pub proxy: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -251,6 +264,7 @@ impl Default for ClusterOptions {
             participant_args: Vec::new(),
             dir: None,
             external_participants: Vec::new(),
+            proxy: None,
         }
     }
 }
@@ -258,6 +272,8 @@ impl Default for ClusterOptions {
 pub struct Cluster {
     pub coordinator: Proc,
     pub participants: Vec<Proc>,
+    /// The proxies of the proxied link: coordinator -> participant, participant -> coordinator.
+    pub proxies: Vec<crate::proxy::Proxy>,
     dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
@@ -280,10 +296,24 @@ impl Cluster {
         let addrs: Vec<SocketAddr> = (0..opts.participants)
             .map(|_| Ok(format!("127.0.0.1:{}", free_port()?).parse()?))
             .collect::<anyhow::Result<_>>()?;
+        let mut proxies = Vec::new();
+        let mut proxied: Option<usize> = None;
+        if let Some(name) = &opts.proxy {
+            let i = (1..=opts.participants)
+                .find(|i| format!("p{i}") == *name)
+                .with_context(|| format!("cannot proxy unknown participant {name}"))?;
+            proxies.push(crate::proxy::Proxy::start(addrs[i - 1]).await?);
+            proxies.push(crate::proxy::Proxy::start(coord_addr).await?);
+            proxied = Some(i);
+        }
         let mut participants = Vec::new();
         for i in 1..=opts.participants {
             let name = format!("p{i}");
             let addr = addrs[i - 1];
+            let coordinator_url = match proxied {
+                Some(j) if j == i => proxies[1].url(),
+                _ => format!("http://{coord_addr}"),
+            };
             let mut args = vec![
                 "--name".into(),
                 name.clone(),
@@ -292,7 +322,7 @@ impl Cluster {
                 "--data-dir".into(),
                 dir.join(&name).display().to_string(),
                 "--coordinator".into(),
-                format!("http://{coord_addr}"),
+                coordinator_url,
             ];
             for (j, peer) in addrs.iter().enumerate() {
                 if j + 1 != i {
@@ -317,9 +347,13 @@ impl Cluster {
             "--data-dir".into(),
             dir.join("coordinator").display().to_string(),
         ];
-        for p in &participants {
+        for (i, p) in participants.iter().enumerate() {
+            let url = match proxied {
+                Some(j) if j == i + 1 => proxies[0].url(),
+                _ => p.url(),
+            };
             args.push("--participant".into());
-            args.push(format!("{}={}", p.name, p.url()));
+            args.push(format!("{}={url}", p.name));
         }
         for (name, url) in &opts.external_participants {
             args.push("--participant".into());
@@ -338,6 +372,7 @@ impl Cluster {
         let mut cluster = Self {
             coordinator,
             participants,
+            proxies,
             dir,
             _temp: temp,
         };

@@ -3,3 +3,6 @@
 
 pub mod bank;
 pub mod cluster;
+pub mod compare;
+pub mod report;
+pub mod proxy;
