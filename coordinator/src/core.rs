@@ -68,6 +68,7 @@ struct TxnState {
     participants: Vec<ParticipantId>,
     phase: Phase,
     decided_at_unix_ms: u64,
+    began: std::time::Instant,
 }
 
 /// Summary of a txn for operators and Resolve.
@@ -119,6 +120,7 @@ impl CoordinatorCore {
                             acked: HashSet::new(),
                         },
                         decided_at_unix_ms,
+                        began: std::time::Instant::now(),
                     },
                 );
                 (txn, effects)
@@ -144,9 +146,65 @@ impl CoordinatorCore {
                     yes: HashSet::new(),
                 },
                 decided_at_unix_ms: 0,
+                began: std::time::Instant::now(),
             },
         );
         txn
+    }
+
+    /// An operator aborts a txn that is still collecting votes. Returns the Abort sends, or
+    /// None if the txn is not in that phase.
+    pub fn force_abort(&mut self, txn: &TxnId) -> Option<Vec<Effect>> {
+        match self.txns.get(txn).map(|s| &s.phase) {
+            Some(Phase::Preparing { .. }) => {
+                let mut effects = self.abort(txn, "aborted by an operator".into(), None);
+                effects.retain(|e| matches!(e, Effect::SendAbort { .. }));
+                Some(effects)
+            }
+            _ => None,
+        }
+    }
+
+    /// Adopts a commit decision made outside the vote (an operator's forced commit, after
+    /// every participant was found prepared); the driver has made it durable.
+    pub fn adopt_commit(
+        &mut self,
+        txn: &TxnId,
+        participants: Vec<ParticipantId>,
+        now_unix_ms: u64,
+    ) -> Vec<Effect> {
+        self.recover(vec![(txn.clone(), participants, now_unix_ms)])
+            .pop()
+            .map(|(_, e)| e)
+            .unwrap_or_default()
+    }
+
+    /// Drops a txn whatever its phase (a heuristic outcome); its commit retries stop.
+    pub fn forget(&mut self, txn: &TxnId) {
+        self.txns.remove(txn);
+    }
+
+    /// Every txn held in memory: id, view, participants, age.
+    pub fn list(&self) -> Vec<(TxnId, TxnView, Vec<ParticipantId>, std::time::Duration)> {
+        let mut out: Vec<_> = self
+            .txns
+            .keys()
+            .filter_map(|t| {
+                let s = &self.txns[t];
+                Some((
+                    t.clone(),
+                    self.view(t)?,
+                    s.participants.clone(),
+                    s.began.elapsed(),
+                ))
+            })
+            .collect();
+        out.sort_by_key(|t| std::cmp::Reverse(t.3));
+        out
+    }
+
+    pub fn participants_of(&self, txn: &TxnId) -> Option<Vec<ParticipantId>> {
+        self.txns.get(txn).map(|s| s.participants.clone())
     }
 
     /// A vote from the participant at `index` in the txn's participant list.

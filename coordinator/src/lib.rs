@@ -7,6 +7,7 @@
 //! - [`service`]: gRPC conversion.
 //! - [`server`]: process wiring (flags, health, shutdown) used by the `coordinator` binary.
 
+pub mod admin;
 pub mod core;
 pub mod error;
 pub mod node;

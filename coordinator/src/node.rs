@@ -75,6 +75,16 @@ impl Default for CoordConfig {
     }
 }
 
+fn forced_abort_effects() -> Vec<Effect> {
+    vec![Effect::ReplyAborted {
+        reason: "aborted by an operator (txnctl txn abort)".into(),
+        failed_branch: None,
+    }]
+}
+
+/// Failed Commit attempts per participant of one txn, with the last error.
+pub(crate) type CommitProgress = HashMap<ParticipantId, (u32, String)>;
+
 /// What the client is told.
 #[derive(Debug, Clone)]
 pub struct TxnOutcome {
@@ -117,6 +127,16 @@ pub struct Coordinator {
     fatal: watch::Sender<Option<String>>,
     /// Sagas a task is driving right now, so a retry never drives one twice.
     pub(crate) active_sagas: Mutex<HashSet<TxnId>>,
+    /// Each participant's URL, for operators, and a channel for admin calls.
+    pub(crate) participant_urls: HashMap<ParticipantId, String>,
+    pub(crate) channels: HashMap<ParticipantId, Channel>,
+    pub(crate) started: std::time::Instant,
+    /// Commit attempts that failed, per txn and participant, with the last error.
+    pub(crate) commit_progress: Mutex<HashMap<TxnId, CommitProgress>>,
+    /// Wakes every commit retry loop at once (an operator's `txn retry`).
+    pub(crate) retry_now: tokio::sync::Notify,
+    /// Txns an operator is forcing to commit: Resolve answers PENDING for them meanwhile.
+    pub(crate) forcing: Mutex<HashSet<TxnId>>,
 }
 
 impl Coordinator {
@@ -124,9 +144,17 @@ impl Coordinator {
     /// and starts re-sending their Commits.
     pub async fn open(
         store: Arc<dyn Store>,
-        participants: HashMap<ParticipantId, Channel>,
+        participants: HashMap<ParticipantId, (String, Channel)>,
         config: CoordConfig,
     ) -> Result<Arc<Self>, CoordError> {
+        let participant_urls = participants
+            .iter()
+            .map(|(id, (url, _))| (id.clone(), url.clone()))
+            .collect();
+        let channels = participants
+            .iter()
+            .map(|(id, (_, ch))| (id.clone(), ch.clone()))
+            .collect();
         let gc = GroupCommit::start(store.clone());
         let epoch = match store.get(EPOCH_KEY)? {
             Some(bytes) => record::decode::<EpochRecord>(EPOCH_KEY, &bytes)?.epoch + 1,
@@ -163,7 +191,7 @@ impl Coordinator {
             gc,
             participants: participants
                 .into_iter()
-                .map(|(id, ch)| {
+                .map(|(id, (_, ch))| {
                     let client = ParticipantClient::new(ch)
                         .max_decoding_message_size(txn_proto::types::MAX_MESSAGE_BYTES);
                     (id, client)
@@ -174,6 +202,12 @@ impl Coordinator {
             counters: Counters::default(),
             fatal,
             active_sagas: Mutex::new(HashSet::new()),
+            participant_urls,
+            channels,
+            started: std::time::Instant::now(),
+            commit_progress: Mutex::new(HashMap::new()),
+            retry_now: tokio::sync::Notify::new(),
+            forcing: Mutex::new(HashSet::new()),
         });
         for (txn, effects) in resend {
             node.run_effects(&txn, effects);
@@ -311,8 +345,17 @@ impl Coordinator {
                     };
                     self.core().on_vote(&txn, i, vote, unix_ms())
                 }
-                Ok(None) => unreachable!("the core decides once every vote is in"),
-                Err(_) => self.core().on_prepare_timeout(&txn),
+                // Every vote is in, or the deadline passed, and the core has nothing to do:
+                // an operator aborted the txn meanwhile.
+                Ok(None) => forced_abort_effects(),
+                Err(_) => {
+                    let e = self.core().on_prepare_timeout(&txn);
+                    if e.is_empty() && self.core().view(&txn).is_none() {
+                        forced_abort_effects()
+                    } else {
+                        e
+                    }
+                }
             };
             if effects.is_empty() {
                 continue;
@@ -372,7 +415,7 @@ impl Coordinator {
     }
 
     /// Starts the sends and log writes of `effects` in the background.
-    fn run_effects(self: &Arc<Self>, txn: &TxnId, effects: Vec<Effect>) {
+    pub(crate) fn run_effects(self: &Arc<Self>, txn: &TxnId, effects: Vec<Effect>) {
         for e in effects {
             let node = self.clone();
             let txn = txn.clone();
@@ -423,11 +466,23 @@ impl Coordinator {
                     let effects = self.core().on_commit_ack(&txn, &to);
                     if effects.is_empty() {
                         failpoint::hit(failpoints::AFTER_PARTIAL_COMMIT);
+                    } else {
+                        self.commit_progress.lock().expect("progress").remove(&txn);
                     }
                     self.run_effects(&txn, effects);
                     return;
                 }
                 Err(status) => {
+                    {
+                        let mut progress = self.commit_progress.lock().expect("progress");
+                        let e = progress
+                            .entry(txn.clone())
+                            .or_default()
+                            .entry(to.clone())
+                            .or_default();
+                        e.0 += 1;
+                        e.1 = format!("{:?}: {}", status.code(), status.message());
+                    }
                     let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
                     let wait = pause + Duration::from_millis(jitter);
                     if matches!(
@@ -440,8 +495,15 @@ impl Coordinator {
                         debug!(participant = %to, attempt, error = %status.message(),
                             "Commit not acked; retrying");
                     }
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.retry_now.notified() => {}
+                    }
                     pause = (pause * 2).min(self.config.commit_retry_max);
+                    if self.core().view(&txn).is_none() {
+                        // Settled otherwise (a heuristic outcome by an operator).
+                        return;
+                    }
                 }
             }
         }
@@ -471,6 +533,9 @@ impl Coordinator {
             }
             None => false,
         };
+        if self.forcing.lock().expect("forcing").contains(txn) {
+            return Ok(Resolution::Pending);
+        }
         Ok(self.core().resolve(txn, logged))
     }
 

@@ -96,7 +96,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let channels = endpoints
         .into_iter()
-        .map(|(id, ep)| (id, ep.connect_lazy()))
+        .map(|(id, ep)| {
+            let url = ep.uri().to_string().trim_end_matches('/').to_owned();
+            (id, (url, ep.connect_lazy()))
+        })
         .collect();
     let node = Coordinator::open(Arc::new(store), channels, config)
         .await
@@ -128,6 +131,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(pb::stats_server::StatsServer::new(svc))
+        .add_service(pb::admin_server::AdminServer::new(
+            crate::admin::AdminService::new(node.clone()),
+        ))
         .add_service(pb::failpoints_server::FailpointsServer::new(
             txn_proto::failpoint::FailpointService::new(ALL_FAILPOINTS),
         ))

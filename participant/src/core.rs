@@ -113,6 +113,9 @@ pub enum TxnStatus {
 pub struct ParticipantCore {
     locks: LockTable,
     prepared: HashMap<TxnId, PreparedRecord>,
+    /// Prepared txns an operator pinned for a forced outcome: only an explicit Commit or
+    /// Abort moves them, never this participant's own resolver.
+    held: std::collections::HashSet<TxnId>,
 }
 
 impl ParticipantCore {
@@ -225,6 +228,7 @@ impl ParticipantCore {
         now_unix_ms: u64,
     ) -> Result<CommitStep, StoreError> {
         if let Some(rec) = self.prepared.remove(txn) {
+            self.held.remove(txn);
             self.locks
                 .release_all(txn, &rec.exclusive_keys, &rec.shared_keys);
             let mut batch = WriteBatch::default();
@@ -258,6 +262,7 @@ impl ParticipantCore {
     ) -> Result<AbortStep, StoreError> {
         let mut batch = WriteBatch::default();
         if let Some(rec) = self.prepared.remove(txn) {
+            self.held.remove(txn);
             self.locks
                 .release_all(txn, &rec.exclusive_keys, &rec.shared_keys);
             batch.delete(prepared_key(txn));
@@ -306,6 +311,19 @@ impl ParticipantCore {
 
     pub fn prepared_at_unix_ms(&self, txn: &TxnId) -> Option<u64> {
         self.prepared.get(txn).map(|r| r.prepared_at_unix_ms)
+    }
+
+    /// Pins a prepared txn (see [`ParticipantCore::is_held`]); returns its status.
+    pub fn hold(&mut self, txn: &TxnId, store: &dyn Store) -> Result<TxnStatus, StoreError> {
+        let status = self.status(txn, store)?;
+        if status == TxnStatus::Prepared {
+            self.held.insert(txn.clone());
+        }
+        Ok(status)
+    }
+
+    pub fn is_held(&self, txn: &TxnId) -> bool {
+        self.held.contains(txn)
     }
 
     pub fn is_prepared(&self, txn: &TxnId) -> bool {

@@ -267,9 +267,17 @@ impl Participant {
     }
 
     pub async fn abort(&self, txn: &TxnId) -> Result<(), ParticipantError> {
+        self.abort_from(txn, false).map(|_| ())
+    }
+
+    /// Aborts `txn`; when `by_resolver`, leaves a txn an operator holds alone (returns false).
+    fn abort_from(&self, txn: &TxnId, by_resolver: bool) -> Result<bool, ParticipantError> {
         let _span = info_span!("abort", txn = %txn).entered();
         {
             let mut core = self.core();
+            if by_resolver && core.is_held(txn) {
+                return Ok(false);
+            }
             let prepared_at = core.prepared_at_unix_ms(txn);
             match self.check(core.abort(txn, self.store(), unix_ms()))? {
                 // Presumed abort: the abort record is not forced.
@@ -284,7 +292,41 @@ impl Participant {
         }
         self.released.notify_waiters();
         debug!("aborted");
-        Ok(())
+        Ok(true)
+    }
+
+    /// Pins a prepared txn for an operator (see `ParticipantCore::hold`).
+    pub fn hold(&self, txn: &TxnId) -> Result<TxnStatus, ParticipantError> {
+        let mut core = self.core();
+        let status = self.check(core.hold(txn, self.store()))?;
+        if status == TxnStatus::Prepared {
+            warn!(txn = %txn, "held by an operator: waiting for an explicit Commit or Abort");
+        }
+        Ok(status)
+    }
+
+    /// Prepared txns with their age, participants, locked keys, epoch and hold flag.
+    pub fn in_doubt_detail(&self) -> Vec<InDoubtTxn> {
+        let now = unix_ms();
+        let core = self.core();
+        let mut out: Vec<InDoubtTxn> = core
+            .prepared()
+            .map(|(t, r)| InDoubtTxn {
+                txn: t.clone(),
+                age_ms: now.saturating_sub(r.prepared_at_unix_ms),
+                participants: r.participants.clone(),
+                locked_keys: r
+                    .exclusive_keys
+                    .iter()
+                    .chain(&r.shared_keys)
+                    .cloned()
+                    .collect(),
+                coordinator_epoch: r.coordinator_epoch,
+                held: core.is_held(t),
+            })
+            .collect();
+        out.sort_by_key(|t| std::cmp::Reverse(t.age_ms));
+        out
     }
 
     /// Runs one saga step. Waits up to the lock wait for prepared 2PC txns holding its keys,
@@ -407,7 +449,9 @@ impl Participant {
     fn note_in_doubt(&self, prepared_at_unix_ms: Option<u64>) {
         if let Some(at) = prepared_at_unix_ms {
             let ms = unix_ms().saturating_sub(at);
-            self.counters.max_in_doubt_ms.fetch_max(ms, Ordering::Relaxed);
+            self.counters
+                .max_in_doubt_ms
+                .fetch_max(ms, Ordering::Relaxed);
         }
     }
 
@@ -577,7 +621,14 @@ impl Participant {
         };
         let result = match decision {
             Decision::Commit => self.commit(txn).await,
-            Decision::Abort => self.abort(txn).await,
+            Decision::Abort => match self.abort_from(txn, true) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    debug!("held by an operator; leaving it for an explicit decision");
+                    return false;
+                }
+                Err(e) => Err(e),
+            },
         };
         match result {
             Ok(()) => {
@@ -614,6 +665,17 @@ impl Participant {
         debug!("every reachable peer is prepared: blocked until the coordinator answers");
         None
     }
+}
+
+/// A prepared txn as operators see it.
+#[derive(Debug, Clone)]
+pub struct InDoubtTxn {
+    pub txn: TxnId,
+    pub age_ms: u64,
+    pub participants: Vec<String>,
+    pub locked_keys: Vec<Vec<u8>>,
+    pub coordinator_epoch: u64,
+    pub held: bool,
 }
 
 /// Retry schedule of one in-doubt txn: capped exponential backoff with jitter.

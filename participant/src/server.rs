@@ -123,7 +123,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             pb::participant_server::ParticipantServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(pb::stats_server::StatsServer::new(svc))
+        .add_service(pb::stats_server::StatsServer::new(svc.clone()))
+        .add_service(pb::participant_admin_server::ParticipantAdminServer::new(
+            svc,
+        ))
         .add_service(pb::failpoints_server::FailpointsServer::new(
             txn_proto::failpoint::FailpointService::new(failpoints::ALL),
         ))

@@ -164,7 +164,11 @@ impl pb::participant_server::Participant for ParticipantService {
         for (key, rec) in page {
             // Keys are b/<saga>/<step>/<x|c>.
             let text = String::from_utf8_lossy(&key).into_owned();
-            let mut parts = text.split_once('/').map(|x| x.1).unwrap_or("").rsplitn(3, '/');
+            let mut parts = text
+                .split_once('/')
+                .map(|x| x.1)
+                .unwrap_or("")
+                .rsplitn(3, '/');
             let action = parts.next().unwrap_or("");
             let step = parts
                 .next()
@@ -274,6 +278,40 @@ impl pb::stats_server::Stats for ParticipantService {
             max_in_doubt_ms: s.max_in_doubt_ms,
             oldest_in_doubt_ms: s.oldest_in_doubt_ms,
             ..Default::default()
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
+    async fn in_doubt(
+        &self,
+        _request: Request<pb::InDoubtRequest>,
+    ) -> Result<Response<pb::InDoubtResponse>, Status> {
+        let txns = self
+            .node
+            .in_doubt_detail()
+            .into_iter()
+            .map(|t| pb::InDoubtTxn {
+                txn_id: t.txn.to_string(),
+                age_ms: t.age_ms,
+                participants: t.participants,
+                locked_keys: t.locked_keys,
+                coordinator_epoch: t.coordinator_epoch,
+                held: t.held,
+            })
+            .collect();
+        Ok(Response::new(pb::InDoubtResponse { txns }))
+    }
+
+    async fn hold(
+        &self,
+        request: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::HoldResponse>, Status> {
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let state = state_to_pb(self.node.hold(&txn)?);
+        Ok(Response::new(pb::HoldResponse {
+            state: state as i32,
         }))
     }
 }

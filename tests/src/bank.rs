@@ -584,7 +584,10 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<St
 /// Accounts whose final balance differs from what the acknowledged transfers give. `None`
 /// when some call had no answer, so the expected balances are not known.
 pub fn lost_updates(initial: &[i64], history: &[Record], observed: &Observed) -> Option<usize> {
-    if history.iter().any(|r| matches!(r.outcome, Outcome::Unknown { .. })) {
+    if history
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Unknown { .. }))
+    {
         return None;
     }
     let mut expected = initial.to_vec();

@@ -103,15 +103,14 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// A result that is a bug, not a finding: the harness exits non-zero.
+    /// A result that is a bug, not a finding: the harness exits non-zero. For 2PC that is any
+    /// broken guarantee; for sagas, intermediate states are findings, but a saga left half
+    /// done, a lost acknowledgement, or a broken total at the end are bugs too.
     pub fn is_failure(&self) -> bool {
-        let two_phase = self.protocol == Protocol::TwoPhase.name();
         !self.total_conserved
-            || (two_phase
-                && (self.atomicity_violations > 0
-                    || self.lost_acknowledged > 0
-                    || self.unresolved_at_end > 0))
-            || (!two_phase && (self.lost_acknowledged > 0 || self.unresolved_at_end > 0))
+            || self.atomicity_violations > 0
+            || self.lost_acknowledged > 0
+            || self.unresolved_at_end > 0
     }
 }
 
@@ -138,13 +137,18 @@ fn options(scenario: &str, participants: usize) -> ClusterOptions {
             "--resolve-backoff-max-ms".into(),
             "500".into(),
         ],
-        proxy: matches!(scenario, "partition" | "message-loss").then(|| LINK_PARTICIPANT.to_string()),
+        proxy: matches!(scenario, "partition" | "message-loss")
+            .then(|| LINK_PARTICIPANT.to_string()),
         ..Default::default()
     }
 }
 
 /// Runs one scenario under one protocol on a fresh cluster.
-pub async fn run_one(scenario: &str, protocol: Protocol, cfg: &CompareConfig) -> anyhow::Result<RunReport> {
+pub async fn run_one(
+    scenario: &str,
+    protocol: Protocol,
+    cfg: &CompareConfig,
+) -> anyhow::Result<RunReport> {
     let mut cluster = Cluster::start(options(scenario, cfg.participants))
         .await
         .context("starting the cluster")?;
@@ -189,7 +193,15 @@ pub async fn run_one(scenario: &str, protocol: Protocol, cfg: &CompareConfig) ->
         tokio::spawn(async move { bank::run(&client, &accounts, INITIAL_BALANCE, &workload).await })
     };
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ scenario_salt(scenario));
-    let faults = inject(scenario, protocol, &mut cluster, cfg.duration, started, &mut rng).await?;
+    let faults = inject(
+        scenario,
+        protocol,
+        &mut cluster,
+        cfg.duration,
+        started,
+        &mut rng,
+    )
+    .await?;
     let history = runner.await.context("workload task")?;
     heal(&mut cluster).await?;
     stop.store(true, Ordering::Relaxed);
@@ -274,7 +286,9 @@ pub async fn run_one(scenario: &str, protocol: Protocol, cfg: &CompareConfig) ->
 }
 
 fn scenario_salt(scenario: &str) -> u64 {
-    scenario.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    scenario.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn participant_urls(cluster: &Cluster) -> Vec<String> {
@@ -315,7 +329,11 @@ async fn audit_loop(
         };
         let res = client.transact(req).await;
         if std::env::var_os("HARNESS_DEBUG").is_some() {
-            eprintln!("audit: {:?}", res.as_ref().map(|r| (r.get_ref().outcome, r.get_ref().reason.clone())));
+            eprintln!(
+                "audit: {:?}",
+                res.as_ref()
+                    .map(|r| (r.get_ref().outcome, r.get_ref().reason.clone()))
+            );
         }
         if let Ok(r) = res {
             let r = r.into_inner();
@@ -346,7 +364,10 @@ async fn sample_in_doubt(urls: Vec<String>, stop: Arc<AtomicBool>, max: Arc<Atom
                 req.set_timeout(Duration::from_millis(200));
                 if let Ok(s) = c.get_stats(req).await {
                     let s = s.into_inner();
-                    max.fetch_max(s.oldest_in_doubt_ms.max(s.max_in_doubt_ms), Ordering::Relaxed);
+                    max.fetch_max(
+                        s.oldest_in_doubt_ms.max(s.max_in_doubt_ms),
+                        Ordering::Relaxed,
+                    );
                 }
             }
         }
@@ -407,8 +428,12 @@ async fn inject(
                 ("crash-after-decision", Protocol::Saga) => {
                     ("coordinator", "coordinator::saga_after_step_logged")
                 }
-                (_, Protocol::TwoPhase) => (VICTIM_PARTICIPANT, "participant::after_prepare_durable"),
-                (_, Protocol::Saga) => (VICTIM_PARTICIPANT, "participant::saga_after_step_executed"),
+                (_, Protocol::TwoPhase) => {
+                    (VICTIM_PARTICIPANT, "participant::after_prepare_durable")
+                }
+                (_, Protocol::Saga) => {
+                    (VICTIM_PARTICIPANT, "participant::saga_after_step_executed")
+                }
             };
             sleep_until(started, at(rng.random_range(0.2..0.35))).await;
             cluster.set_failpoint(node, failpoint, "crash").await?;
@@ -483,7 +508,10 @@ async fn inject(
                 end_ms: ms_since(started),
             });
         }
-        other => anyhow::bail!("unknown scenario {other:?}; known: {}", SCENARIOS.join(", ")),
+        other => anyhow::bail!(
+            "unknown scenario {other:?}; known: {}",
+            SCENARIOS.join(", ")
+        ),
     }
     Ok(faults)
 }

@@ -4,5 +4,5 @@
 pub mod bank;
 pub mod cluster;
 pub mod compare;
-pub mod report;
 pub mod proxy;
+pub mod report;

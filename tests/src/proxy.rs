@@ -187,11 +187,17 @@ mod tests {
         let proxy = Proxy::start(echo_server().await).await.unwrap();
         assert!(roundtrip(proxy.addr).await);
         proxy.partition();
-        assert!(!roundtrip(proxy.addr).await, "a partitioned link carries nothing");
+        assert!(
+            !roundtrip(proxy.addr).await,
+            "a partitioned link carries nothing"
+        );
         proxy.heal();
         assert!(roundtrip(proxy.addr).await);
         proxy.set_loss(1.0);
-        assert!(!roundtrip(proxy.addr).await, "a fully lossy link carries nothing");
+        assert!(
+            !roundtrip(proxy.addr).await,
+            "a fully lossy link carries nothing"
+        );
         assert!(proxy.cuts() >= 2);
     }
 }

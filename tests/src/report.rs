@@ -48,9 +48,15 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 format!("{:.1}", r.p99_ms),
                 r.atomicity_violations.to_string(),
                 r.lost_acknowledged.to_string(),
-                if r.total_conserved { "yes".into() } else { "NO".into() },
+                if r.total_conserved {
+                    "yes".into()
+                } else {
+                    "NO".into()
+                },
                 format!("{}/{}", r.audits_off, r.audits),
-                r.lost_updates.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()),
+                r.lost_updates
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "n/a".into()),
                 r.max_in_doubt_ms.to_string(),
                 r.unresolved_at_end.to_string(),
                 opt(r.recovery_ms),
@@ -113,7 +119,11 @@ pub fn markdown(runs: &[RunReport], cfg: &CompareConfig) -> String {
     }
     let problems: Vec<_> = runs
         .iter()
-        .flat_map(|r| r.problems.iter().map(move |p| format!("- {} / {}: {p}", r.scenario, r.protocol)))
+        .flat_map(|r| {
+            r.problems
+                .iter()
+                .map(move |p| format!("- {} / {}: {p}", r.scenario, r.protocol))
+        })
         .collect();
     if !problems.is_empty() {
         md.push_str("\n## Problems found\n\n");
@@ -148,7 +158,10 @@ pub fn write_all(dir: &Path, runs: &[RunReport], cfg: &CompareConfig) -> anyhow:
         accounts: cfg.accounts,
         runs,
     };
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     std::fs::write(dir.join("report.md"), markdown(runs, cfg))?;
     chart(&dir.join("throughput.svg"), runs)?;
     Ok(())
@@ -171,7 +184,10 @@ pub fn chart(path: &Path, runs: &[RunReport]) -> anyhow::Result<()> {
     let areas = root.split_evenly((rows, cols));
     for (scenario, area) in scenarios.iter().zip(areas.iter()) {
         let these: Vec<&RunReport> = runs.iter().filter(|r| r.scenario == *scenario).collect();
-        let bucket_s = these.first().map(|r| r.bucket_ms as f64 / 1000.0).unwrap_or(0.25);
+        let bucket_s = these
+            .first()
+            .map(|r| r.bucket_ms as f64 / 1000.0)
+            .unwrap_or(0.25);
         let x_max = these
             .iter()
             .map(|r| r.timeline.len() as f64 * bucket_s)
@@ -197,9 +213,16 @@ pub fn chart(path: &Path, runs: &[RunReport]) -> anyhow::Result<()> {
         for r in &these {
             for f in &r.faults {
                 let (a, b) = (f.start_ms as f64 / 1000.0, f.end_ms as f64 / 1000.0);
-                let color = if r.protocol == "2pc" { BLUE.mix(0.08) } else { RED.mix(0.08) };
-                c.draw_series(std::iter::once(Rectangle::new([(a, 0.0), (b.max(a + 0.05), y_max)], color.filled())))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let color = if r.protocol == "2pc" {
+                    BLUE.mix(0.08)
+                } else {
+                    RED.mix(0.08)
+                };
+                c.draw_series(std::iter::once(Rectangle::new(
+                    [(a, 0.0), (b.max(a + 0.05), y_max)],
+                    color.filled(),
+                )))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
         }
         for r in &these {
@@ -212,7 +235,9 @@ pub fn chart(path: &Path, runs: &[RunReport]) -> anyhow::Result<()> {
             c.draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .label(r.protocol.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
         }
         c.configure_series_labels()
             .border_style(BLACK)

@@ -220,7 +220,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let scenarios: Vec<String> = if args.scenarios == "all" {
         SCENARIOS.iter().map(|s| s.to_string()).collect()
     } else {
-        args.scenarios.split(',').map(|s| s.trim().to_string()).collect()
+        args.scenarios
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect()
     };
     for s in &scenarios {
         anyhow::ensure!(
@@ -229,8 +232,14 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             SCENARIOS.join(", ")
         );
     }
-    anyhow::ensure!(args.participants >= 2, "--participants: transfers need at least 2");
-    anyhow::ensure!(args.duration >= 2, "--duration: at least 2 seconds, so faults fit in the run");
+    anyhow::ensure!(
+        args.participants >= 2,
+        "--participants: transfers need at least 2"
+    );
+    anyhow::ensure!(
+        args.duration >= 2,
+        "--duration: at least 2 seconds, so faults fit in the run"
+    );
     anyhow::ensure!(
         args.accounts >= args.participants
             && args.accounts <= args.participants * bank::MAX_ACCOUNTS_PER_PARTICIPANT,
@@ -258,8 +267,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     );
     let bar = indicatif::ProgressBar::new((scenarios.len() * 2) as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs, {elapsed} elapsed  {msg}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} runs, {elapsed} elapsed  {msg}",
+        )
+        .expect("valid template"),
     );
     let mut runs = Vec::new();
     for scenario in &scenarios {
@@ -281,7 +292,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     );
     let failures: Vec<_> = runs.iter().filter(|r| r.is_failure()).collect();
     if failures.is_empty() {
-        println!("no run broke a guarantee it must keep (2PC: atomicity, no lost acks, nothing unresolved; both: total conserved)");
+        println!(
+            "no run broke a guarantee it must keep (2PC: atomicity, no lost acks, nothing unresolved; both: total conserved)"
+        );
         Ok(true)
     } else {
         for r in failures {

@@ -1,0 +1,782 @@
+//! The operator's view of the coordinator: status, stuck txns and why, forced outcomes that
+//! refuse to break atomicity unless told to, retries on demand, and sagas. Served as the
+//! `Admin` gRPC service; `txnctl` is its client.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use txn_proto::pb::rec::{DecisionRecord, SagaRecord, SagaState};
+use txn_proto::pb::v1 as pb;
+use txn_proto::record;
+use txn_proto::store::WriteBatch;
+use txn_proto::types::{InvalidInput, ParticipantId, TxnId};
+use txn_proto::unix_ms;
+
+use crate::core::{Effect, TxnView, decision_key};
+use crate::error::CoordError;
+use crate::node::Coordinator;
+use crate::saga::SAGA_PREFIX;
+
+/// Deadline of each call the admin API makes to a participant.
+const ADMIN_RPC_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Most txns or sagas one list returns.
+pub const MAX_LIST: usize = 10_000;
+/// Default length of a list.
+const DEFAULT_LIST: usize = 100;
+/// Longest reason an operator may record with a forced outcome.
+pub const MAX_REASON_LEN: usize = 1024;
+
+pub const FORCED_PREFIX: &[u8] = b"f/";
+
+fn forced_key(txn: &TxnId) -> Vec<u8> {
+    [FORCED_PREFIX, txn.as_str().as_bytes()].concat()
+}
+
+fn timed<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(ADMIN_RPC_TIMEOUT);
+    r
+}
+
+fn view_name(v: &TxnView) -> &'static str {
+    match v {
+        TxnView::Preparing => "preparing",
+        TxnView::Deciding => "deciding",
+        TxnView::Committing { .. } => "committing",
+    }
+}
+
+fn saga_state_name(s: i32) -> &'static str {
+    match SagaState::try_from(s).unwrap_or(SagaState::Unspecified) {
+        SagaState::Running => "running",
+        SagaState::Compensating => "compensating",
+        SagaState::Completed => "completed",
+        SagaState::Compensated => "compensated",
+        SagaState::Parked => "parked",
+        SagaState::Unspecified => "unknown",
+    }
+}
+
+fn saga_summary(r: &SagaRecord) -> pb::SagaSummary {
+    pb::SagaSummary {
+        saga_id: r.saga_id.clone(),
+        state: saga_state_name(r.state).into(),
+        steps: r.branches.len() as u32,
+        next_step: r.next_step,
+        failed_step: r.failed_step,
+        reason: r.reason.clone(),
+        compensation_attempts: r.compensation_attempts,
+        last_error: r.last_error.clone(),
+        created_at_unix_ms: r.created_at_unix_ms,
+        updated_at_unix_ms: r.updated_at_unix_ms,
+        participants: r.branches.iter().map(|b| b.participant.clone()).collect(),
+    }
+}
+
+impl Coordinator {
+    fn channel(&self, p: &ParticipantId) -> Option<Channel> {
+        self.channels.get(p).cloned()
+    }
+
+    fn ids(&self) -> Vec<ParticipantId> {
+        self.participant_ids()
+    }
+
+    async fn participant_info(&self, p: &ParticipantId) -> pb::ParticipantInfo {
+        let mut info = pb::ParticipantInfo {
+            name: p.to_string(),
+            url: self.participant_urls.get(p).cloned().unwrap_or_default(),
+            healthy: false,
+            in_doubt: 0,
+        };
+        if let Some(ch) = self.channel(p) {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+            info.healthy = matches!(
+                health.check(timed(tonic_health::pb::HealthCheckRequest { service: String::new() })).await,
+                Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            );
+            if let Ok(s) = pb::stats_client::StatsClient::new(ch)
+                .get_stats(timed(pb::StatsRequest {}))
+                .await
+            {
+                info.in_doubt = s.into_inner().in_doubt;
+            }
+        }
+        info
+    }
+
+    fn sagas(&self) -> Result<Vec<SagaRecord>, CoordError> {
+        let mut out = Vec::new();
+        for (key, bytes) in self.check(self.gc.store().scan_prefix(SAGA_PREFIX))? {
+            out.push(self.check(record::decode::<SagaRecord>(&key, &bytes).map_err(Into::into))?);
+        }
+        Ok(out)
+    }
+
+    pub async fn admin_status(&self) -> Result<pb::AdminStatusResponse, CoordError> {
+        let stats = self.stats();
+        let mut participants = Vec::new();
+        for p in self.ids() {
+            participants.push(self.participant_info(&p).await);
+        }
+        let mut resp = pb::AdminStatusResponse {
+            epoch: stats.epoch,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            txns_in_flight: stats.in_flight,
+            txns_committed: stats.committed,
+            txns_aborted: stats.aborted,
+            txns_committing: stats.in_doubt,
+            txns_in_doubt: participants.iter().map(|p| p.in_doubt).sum(),
+            participants,
+            ..Default::default()
+        };
+        for s in self.sagas()? {
+            match SagaState::try_from(s.state).unwrap_or(SagaState::Unspecified) {
+                SagaState::Running => resp.sagas_running += 1,
+                SagaState::Compensating => resp.sagas_compensating += 1,
+                SagaState::Parked => resp.sagas_parked += 1,
+                SagaState::Completed => resp.sagas_completed += 1,
+                SagaState::Compensated => resp.sagas_compensated += 1,
+                SagaState::Unspecified => {}
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Prepared txns at every reachable participant: txn -> (participants, oldest age, where).
+    async fn in_doubt_everywhere(
+        &self,
+    ) -> BTreeMap<String, (Vec<String>, u64, Vec<pb::InDoubtTxn>)> {
+        let mut out: BTreeMap<String, (Vec<String>, u64, Vec<pb::InDoubtTxn>)> = BTreeMap::new();
+        for p in self.ids() {
+            let Some(ch) = self.channel(&p) else { continue };
+            let mut c = pb::participant_admin_client::ParticipantAdminClient::new(ch);
+            let Ok(r) = c.in_doubt(timed(pb::InDoubtRequest {})).await else {
+                continue;
+            };
+            for t in r.into_inner().txns {
+                let e = out.entry(t.txn_id.clone()).or_default();
+                if e.0.is_empty() {
+                    e.0 = t.participants.clone();
+                }
+                e.1 = e.1.max(t.age_ms);
+                e.2.push(pb::InDoubtTxn {
+                    participants: vec![p.to_string()],
+                    ..t
+                });
+            }
+        }
+        out
+    }
+
+    pub async fn admin_list_txns(
+        &self,
+        state: &str,
+        limit: usize,
+    ) -> Result<Vec<pb::TxnSummary>, CoordError> {
+        const STATES: &[&str] = &["", "preparing", "deciding", "committing", "in-doubt"];
+        if !STATES.contains(&state) {
+            return Err(InvalidInput::new(
+                "state",
+                format!("{state:?} is not one of preparing, deciding, committing, in-doubt"),
+            )
+            .into());
+        }
+        let limit = if limit == 0 {
+            DEFAULT_LIST
+        } else {
+            limit.min(MAX_LIST)
+        };
+        let mut out = Vec::new();
+        let known = self.core().list();
+        let known_ids: HashSet<String> = known.iter().map(|(t, ..)| t.to_string()).collect();
+        for (txn, view, participants, age) in known {
+            out.push(pb::TxnSummary {
+                txn_id: txn.to_string(),
+                state: view_name(&view).into(),
+                participants: participants.iter().map(|p| p.to_string()).collect(),
+                age_ms: age.as_millis() as u64,
+            });
+        }
+        if state.is_empty() || state == "in-doubt" {
+            for (txn, (participants, age, _)) in self.in_doubt_everywhere().await {
+                if !known_ids.contains(&txn) {
+                    out.push(pb::TxnSummary {
+                        txn_id: txn,
+                        state: "in-doubt".into(),
+                        participants,
+                        age_ms: age,
+                    });
+                }
+            }
+        }
+        out.retain(|t| state.is_empty() || t.state == state);
+        out.sort_by_key(|t| std::cmp::Reverse(t.age_ms));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn forced(&self, txn: &TxnId) -> Result<Option<pb::ForcedOutcome>, CoordError> {
+        let key = forced_key(txn);
+        match self.check(self.gc.store().get(&key))? {
+            Some(b) => Ok(Some(
+                self.check(record::decode(&key, &b).map_err(Into::into))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn logged_decision(&self, txn: &TxnId) -> Result<Option<DecisionRecord>, CoordError> {
+        let key = decision_key(txn);
+        match self.check(self.gc.store().get(&key))? {
+            Some(b) => Ok(Some(
+                self.check(record::decode(&key, &b).map_err(Into::into))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    async fn participant_state(&self, p: &ParticipantId, txn: &TxnId) -> Option<pb::TxnState> {
+        let ch = self.channel(p)?;
+        let mut c = pb::participant_client::ParticipantClient::new(ch);
+        let r = c
+            .get_txn_state(timed(pb::TxnStateRequest {
+                txn_id: txn.to_string(),
+            }))
+            .await
+            .ok()?;
+        Some(pb::TxnState::try_from(r.into_inner().state).unwrap_or(pb::TxnState::Unspecified))
+    }
+
+    pub async fn admin_show_txn(&self, txn: &TxnId) -> Result<pb::TxnDetail, CoordError> {
+        let view = self.core().view(txn);
+        let logged = self.logged_decision(txn)?;
+        let forced = self.forced(txn)?;
+        let in_doubt = self.in_doubt_everywhere().await;
+        let mut members: Vec<ParticipantId> = self.core().participants_of(txn).unwrap_or_default();
+        if members.is_empty() {
+            if let Some(d) = &logged {
+                members = d
+                    .participants
+                    .iter()
+                    .filter_map(|p| ParticipantId::parse("p", p).ok())
+                    .collect();
+            } else if let Some((ps, _, _)) = in_doubt.get(txn.as_str()) {
+                members = ps
+                    .iter()
+                    .filter_map(|p| ParticipantId::parse("p", p).ok())
+                    .collect();
+            }
+        }
+        let mut branches = Vec::new();
+        let unacked = match &view {
+            Some(TxnView::Committing { unacked }) => unacked.clone(),
+            _ => members.clone(),
+        };
+        let progress = self
+            .commit_progress
+            .lock()
+            .expect("progress")
+            .get(txn)
+            .cloned()
+            .unwrap_or_default();
+        let candidates: Vec<ParticipantId> = if members.is_empty() {
+            self.ids()
+        } else {
+            members.clone()
+        };
+        for p in candidates {
+            let state = self.participant_state(&p, txn).await;
+            if members.is_empty() && !matches!(state, Some(s) if s != pb::TxnState::Unknown) {
+                continue;
+            }
+            let (attempts, last_error) = progress.get(&p).cloned().unwrap_or_default();
+            let prepared_at = in_doubt
+                .get(txn.as_str())
+                .and_then(|(_, _, at)| {
+                    at.iter()
+                        .find(|t| t.participants.first() == Some(&p.to_string()))
+                })
+                .map(|t| unix_ms().saturating_sub(t.age_ms))
+                .unwrap_or(0);
+            branches.push(pb::BranchDetail {
+                participant: p.to_string(),
+                state: state.unwrap_or(pb::TxnState::Unknown) as i32,
+                reachable: state.is_some(),
+                acked: (matches!(view, Some(TxnView::Committing { .. })) && !unacked.contains(&p))
+                    || (view.is_none()
+                        && logged.is_none()
+                        && state == Some(pb::TxnState::Committed)),
+                commit_attempts: attempts,
+                last_error,
+                prepared_at_unix_ms: prepared_at,
+            });
+        }
+        if view.is_none() && logged.is_none() && forced.is_none() && branches.is_empty() {
+            return Err(CoordError::NotFound(format!(
+                "txn_id {txn}: no record at the coordinator or any participant"
+            )));
+        }
+        let (coordinator_state, decision) = match (&view, &logged) {
+            (Some(TxnView::Preparing), _) => ("preparing", pb::Decision::Pending),
+            (Some(TxnView::Deciding), _) => ("deciding", pb::Decision::Pending),
+            (Some(TxnView::Committing { .. }), _) | (None, Some(_)) => {
+                ("committing", pb::Decision::Commit)
+            }
+            (None, None) => match forced.as_ref().map(|f| f.decision) {
+                Some(d) if d == pb::Decision::Commit as i32 => ("forced", pb::Decision::Commit),
+                Some(_) => ("forced", pb::Decision::Abort),
+                None if branches
+                    .iter()
+                    .all(|b| b.state == pb::TxnState::Committed as i32) =>
+                {
+                    ("committed", pb::Decision::Commit)
+                }
+                None => ("unknown", pb::Decision::Abort),
+            },
+        };
+        Ok(pb::TxnDetail {
+            txn_id: txn.to_string(),
+            coordinator_state: coordinator_state.into(),
+            decision: decision as i32,
+            decided_at_unix_ms: self
+                .core()
+                .decided_at_unix_ms(txn)
+                .or(logged.as_ref().map(|d| d.decided_at_unix_ms))
+                .unwrap_or(0),
+            branches,
+            forced,
+        })
+    }
+
+    pub async fn admin_retry_txn(self: &Arc<Self>, txn: &TxnId) -> Result<String, CoordError> {
+        let view = self.core().view(txn);
+        match view {
+            Some(TxnView::Committing { unacked }) => {
+                self.retry_now.notify_waiters();
+                return Ok(format!(
+                    "re-sending Commit now to {}",
+                    unacked
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            Some(v) => {
+                return Err(CoordError::Precondition(format!(
+                    "txn_id {txn}: is {}; the coordinator is deciding it, nothing to retry",
+                    view_name(&v)
+                )));
+            }
+            None => {}
+        }
+        if self.forcing.lock().expect("forcing").contains(txn) {
+            return Err(CoordError::Precondition(format!(
+                "txn_id {txn}: an operator is forcing it right now"
+            )));
+        }
+        // Unknown here and not logged: presumed abort. Tell whoever still holds it.
+        let in_doubt = self.in_doubt_everywhere().await;
+        let Some((_, _, holders)) = in_doubt.get(txn.as_str()) else {
+            return Err(CoordError::NotFound(format!(
+                "txn_id {txn}: not in flight at the coordinator and not prepared at any participant"
+            )));
+        };
+        let holders: Vec<ParticipantId> = holders
+            .iter()
+            .filter_map(|t| t.participants.first())
+            .filter_map(|p| ParticipantId::parse("p", p).ok())
+            .collect();
+        self.run_effects(
+            txn,
+            holders
+                .iter()
+                .map(|p| Effect::SendAbort { to: p.clone() })
+                .collect(),
+        );
+        Ok(format!(
+            "no decision logged (presumed abort): sent Abort to {}",
+            holders
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    async fn record_forced(
+        &self,
+        txn: &TxnId,
+        decision: pb::Decision,
+        reason: &str,
+        heuristic: bool,
+    ) -> Result<(), CoordError> {
+        let rec = pb::ForcedOutcome {
+            decision: decision as i32,
+            reason: reason.to_owned(),
+            heuristic,
+            at_unix_ms: unix_ms(),
+        };
+        let mut b = WriteBatch::default();
+        b.put(forced_key(txn), record::encode(&rec));
+        self.check(self.gc.write_durable(b).await)
+    }
+
+    pub async fn admin_force(
+        self: &Arc<Self>,
+        txn: &TxnId,
+        decision: pb::Decision,
+        reason: &str,
+        heuristic: bool,
+    ) -> Result<pb::TxnDetail, CoordError> {
+        if reason.trim().is_empty() {
+            return Err(InvalidInput::new("reason", "must say why the outcome is forced").into());
+        }
+        if reason.len() > MAX_REASON_LEN {
+            return Err(InvalidInput::new(
+                "reason",
+                format!("is {} bytes, the limit is {MAX_REASON_LEN}", reason.len()),
+            )
+            .into());
+        }
+        match decision {
+            pb::Decision::Abort => self.force_abort(txn, reason, heuristic).await?,
+            pb::Decision::Commit => self.force_commit(txn, reason, heuristic).await?,
+            _ => {
+                return Err(InvalidInput::new(
+                    "decision",
+                    "must be DECISION_COMMIT or DECISION_ABORT",
+                )
+                .into());
+            }
+        }
+        self.admin_show_txn(txn).await
+    }
+
+    async fn force_abort(
+        self: &Arc<Self>,
+        txn: &TxnId,
+        reason: &str,
+        heuristic: bool,
+    ) -> Result<(), CoordError> {
+        let view = self.core().view(txn);
+        let logged = self.logged_decision(txn)?.is_some();
+        match view {
+            Some(TxnView::Deciding) => {
+                return Err(CoordError::Precondition(format!(
+                    "txn_id {txn}: every participant voted YES and the commit decision is being written; try again in a moment"
+                )));
+            }
+            Some(TxnView::Committing { .. }) if !heuristic => {
+                return Err(CoordError::Precondition(format!(
+                    "txn_id {txn}: a commit decision is durable; aborting now would break atomicity (participants may have committed). Use --heuristic to force it anyway"
+                )));
+            }
+            None if logged && !heuristic => {
+                return Err(CoordError::Precondition(format!(
+                    "txn_id {txn}: a commit decision is durable; aborting would break atomicity. Use --heuristic to force it anyway"
+                )));
+            }
+            _ => {}
+        }
+        self.record_forced(txn, pb::Decision::Abort, reason, heuristic)
+            .await?;
+        let members = self.core().participants_of(txn).unwrap_or_default();
+        let forced_effects = self.core().force_abort(txn);
+        let sends = match forced_effects {
+            Some(effects) => effects,
+            None => {
+                // Not collecting votes: presumed abort, or a heuristic abort of a decision.
+                if heuristic {
+                    self.core().forget(txn);
+                    let mut b = WriteBatch::default();
+                    b.delete(decision_key(txn));
+                    self.check(self.gc.write_durable(b).await)?;
+                }
+                let mut targets: Vec<ParticipantId> = members;
+                for (id, (_, _, holders)) in self.in_doubt_everywhere().await {
+                    if id == txn.as_str() {
+                        for h in holders {
+                            if let Some(p) = h
+                                .participants
+                                .first()
+                                .and_then(|p| ParticipantId::parse("p", p).ok())
+                                && !targets.contains(&p)
+                            {
+                                targets.push(p);
+                            }
+                        }
+                    }
+                }
+                targets
+                    .into_iter()
+                    .map(|to| Effect::SendAbort { to })
+                    .collect()
+            }
+        };
+        warn!(txn = %txn, heuristic, reason, "operator forced ABORT");
+        self.run_effects(txn, sends);
+        Ok(())
+    }
+
+    async fn force_commit(
+        self: &Arc<Self>,
+        txn: &TxnId,
+        reason: &str,
+        heuristic: bool,
+    ) -> Result<(), CoordError> {
+        let view = self.core().view(txn);
+        match view {
+            Some(TxnView::Committing { .. }) => {
+                self.retry_now.notify_waiters();
+                return Ok(());
+            }
+            Some(v) => {
+                return Err(CoordError::Precondition(format!(
+                    "txn_id {txn}: is {}; the coordinator is still deciding it",
+                    view_name(&v)
+                )));
+            }
+            None => {}
+        }
+        if self.logged_decision(txn)?.is_some() {
+            self.retry_now.notify_waiters();
+            return Ok(());
+        }
+        let in_doubt = self.in_doubt_everywhere().await;
+        let Some((members, _, _)) = in_doubt.get(txn.as_str()) else {
+            return Err(CoordError::NotFound(format!(
+                "txn_id {txn}: not prepared at any participant; nothing to commit"
+            )));
+        };
+        let members: Vec<ParticipantId> = members
+            .iter()
+            .filter_map(|p| ParticipantId::parse("p", p).ok())
+            .collect();
+        if !self.forcing.lock().expect("forcing").insert(txn.clone()) {
+            return Err(CoordError::Precondition(format!(
+                "txn_id {txn}: another operator is forcing it"
+            )));
+        }
+        let result = self
+            .force_commit_held(txn, &members, reason, heuristic)
+            .await;
+        self.forcing.lock().expect("forcing").remove(txn);
+        result
+    }
+
+    /// With Resolve answering PENDING for `txn`, pins it at every participant; commits only if
+    /// every one of them is still prepared (so every one voted YES and none can abort on its
+    /// own any more), unless `heuristic`.
+    async fn force_commit_held(
+        self: &Arc<Self>,
+        txn: &TxnId,
+        members: &[ParticipantId],
+        reason: &str,
+        heuristic: bool,
+    ) -> Result<(), CoordError> {
+        let mut not_prepared = Vec::new();
+        for p in members {
+            let state = match self.channel(p) {
+                Some(ch) => pb::participant_admin_client::ParticipantAdminClient::new(ch)
+                    .hold(timed(pb::TxnIdRequest {
+                        txn_id: txn.to_string(),
+                    }))
+                    .await
+                    .ok()
+                    .and_then(|r| pb::TxnState::try_from(r.into_inner().state).ok()),
+                None => None,
+            };
+            match state {
+                Some(pb::TxnState::Prepared) | Some(pb::TxnState::Committed) => {}
+                other => not_prepared.push(format!(
+                    "{p} is {}",
+                    other
+                        .map(|s| format!("{s:?}"))
+                        .unwrap_or_else(|| "unreachable".into())
+                )),
+            }
+        }
+        if !not_prepared.is_empty() && !heuristic {
+            return Err(CoordError::Precondition(format!(
+                "txn_id {txn}: cannot commit, not every participant voted YES ({}). Use --heuristic to force it anyway",
+                not_prepared.join(", ")
+            )));
+        }
+        self.record_forced(txn, pb::Decision::Commit, reason, heuristic)
+            .await?;
+        let rec = DecisionRecord {
+            txn_id: txn.to_string(),
+            participants: members.iter().map(|p| p.to_string()).collect(),
+            decided_at_unix_ms: unix_ms(),
+        };
+        let mut b = WriteBatch::default();
+        b.put(decision_key(txn), record::encode(&rec));
+        self.check(self.gc.write_durable(b).await)?;
+        let effects = self.core().adopt_commit(txn, members.to_vec(), unix_ms());
+        info!(txn = %txn, heuristic, reason, "operator forced COMMIT");
+        self.run_effects(txn, effects);
+        Ok(())
+    }
+
+    pub fn admin_list_sagas(
+        &self,
+        state: &str,
+        limit: usize,
+    ) -> Result<Vec<pb::SagaSummary>, CoordError> {
+        const STATES: &[&str] = &[
+            "",
+            "running",
+            "compensating",
+            "completed",
+            "compensated",
+            "parked",
+        ];
+        if !STATES.contains(&state) {
+            return Err(InvalidInput::new(
+                "state",
+                format!(
+                    "{state:?} is not one of running, compensating, completed, compensated, parked"
+                ),
+            )
+            .into());
+        }
+        let limit = if limit == 0 {
+            DEFAULT_LIST
+        } else {
+            limit.min(MAX_LIST)
+        };
+        let mut out: Vec<pb::SagaSummary> = self
+            .sagas()?
+            .iter()
+            .map(saga_summary)
+            .filter(|s| state.is_empty() || s.state == state)
+            .collect();
+        out.sort_by_key(|s| std::cmp::Reverse(s.updated_at_unix_ms));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    pub fn admin_show_saga(&self, id: &TxnId) -> Result<pb::SagaSummary, CoordError> {
+        self.saga(id)?
+            .map(|r| saga_summary(&r))
+            .ok_or_else(|| CoordError::NotFound(format!("saga_id {id}: no such saga")))
+    }
+
+    pub async fn admin_list_participants(&self) -> Vec<pb::ParticipantInfo> {
+        let mut out = Vec::new();
+        for p in self.ids() {
+            out.push(self.participant_info(&p).await);
+        }
+        out
+    }
+}
+
+/// The Admin gRPC service.
+#[derive(Clone)]
+pub struct AdminService {
+    node: Arc<Coordinator>,
+}
+
+impl AdminService {
+    pub fn new(node: Arc<Coordinator>) -> Self {
+        Self { node }
+    }
+}
+
+fn id(field: &str, raw: &str) -> Result<TxnId, Status> {
+    Ok(TxnId::parse(field, raw)?)
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn status(
+        &self,
+        _: Request<pb::AdminStatusRequest>,
+    ) -> Result<Response<pb::AdminStatusResponse>, Status> {
+        Ok(Response::new(self.node.admin_status().await?))
+    }
+
+    async fn list_txns(
+        &self,
+        r: Request<pb::ListTxnsRequest>,
+    ) -> Result<Response<pb::ListTxnsResponse>, Status> {
+        let r = r.into_inner();
+        let txns = self
+            .node
+            .admin_list_txns(&r.state, r.limit as usize)
+            .await?;
+        Ok(Response::new(pb::ListTxnsResponse { txns }))
+    }
+
+    async fn show_txn(
+        &self,
+        r: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::TxnDetail>, Status> {
+        let txn = id("txn_id", &r.into_inner().txn_id)?;
+        Ok(Response::new(self.node.admin_show_txn(&txn).await?))
+    }
+
+    async fn retry_txn(
+        &self,
+        r: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::RetryResponse>, Status> {
+        let txn = id("txn_id", &r.into_inner().txn_id)?;
+        let action = self.node.admin_retry_txn(&txn).await?;
+        Ok(Response::new(pb::RetryResponse { action }))
+    }
+
+    async fn force_txn(
+        &self,
+        r: Request<pb::ForceTxnRequest>,
+    ) -> Result<Response<pb::TxnDetail>, Status> {
+        let r = r.into_inner();
+        let txn = id("txn_id", &r.txn_id)?;
+        let decision = pb::Decision::try_from(r.decision).unwrap_or(pb::Decision::Unspecified);
+        Ok(Response::new(
+            self.node
+                .admin_force(&txn, decision, &r.reason, r.heuristic)
+                .await?,
+        ))
+    }
+
+    async fn list_sagas(
+        &self,
+        r: Request<pb::ListSagasRequest>,
+    ) -> Result<Response<pb::ListSagasResponse>, Status> {
+        let r = r.into_inner();
+        let sagas = self.node.admin_list_sagas(&r.state, r.limit as usize)?;
+        Ok(Response::new(pb::ListSagasResponse { sagas }))
+    }
+
+    async fn show_saga(
+        &self,
+        r: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::SagaSummary>, Status> {
+        let saga = id("saga_id", &r.into_inner().txn_id)?;
+        Ok(Response::new(self.node.admin_show_saga(&saga)?))
+    }
+
+    async fn retry_saga(
+        &self,
+        r: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::SagaSummary>, Status> {
+        let saga = id("saga_id", &r.into_inner().txn_id)?;
+        self.node.retry_saga(&saga).await?;
+        Ok(Response::new(self.node.admin_show_saga(&saga)?))
+    }
+
+    async fn list_participants(
+        &self,
+        _: Request<pb::ListParticipantsRequest>,
+    ) -> Result<Response<pb::ListParticipantsResponse>, Status> {
+        Ok(Response::new(pb::ListParticipantsResponse {
+            participants: self.node.admin_list_participants().await,
+        }))
+    }
+}

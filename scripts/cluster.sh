@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# cluster.sh: run a local txnkit cluster (one coordinator, N participants) and hurt it on purpose.
+#
+# Usage: scripts/cluster.sh COMMAND [NODE] [OPTIONS]
+#
+# Commands:
+#   up [--participants N] [--base-port PORT] [--release]
+#                        build if needed, start the coordinator and participants p1..pN, wait
+#                        until each answers, print the addresses. Running up twice starts no
+#                        duplicates.
+#   down                 stop every node (SIGTERM, then SIGKILL after a grace period)
+#   status               each node: pid, port, running / paused / stopped
+#   kill NODE [--signal SIG]   send SIG (default KILL) to NODE
+#   restart NODE         stop NODE if running, start it again, wait until it answers
+#   pause NODE           SIGSTOP: alive but silent
+#   resume NODE          SIGCONT
+#   logs NODE [-f]       print (or follow) NODE's log
+#   wipe                 down, then delete the cluster directory (data and logs)
+#
+# NODE is coordinator or p1..pN. Every command takes --dir DIR (default: .cluster at the
+# repository root) to address the cluster that `up --dir DIR` started, before or after NODE.
+# Ports: coordinator on the base port (default 50051), p1 on base+10, p2 on base+11, ...
+# They are remembered in DIR, so later commands need only --dir.
+#
+# The binaries are built with failpoints compiled in (unarmed), so scripts/demo.sh and txnctl
+# can crash nodes at exact protocol steps.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DIR="$ROOT/.cluster"
+PARTICIPANTS=3
+BASE_PORT=50051
+PROFILE=debug
+SIGNAL=KILL
+FOLLOW=0
+COMMAND=""
+NODE=""
+# Seconds to wait for a node to answer after start, and for a clean exit after SIGTERM.
+READY_TIMEOUT=30
+GRACE=5
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dir) DIR="$(realpath -m "${2:?--dir needs a value}")"; shift 2 ;;
+    --participants) PARTICIPANTS="${2:?--participants needs a value}"; shift 2 ;;
+    --base-port) BASE_PORT="${2:?--base-port needs a value}"; shift 2 ;;
+    --release) PROFILE=release; shift ;;
+    --signal) SIGNAL="${2:?--signal needs a value}"; shift 2 ;;
+    -f|--follow) FOLLOW=1; shift ;;
+    -h|--help|help) usage 0 ;;
+    -*) echo "cluster.sh: unknown option $1" >&2; usage 2 ;;
+    *) if [[ -z "$COMMAND" ]]; then COMMAND="$1"; elif [[ -z "$NODE" ]]; then NODE="$1"; else die "unexpected argument $1"; fi; shift ;;
+  esac
+done
+[[ -n "$COMMAND" ]] || usage 2
+[[ "$PARTICIPANTS" =~ ^[1-9][0-9]?$ ]] || die "--participants must be 1..99, got $PARTICIPANTS"
+[[ "$BASE_PORT" =~ ^[0-9]+$ ]] && (( BASE_PORT >= 1024 && BASE_PORT + 10 + PARTICIPANTS < 65536 )) \
+  || die "--base-port must leave room for every node's port (1024..65000), got $BASE_PORT"
+
+STATE="$DIR/cluster.env"
+# A cluster that is already set up keeps its layout: later commands read it from DIR.
+if [[ -f "$STATE" ]]; then
+  # shellcheck disable=SC1090
+  source "$STATE"
+fi
+
+nodes() { echo coordinator; for ((i = 1; i <= PARTICIPANTS; i++)); do echo "p$i"; done; }
+port_of() {
+  case "$1" in
+    coordinator) echo "$BASE_PORT" ;;
+    p[0-9]*) local n="${1#p}"; echo $((BASE_PORT + 9 + n)) ;;
+  esac
+}
+check_node() {
+  [[ -n "$1" ]] || die "$COMMAND needs a NODE (coordinator or p1..p$PARTICIPANTS)"
+  nodes | grep -qx "$1" || die "unknown node $1; this cluster has: $(nodes | tr '\n' ' ')"
+}
+pid_of() { [[ -f "$DIR/$1.pid" ]] && cat "$DIR/$1.pid" || true; }
+# A killed node whose parent never reaps it lingers as a zombie: that counts as dead.
+pid_alive() { kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]; }
+alive() { local pid; pid="$(pid_of "$1")"; [[ -n "$pid" ]] && pid_alive "$pid"; }
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+bin_dir() { echo "$ROOT/target/$PROFILE"; }
+
+build() {
+  local flags=(--quiet --bins -p txn-coordinator -p txn-participant
+    --features txn-coordinator/failpoints,txn-participant/failpoints)
+  [[ "$PROFILE" == release ]] && flags+=(--release)
+  echo "building the binaries ($PROFILE)..."
+  (cd "$ROOT" && cargo build "${flags[@]}") || die "cargo build failed"
+}
+
+args_of() {
+  local node="$1" port; port="$(port_of "$node")"
+  if [[ "$node" == coordinator ]]; then
+    printf '%s\n' --listen "127.0.0.1:$port" --data-dir "$DIR/data/coordinator"
+    for ((i = 1; i <= PARTICIPANTS; i++)); do
+      printf '%s\n' --participant "p$i=http://127.0.0.1:$(port_of "p$i")"
+    done
+  else
+    printf '%s\n' --name "$node" --listen "127.0.0.1:$port" --data-dir "$DIR/data/$node" \
+      --coordinator "http://127.0.0.1:$BASE_PORT"
+    for ((i = 1; i <= PARTICIPANTS; i++)); do
+      [[ "p$i" == "$node" ]] || printf '%s\n' --peer "p$i=http://127.0.0.1:$(port_of "p$i")"
+    done
+  fi
+}
+
+start_node() {
+  local node="$1" port bin args
+  port="$(port_of "$node")"
+  if alive "$node"; then echo "$node already running (pid $(pid_of "$node"))"; return 0; fi
+  port_busy "$port" && die "port $port (for $node) is already in use by another process"
+  bin="$(bin_dir)/$([[ "$node" == coordinator ]] && echo coordinator || echo participant)"
+  [[ -x "$bin" ]] || die "$bin is missing; run: scripts/cluster.sh up"
+  mapfile -t args < <(args_of "$node")
+  echo "--- start $(date -u +%FT%TZ)" >>"$DIR/$node.log"
+  nohup "$bin" "${args[@]}" >>"$DIR/$node.log" 2>&1 </dev/null &
+  echo $! >"$DIR/$node.pid"
+  wait_ready "$node"
+}
+
+wait_ready() {
+  local node="$1" port deadline=$((SECONDS + READY_TIMEOUT))
+  port="$(port_of "$node")"
+  until port_busy "$port"; do
+    if ! alive "$node"; then
+      echo "cluster.sh: $node exited during start; last lines of $DIR/$node.log:" >&2
+      tail -n 15 "$DIR/$node.log" >&2; exit 1
+    fi
+    if (( SECONDS > deadline )); then
+      echo "cluster.sh: $node did not answer on port $port within ${READY_TIMEOUT}s; last lines of its log:" >&2
+      tail -n 15 "$DIR/$node.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+stop_node() {
+  local node="$1" pid
+  pid="$(pid_of "$node")"
+  if [[ -z "$pid" ]] || ! pid_alive "$pid"; then rm -f "$DIR/$node.pid"; return 0; fi
+  kill -CONT "$pid" 2>/dev/null || true
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + GRACE))
+  while pid_alive "$pid" && (( SECONDS < deadline )); do sleep 0.1; done
+  if pid_alive "$pid"; then
+    echo "$node did not stop within ${GRACE}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    while pid_alive "$pid"; do sleep 0.05; done
+  fi
+  rm -f "$DIR/$node.pid"
+}
+
+node_state() {
+  local node="$1" pid
+  pid="$(pid_of "$node")"
+  if [[ -n "$pid" ]] && pid_alive "$pid"; then
+    if [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" == T* ]]; then echo paused; else echo running; fi
+  else
+    echo stopped
+  fi
+}
+
+print_status() {
+  printf '%-12s %-8s %-8s %s\n' NODE PID STATE ADDRESS
+  for n in $(nodes); do
+    printf '%-12s %-8s %-8s %s\n' "$n" "$(pid_of "$n" || true)" "$(node_state "$n")" "http://127.0.0.1:$(port_of "$n")"
+  done
+}
+
+case "$COMMAND" in
+  up)
+    mkdir -p "$DIR/data"
+    if [[ ! -f "$STATE" ]]; then
+      printf 'PARTICIPANTS=%s\nBASE_PORT=%s\nPROFILE=%s\n' "$PARTICIPANTS" "$BASE_PORT" "$PROFILE" >"$STATE"
+    fi
+    build
+    for n in $(nodes | grep -v coordinator); do start_node "$n"; done
+    start_node coordinator
+    "$(bin_dir)/txnctl" --coordinator "http://127.0.0.1:$BASE_PORT" status >/dev/null \
+      || die "the coordinator does not answer txnctl status; see $DIR/coordinator.log"
+    echo
+    print_status
+    echo
+    echo "cluster is up (data and logs in $DIR). Try:"
+    echo "  export TXNCTL_COORDINATOR=http://127.0.0.1:$BASE_PORT"
+    echo "  $(bin_dir)/txnctl status"
+    echo "  $(bin_dir)/txnctl transfer --from p1/alice --to p2/bob --amount 10 --allow-negative"
+    ;;
+  down)
+    [[ -d "$DIR" ]] || { echo "no cluster in $DIR"; exit 0; }
+    for n in coordinator $(nodes | grep -v coordinator); do stop_node "$n"; done
+    echo "cluster in $DIR is down"
+    ;;
+  status)
+    [[ -f "$STATE" ]] || die "no cluster in $DIR (start one with: scripts/cluster.sh up --dir $DIR)"
+    print_status
+    ;;
+  kill)
+    check_node "$NODE"
+    alive "$NODE" || die "$NODE is not running"
+    kill -"$SIGNAL" "$(pid_of "$NODE")" || die "kill -$SIGNAL $NODE failed"
+    echo "sent SIG$SIGNAL to $NODE (pid $(pid_of "$NODE"))"
+    ;;
+  restart)
+    check_node "$NODE"
+    if alive "$NODE"; then kill -KILL "$(pid_of "$NODE")"; while alive "$NODE"; do sleep 0.05; done; fi
+    rm -f "$DIR/$NODE.pid"
+    start_node "$NODE"
+    echo "$NODE restarted (pid $(pid_of "$NODE"))"
+    ;;
+  pause)
+    check_node "$NODE"; alive "$NODE" || die "$NODE is not running"
+    kill -STOP "$(pid_of "$NODE")"; echo "$NODE paused"
+    ;;
+  resume)
+    check_node "$NODE"; alive "$NODE" || die "$NODE is not running"
+    kill -CONT "$(pid_of "$NODE")"; echo "$NODE resumed"
+    ;;
+  logs)
+    check_node "$NODE"
+    [[ -f "$DIR/$NODE.log" ]] || die "no log for $NODE in $DIR"
+    if (( FOLLOW )); then tail -n 50 -f "$DIR/$NODE.log"; else cat "$DIR/$NODE.log"; fi
+    ;;
+  wipe)
+    if [[ -f "$STATE" ]]; then for n in coordinator $(nodes | grep -v coordinator); do stop_node "$n"; done; fi
+    rm -rf "$DIR"
+    echo "wiped $DIR"
+    ;;
+  *)
+    echo "cluster.sh: unknown command $COMMAND" >&2; usage 2 ;;
+esac

@@ -1,0 +1,129 @@
+//! scripts/cluster.sh driven as a user would: up, status, a transfer through txnctl, kill and
+//! restart a participant, down; then no process of the cluster may be left running.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn script(args: &[&str]) -> (bool, String) {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/cluster.sh"))
+        .args(args)
+        .output()
+        .expect("run cluster.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Running and not a zombie (a killed node nobody reaped is gone for our purposes).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .chars()
+                .next();
+            !matches!(state, Some('Z') | Some('X') | None)
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn up_status_transfer_kill_restart_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let port = txn_tests::cluster::free_port()
+        .unwrap()
+        .clamp(20000, 60000)
+        .to_string();
+    let (ok, out) = script(&[
+        "up",
+        "--dir",
+        d,
+        "--participants",
+        "2",
+        "--base-port",
+        &port,
+    ]);
+    assert!(ok, "up failed:\n{out}");
+    let pids: Vec<String> = ["coordinator", "p1", "p2"]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(dir.path().join(format!("{n}.pid")))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert!(pids.iter().all(|p| alive(p)), "every node runs");
+    // A second `up` starts no duplicates.
+    let (ok, out) = script(&["up", "--dir", d]);
+    assert!(ok && out.contains("already running"), "{out}");
+
+    let (ok, out) = script(&["status", "--dir", d]);
+    assert!(ok && out.matches("running").count() == 3, "{out}");
+
+    let txnctl = txn_tests::cluster::bin_dir().unwrap().join("txnctl");
+    let coordinator = format!("http://127.0.0.1:{port}");
+    let out = Command::new(&txnctl)
+        .args([
+            "--coordinator",
+            &coordinator,
+            "transfer",
+            "--from",
+            "p1/a",
+            "--to",
+            "p2/b",
+            "--amount",
+            "3",
+            "--allow-negative",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("committed"),
+        "{out:?}"
+    );
+
+    let (ok, out) = script(&["kill", "p1", "--dir", d]);
+    assert!(ok, "{out}");
+    let (_, out) = script(&["status", "--dir", d]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("p1") && l.contains("stopped")),
+        "{out}"
+    );
+    let (ok, out) = script(&["--dir", d, "restart", "p1"]);
+    assert!(ok, "{out}");
+    let (ok, out) = script(&["kill", "p7", "--dir", d]);
+    assert!(!ok && out.contains("unknown node p7"), "{out}");
+    let out = Command::new(&txnctl)
+        .args(["--coordinator", &coordinator, "read", "p1/a", "p2/b"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("-3") && text.contains(" 3 "),
+        "the transfer survived the restart: {text}"
+    );
+
+    let new_pid = std::fs::read_to_string(dir.path().join("p1.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (ok, out) = script(&["down", "--dir", d]);
+    assert!(ok, "{out}");
+    for pid in pids.iter().chain(std::iter::once(&new_pid)) {
+        assert!(!alive(pid), "process {pid} is still running after down");
+    }
+}
