@@ -512,6 +512,10 @@ pub fn ensure_binaries() -> anyhow::Result<()> {
         "-p",
         "txn-participant",
     ])
+    .args([
+        "--features",
+        "txn-coordinator/failpoints,txn-participant/failpoints",
+    ])
     .arg("--manifest-path")
     .arg(manifest);
     if release {

@@ -81,6 +81,10 @@ pub struct RunReport {
     pub total_before: i64,
     pub total_after: i64,
     pub total_conserved: bool,
+    /// Audits attempted, audits that read every balance (the rest aborted, mostly on lock
+    /// conflicts with transfers: under 2PC, readers wait for writers), and those whose total
+    /// was off.
+    pub audits_attempted: u64,
     pub audits: u64,
     pub audits_off: u64,
     /// Accounts whose final balance differs from the acknowledged transfers; null when some
@@ -160,6 +164,7 @@ pub async fn run_one(
     let stop = Arc::new(AtomicBool::new(false));
     let audits = Arc::new(AtomicU64::new(0));
     let audits_off = Arc::new(AtomicU64::new(0));
+    let audits_attempted = Arc::new(AtomicU64::new(0));
     let mut auditors = Vec::new();
     for _ in 0..cfg.auditors {
         auditors.push(tokio::spawn(audit_loop(
@@ -167,8 +172,7 @@ pub async fn run_one(
             accounts.clone(),
             total,
             stop.clone(),
-            audits.clone(),
-            audits_off.clone(),
+            [audits_attempted.clone(), audits.clone(), audits_off.clone()],
         )));
     }
     let max_in_doubt = Arc::new(AtomicU64::new(0));
@@ -268,6 +272,7 @@ pub async fn run_one(
         total_before: total,
         total_after: observed.balances.iter().sum(),
         total_conserved: observed.balances.iter().sum::<i64>() == total,
+        audits_attempted: audits_attempted.load(Ordering::Relaxed),
         audits: audits.load(Ordering::Relaxed),
         audits_off: audits_off.load(Ordering::Relaxed),
         lost_updates: bank::lost_updates(&initial, &history, &observed),
@@ -303,8 +308,7 @@ async fn audit_loop(
     accounts: Vec<Account>,
     total: i64,
     stop: Arc<AtomicBool>,
-    audits: Arc<AtomicU64>,
-    off: Arc<AtomicU64>,
+    [attempted, audits, off]: [Arc<AtomicU64>; 3],
 ) {
     let mut branches: Vec<pb::Branch> = Vec::new();
     for a in &accounts {
@@ -327,6 +331,7 @@ async fn audit_loop(
             branches: branches.clone(),
             prepare_timeout_ms: 0,
         };
+        attempted.fetch_add(1, Ordering::Relaxed);
         let res = client.transact(req).await;
         if std::env::var_os("HARNESS_DEBUG").is_some() {
             eprintln!(
@@ -436,7 +441,14 @@ async fn inject(
                 }
             };
             sleep_until(started, at(rng.random_range(0.2..0.35))).await;
-            cluster.set_failpoint(node, failpoint, "crash").await?;
+            if let Err(e) = cluster.set_failpoint(node, failpoint, "crash").await {
+                // Under load the point can fire before the answer to the arming call is sent:
+                // the call then fails because the process is already gone.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if cluster.node(node).is_running() {
+                    return Err(e);
+                }
+            }
             let armed = ms_since(started);
             let limit = at(0.75).saturating_sub(started.elapsed());
             match cluster.node(node).wait_exit(limit).await {

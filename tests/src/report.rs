@@ -28,7 +28,7 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "atomicity viol.",
         "lost acks",
         "total kept",
-        "audits off",
+        "audits off/ok/tried",
         "lost updates",
         "max in doubt ms",
         "unresolved",
@@ -53,7 +53,7 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 } else {
                     "NO".into()
                 },
-                format!("{}/{}", r.audits_off, r.audits),
+                format!("{}/{}/{}", r.audits_off, r.audits, r.audits_attempted),
                 r.lost_updates
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "n/a".into()),
@@ -102,8 +102,9 @@ pub fn markdown(runs: &[RunReport], cfg: &CompareConfig) -> String {
          committed); *atomicity viol.* counts txns applied at some participants and not others \
          (2PC) or sagas left half-done (saga), from the participants' durable records; \
          *lost acks* are transfers the client saw committed that are not fully applied; \
-         *audits off* counts atomic reads of every balance whose total was not the bank's \
-         (intermediate states); *lost updates* counts accounts whose balance differs from the \
+         *audits off/ok/tried*: atomic reads of every balance tried, those that completed, and \
+         those whose total was not the bank's (intermediate states; under 2PC most audits abort \
+         on lock conflicts with transfers: readers wait for writers); *lost updates* counts accounts whose balance differs from the \
          acknowledged transfers (n/a when some call had no answer); *max in doubt* is the \
          longest a participant held a prepared txn (2PC's blocking); *recovery* is from the \
          last heal to the next commit.\n\n",

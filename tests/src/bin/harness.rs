@@ -79,6 +79,9 @@ struct RunArgs {
     /// Seed of the workload's random choices (printed, so a run can be replayed).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// 2pc or saga.
+    #[arg(long, default_value = "2pc")]
+    protocol: String,
 }
 
 /// Balance every account starts with.
@@ -131,10 +134,20 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         args.participants * bank::MAX_ACCOUNTS_PER_PARTICIPANT
     );
     anyhow::ensure!(args.clients >= 1, "--clients: must be at least 1");
+    let protocol = match args.protocol.as_str() {
+        "2pc" => bank::Protocol::TwoPhase,
+        "saga" => bank::Protocol::Saga,
+        other => anyhow::bail!("--protocol: {other:?} is not 2pc or saga"),
+    };
     cluster::ensure_binaries()?;
     println!(
-        "harness run: {} participants, {} accounts, {} clients, {} s, seed {}",
-        args.participants, args.accounts, args.clients, args.duration, args.seed
+        "harness run: {} participants, {} accounts, {} clients, {} s, seed {}, protocol {}",
+        args.participants,
+        args.accounts,
+        args.clients,
+        args.duration,
+        args.seed,
+        protocol.name()
     );
     let mut cluster = Cluster::start(ClusterOptions {
         participants: args.participants,
@@ -153,7 +166,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         duration: Duration::from_secs(args.duration),
         overdraft_share: args.overdraft_share,
         seed: args.seed,
-        protocol: bank::Protocol::TwoPhase,
+        protocol,
     };
     let started = Instant::now();
     let history = bank::run(&client, &accounts, INITIAL_BALANCE, &workload).await;
@@ -173,7 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             _ => {}
         }
     }
-    let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
+    let observed = bank::observe(&cluster, &accounts, &history, protocol).await?;
     let initial = vec![INITIAL_BALANCE; accounts.len()];
     let problems = bank::check(&initial, &history, &observed);
     cluster.shutdown()?;
