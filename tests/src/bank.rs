@@ -153,9 +153,16 @@ pub async fn transfer(
     protocol: Protocol,
 ) -> Outcome {
     let (from, to) = (&accounts[t.from], &accounts[t.to]);
-    let req = pb::TransactRequest {
-        protocol: protocol.to_pb() as i32,
-        branches: vec![
+    let branches = if from.participant == to.participant {
+        vec![pb::Branch {
+            participant: from.participant.clone(),
+            ops: vec![
+                add(&from.key, -t.amount, Some(0)),
+                add(&to.key, t.amount, None),
+            ],
+        }]
+    } else {
+        vec![
             pb::Branch {
                 participant: from.participant.clone(),
                 ops: vec![add(&from.key, -t.amount, Some(0))],
@@ -164,7 +171,11 @@ pub async fn transfer(
                 participant: to.participant.clone(),
                 ops: vec![add(&to.key, t.amount, None)],
             },
-        ],
+        ]
+    };
+    let req = pb::TransactRequest {
+        protocol: protocol.to_pb() as i32,
+        branches,
         prepare_timeout_ms: 0,
     };
     match client.transact(req).await {
@@ -196,6 +207,9 @@ pub struct Workload {
     pub overdraft_share: f64,
     pub seed: u64,
     pub protocol: Protocol,
+    /// Transfers between two accounts of the same participant (one branch): the local
+    /// baseline.
+    pub local: bool,
 }
 
 /// Runs closed-loop transfer clients; each picks two accounts on different participants.
@@ -219,7 +233,7 @@ pub async fn run(
             while started.elapsed() < w.duration
                 && issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < w.transfers
             {
-                let t = pick(&mut rng, &accounts, balance, w.overdraft_share);
+                let t = pick(&mut rng, &accounts, balance, w.overdraft_share, w.local);
                 let t0 = Instant::now();
                 let outcome = transfer(&mut client, &accounts, t, w.protocol).await;
                 if matches!(outcome, Outcome::Unknown { .. }) {
@@ -243,11 +257,17 @@ pub async fn run(
     all
 }
 
-fn pick(rng: &mut StdRng, accounts: &[Account], balance: i64, overdraft_share: f64) -> Transfer {
+fn pick(
+    rng: &mut StdRng,
+    accounts: &[Account],
+    balance: i64,
+    overdraft_share: f64,
+    local: bool,
+) -> Transfer {
     loop {
         let from = rng.random_range(0..accounts.len());
         let to = rng.random_range(0..accounts.len());
-        if accounts[from].participant == accounts[to].participant {
+        if from == to || (accounts[from].participant == accounts[to].participant) != local {
             continue;
         }
         let amount = if rng.random_bool(overdraft_share.clamp(0.0, 1.0)) {

@@ -189,6 +189,7 @@ pub async fn run_one(
         overdraft_share: cfg.overdraft_share,
         seed: cfg.seed,
         protocol,
+        local: false,
     };
     let started = Instant::now();
     let runner = {

@@ -22,6 +22,7 @@ async fn concurrent_transfers_are_atomic() -> anyhow::Result<()> {
         overdraft_share: 0.15,
         seed: 7,
         protocol: bank::Protocol::TwoPhase,
+        local: false,
     };
     let history = bank::run(&client, &accounts, balance, &workload).await;
     let tally = bank::tally(&history);

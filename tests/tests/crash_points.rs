@@ -72,6 +72,7 @@ async fn crash_and_recover(node: &str, failpoint: &str, seed: u64) -> anyhow::Re
         overdraft_share: 0.1,
         seed,
         protocol: bank::Protocol::TwoPhase,
+        local: false,
     };
     let runner = {
         let accounts = accounts.clone();
@@ -157,6 +158,7 @@ async fn random_kill_9_keeps_every_txn_atomic() -> anyhow::Result<()> {
         overdraft_share: 0.1,
         seed,
         protocol: bank::Protocol::TwoPhase,
+        local: false,
     };
     let runner = {
         let accounts = accounts.clone();

@@ -50,6 +50,7 @@ async fn concurrent_saga_transfers_conserve_the_total() -> anyhow::Result<()> {
         overdraft_share: 0.15,
         seed: 21,
         protocol: Protocol::Saga,
+        local: false,
     };
     let history = bank::run(&client, &accounts, BALANCE, &workload).await;
     let tally = bank::tally(&history);
@@ -187,6 +188,7 @@ async fn coordinator_killed_mid_saga_resumes_after_restart() -> anyhow::Result<(
             overdraft_share: 0.2,
             seed: 31,
             protocol: Protocol::Saga,
+            local: false,
         };
         let runner = {
             let accounts = accounts.clone();

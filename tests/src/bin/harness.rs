@@ -27,6 +27,31 @@ enum Command {
     Compare(CompareArgs),
     /// Start a local cluster, run bank transfers, check them, report figures.
     Run(RunArgs),
+    /// Throughput and latency of transfers at several client counts, beside the physical
+    /// floor measured in the same run (fsync of a small append, a no-op gRPC round trip).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// 2pc, saga, or both.
+    #[arg(long, default_value = "both")]
+    protocol: String,
+    /// Client counts to run, comma-separated.
+    #[arg(long, default_value = "1,8,32,64")]
+    clients: String,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Number of participants (p1..pN).
+    #[arg(long, default_value_t = 3)]
+    participants: usize,
+    /// Also measure single-participant transfers (one branch) as the local baseline.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    local_baseline: bool,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +120,7 @@ async fn main() {
     let result = match cli.command {
         Command::Run(args) => run(args).await,
         Command::Compare(args) => compare(args).await,
+        Command::Bench(args) => bench(args).await,
     };
     match result {
         Ok(true) => {}
@@ -167,6 +193,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         overdraft_share: args.overdraft_share,
         seed: args.seed,
         protocol,
+        local: false,
     };
     let started = Instant::now();
     let history = bank::run(&client, &accounts, INITIAL_BALANCE, &workload).await;
@@ -318,4 +345,172 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         }
         Ok(false)
     }
+}
+
+/// Samples for each floor measurement.
+const FLOOR_SAMPLES: usize = 500;
+
+/// p50 of fsync (fdatasync) after a 100-byte append, in ms, on the cluster's disk.
+fn fsync_floor(dir: &std::path::Path) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = dir.join("fsync-floor.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let mut samples = Vec::with_capacity(FLOOR_SAMPLES);
+    for _ in 0..FLOOR_SAMPLES {
+        f.write_all(&[7u8; 100])?;
+        let t = Instant::now();
+        f.sync_data()?;
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    std::fs::remove_file(&path)?;
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+/// p50 of a no-op unary gRPC call (a health check) to a participant, in ms.
+async fn rpc_floor(url: &str) -> anyhow::Result<f64> {
+    let ch = cluster::connect(url).await?;
+    let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+    let mut samples = Vec::with_capacity(FLOOR_SAMPLES);
+    for _ in 0..FLOOR_SAMPLES {
+        let t = Instant::now();
+        c.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+#[derive(serde::Serialize)]
+struct BenchRow {
+    protocol: String,
+    local: bool,
+    clients: usize,
+    tps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    fsync_p50_ms: f64,
+    rpc_p50_ms: f64,
+    fsyncs_per_txn: f64,
+    committed: usize,
+    aborted: usize,
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
+    let protocols = match args.protocol.as_str() {
+        "2pc" => vec![bank::Protocol::TwoPhase],
+        "saga" => vec![bank::Protocol::Saga],
+        "both" => vec![bank::Protocol::TwoPhase, bank::Protocol::Saga],
+        other => anyhow::bail!("--protocol: {other:?} is not 2pc, saga or both"),
+    };
+    let clients: Vec<usize> = args
+        .clients
+        .split(',')
+        .map(|c| c.trim().parse::<usize>().ok().filter(|n| *n > 0))
+        .collect::<Option<_>>()
+        .with_context(|| {
+            format!(
+                "--clients: {:?} is not a comma-separated list of positive counts",
+                args.clients
+            )
+        })?;
+    anyhow::ensure!(
+        args.participants >= 2,
+        "--participants: transfers need at least 2"
+    );
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "harness bench: this is a debug build; run it with cargo run --release for real figures"
+        );
+    }
+    cluster::ensure_binaries()?;
+    let mut cluster = Cluster::start(ClusterOptions {
+        participants: args.participants,
+        ..Default::default()
+    })
+    .await
+    .context("starting the cluster")?;
+    let mut client = cluster.coordinator_client().await?;
+    let accounts = bank::accounts(
+        args.participants,
+        (args.participants * 200).min(args.participants * bank::MAX_ACCOUNTS_PER_PARTICIPANT),
+    );
+    bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
+    let fsync_p50_ms = fsync_floor(cluster.dir())?;
+    let rpc_p50_ms = rpc_floor(&cluster.participants[0].url()).await?;
+    println!("floor: fsync p50 {fsync_p50_ms:.3} ms, no-op gRPC round trip p50 {rpc_p50_ms:.3} ms");
+    let mut rows = Vec::new();
+    let mut runs: Vec<(bank::Protocol, bool)> = protocols.iter().map(|p| (*p, false)).collect();
+    if args.local_baseline {
+        runs.push((bank::Protocol::TwoPhase, true));
+    }
+    for (protocol, local) in runs {
+        for &n in &clients {
+            let before = total_fsyncs(&cluster).await?;
+            let w = Workload {
+                clients: n,
+                transfers: usize::MAX,
+                duration: Duration::from_secs(args.duration),
+                overdraft_share: 0.0,
+                seed: n as u64,
+                protocol,
+                local,
+            };
+            let started = Instant::now();
+            let history = bank::run(&client, &accounts, INITIAL_BALANCE, &w).await;
+            let elapsed = started.elapsed();
+            bank::wait_quiet(&cluster, QUIET_TIMEOUT).await?;
+            let fsyncs = total_fsyncs(&cluster).await? - before;
+            let tally = bank::tally(&history);
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for r in history
+                .iter()
+                .filter(|r| matches!(r.outcome, Outcome::Committed { .. }))
+            {
+                hist.record(r.latency.as_micros().max(1) as u64)?;
+            }
+            let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+            let row = BenchRow {
+                protocol: protocol.name().into(),
+                local,
+                clients: n,
+                tps: tally.committed as f64 / elapsed.as_secs_f64(),
+                p50_ms: ms(0.5),
+                p99_ms: ms(0.99),
+                p999_ms: ms(0.999),
+                fsync_p50_ms,
+                rpc_p50_ms,
+                fsyncs_per_txn: fsyncs as f64 / tally.committed.max(1) as f64,
+                committed: tally.committed,
+                aborted: tally.aborted,
+            };
+            println!(
+                "{:<5} {:<6} clients {:>3}: {:>7.0} txn/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms  fsyncs/txn {:.2}  ({} aborted)",
+                row.protocol,
+                if local { "local" } else { "2-part" },
+                n,
+                row.tps,
+                row.p50_ms,
+                row.p99_ms,
+                row.p999_ms,
+                row.fsyncs_per_txn,
+                row.aborted
+            );
+            rows.push(row);
+        }
+    }
+    cluster.shutdown()?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(true)
 }
