@@ -120,7 +120,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut fatal = node.fatal();
     let shutdown = async move {
         tokio::select! {
-            _ = shutdown_signal() => info!("shutting down"),
+            _ = shutdown_signal() => {
+                info!("shutting down");
+                // Graceful shutdown waits for open connections to close; clients that keep
+                // theirs open must not keep the process alive forever. Every acknowledged
+                // write is already durable, so leaving after the grace period loses nothing.
+                tokio::spawn(async {
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                    tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+                    std::process::exit(0);
+                });
+            }
             _ = fatal.wait_for(|f| f.is_some()) => {}
         }
     };
@@ -150,6 +160,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     node.sync().await.context("final sync")?;
     Ok(())
 }
+
+/// How long a stopping server waits for clients to close their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Resolves on SIGTERM or ctrl-c.
 pub async fn shutdown_signal() {

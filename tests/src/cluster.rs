@@ -112,6 +112,20 @@ impl Proc {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        // If the test or harness dies without cleaning up (ctrl-c, a timeout's SIGKILL), its
+        // cluster must not outlive it.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on the child; it is
+            // async-signal-safe, as pre_exec requires.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
