@@ -110,8 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     health
         .set_serving::<pb::coordinator_server::CoordinatorServer<CoordinatorService>>()
         .await;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = txn_proto::listen(args.listen)
         .with_context(|| format!("binding {} (is the port already in use?)", args.listen))?;
     let local = listener.local_addr()?;
     info!(addr = %local, epoch = node.stats().epoch, "coordinator listening");

@@ -103,8 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
         .await;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = txn_proto::listen(args.listen)
         .with_context(|| format!("binding {} (is the port already in use?)", args.listen))?;
     let local = listener.local_addr()?;
     info!(name = %args.name, addr = %local, data_dir = %data_dir.display(), "participant listening");

@@ -42,3 +42,19 @@ pub fn unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Most connections waiting to be accepted by a server.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a server socket with SO_REUSEADDR, so a restarted service gets its port back while
+/// connections of its previous life linger in TIME_WAIT.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
