@@ -116,23 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     info!(addr = %local, epoch = node.stats().epoch, "coordinator listening");
     println!("coordinator listening on {local}");
 
-    let mut fatal = node.fatal();
-    let shutdown = async move {
-        tokio::select! {
-            _ = shutdown_signal() => {
-                info!("shutting down");
-                // Graceful shutdown waits for open connections to close; clients that keep
-                // theirs open must not keep the process alive forever. Every acknowledged
-                // write is already durable, so leaving after the grace period loses nothing.
-                tokio::spawn(async {
-                    tokio::time::sleep(SHUTDOWN_GRACE).await;
-                    tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
-                    std::process::exit(0);
-                });
-            }
-            _ = fatal.wait_for(|f| f.is_some()) => {}
-        }
-    };
+    let shutdown = txn_proto::process::stop_requested(node.fatal());
     Server::builder()
         .add_service(health_svc)
         .add_service(
@@ -158,28 +142,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     node.sync().await.context("final sync")?;
     Ok(())
-}
-
-/// How long a stopping server waits for clients to close their connections.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-}
-
-/// Logs to stderr, filtered by RUST_LOG (default: info).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

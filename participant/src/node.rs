@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_proto::durable::GroupCommit;
-use txn_proto::store::{Store, StoreError};
+use txn_proto::store::{Store, StoreError, WriteBatch};
 use txn_proto::types::{Decision, KeyValue, Op, Resolution, TxnId, Vote};
 use txn_proto::{failpoint, unix_ms};
 
@@ -338,49 +338,26 @@ impl Participant {
         ops: &[Op],
     ) -> Result<StepResult, ParticipantError> {
         let span = info_span!("execute", saga = %saga, step);
-        async {
-            let deadline = tokio::time::Instant::now() + self.config.lock_wait;
-            loop {
-                let released = self.released.notified();
-                tokio::pin!(released);
-                released.as_mut().enable();
-                let outcome = {
-                    let core = self.core();
+        let result = self
+            .apply_when_unblocked(|core| {
+                Ok(
                     match self.check(saga::execute(
-                        &core,
+                        core,
                         saga,
                         step,
                         ops,
                         self.store(),
                         unix_ms(),
                     ))? {
-                        ExecuteStep::Done { batch, result } => {
-                            let ticket = match batch {
-                                Some(b) => self.check(self.gc.write_lazy(b))?,
-                                None => self.gc.current(),
-                            };
-                            Ok((ticket, result))
-                        }
+                        ExecuteStep::Done { batch, result } => Ok((batch, result)),
                         ExecuteStep::Blocked { holder } => Err(holder),
-                    }
-                };
-                match outcome {
-                    Ok((ticket, result)) => {
-                        self.check(self.gc.wait(ticket).await)?;
-                        failpoint::hit(failpoints::AFTER_STEP_EXECUTED);
-                        debug!(?result, "step executed");
-                        return Ok(result);
-                    }
-                    Err(holder) => {
-                        if tokio::time::timeout_at(deadline, released).await.is_err() {
-                            return Err(ParticipantError::Busy { holder });
-                        }
-                    }
-                }
-            }
-        }
-        .instrument(span)
-        .await
+                    },
+                )
+            })
+            .instrument(span)
+            .await?;
+        failpoint::hit(failpoints::AFTER_STEP_EXECUTED);
+        Ok(result)
     }
 
     /// Undoes one saga step (or records a null compensation).
@@ -390,50 +367,61 @@ impl Participant {
         step: u32,
     ) -> Result<Compensation, ParticipantError> {
         let span = info_span!("compensate", saga = %saga, step);
-        async {
-            let deadline = tokio::time::Instant::now() + self.config.lock_wait;
-            loop {
-                let released = self.released.notified();
-                tokio::pin!(released);
-                released.as_mut().enable();
-                let outcome = {
-                    let core = self.core();
-                    match self.check(saga::compensate(
-                        &core,
-                        saga,
-                        step,
-                        self.store(),
-                        unix_ms(),
-                    ))? {
-                        CompensateStep::Done {
-                            batch,
-                            compensation,
-                        } => {
-                            let ticket = match batch {
-                                Some(b) => self.check(self.gc.write_lazy(b))?,
-                                None => self.gc.current(),
-                            };
-                            Ok((ticket, compensation))
-                        }
-                        CompensateStep::Blocked { holder } => Err(holder),
+        self.apply_when_unblocked(|core| {
+            Ok(
+                match self.check(saga::compensate(core, saga, step, self.store(), unix_ms()))? {
+                    CompensateStep::Done {
+                        batch,
+                        compensation,
+                    } => Ok((batch, compensation)),
+                    CompensateStep::Blocked { holder } => Err(holder),
+                },
+            )
+        })
+        .instrument(span)
+        .await
+    }
+
+    /// Runs `attempt` under the core lock until no prepared txn blocks it (waiting for lock
+    /// releases up to the lock wait), applies the batch it returns and answers once that batch
+    /// is durable. `attempt` returns `Err(holder)` while blocked.
+    async fn apply_when_unblocked<T: std::fmt::Debug>(
+        &self,
+        attempt: impl Fn(
+            &ParticipantCore,
+        ) -> Result<Result<(Option<WriteBatch>, T), TxnId>, ParticipantError>,
+    ) -> Result<T, ParticipantError> {
+        let deadline = tokio::time::Instant::now() + self.config.lock_wait;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let outcome = {
+                let core = self.core();
+                match attempt(&core)? {
+                    Ok((batch, answer)) => {
+                        let ticket = match batch {
+                            Some(b) => self.check(self.gc.write_lazy(b))?,
+                            None => self.gc.current(),
+                        };
+                        Ok((ticket, answer))
                     }
-                };
-                match outcome {
-                    Ok((ticket, compensation)) => {
-                        self.check(self.gc.wait(ticket).await)?;
-                        debug!(?compensation, "step compensated");
-                        return Ok(compensation);
-                    }
-                    Err(holder) => {
-                        if tokio::time::timeout_at(deadline, released).await.is_err() {
-                            return Err(ParticipantError::Busy { holder });
-                        }
+                    Err(holder) => Err(holder),
+                }
+            };
+            match outcome {
+                Ok((ticket, answer)) => {
+                    self.check(self.gc.wait(ticket).await)?;
+                    debug!(?answer, "saga action applied");
+                    return Ok(answer);
+                }
+                Err(holder) => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(ParticipantError::Busy { holder });
                     }
                 }
             }
         }
-        .instrument(span)
-        .await
     }
 
     /// One page of saga barrier records, from `start` (a barrier key) on.

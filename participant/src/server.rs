@@ -109,23 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     info!(name = %args.name, addr = %local, data_dir = %data_dir.display(), "participant listening");
     println!("participant {} listening on {local}", args.name);
 
-    let mut fatal = node.fatal();
-    let shutdown = async move {
-        tokio::select! {
-            _ = shutdown_signal() => {
-                info!("shutting down");
-                // Graceful shutdown waits for open connections to close; clients that keep
-                // theirs open must not keep the process alive forever. Every acknowledged
-                // write is already durable, so leaving after the grace period loses nothing.
-                tokio::spawn(async {
-                    tokio::time::sleep(SHUTDOWN_GRACE).await;
-                    tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
-                    std::process::exit(0);
-                });
-            }
-            _ = fatal.wait_for(|f| f.is_some()) => {}
-        }
-    };
+    let shutdown = txn_proto::process::stop_requested(node.fatal());
     Server::builder()
         .add_service(health_svc)
         .add_service(
@@ -201,35 +185,4 @@ impl ResolveTransport for GrpcTransport {
             state_from_pb(resp.into_inner().state).map_err(|e| e.to_string())
         })
     }
-}
-
-/// How long a stopping server waits for clients to close their connections.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
-/// Logs to stderr, filtered by RUST_LOG (default: info).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -15,6 +15,7 @@
 
 pub mod durable;
 pub mod failpoint;
+pub mod process;
 pub mod record;
 pub mod store;
 pub mod types;

@@ -1,0 +1,49 @@
+//! What every service process does the same way: logging setup, and deciding when to stop
+//! (SIGTERM, ctrl-c, or a fatal storage error) with a bounded graceful shutdown.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// How long a stopping server waits for clients to close their connections. Every
+/// acknowledged write is already durable, so leaving after it loses nothing.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Resolves when the service should stop: on a signal (after which the process exits by
+/// itself if open connections hold graceful shutdown up for longer than [`SHUTDOWN_GRACE`]),
+/// or when `fatal` reports an error the service must not continue after.
+pub async fn stop_requested(mut fatal: watch::Receiver<Option<String>>) {
+    tokio::select! {
+        _ = shutdown_signal() => {
+            info!("shutting down");
+            tokio::spawn(async {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+                std::process::exit(0);
+            });
+        }
+        _ = fatal.wait_for(|f| f.is_some()) => {}
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default: info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
