@@ -446,15 +446,28 @@ impl Cluster {
     }
 
     /// Arms failpoint `name` on `node` (coordinator, p1, ...) with `action`, e.g. "crash".
-    pub async fn set_failpoint(&self, node: &str, name: &str, action: &str) -> anyhow::Result<()> {
+    /// A crash point can fire before the answer to this call is sent (work in flight reaches
+    /// it at once); the call then fails, but the node is gone, and that counts as armed.
+    pub async fn set_failpoint(
+        &mut self,
+        node: &str,
+        name: &str,
+        action: &str,
+    ) -> anyhow::Result<()> {
         let url = self.url_of(node)?;
         let mut c = pb::failpoints_client::FailpointsClient::new(connect(&url).await?);
-        c.set_failpoint(pb::SetFailpointRequest {
-            name: name.into(),
-            action: action.into(),
-        })
-        .await
-        .with_context(|| format!("arming {name} on {node}"))?;
+        let result = c
+            .set_failpoint(pb::SetFailpointRequest {
+                name: name.into(),
+                action: action.into(),
+            })
+            .await;
+        if let Err(status) = result {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if self.node(node).is_running() {
+                return Err(anyhow::Error::new(status).context(format!("arming {name} on {node}")));
+            }
+        }
         Ok(())
     }
 

@@ -442,14 +442,7 @@ async fn inject(
                 }
             };
             sleep_until(started, at(rng.random_range(0.2..0.35))).await;
-            if let Err(e) = cluster.set_failpoint(node, failpoint, "crash").await {
-                // Under load the point can fire before the answer to the arming call is sent:
-                // the call then fails because the process is already gone.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if cluster.node(node).is_running() {
-                    return Err(e);
-                }
-            }
+            cluster.set_failpoint(node, failpoint, "crash").await?;
             let armed = ms_since(started);
             let limit = at(0.75).saturating_sub(started.elapsed());
             match cluster.node(node).wait_exit(limit).await {

@@ -63,6 +63,8 @@ async fn crash_and_recover(node: &str, failpoint: &str, seed: u64) -> anyhow::Re
     let mut client = cluster.coordinator_client().await?;
     let accounts = bank::accounts(3, 30);
     bank::seed(&mut client, &accounts, BALANCE).await?;
+    // Let the seeding txn's Commits land first, so the crash point fires under the workload.
+    bank::wait_quiet(&cluster, QUIET_TIMEOUT).await?;
     cluster.set_failpoint(node, failpoint, "crash").await?;
 
     let workload = Workload {
