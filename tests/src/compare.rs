@@ -232,7 +232,8 @@ pub async fn run_one(
 
     let tally = bank::tally(&history);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let buckets = (cfg.duration.as_millis() / BUCKET.as_millis()) as usize + 1;
+    // Whole buckets only: a last, partial one would show a false drop at the end.
+    let buckets = (cfg.duration.as_millis() / BUCKET.as_millis()) as usize;
     let mut timeline = vec![0u64; buckets];
     for r in &history {
         if matches!(r.outcome, Outcome::Committed { .. }) {
