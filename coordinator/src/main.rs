@@ -1,10 +1,16 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     txn_proto::process::init_tracing();
     let args = txn_coordinator::server::Args::parse();
-    if let Err(e) = txn_coordinator::server::run(args).await {
+    let runtime = match txn_proto::process::runtime(args.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coordinator: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(txn_coordinator::server::run(args)) {
         eprintln!("coordinator: {e:#}");
         std::process::exit(1);
     }

@@ -24,6 +24,9 @@ use crate::service::CoordinatorService;
     about = "Two-phase commit coordinator with a durable decision log"
 )]
 pub struct Args {
+    /// Threads of the async runtime (0 = one per core).
+    #[arg(long, default_value_t = 0, env = "TXN_WORKER_THREADS")]
+    pub worker_threads: usize,
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,

@@ -26,6 +26,9 @@ use crate::service::{ParticipantService, state_from_pb};
     about = "A two-phase commit participant with its own sled database"
 )]
 pub struct Args {
+    /// Threads of the async runtime (0 = one per core).
+    #[arg(long, default_value_t = 0, env = "TXN_WORKER_THREADS")]
+    pub worker_threads: usize,
     /// This participant's name, as the coordinator knows it.
     #[arg(long, default_value = "p1")]
     pub name: String,

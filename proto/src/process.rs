@@ -47,3 +47,12 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// The async runtime of a service: `worker_threads` threads, or one per core when 0.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        b.worker_threads(worker_threads);
+    }
+    b.enable_all().build()
+}
