@@ -730,7 +730,7 @@ fn detail_json(d: &pb::TxnDetail) -> Value {
         "txn_id": d.txn_id,
         "coordinator_state": d.coordinator_state,
         "decision": decision_name(d.decision),
-        "decided_at_unix_ms": d.decided_at_unix_ms,
+        "decided_at_unix_ms": (d.decided_at_unix_ms > 0).then_some(d.decided_at_unix_ms),
         "branches": d.branches.iter().map(|b| json!({
             "participant": b.participant,
             "state": if b.reachable { state_name(b.state) } else { "unreachable" },
