@@ -375,11 +375,7 @@ impl Coordinator {
             }
             None => {}
         }
-        if self.forcing.lock().expect("forcing").contains(txn) {
-            return Err(CoordError::Precondition(format!(
-                "txn_id {txn}: an operator is forcing it right now"
-            )));
-        }
+        let _lock = self.operator_lock(txn)?;
         // Unknown here and not logged: presumed abort. Tell whoever still holds it.
         let in_doubt = self.in_doubt_everywhere().await;
         let Some((_, _, holders)) = in_doubt.get(txn.as_str()) else {
@@ -407,6 +403,20 @@ impl Coordinator {
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
+    }
+
+    /// One operator action per txn at a time; while it runs, Resolve answers PENDING for the
+    /// txn. Released when the guard drops.
+    fn operator_lock(self: &Arc<Self>, txn: &TxnId) -> Result<OperatorLock, CoordError> {
+        if !self.forcing.lock().expect("forcing").insert(txn.clone()) {
+            return Err(CoordError::Precondition(format!(
+                "txn_id {txn}: another operator action on it is in progress"
+            )));
+        }
+        Ok(OperatorLock {
+            node: self.clone(),
+            txn: txn.clone(),
+        })
     }
 
     async fn record_forced(
@@ -444,16 +454,15 @@ impl Coordinator {
             )
             .into());
         }
+        if !matches!(decision, pb::Decision::Abort | pb::Decision::Commit) {
+            return Err(
+                InvalidInput::new("decision", "must be DECISION_COMMIT or DECISION_ABORT").into(),
+            );
+        }
+        let _lock = self.operator_lock(txn)?;
         match decision {
             pb::Decision::Abort => self.force_abort(txn, reason, heuristic).await?,
-            pb::Decision::Commit => self.force_commit(txn, reason, heuristic).await?,
-            _ => {
-                return Err(InvalidInput::new(
-                    "decision",
-                    "must be DECISION_COMMIT or DECISION_ABORT",
-                )
-                .into());
-            }
+            _ => self.force_commit(txn, reason, heuristic).await?,
         }
         self.admin_show_txn(txn).await
     }
@@ -464,36 +473,49 @@ impl Coordinator {
         reason: &str,
         heuristic: bool,
     ) -> Result<(), CoordError> {
-        let view = self.core().view(txn);
+        // Decide and transition under one core lock, so the txn cannot move on (a last YES
+        // vote, a decision being written) between the check and the abort.
+        let refused = |why: &str| {
+            Err(CoordError::Precondition(format!(
+                "txn_id {txn}: {why}. Use --heuristic to force it anyway"
+            )))
+        };
         let logged = self.logged_decision(txn)?.is_some();
-        match view {
-            Some(TxnView::Deciding) => {
-                return Err(CoordError::Precondition(format!(
-                    "txn_id {txn}: every participant voted YES and the commit decision is being written; try again in a moment"
-                )));
+        let (members, in_core) = {
+            let mut core = self.core();
+            let members = core.participants_of(txn).unwrap_or_default();
+            match core.view(txn) {
+                Some(TxnView::Preparing) => {
+                    let effects = core.force_abort(txn).unwrap_or_default();
+                    (members, Some(effects))
+                }
+                Some(TxnView::Deciding) => {
+                    return Err(CoordError::Precondition(format!(
+                        "txn_id {txn}: every participant voted YES and the commit decision is being written; try again in a moment"
+                    )));
+                }
+                Some(TxnView::Committing { .. }) if !heuristic => {
+                    return refused(
+                        "a commit decision is durable; aborting now would break atomicity (participants may have committed)",
+                    );
+                }
+                None if logged && !heuristic => {
+                    return refused("a commit decision is durable; aborting would break atomicity");
+                }
+                _ => {
+                    if heuristic {
+                        core.forget(txn);
+                    }
+                    (members, None)
+                }
             }
-            Some(TxnView::Committing { .. }) if !heuristic => {
-                return Err(CoordError::Precondition(format!(
-                    "txn_id {txn}: a commit decision is durable; aborting now would break atomicity (participants may have committed). Use --heuristic to force it anyway"
-                )));
-            }
-            None if logged && !heuristic => {
-                return Err(CoordError::Precondition(format!(
-                    "txn_id {txn}: a commit decision is durable; aborting would break atomicity. Use --heuristic to force it anyway"
-                )));
-            }
-            _ => {}
-        }
+        };
         self.record_forced(txn, pb::Decision::Abort, reason, heuristic)
             .await?;
-        let members = self.core().participants_of(txn).unwrap_or_default();
-        let forced_effects = self.core().force_abort(txn);
-        let sends = match forced_effects {
+        let sends = match in_core {
             Some(effects) => effects,
             None => {
-                // Not collecting votes: presumed abort, or a heuristic abort of a decision.
-                if heuristic {
-                    self.core().forget(txn);
+                if heuristic && logged {
                     let mut b = WriteBatch::default();
                     b.delete(decision_key(txn));
                     self.check(self.gc.write_durable(b).await)?;
@@ -520,8 +542,32 @@ impl Coordinator {
             }
         };
         warn!(txn = %txn, heuristic, reason, "operator forced ABORT");
-        self.run_effects(txn, sends);
+        self.send_forced_aborts(txn, sends);
         Ok(())
+    }
+
+    /// Sends Aborts marked as an operator's, so they override a participant's hold (the
+    /// coordinator's own Aborts leave a held txn alone).
+    fn send_forced_aborts(self: &Arc<Self>, txn: &TxnId, effects: Vec<Effect>) {
+        for e in effects {
+            if let Effect::SendAbort { to } = e {
+                let Some(ch) = self.channel(&to) else {
+                    continue;
+                };
+                let txn = txn.clone();
+                tokio::spawn(async move {
+                    let mut c = pb::participant_client::ParticipantClient::new(ch);
+                    let req = timed(pb::AbortRequest {
+                        txn_id: txn.to_string(),
+                        forced: true,
+                    });
+                    if let Err(s) = c.abort(req).await {
+                        warn!(txn = %txn, participant = %to, error = %s.message(),
+                            "forced Abort not delivered; run txnctl txn abort again");
+                    }
+                });
+            }
+        }
     }
 
     async fn force_commit(
@@ -548,6 +594,19 @@ impl Coordinator {
             self.retry_now.notify_waiters();
             return Ok(());
         }
+        let epoch = self.core().epoch();
+        let this_epoch = txn
+            .as_str()
+            .split_once('.')
+            .and_then(|(e, _)| e.parse::<u64>().ok())
+            == Some(epoch);
+        if this_epoch && !heuristic {
+            // This coordinator ran the txn and no longer holds it, with no decision logged:
+            // it decided ABORT and may have told the client so.
+            return Err(CoordError::Precondition(format!(
+                "txn_id {txn}: this coordinator already aborted it (presumed abort); committing now would contradict what the client was told. Use --heuristic to force it anyway"
+            )));
+        }
         let in_doubt = self.in_doubt_everywhere().await;
         let Some((members, _, _)) = in_doubt.get(txn.as_str()) else {
             return Err(CoordError::NotFound(format!(
@@ -558,16 +617,8 @@ impl Coordinator {
             .iter()
             .filter_map(|p| ParticipantId::parse("p", p).ok())
             .collect();
-        if !self.forcing.lock().expect("forcing").insert(txn.clone()) {
-            return Err(CoordError::Precondition(format!(
-                "txn_id {txn}: another operator is forcing it"
-            )));
-        }
-        let result = self
-            .force_commit_held(txn, &members, reason, heuristic)
-            .await;
-        self.forcing.lock().expect("forcing").remove(txn);
-        result
+        self.force_commit_held(txn, &members, reason, heuristic)
+            .await
     }
 
     /// With Resolve answering PENDING for `txn`, pins it at every participant; commits only if
@@ -674,6 +725,18 @@ impl Coordinator {
             out.push(self.participant_info(&p).await);
         }
         out
+    }
+}
+
+/// Held while an operator action runs on a txn.
+struct OperatorLock {
+    node: Arc<Coordinator>,
+    txn: TxnId,
+}
+
+impl Drop for OperatorLock {
+    fn drop(&mut self) {
+        self.node.forcing.lock().expect("forcing").remove(&self.txn);
     }
 }
 

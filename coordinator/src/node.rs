@@ -515,6 +515,7 @@ impl Coordinator {
         };
         let mut request = tonic::Request::new(pb::AbortRequest {
             txn_id: txn.as_str().to_owned(),
+            forced: false,
         });
         request.set_timeout(self.config.rpc_timeout);
         // Best effort: a participant that misses it asks with Resolve and gets ABORT.

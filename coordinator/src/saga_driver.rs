@@ -307,14 +307,27 @@ impl Coordinator {
 
     fn spawn_saga(self: &Arc<Self>, saga: Saga) -> Result<(), CoordError> {
         let id = TxnId::parse("saga_id", saga.id())?;
-        if !self
-            .active_sagas
+        if !self.claim_saga(&id) {
+            // Resumed at start: nothing else can be driving it yet.
+            return Ok(());
+        }
+        self.drive_claimed(id, saga);
+        Ok(())
+    }
+
+    fn claim_saga(&self, id: &TxnId) -> bool {
+        self.active_sagas
             .lock()
             .expect("active sagas")
             .insert(id.clone())
-        {
-            return Ok(());
-        }
+    }
+
+    fn release_saga(&self, id: &TxnId) {
+        self.active_sagas.lock().expect("active sagas").remove(id);
+    }
+
+    /// Drives `saga`, whose id the caller has already claimed in `active_sagas`.
+    fn drive_claimed(self: &Arc<Self>, id: TxnId, saga: Saga) {
         let node = self.clone();
         let span = info_span!("saga", saga = %id);
         tokio::spawn(
@@ -322,11 +335,10 @@ impl Coordinator {
                 if let Err(e) = node.drive_saga(saga).await {
                     warn!(error = %e, "saga stopped");
                 }
-                node.active_sagas.lock().expect("active sagas").remove(&id);
+                node.release_saga(&id);
             }
             .instrument(span),
         );
-        Ok(())
     }
 
     /// Reads a saga's log record.
@@ -346,14 +358,26 @@ impl Coordinator {
             .saga(id)?
             .ok_or_else(|| CoordError::NotFound(format!("saga_id {id}: no such saga")))?;
         let mut saga = self.check(Saga::from_record(&saga_key(id), rec).map_err(Into::into))?;
+        // Claim the saga first: its previous driver may still be finishing (it writes the
+        // parked state before it lets go), and two drivers must never run one saga.
+        if !self.claim_saga(id) {
+            return Err(CoordError::Precondition(format!(
+                "saga_id {id}: a driver is still finishing with it; retry in a moment"
+            )));
+        }
         if !saga.retry(unix_ms()) {
+            self.release_saga(id);
             return Err(CoordError::Precondition(format!(
                 "saga_id {id}: is {:?}, only a parked saga can be retried",
                 saga.state()
             )));
         }
-        self.persist_saga(&saga, true).await?;
-        self.spawn_saga(saga)
+        if let Err(e) = self.persist_saga(&saga, true).await {
+            self.release_saga(id);
+            return Err(e);
+        }
+        self.drive_claimed(id.clone(), saga);
+        Ok(())
     }
 }
 

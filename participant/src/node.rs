@@ -266,17 +266,32 @@ impl Participant {
         .await
     }
 
-    pub async fn abort(&self, txn: &TxnId) -> Result<(), ParticipantError> {
-        self.abort_from(txn, false).map(|_| ())
+    /// An Abort from the coordinator (or from an operator when `forced`). A txn an operator
+    /// holds is only aborted by a forced Abort.
+    pub async fn abort(&self, txn: &TxnId, forced: bool) -> Result<(), ParticipantError> {
+        let source = if forced {
+            AbortSource::Operator
+        } else {
+            AbortSource::Coordinator
+        };
+        self.abort_from(txn, source).map(|_| ())
     }
 
-    /// Aborts `txn`; when `by_resolver`, leaves a txn an operator holds alone (returns false).
-    fn abort_from(&self, txn: &TxnId, by_resolver: bool) -> Result<bool, ParticipantError> {
+    /// Aborts `txn`. Returns false when the resolver left a held txn alone.
+    fn abort_from(&self, txn: &TxnId, source: AbortSource) -> Result<bool, ParticipantError> {
         let _span = info_span!("abort", txn = %txn).entered();
         {
             let mut core = self.core();
-            if by_resolver && core.is_held(txn) {
-                return Ok(false);
+            if core.is_held(txn) {
+                match source {
+                    AbortSource::Resolver => return Ok(false),
+                    AbortSource::Coordinator => {
+                        return Err(ParticipantError::OutcomeConflict(format!(
+                            "txn {txn} is held by an operator; only a forced outcome moves it"
+                        )));
+                    }
+                    AbortSource::Operator => {}
+                }
             }
             let prepared_at = core.prepared_at_unix_ms(txn);
             match self.check(core.abort(txn, self.store(), unix_ms()))? {
@@ -295,10 +310,15 @@ impl Participant {
         Ok(true)
     }
 
-    /// Pins a prepared txn for an operator (see `ParticipantCore::hold`).
-    pub fn hold(&self, txn: &TxnId) -> Result<TxnStatus, ParticipantError> {
-        let mut core = self.core();
-        let status = self.check(core.hold(txn, self.store()))?;
+    /// Pins a prepared txn for an operator (see `ParticipantCore::hold`). Answers only once
+    /// everything written so far is durable: a prepared record still being flushed must not
+    /// be reported as a YES vote.
+    pub async fn hold(&self, txn: &TxnId) -> Result<TxnStatus, ParticipantError> {
+        let (status, ticket) = {
+            let mut core = self.core();
+            (self.check(core.hold(txn, self.store()))?, self.gc.current())
+        };
+        self.check(self.gc.wait(ticket).await)?;
         if status == TxnStatus::Prepared {
             warn!(txn = %txn, "held by an operator: waiting for an explicit Commit or Abort");
         }
@@ -609,7 +629,7 @@ impl Participant {
         };
         let result = match decision {
             Decision::Commit => self.commit(txn).await,
-            Decision::Abort => match self.abort_from(txn, true) {
+            Decision::Abort => match self.abort_from(txn, AbortSource::Resolver) {
                 Ok(true) => Ok(()),
                 Ok(false) => {
                     debug!("held by an operator; leaving it for an explicit decision");
@@ -653,6 +673,14 @@ impl Participant {
         debug!("every reachable peer is prepared: blocked until the coordinator answers");
         None
     }
+}
+
+/// Who asks for an abort: a held txn yields only to an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AbortSource {
+    Resolver,
+    Coordinator,
+    Operator,
 }
 
 /// A prepared txn as operators see it.

@@ -45,8 +45,9 @@ impl pb::participant_server::Participant for ParticipantService {
         &self,
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
-        self.node.abort(&txn).await?;
+        let r = request.into_inner();
+        let txn = TxnId::parse("txn_id", &r.txn_id)?;
+        self.node.abort(&txn, r.forced).await?;
         Ok(Response::new(pb::AbortResponse {}))
     }
 
@@ -309,7 +310,7 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
         request: Request<pb::TxnIdRequest>,
     ) -> Result<Response<pb::HoldResponse>, Status> {
         let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
-        let state = state_to_pb(self.node.hold(&txn)?);
+        let state = state_to_pb(self.node.hold(&txn).await?);
         Ok(Response::new(pb::HoldResponse {
             state: state as i32,
         }))

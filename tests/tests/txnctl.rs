@@ -198,6 +198,21 @@ async fn find_show_and_settle_stuck_transactions() -> anyhow::Result<()> {
     assert_eq!(show["coordinator_state"], "unknown");
     assert_eq!(show["decision"], "ABORT", "presumed abort: {show}");
 
+    // An id of this coordinator's own epoch that it no longer holds was aborted by it
+    // (presumed abort): a forced commit would contradict what its client was told.
+    let epoch = ok_json(&cluster, &["status"])["epoch"].as_u64().unwrap();
+    let own = format!("{epoch}.999");
+    assert_eq!(
+        p1.prepare(prepare(&own, "w")).await?.into_inner().vote,
+        pb::Vote::Yes as i32
+    );
+    let err = fails(
+        txnctl(&cluster, &["txn", "commit", &own, "--reason", "try"]),
+        1,
+    );
+    assert!(err.contains("already aborted it"), "{err}");
+    ok_json(&cluster, &["txn", "abort", &own, "--reason", "cleanup"]);
+
     // 9.2 never prepared at p2: committing it would break atomicity.
     let err = fails(
         txnctl(&cluster, &["txn", "commit", "9.2", "--reason", "try"]),
