@@ -224,12 +224,20 @@ impl Coordinator {
         self.fatal.subscribe()
     }
 
+    /// Maps a storage error, and stops the coordinator on it: once a write to its log fails,
+    /// what it holds in memory (a saga's next step, a decision) may no longer match the log,
+    /// so it fails stop and recovers from the log on restart.
     pub(crate) fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, CoordError> {
         r.map_err(|e| {
-            if matches!(e, StoreError::Corrupt(_) | StoreError::Failed(_)) {
-                let msg = e.to_string();
-                self.fatal.send_if_modified(|f| f.replace(msg).is_none());
-            }
+            let msg = e.to_string();
+            self.fatal.send_if_modified(|f| {
+                if f.is_none() {
+                    *f = Some(msg);
+                    true
+                } else {
+                    false
+                }
+            });
             CoordError::Store(e)
         })
     }
