@@ -654,6 +654,16 @@ impl Coordinator {
             }
         }
         if !not_prepared.is_empty() && !heuristic {
+            // Let go of the holds taken, so the txn is resolved the normal way again.
+            for p in members {
+                if let Some(ch) = self.channel(p) {
+                    let _ = pb::participant_admin_client::ParticipantAdminClient::new(ch)
+                        .release(timed(pb::TxnIdRequest {
+                            txn_id: txn.to_string(),
+                        }))
+                        .await;
+                }
+            }
             return Err(CoordError::Precondition(format!(
                 "txn_id {txn}: cannot commit, not every participant voted YES ({}). Use --heuristic to force it anyway",
                 not_prepared.join(", ")

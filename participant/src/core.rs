@@ -322,6 +322,11 @@ impl ParticipantCore {
         Ok(status)
     }
 
+    /// Undoes [`ParticipantCore::hold`].
+    pub fn release(&mut self, txn: &TxnId) {
+        self.held.remove(txn);
+    }
+
     pub fn is_held(&self, txn: &TxnId) -> bool {
         self.held.contains(txn)
     }

@@ -325,6 +325,13 @@ impl Participant {
         Ok(status)
     }
 
+    /// Undoes a hold; returns the txn's status.
+    pub fn release(&self, txn: &TxnId) -> Result<TxnStatus, ParticipantError> {
+        let mut core = self.core();
+        core.release(txn);
+        self.check(core.status(txn, self.store()))
+    }
+
     /// Prepared txns with their age, participants, locked keys, epoch and hold flag.
     pub fn in_doubt_detail(&self) -> Vec<InDoubtTxn> {
         let now = unix_ms();

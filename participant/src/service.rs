@@ -315,4 +315,15 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
             state: state as i32,
         }))
     }
+
+    async fn release(
+        &self,
+        request: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::HoldResponse>, Status> {
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let state = state_to_pb(self.node.release(&txn)?);
+        Ok(Response::new(pb::HoldResponse {
+            state: state as i32,
+        }))
+    }
 }

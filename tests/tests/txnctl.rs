@@ -219,6 +219,11 @@ async fn find_show_and_settle_stuck_transactions() -> anyhow::Result<()> {
         1,
     );
     assert!(err.contains("not every participant voted YES"), "{err}");
+    let held = ok_json(&cluster, &["participant", "in-doubt", "p1"]);
+    assert!(
+        held.as_array().unwrap().iter().all(|t| t["held"] == false),
+        "a refused forced commit releases its holds: {held}"
+    );
     let forced = ok_json(
         &cluster,
         &["txn", "abort", "9.2", "--reason", "never reached p2"],
