@@ -154,7 +154,7 @@ impl Coordinator {
         let mut out: BTreeMap<String, (Vec<String>, u64, Vec<pb::InDoubtTxn>)> = BTreeMap::new();
         for p in self.ids() {
             let Some(ch) = self.channel(&p) else { continue };
-            let mut c = pb::participant_admin_client::ParticipantAdminClient::new(ch);
+            let mut c = self.participant_admin(ch);
             let Ok(r) = c.in_doubt(timed(pb::InDoubtRequest {})).await else {
                 continue;
             };
@@ -634,7 +634,8 @@ impl Coordinator {
         let mut not_prepared = Vec::new();
         for p in members {
             let state = match self.channel(p) {
-                Some(ch) => pb::participant_admin_client::ParticipantAdminClient::new(ch)
+                Some(ch) => self
+                    .participant_admin(ch)
                     .hold(timed(pb::TxnIdRequest {
                         txn_id: txn.to_string(),
                     }))
@@ -657,7 +658,8 @@ impl Coordinator {
             // Let go of the holds taken, so the txn is resolved the normal way again.
             for p in members {
                 if let Some(ch) = self.channel(p) {
-                    let _ = pb::participant_admin_client::ParticipantAdminClient::new(ch)
+                    let _ = self
+                        .participant_admin(ch)
                         .release(timed(pb::TxnIdRequest {
                             txn_id: txn.to_string(),
                         }))

@@ -17,6 +17,13 @@ pub enum CoordError {
     Precondition(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// An error passed on as it was (the answer of an earlier attempt).
+    #[error("{1}")]
+    Replayed(tonic::Code, String),
 }
 
 impl From<txn_proto::record::CorruptRecord> for CoordError {
@@ -43,6 +50,9 @@ impl From<CoordError> for tonic::Status {
             CoordError::Precondition(_) => Status::failed_precondition(msg),
             CoordError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
             CoordError::Store(_) => Status::unavailable(msg),
+            CoordError::AlreadyExists(_) => Status::already_exists(msg),
+            CoordError::Unavailable(_) => Status::unavailable(msg),
+            CoordError::Replayed(code, _) => Status::new(code, msg),
         }
     }
 }

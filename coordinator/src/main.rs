@@ -1,8 +1,8 @@
 use clap::Parser;
 
 fn main() {
-    txn_proto::process::init_tracing();
     let args = txn_coordinator::server::Args::parse();
+    txn_proto::process::init_tracing(args.log_format);
     let runtime = match txn_proto::process::runtime(args.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {

@@ -13,7 +13,9 @@ use tokio::sync::{Semaphore, watch};
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_proto::durable::GroupCommit;
-use txn_proto::pb::rec::{DecisionRecord, EpochRecord};
+use txn_proto::metrics::{self, OutcomeLabel, ProtocolLabel, RetryKind, TxnLabels};
+use txn_proto::net::{AuthChannel, BearerToken};
+use txn_proto::pb::rec::{DecisionRecord, EpochRecord, SagaRecord, SagaState};
 use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::participant_client::ParticipantClient;
 use txn_proto::record;
@@ -24,6 +26,7 @@ use txn_proto::types::{
 use txn_proto::{failpoint, unix_ms};
 
 use crate::core::{CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, VoteResult, decision_key};
+use crate::dedup::ClientTag;
 use crate::error::CoordError;
 
 /// Crash points (see `txn_proto::failpoint`).
@@ -60,6 +63,9 @@ pub struct CoordConfig {
     pub saga_timeout: Duration,
     /// Failed Compensate calls a saga may make before it is parked.
     pub compensation_budget: u32,
+    /// Most txns run at once (at most [`MAX_IN_FLIGHT_TXNS`]); beyond it Transact answers
+    /// RESOURCE_EXHAUSTED.
+    pub max_in_flight: usize,
 }
 
 impl Default for CoordConfig {
@@ -71,6 +77,7 @@ impl Default for CoordConfig {
             commit_retry_max: Duration::from_millis(1000),
             saga_timeout: Duration::from_millis(5000),
             compensation_budget: 20,
+            max_in_flight: MAX_IN_FLIGHT_TXNS,
         }
     }
 }
@@ -137,6 +144,21 @@ pub struct Coordinator {
     pub(crate) retry_now: tokio::sync::Notify,
     /// Txns an operator is forcing to commit: Resolve answers PENDING for them meanwhile.
     pub(crate) forcing: Mutex<HashSet<TxnId>>,
+    /// When this process made each unfinished commit decision durable, for the commit-phase
+    /// latency metric.
+    decided: Mutex<HashMap<TxnId, std::time::Instant>>,
+    /// Requests running under a client key right now (bounded by the admission limit).
+    pub(crate) client_txns: Mutex<HashMap<String, crate::dedup::Running>>,
+    /// Sent with the coordinator's calls to the participants' admin service.
+    admin_token: std::sync::OnceLock<BearerToken>,
+}
+
+/// Counts a finished txn in the metrics.
+pub(crate) fn count_txn(protocol: ProtocolLabel, outcome: OutcomeLabel) {
+    metrics::metrics()
+        .txns
+        .get_or_create(&TxnLabels { protocol, outcome })
+        .inc();
 }
 
 impl Coordinator {
@@ -197,8 +219,10 @@ impl Coordinator {
                     (id, client)
                 })
                 .collect(),
+            admission: Arc::new(Semaphore::new(
+                config.max_in_flight.clamp(1, MAX_IN_FLIGHT_TXNS),
+            )),
             config,
-            admission: Arc::new(Semaphore::new(MAX_IN_FLIGHT_TXNS)),
             counters: Counters::default(),
             fatal,
             active_sagas: Mutex::new(HashSet::new()),
@@ -208,6 +232,9 @@ impl Coordinator {
             commit_progress: Mutex::new(HashMap::new()),
             retry_now: tokio::sync::Notify::new(),
             forcing: Mutex::new(HashSet::new()),
+            decided: Mutex::new(HashMap::new()),
+            client_txns: Mutex::new(HashMap::new()),
+            admin_token: std::sync::OnceLock::new(),
         });
         for (txn, effects) in resend {
             node.run_effects(&txn, effects);
@@ -250,6 +277,15 @@ impl Coordinator {
 
     /// Runs one client transaction to its outcome.
     pub async fn transact(self: &Arc<Self>, req: TxnRequest) -> Result<TxnOutcome, CoordError> {
+        self.transact_tagged(req, None).await
+    }
+
+    /// Runs one client transaction; with a client key, records the outcome under it.
+    pub(crate) async fn transact_tagged(
+        self: &Arc<Self>,
+        req: TxnRequest,
+        tag: Option<ClientTag>,
+    ) -> Result<TxnOutcome, CoordError> {
         for (i, b) in req.branches.iter().enumerate() {
             if !self.participants.contains_key(&b.participant) {
                 return Err(InvalidInput::new(
@@ -280,7 +316,7 @@ impl Coordinator {
                 .clone()
                 .try_acquire_owned()
                 .map_err(|_| CoordError::Overloaded {
-                    limit: MAX_IN_FLIGHT_TXNS,
+                    limit: self.config.max_in_flight,
                 })?;
         // The protocol runs in its own task: if the client goes away (deadline, cancel,
         // disconnect), tonic drops this future, but the txn must still reach its decision and
@@ -289,13 +325,13 @@ impl Coordinator {
         let run = tokio::spawn(async move {
             let _permit = permit;
             if req.protocol == Protocol::Saga {
-                return node.transact_saga(req).await;
+                return node.transact_saga(req, tag).await;
             }
             let participants: Vec<ParticipantId> =
                 req.branches.iter().map(|b| b.participant.clone()).collect();
             let txn = node.core().begin(participants.clone());
             let span = info_span!("txn", txn = %txn);
-            node.run_two_phase(txn, req, participants)
+            node.run_two_phase(txn, req, participants, tag)
                 .instrument(span)
                 .await
         });
@@ -308,12 +344,14 @@ impl Coordinator {
         txn: TxnId,
         req: TxnRequest,
         participants: Vec<ParticipantId>,
+        tag: Option<ClientTag>,
     ) -> Result<TxnOutcome, CoordError> {
         let timeout = req
             .prepare_timeout_ms
             .map(|ms| Duration::from_millis(ms.into()))
             .unwrap_or(self.config.prepare_timeout);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
         let epoch = self.core().epoch();
         let names: Vec<String> = participants.iter().map(|p| p.as_str().to_owned()).collect();
         let mut votes = FuturesUnordered::new();
@@ -368,7 +406,10 @@ impl Coordinator {
             if effects.is_empty() {
                 continue;
             }
-            return self.finish(txn, effects, reads).await;
+            metrics::metrics()
+                .prepare_seconds
+                .observe(started.elapsed().as_secs_f64());
+            return self.finish(txn, effects, reads, tag.as_ref()).await;
         }
     }
 
@@ -378,14 +419,37 @@ impl Coordinator {
         txn: TxnId,
         effects: Vec<Effect>,
         reads: Vec<(ParticipantId, Vec<KeyValue>)>,
+        tag: Option<&ClientTag>,
     ) -> Result<TxnOutcome, CoordError> {
         let mut effects = effects;
         if let [Effect::PersistDecision { key, record }] = effects.as_slice() {
             let mut batch = WriteBatch::default();
             batch.put(key.clone(), record.clone());
+            if let Some(tag) = tag {
+                // The key's answer is durable with the decision: a retry can never commit
+                // the request a second time.
+                let committed = TxnOutcome {
+                    txn: txn.clone(),
+                    committed: true,
+                    reason: String::new(),
+                    failed_branch: None,
+                    reads: reads.clone(),
+                };
+                Self::put_client_record(
+                    &mut batch,
+                    tag,
+                    &txn,
+                    pb::Protocol::TwoPhase,
+                    Some(committed.to_pb()),
+                );
+            }
             failpoint::hit(failpoints::BEFORE_DECISION_DURABLE);
             // The commit point: once this returns, the txn commits, whatever crashes.
             self.check(self.gc.write_durable(batch).await)?;
+            self.decided
+                .lock()
+                .expect("decided")
+                .insert(txn.clone(), std::time::Instant::now());
             failpoint::hit(failpoints::AFTER_DECISION_DURABLE);
             effects = self.core().on_decision_durable(&txn);
         }
@@ -413,9 +477,24 @@ impl Coordinator {
         if outcome.committed {
             outcome.reads = reads;
             self.counters.committed.fetch_add(1, Ordering::Relaxed);
+            count_txn(ProtocolLabel::TwoPhase, OutcomeLabel::Committed);
             debug!("committed");
         } else {
             self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+            count_txn(ProtocolLabel::TwoPhase, OutcomeLabel::Aborted);
+            if let Some(tag) = tag {
+                // Lazy: losing it in a crash only lets a retry run a request that had no
+                // effect.
+                let mut batch = WriteBatch::default();
+                Self::put_client_record(
+                    &mut batch,
+                    tag,
+                    &txn,
+                    pb::Protocol::TwoPhase,
+                    Some(outcome.to_pb()),
+                );
+                self.check(self.gc.write_lazy(batch))?;
+            }
             debug!(reason = %outcome.reason, "aborted");
         }
         self.run_effects(&txn, rest);
@@ -476,11 +555,17 @@ impl Coordinator {
                         failpoint::hit(failpoints::AFTER_PARTIAL_COMMIT);
                     } else {
                         self.commit_progress.lock().expect("progress").remove(&txn);
+                        if let Some(at) = self.decided.lock().expect("decided").remove(&txn) {
+                            metrics::metrics()
+                                .commit_seconds
+                                .observe(at.elapsed().as_secs_f64());
+                        }
                     }
                     self.run_effects(&txn, effects);
                     return;
                 }
                 Err(status) => {
+                    metrics::retried(RetryKind::Commit);
                     {
                         let mut progress = self.commit_progress.lock().expect("progress");
                         let e = progress
@@ -562,6 +647,41 @@ impl Coordinator {
             sagas_active: self.active_sagas.lock().expect("active sagas").len() as u64,
             sagas_completed: self.counters.sagas_completed.load(Ordering::Relaxed),
             sagas_compensated: self.counters.sagas_compensated.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets the bearer token sent to the participants' admin service (once, at startup).
+    pub fn set_admin_token(&self, token: BearerToken) {
+        let _ = self.admin_token.set(token);
+    }
+
+    /// A client of a participant's admin service, carrying the admin token.
+    pub(crate) fn participant_admin(
+        &self,
+        ch: Channel,
+    ) -> pb::participant_admin_client::ParticipantAdminClient<AuthChannel> {
+        pb::participant_admin_client::ParticipantAdminClient::with_interceptor(
+            ch,
+            self.admin_token.get().cloned().unwrap_or_default(),
+        )
+    }
+
+    /// Sets the state gauges of the metrics from the txn table and the saga log.
+    pub fn refresh_metrics(&self) {
+        let m = metrics::metrics();
+        m.in_doubt.set(self.core().committing() as i64);
+        m.sagas_active
+            .set(self.active_sagas.lock().expect("active sagas").len() as i64);
+        match self.gc.store().scan_prefix(crate::saga::SAGA_PREFIX) {
+            Ok(sagas) => {
+                let parked = sagas
+                    .iter()
+                    .filter_map(|(k, v)| record::decode::<SagaRecord>(k, v).ok())
+                    .filter(|r| r.state == SagaState::Parked as i32)
+                    .count();
+                m.sagas_parked.set(parked as i64);
+            }
+            Err(e) => warn!(error = %e, "metrics: cannot read the saga log"),
         }
     }
 

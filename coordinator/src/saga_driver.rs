@@ -2,9 +2,12 @@
 //! transition, compensates in reverse on failure, resumes unfinished sagas after a restart,
 //! and parks compensations that keep failing until an operator retries them.
 
+use crate::dedup::ClientTag;
+use crate::node::count_txn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use txn_proto::metrics::{self, OutcomeLabel, ProtocolLabel, RetryKind};
 
 use rand::Rng;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -52,6 +55,7 @@ impl Coordinator {
     pub(crate) async fn transact_saga(
         self: &Arc<Self>,
         req: TxnRequest,
+        tag: Option<ClientTag>,
     ) -> Result<TxnOutcome, CoordError> {
         let id = self.core().next_id();
         let timeout = req
@@ -81,8 +85,15 @@ impl Coordinator {
         }
         let span = info_span!("saga", saga = %id);
         async {
-            // The saga exists durably before its first step runs, so a crash resumes it.
-            self.persist_saga(&saga, true).await?;
+            // The saga exists durably before its first step runs, so a crash resumes it; the
+            // client key is durable with it, so a retry finds the saga instead of starting
+            // another.
+            let mut batch = WriteBatch::default();
+            batch.put(saga_key(&id), record::encode(saga.record()));
+            if let Some(tag) = &tag {
+                Self::put_client_record(&mut batch, tag, &id, pb::Protocol::Saga, None);
+            }
+            self.check(self.gc.write_durable(batch).await)?;
             self.active_sagas
                 .lock()
                 .expect("active sagas")
@@ -90,7 +101,20 @@ impl Coordinator {
             let result = self.drive_saga(saga).await;
             self.active_sagas.lock().expect("active sagas").remove(&id);
             let (saga, reads) = result?;
-            Ok(self.saga_outcome(&id, &saga, reads))
+            let outcome = self.saga_outcome(&id, &saga, reads);
+            if let Some(tag) = &tag {
+                // Lazy: the saga log already holds the outcome; this adds the reads.
+                let mut batch = WriteBatch::default();
+                Self::put_client_record(
+                    &mut batch,
+                    tag,
+                    &id,
+                    pb::Protocol::Saga,
+                    Some(outcome.to_pb()),
+                );
+                self.check(self.gc.write_lazy(batch))?;
+            }
+            Ok(outcome)
         }
         .instrument(span)
         .await
@@ -188,6 +212,7 @@ impl Coordinator {
                             warn!(step, %error, "compensation out of retries: saga parked");
                         } else {
                             debug!(step, %error, "compensation failed; retrying");
+                            metrics::retried(RetryKind::SagaCompensate);
                             tokio::time::sleep(jittered(pause)).await;
                             pause = (pause * 2).min(self.config.commit_retry_max);
                         }
@@ -197,6 +222,7 @@ impl Coordinator {
                     self.counters
                         .sagas_completed
                         .fetch_add(1, Ordering::Relaxed);
+                    count_txn(ProtocolLabel::Saga, OutcomeLabel::Completed);
                     debug!("saga completed");
                     return Ok((saga, reads));
                 }
@@ -204,6 +230,7 @@ impl Coordinator {
                     self.counters
                         .sagas_compensated
                         .fetch_add(1, Ordering::Relaxed);
+                    count_txn(ProtocolLabel::Saga, OutcomeLabel::Compensated);
                     debug!(reason = %saga.record().reason, "saga compensated");
                     return Ok((saga, reads));
                 }
@@ -254,6 +281,7 @@ impl Coordinator {
                 }
                 Err(status) if transient(status.code()) => {
                     last_error = format!("{:?}: {}", status.code(), status.message());
+                    metrics::retried(RetryKind::SagaExecute);
                     let wait = jittered(pause).min(Duration::from_millis(remaining));
                     tokio::time::sleep(wait).await;
                     pause = (pause * 2).min(self.config.commit_retry_max);

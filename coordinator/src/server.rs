@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Endpoint;
 use tracing::{error, info};
+use txn_proto::net::{AdminAuth, BearerToken, ClientTls};
 use txn_proto::pb::v1 as pb;
 use txn_proto::store::SledStore;
 use txn_proto::types::{MAX_MESSAGE_BYTES, ParticipantId};
@@ -51,6 +52,20 @@ pub struct Args {
     /// Failed Compensate calls before a saga is parked for an operator.
     #[arg(long, default_value_t = 20)]
     pub compensation_budget: u32,
+    /// Most txns run at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = crate::node::MAX_IN_FLIGHT_TXNS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=crate::node::MAX_IN_FLIGHT_TXNS as u64))]
+    pub max_in_flight_txns: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when not given).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = txn_proto::process::LogFormat::Text)]
+    pub log_format: txn_proto::process::LogFormat,
+    #[command(flatten)]
+    pub tls: txn_proto::net::TlsArgs,
+    #[command(flatten)]
+    pub token: txn_proto::net::TokenArgs,
 }
 
 /// Every crash point of the coordinator: 2PC and saga.
@@ -66,17 +81,17 @@ const ALL_FAILPOINTS: &[&str] = &[
 /// Time allowed to open a connection to a participant.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-fn parse_participants(raw: &[String]) -> anyhow::Result<HashMap<ParticipantId, Endpoint>> {
+fn parse_participants(
+    raw: &[String],
+    tls: &ClientTls,
+) -> anyhow::Result<HashMap<ParticipantId, Endpoint>> {
     let mut out = HashMap::new();
     for entry in raw {
         let (name, url) = entry
             .split_once('=')
             .with_context(|| format!("--participant {entry:?}: expected NAME=URL"))?;
         let id = ParticipantId::parse("--participant NAME", name)?;
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .with_context(|| format!("--participant {entry:?}: {url:?} is not a valid URL"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+        let endpoint = tls.endpoint("--participant", url, CONNECT_TIMEOUT)?;
         if out.insert(id.clone(), endpoint).is_some() {
             bail!("--participant {name} is given twice");
         }
@@ -86,7 +101,12 @@ fn parse_participants(raw: &[String]) -> anyhow::Result<HashMap<ParticipantId, E
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     txn_proto::failpoint::setup_from_env(ALL_FAILPOINTS).map_err(anyhow::Error::msg)?;
-    let endpoints = parse_participants(&args.participants)?;
+    let client_tls = ClientTls::load(&args.tls)?;
+    let server = args.tls.server()?;
+    let token = args.token.load()?;
+    let bearer = BearerToken::new(token.as_deref()).map_err(anyhow::Error::msg)?;
+    let auth = AdminAuth::new(token);
+    let endpoints = parse_participants(&args.participants, &client_tls)?;
     let store = SledStore::open(&args.data_dir)
         .with_context(|| format!("opening the database in {}", args.data_dir.display()))?;
     let config = CoordConfig {
@@ -95,6 +115,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         commit_retry_max: Duration::from_millis(args.commit_retry_max_ms.max(1)),
         saga_timeout: Duration::from_millis(args.saga_timeout_ms),
         compensation_budget: args.compensation_budget.max(1),
+        max_in_flight: args.max_in_flight_txns as usize,
         ..CoordConfig::default()
     };
     let channels = endpoints
@@ -107,6 +128,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let node = Coordinator::open(Arc::new(store), channels, config)
         .await
         .context("recovering the decision log")?;
+    node.set_admin_token(bearer);
 
     let svc = CoordinatorService::new(node.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -119,19 +141,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     info!(addr = %local, epoch = node.stats().epoch, "coordinator listening");
     println!("coordinator listening on {local}");
 
+    if let Some(addr) = args.metrics_addr {
+        let n = node.clone();
+        let refresh: txn_proto::metrics::Refresh = Arc::new(move || n.refresh_metrics());
+        txn_proto::metrics::serve(addr, txn_proto::metrics::Role::Coordinator, refresh).await?;
+    }
+    let (reflection_v1, reflection_v1alpha) = txn_proto::net::reflection()?;
+
     let shutdown = txn_proto::process::stop_requested(node.fatal());
-    Server::builder()
+    let mut server = server
+        .max_concurrent_streams(Some(txn_proto::net::MAX_CONCURRENT_STREAMS))
+        .layer(txn_proto::net::SizeLimitStatus);
+    server
         .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             pb::coordinator_server::CoordinatorServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(pb::stats_server::StatsServer::new(svc))
-        .add_service(pb::admin_server::AdminServer::new(
+        .add_service(pb::admin_server::AdminServer::with_interceptor(
             crate::admin::AdminService::new(node.clone()),
+            auth.clone(),
         ))
-        .add_service(pb::failpoints_server::FailpointsServer::new(
+        .add_service(pb::failpoints_server::FailpointsServer::with_interceptor(
             txn_proto::failpoint::FailpointService::new(ALL_FAILPOINTS),
+            auth,
         ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use txn_proto::pb::v1 as pb;
 use txn_proto::types::{TxnId, TxnRequest};
 
+use crate::dedup::tag_request;
 use crate::node::Coordinator;
 
 #[derive(Clone)]
@@ -25,27 +26,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::TransactRequest>,
     ) -> Result<Response<pb::TransactResponse>, Status> {
-        let req = TxnRequest::from_pb(request.into_inner())?;
-        let out = self.node.transact(req).await?;
-        let outcome = if out.committed {
-            pb::Outcome::Committed
-        } else {
-            pb::Outcome::Aborted
+        let mut msg = request.into_inner();
+        let tag = tag_request(&mut msg)?;
+        let req = TxnRequest::from_pb(msg)?;
+        let resp = match tag {
+            Some(tag) => self.node.transact_once(req, tag).await?,
+            None => self.node.transact(req).await?.to_pb(),
         };
-        Ok(Response::new(pb::TransactResponse {
-            txn_id: out.txn.to_string(),
-            outcome: outcome as i32,
-            reason: out.reason,
-            failed_branch: out.failed_branch.map(|i| i as u32),
-            results: out
-                .reads
-                .into_iter()
-                .map(|(p, reads)| pb::BranchResult {
-                    participant: p.to_string(),
-                    reads: reads.into_iter().map(Into::into).collect(),
-                })
-                .collect(),
-        }))
+        Ok(Response::new(resp))
     }
 
     async fn resolve(

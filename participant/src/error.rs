@@ -1,5 +1,6 @@
 //! The participant's errors, and the one place they become gRPC statuses.
 
+use txn_proto::metrics::RefusalReason;
 use txn_proto::store::StoreError;
 use txn_proto::types::{InvalidInput, TxnId};
 
@@ -19,6 +20,8 @@ pub enum ParticipantError {
     Busy { holder: TxnId },
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    #[error("{}", .0.message)]
+    Disk(crate::disk::DiskRefusal),
 }
 
 impl ParticipantError {
@@ -42,6 +45,10 @@ impl From<ParticipantError> for tonic::Status {
             ParticipantError::Locked { .. } | ParticipantError::Busy { .. } => Status::aborted(msg),
             ParticipantError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
             ParticipantError::Store(_) => Status::unavailable(msg),
+            ParticipantError::Disk(r) => match r.reason {
+                RefusalReason::DiskFull => Status::resource_exhausted(msg),
+                RefusalReason::ReadOnly => Status::unavailable(msg),
+            },
         }
     }
 }

@@ -6,12 +6,14 @@
 //!
 //! Layout:
 //! - [`core`]: the protocol logic, a state machine with no I/O.
+//! - [`disk`]: the disk guard that refuses new Prepares when the disk is full or read-only.
 //! - [`locks`]: the lock table.
 //! - [`node`]: the driver that runs the core against a store with group commit.
 //! - [`service`]: gRPC conversion.
 //! - [`server`]: process wiring (flags, health, shutdown) used by the `participant` binary.
 
 pub mod core;
+pub mod disk;
 pub mod error;
 pub mod locks;
 pub mod node;

@@ -3,7 +3,7 @@
 //! durability waits happen outside it through the group-commit flusher.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_proto::durable::GroupCommit;
+use txn_proto::metrics::{self, RefusalLabels, RetryKind};
 use txn_proto::store::{Store, StoreError, WriteBatch};
 use txn_proto::types::{Decision, KeyValue, Op, Resolution, TxnId, Vote};
 use txn_proto::{failpoint, unix_ms};
@@ -19,6 +20,7 @@ use crate::core::{
     AbortStep, CommitStep, ParticipantCore, PrepareRequest, PrepareStep, Refusal, TxnStatus,
     data_key,
 };
+use crate::disk::DiskRefusal;
 use crate::error::ParticipantError;
 use crate::saga::{self, CompensateStep, Compensation, ExecuteStep, StepResult};
 
@@ -106,6 +108,9 @@ pub struct Participant {
     fatal: watch::Sender<Option<String>>,
     /// Txns recovered at start, to be resolved first.
     recovered: Mutex<Vec<TxnId>>,
+    /// Set by the disk guard while new Prepares must be refused (see [`crate::disk`]).
+    disk: Mutex<Option<DiskRefusal>>,
+    disk_degraded: AtomicBool,
 }
 
 impl Participant {
@@ -133,6 +138,8 @@ impl Participant {
             counters: Counters::default(),
             fatal,
             recovered: Mutex::new(recovered),
+            disk: Mutex::new(None),
+            disk_degraded: AtomicBool::new(false),
         }))
     }
 
@@ -168,7 +175,69 @@ impl Participant {
 
     pub async fn prepare(&self, req: PrepareRequest) -> Result<Vote, ParticipantError> {
         let span = info_span!("prepare", txn = %req.txn);
-        self.prepare_inner(req).instrument(span).await
+        self.refuse_if_disk_degraded()?;
+        let started = Instant::now();
+        let vote = self.prepare_inner(req).instrument(span).await;
+        metrics::metrics()
+            .prepare_seconds
+            .observe(started.elapsed().as_secs_f64());
+        vote
+    }
+
+    /// Refuses new work that writes (a Prepare, a saga Execute) while the disk guard says so.
+    fn refuse_if_disk_degraded(&self) -> Result<(), ParticipantError> {
+        if !self.disk_degraded.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.disk.lock().expect("disk state").clone() {
+            Some(refusal) => {
+                metrics::metrics()
+                    .refused
+                    .get_or_create(&RefusalLabels {
+                        reason: refusal.reason,
+                    })
+                    .inc();
+                Err(ParticipantError::Disk(refusal))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Records the disk guard's verdict, logging each change.
+    pub fn set_disk_state(&self, refusal: Option<DiskRefusal>) {
+        let mut cur = self.disk.lock().expect("disk state");
+        match (&*cur, &refusal) {
+            (None, Some(r)) => warn!(reason = %r.message, "refusing new prepares"),
+            (Some(_), None) => info!("disk usable again; accepting prepares"),
+            _ => {}
+        }
+        self.disk_degraded
+            .store(refusal.is_some(), Ordering::Relaxed);
+        metrics::metrics()
+            .disk_degraded
+            .set(i64::from(refusal.is_some()));
+        *cur = refusal;
+    }
+
+    /// Watches the file system of `dir` and refuses new Prepares while it is full (below
+    /// `reserve_bytes` free) or read-only. Runs until the process exits.
+    pub async fn run_disk_guard(self: Arc<Self>, dir: std::path::PathBuf, reserve_bytes: u64) {
+        loop {
+            match crate::disk::read(&dir) {
+                Ok(reading) => {
+                    self.set_disk_state(crate::disk::verdict(&dir, reading, reserve_bytes))
+                }
+                Err(e) => warn!(dir = %dir.display(), error = %e, "cannot read disk usage"),
+            }
+            tokio::time::sleep(crate::disk::DISK_CHECK_INTERVAL).await;
+        }
+    }
+
+    /// Sets the state gauges of the metrics.
+    pub fn refresh_metrics(&self) {
+        metrics::metrics()
+            .in_doubt
+            .set(self.core().in_doubt() as i64);
     }
 
     async fn prepare_inner(&self, req: PrepareRequest) -> Result<Vote, ParticipantError> {
@@ -237,6 +306,7 @@ impl Participant {
 
     pub async fn commit(&self, txn: &TxnId) -> Result<(), ParticipantError> {
         let span = info_span!("commit", txn = %txn);
+        let started = Instant::now();
         async {
             let ticket = {
                 let mut core = self.core();
@@ -259,6 +329,9 @@ impl Participant {
             self.released.notify_waiters();
             self.check(self.gc.wait(ticket).await)?;
             failpoint::hit(failpoints::AFTER_COMMIT_APPLY);
+            metrics::metrics()
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
             debug!("committed");
             Ok(())
         }
@@ -365,6 +438,7 @@ impl Participant {
         ops: &[Op],
     ) -> Result<StepResult, ParticipantError> {
         let span = info_span!("execute", saga = %saga, step);
+        self.refuse_if_disk_degraded()?;
         let result = self
             .apply_when_unblocked(|core| {
                 Ok(
@@ -719,6 +793,7 @@ impl Backoff {
 
     fn failed(&mut self, now: Instant, max: Duration) {
         self.attempts += 1;
+        metrics::retried(RetryKind::Resolve);
         let jitter = rand::random_range(0..=self.pause.as_millis() as u64 / 2);
         self.next_try = now + self.pause + Duration::from_millis(jitter);
         self.pause = (self.pause * 2).min(max);

@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use futures::future::BoxFuture;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::Channel;
 use tracing::{error, info};
+use txn_proto::net::{AdminAuth, ClientTls};
 use txn_proto::pb::v1 as pb;
 use txn_proto::store::SledStore;
 use txn_proto::types::{MAX_MESSAGE_BYTES, ParticipantId, Resolution, TxnId};
@@ -57,7 +58,30 @@ pub struct Args {
     /// coordinator is unreachable (repeat for each).
     #[arg(long = "peer", value_name = "NAME=URL")]
     pub peers: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when not given).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = txn_proto::process::LogFormat::Text)]
+    pub log_format: txn_proto::process::LogFormat,
+    /// Free space (MiB) kept in reserve on the data directory's file system: below it, new
+    /// Prepares are refused so that prepared txns can always still commit.
+    #[arg(long, default_value_t = 64)]
+    pub min_free_mb: u64,
+    #[command(flatten)]
+    pub tls: txn_proto::net::TlsArgs,
+    #[command(flatten)]
+    pub token: txn_proto::net::TokenArgs,
 }
+
+/// Every failpoint of the participant: crash points and the read-only disk hook.
+const KNOWN_FAILPOINTS: &[&str] = &[
+    failpoints::BEFORE_PREPARE_DURABLE,
+    failpoints::AFTER_PREPARE_DURABLE,
+    failpoints::AFTER_COMMIT_APPLY,
+    failpoints::AFTER_STEP_EXECUTED,
+    crate::disk::READ_ONLY_FAILPOINT,
+];
 
 /// Deadline of one Resolve call.
 const RESOLVE_RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -69,16 +93,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("data").join(&args.name));
     let store = SledStore::open(&data_dir)
         .with_context(|| format!("opening the database in {}", data_dir.display()))?;
-    txn_proto::failpoint::setup_from_env(failpoints::ALL).map_err(anyhow::Error::msg)?;
+    txn_proto::failpoint::setup_from_env(KNOWN_FAILPOINTS).map_err(anyhow::Error::msg)?;
+    let client_tls = ClientTls::load(&args.tls)?;
+    let server = args.tls.server()?;
+    let auth = AdminAuth::new(args.token.load()?);
     let mut peers = HashMap::new();
     for entry in &args.peers {
         let (name, url) = entry
             .split_once('=')
             .with_context(|| format!("--peer {entry:?}: expected NAME=URL"))?;
         ParticipantId::parse("--peer NAME", name)?;
-        let ch = Endpoint::from_shared(url.to_owned())
-            .with_context(|| format!("--peer {entry:?}: {url:?} is not a valid URL"))?
-            .connect_timeout(RESOLVE_RPC_TIMEOUT)
+        let ch = client_tls
+            .endpoint("--peer", url, RESOLVE_RPC_TIMEOUT)?
             .timeout(RESOLVE_RPC_TIMEOUT)
             .connect_lazy();
         peers.insert(name.to_owned(), ch);
@@ -92,9 +118,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let node = Participant::open(Arc::new(store), config).context("recovering prepared txns")?;
 
-    let coordinator = Endpoint::from_shared(args.coordinator.clone())
-        .with_context(|| format!("--coordinator {:?} is not a valid URL", args.coordinator))?
-        .connect_timeout(RESOLVE_RPC_TIMEOUT)
+    let reserve_bytes = args.min_free_mb.saturating_mul(1024 * 1024);
+    if let Ok(reading) = crate::disk::read(&data_dir) {
+        node.set_disk_state(crate::disk::verdict(&data_dir, reading, reserve_bytes));
+    }
+    tokio::spawn(node.clone().run_disk_guard(data_dir.clone(), reserve_bytes));
+    let coordinator = client_tls
+        .endpoint("--coordinator", &args.coordinator, RESOLVE_RPC_TIMEOUT)?
         .timeout(RESOLVE_RPC_TIMEOUT)
         .connect_lazy();
     let transport = Arc::new(GrpcTransport { coordinator, peers });
@@ -112,19 +142,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     info!(name = %args.name, addr = %local, data_dir = %data_dir.display(), "participant listening");
     println!("participant {} listening on {local}", args.name);
 
+    if let Some(addr) = args.metrics_addr {
+        let n = node.clone();
+        let refresh: txn_proto::metrics::Refresh = Arc::new(move || n.refresh_metrics());
+        txn_proto::metrics::serve(addr, txn_proto::metrics::Role::Participant, refresh).await?;
+    }
+    let (reflection_v1, reflection_v1alpha) = txn_proto::net::reflection()?;
+
     let shutdown = txn_proto::process::stop_requested(node.fatal());
-    Server::builder()
+    let mut server = server
+        .max_concurrent_streams(Some(txn_proto::net::MAX_CONCURRENT_STREAMS))
+        .layer(txn_proto::net::SizeLimitStatus);
+    server
         .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             pb::participant_server::ParticipantServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(pb::stats_server::StatsServer::new(svc.clone()))
-        .add_service(pb::participant_admin_server::ParticipantAdminServer::new(
-            svc,
-        ))
-        .add_service(pb::failpoints_server::FailpointsServer::new(
-            txn_proto::failpoint::FailpointService::new(failpoints::ALL),
+        .add_service(
+            pb::participant_admin_server::ParticipantAdminServer::with_interceptor(
+                svc,
+                auth.clone(),
+            ),
+        )
+        .add_service(pb::failpoints_server::FailpointsServer::with_interceptor(
+            txn_proto::failpoint::FailpointService::new(KNOWN_FAILPOINTS),
+            auth,
         ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -191,6 +191,9 @@ fn run_flusher(shared: Arc<Shared>) {
         match shared.store.sync() {
             Ok(()) => {
                 shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                let m = crate::metrics::metrics();
+                m.fsyncs.inc();
+                m.group_commit_batch.observe((target - durable) as f64);
                 shared
                     .synced_writes
                     .fetch_add(target - durable, Ordering::Relaxed);

@@ -24,6 +24,12 @@ pub fn hit(name: &str) {
     }
 }
 
+/// True while the failpoint `name` is armed with any action that returns (`crash` or
+/// `return`): for hooks that simulate a condition rather than crash.
+pub fn armed(name: &str) -> bool {
+    ENABLED && fail::eval(name, |_| ()).is_some()
+}
+
 fn crash(name: &str) -> ! {
     eprintln!("failpoint {name}: crashing the process");
     // SIGKILL ourselves: exactly what kill -9 does (no destructors, no flush, no core file).

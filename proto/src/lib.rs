@@ -10,11 +10,15 @@
 //! - [`store`]: the [`store::Store`] trait with a sled implementation and an in-memory one
 //!   that can simulate a crash.
 //! - [`failpoint`]: named crash points for fault-injection tests.
+//! - [`net`]: TLS / mutual TLS, the admin bearer token, gRPC reflection.
+//! - [`metrics`]: the Prometheus endpoint.
 //! - [`durable`]: the group-commit flusher that turns "written" into "fsynced" for many
 //!   writers at once.
 
 pub mod durable;
 pub mod failpoint;
+pub mod metrics;
+pub mod net;
 pub mod process;
 pub mod record;
 pub mod store;

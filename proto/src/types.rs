@@ -550,6 +550,7 @@ mod tests {
             protocol: pb::Protocol::TwoPhase as i32,
             branches: vec![branch(), branch()],
             prepare_timeout_ms: 0,
+            client_txn_id: String::new(),
         };
         let e = TxnRequest::from_pb(req).unwrap_err();
         assert_eq!(e.field, "branches[1].participant");
@@ -557,6 +558,7 @@ mod tests {
             protocol: 0,
             branches: vec![branch()],
             prepare_timeout_ms: 0,
+            client_txn_id: String::new(),
         };
         assert_eq!(TxnRequest::from_pb(req).unwrap_err().field, "protocol");
     }

@@ -78,6 +78,7 @@ pub async fn seed(
             protocol: pb::Protocol::TwoPhase as i32,
             branches,
             prepare_timeout_ms: 10_000,
+            client_txn_id: String::new(),
         })
         .await
         .context("seeding the bank")?
@@ -177,6 +178,7 @@ pub async fn transfer(
         protocol: protocol.to_pb() as i32,
         branches,
         prepare_timeout_ms: 0,
+        client_txn_id: String::new(),
     };
     match client.transact(req).await {
         Ok(r) => {

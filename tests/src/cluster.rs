@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tonic::transport::{Channel, Endpoint};
+use txn_proto::net::{BearerToken, ClientTls, TlsArgs};
 use txn_proto::pb::v1 as pb;
 
 /// How long a started process may take to answer its health check.
@@ -62,6 +63,8 @@ pub struct Proc {
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
+    /// TLS settings of the health probe.
+    tls: ClientTls,
 }
 
 impl Proc {
@@ -143,7 +146,7 @@ impl Proc {
                     self.log_tail(20)
                 );
             }
-            if health_ok(self.addr).await {
+            if health_ok(&self.url(), &self.tls).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -233,15 +236,11 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn health_ok(addr: SocketAddr) -> bool {
-    let Ok(ep) = Endpoint::from_shared(format!("http://{addr}")) else {
+async fn health_ok(url: &str, tls: &ClientTls) -> bool {
+    let Ok(ep) = tls.endpoint("url", url, Duration::from_millis(200)) else {
         return false;
     };
-    let Ok(channel) = ep
-        .connect_timeout(Duration::from_millis(200))
-        .connect()
-        .await
-    else {
+    let Ok(channel) = ep.connect().await else {
         return false;
     };
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -268,6 +267,11 @@ pub struct ClusterOptions {
     /// Route the link between the coordinator and this participant (both directions)
     /// through fault-injecting proxies (see [`Cluster::proxies`]).
     pub proxy: Option<String>,
+    /// Run every node with mutual TLS, using the certificates in this directory (ca.pem and
+    /// NAME.pem/NAME.key for coordinator, p1.., and client, as `txnctl certs` writes them).
+    pub tls_dir: Option<PathBuf>,
+    /// Require this bearer token on the operator services (TXN_ADMIN_TOKEN).
+    pub admin_token: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -279,6 +283,8 @@ impl Default for ClusterOptions {
             dir: None,
             external_participants: Vec::new(),
             proxy: None,
+            tls_dir: None,
+            admin_token: None,
         }
     }
 }
@@ -288,6 +294,9 @@ pub struct Cluster {
     pub participants: Vec<Proc>,
     /// The proxies of the proxied link: coordinator -> participant, participant -> coordinator.
     pub proxies: Vec<crate::proxy::Proxy>,
+    /// How the test process reaches the nodes.
+    tls: ClientTls,
+    token: BearerToken,
     dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
@@ -320,6 +329,34 @@ impl Cluster {
             proxies.push(crate::proxy::Proxy::start(coord_addr).await?);
             proxied = Some(i);
         }
+        // Mutual TLS: every node presents its own certificate and trusts the cluster CA; the
+        // test process itself connects as "client".
+        let tls_flags = |name: &str| -> Vec<String> {
+            match &opts.tls_dir {
+                Some(d) => vec![
+                    "--tls-cert".into(),
+                    d.join(format!("{name}.pem")).display().to_string(),
+                    "--tls-key".into(),
+                    d.join(format!("{name}.key")).display().to_string(),
+                    "--tls-ca".into(),
+                    d.join("ca.pem").display().to_string(),
+                ],
+                None => Vec::new(),
+            }
+        };
+        let tls = match &opts.tls_dir {
+            Some(d) => ClientTls::load(&TlsArgs {
+                tls_cert: Some(d.join("client.pem")),
+                tls_key: Some(d.join("client.key")),
+                tls_ca: Some(d.join("ca.pem")),
+            })?,
+            None => ClientTls::default(),
+        };
+        let env: Vec<(String, String)> = opts
+            .admin_token
+            .iter()
+            .map(|t| ("TXN_ADMIN_TOKEN".to_owned(), t.clone()))
+            .collect();
         let mut participants = Vec::new();
         for i in 1..=opts.participants {
             let name = format!("p{i}");
@@ -344,6 +381,7 @@ impl Cluster {
                     args.push(format!("p{}=http://{peer}", j + 1));
                 }
             }
+            args.extend(tls_flags(&name));
             args.extend(opts.participant_args.iter().cloned());
             participants.push(Proc {
                 log: dir.join(format!("{name}.log")),
@@ -351,8 +389,9 @@ impl Cluster {
                 addr,
                 bin: binary("participant")?,
                 args,
-                env: Vec::new(),
+                env: env.clone(),
                 child: None,
+                tls: tls.clone(),
             });
         }
         let mut args = vec![
@@ -373,20 +412,24 @@ impl Cluster {
             args.push("--participant".into());
             args.push(format!("{name}={url}"));
         }
+        args.extend(tls_flags("coordinator"));
         args.extend(opts.coordinator_args.iter().cloned());
         let coordinator = Proc {
             name: "coordinator".into(),
             addr: coord_addr,
             bin: binary("coordinator")?,
             args,
-            env: Vec::new(),
+            env,
             log: dir.join("coordinator.log"),
             child: None,
+            tls: tls.clone(),
         };
         let mut cluster = Self {
             coordinator,
             participants,
             proxies,
+            tls,
+            token: BearerToken::new(opts.admin_token.as_deref()).map_err(anyhow::Error::msg)?,
             dir,
             _temp: temp,
         };
@@ -395,6 +438,14 @@ impl Cluster {
         }
         cluster.coordinator.start().await?;
         Ok(cluster)
+    }
+
+    /// A lazily connecting channel to one of the nodes, with the cluster's TLS settings.
+    pub fn channel(&self, url: &str) -> anyhow::Result<Channel> {
+        Ok(self
+            .tls
+            .endpoint("url", url, Duration::from_secs(1))?
+            .connect_lazy())
     }
 
     pub fn dir(&self) -> &Path {
@@ -411,7 +462,7 @@ impl Cluster {
     pub async fn coordinator_client(
         &self,
     ) -> anyhow::Result<pb::coordinator_client::CoordinatorClient<Channel>> {
-        let ch = connect(&self.coordinator.url()).await?;
+        let ch = self.channel(&self.coordinator.url())?;
         Ok(pb::coordinator_client::CoordinatorClient::new(ch))
     }
 
@@ -425,7 +476,7 @@ impl Cluster {
             .find(|p| p.name == name)
             .with_context(|| format!("no participant {name}"))?;
         Ok(pb::participant_client::ParticipantClient::new(
-            connect(&p.url()).await?,
+            self.channel(&p.url())?,
         ))
     }
 
@@ -442,7 +493,7 @@ impl Cluster {
                 .with_context(|| format!("no participant {name}"))?
                 .url()
         };
-        Ok(pb::stats_client::StatsClient::new(connect(&url).await?))
+        Ok(pb::stats_client::StatsClient::new(self.channel(&url)?))
     }
 
     /// Arms failpoint `name` on `node` (coordinator, p1, ...) with `action`, e.g. "crash".
@@ -455,7 +506,10 @@ impl Cluster {
         action: &str,
     ) -> anyhow::Result<()> {
         let url = self.url_of(node)?;
-        let mut c = pb::failpoints_client::FailpointsClient::new(connect(&url).await?);
+        let mut c = pb::failpoints_client::FailpointsClient::with_interceptor(
+            self.channel(&url)?,
+            self.token.clone(),
+        );
         let result = c
             .set_failpoint(pb::SetFailpointRequest {
                 name: name.into(),

@@ -332,6 +332,7 @@ async fn audit_loop(
             protocol: pb::Protocol::TwoPhase as i32,
             branches: branches.clone(),
             prepare_timeout_ms: 0,
+            client_txn_id: String::new(),
         };
         attempted.fetch_add(1, Ordering::Relaxed);
         let res = client.transact(req).await;

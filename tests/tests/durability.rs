@@ -240,6 +240,7 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
             protocol: pb::Protocol::TwoPhase as i32,
             branches: vec![branch("f1"), branch("f2")],
             prepare_timeout_ms: 0,
+            client_txn_id: String::new(),
         })
         .await?
         .into_inner();

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use txn_proto::net::{AuthChannel, BearerToken, ClientTls, TlsArgs};
 use txn_proto::pb::v1 as pb;
 
 /// Time allowed to connect to a service.
@@ -39,6 +39,18 @@ struct Cli {
     /// Print machine-readable JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Bearer token for operator calls, when the services require one.
+    #[arg(long, global = true, env = "TXNCTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) that signed the services' certificates: turns TLS on.
+    #[arg(long, global = true, env = "TXNCTL_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for services that demand one (mutual TLS).
+    #[arg(long, global = true, env = "TXNCTL_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "TXNCTL_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -72,6 +84,10 @@ enum Cmd {
         /// Let the source go below zero (by default an overdraft aborts).
         #[arg(long)]
         allow_negative: bool,
+        /// Idempotency key: running the same transfer again with the same key returns the
+        /// first outcome instead of moving the money twice.
+        #[arg(long)]
+        client_txn_id: Option<String>,
     },
     /// Read accounts atomically through the coordinator (PARTICIPANT/KEY ...).
     Read {
@@ -83,6 +99,17 @@ enum Cmd {
     /// Failpoints of services built with them (tests and the harness).
     #[command(subcommand)]
     Failpoint(FailpointCmd),
+    /// Generate a throwaway CA and one certificate per node, for running a cluster with
+    /// mutual TLS (not for production keys).
+    Certs {
+        /// Directory to write ca.pem and NAME.pem / NAME.key into.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Node names (each certificate is valid for localhost and 127.0.0.1, as server and
+        /// client).
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,16 +197,98 @@ async fn main() {
     }
 }
 
-async fn connect(what: &str, url: &str) -> Res<Channel> {
-    let ep = Endpoint::from_shared(url.to_owned())
+/// A channel to a service; every call carries the admin token when one is given.
+type Ch = AuthChannel;
+
+/// How txnctl reaches services: TLS settings and token, set once from the flags.
+static CONN: std::sync::OnceLock<(ClientTls, BearerToken)> = std::sync::OnceLock::new();
+
+fn setup_connections(cli: &Cli) -> Res<()> {
+    if cli.tls_cert.is_some() != cli.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
+    if cli.tls_cert.is_some() && cli.tls_ca.is_none() {
+        return Err("--tls-cert needs --tls-ca (the CA that signed the services)".into());
+    }
+    let tls = ClientTls::load(&TlsArgs {
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+        tls_ca: cli.tls_ca.clone(),
+    })
+    .map_err(|e| format!("{e:#}"))?;
+    let token = BearerToken::new(cli.token.as_deref().map(str::trim))
+        .map_err(|e| format!("--token: {e}"))?;
+    let _ = CONN.set((tls, token));
+    Ok(())
+}
+
+async fn connect(what: &str, url: &str) -> Res<Ch> {
+    let (tls, token) = CONN.get_or_init(Default::default);
+    let ep = tls
+        .endpoint(what, url, CONNECT_TIMEOUT)
         .map_err(|_| {
             format!("{what}: {url:?} is not a valid URL (expected e.g. http://127.0.0.1:50051)")
         })?
-        .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
-    ep.connect()
+    let ch = ep
+        .connect()
         .await
-        .map_err(|e| format!("cannot reach {what} at {url}: {}", root_cause(&e)))
+        .map_err(|e| format!("cannot reach {what} at {url}: {}", root_cause(&e)))?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        ch,
+        token.clone(),
+    ))
+}
+
+/// Writes a CA and a certificate per node into `dir`.
+fn make_certs(dir: &std::path::Path, nodes: &[String]) -> Res<Value> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let err = |e: rcgen::Error| format!("generating certificates: {e}");
+    std::fs::create_dir_all(dir).map_err(|e| format!("--dir {}: {e}", dir.display()))?;
+    let write = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "txnkit throwaway CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?).map_err(err)?;
+    write("ca.pem", &ca.pem())?;
+    for node in nodes {
+        if node.is_empty()
+            || !node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "node {node:?}: use letters, digits, '-' and '_' only"
+            ));
+        }
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .map_err(err)?;
+        params.distinguished_name.push(DnType::CommonName, node);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = params.signed_by(&key, &ca).map_err(err)?;
+        write(&format!("{node}.pem"), &cert.pem())?;
+        write(&format!("{node}.key"), &key.serialize_pem())?;
+        let key_path = dir.join(format!("{node}.key"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("protecting {}: {e}", key_path.display()))?;
+    }
+    Ok(json!({"dir": dir.display().to_string(), "ca": "ca.pem", "nodes": nodes.join(",")}))
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {
@@ -209,6 +318,7 @@ fn status_err(s: tonic::Status) -> String {
 }
 
 async fn run(cli: Cli) -> Res<()> {
+    setup_connections(&cli)?;
     let coord = || connect("the coordinator", &cli.coordinator);
     let out = match cli.command {
         Cmd::Status => {
@@ -264,6 +374,7 @@ async fn run(cli: Cli) -> Res<()> {
             amount,
             protocol,
             allow_negative,
+            client_txn_id,
         } => {
             let (fp, fk) = account(&from, "--from")?;
             let (tp, tk) = account(&to, "--to")?;
@@ -294,6 +405,7 @@ async fn run(cli: Cli) -> Res<()> {
                 protocol: protocol_of(&protocol)? as i32,
                 branches,
                 prepare_timeout_ms: 0,
+                client_txn_id: client_txn_id.unwrap_or_default(),
             };
             transact(coord().await?, req).await?
         }
@@ -318,6 +430,7 @@ async fn run(cli: Cli) -> Res<()> {
                 protocol: pb::Protocol::TwoPhase as i32,
                 branches,
                 prepare_timeout_ms: 0,
+                client_txn_id: String::new(),
             };
             let r = pb::coordinator_client::CoordinatorClient::new(coord().await?)
                 .transact(req)
@@ -344,6 +457,7 @@ async fn run(cli: Cli) -> Res<()> {
             transact(coord().await?, req).await?
         }
         Cmd::Failpoint(c) => failpoint(c, &cli.coordinator).await?,
+        Cmd::Certs { dir, nodes } => make_certs(&dir, &nodes)?,
     };
     print(&out, cli.json);
     Ok(())
@@ -366,7 +480,7 @@ fn protocol_of(raw: &str) -> Res<pb::Protocol> {
     }
 }
 
-async fn transact(ch: Channel, req: pb::TransactRequest) -> Res<Value> {
+async fn transact(ch: Ch, req: pb::TransactRequest) -> Res<Value> {
     let r = pb::coordinator_client::CoordinatorClient::new(ch)
         .transact(req)
         .await
@@ -427,6 +541,9 @@ struct SubmitTxn {
     branches: Vec<SubmitBranch>,
     #[serde(default)]
     timeout_ms: u32,
+    /// Idempotency key (see TransactRequest.client_txn_id).
+    #[serde(default)]
+    client_txn_id: String,
 }
 
 fn default_protocol() -> String {
@@ -515,10 +632,11 @@ fn parse_submit(text: &str) -> Res<pb::TransactRequest> {
         protocol: protocol as i32,
         branches,
         prepare_timeout_ms: t.timeout_ms,
+        client_txn_id: t.client_txn_id,
     })
 }
 
-async fn txn(c: TxnCmd, ch: Channel) -> Res<Value> {
+async fn txn(c: TxnCmd, ch: Ch) -> Res<Value> {
     let mut admin = pb::admin_client::AdminClient::new(ch);
     let force =
         |id: String, decision: pb::Decision, reason: String, heuristic: bool| pb::ForceTxnRequest {
@@ -584,7 +702,7 @@ async fn txn(c: TxnCmd, ch: Channel) -> Res<Value> {
     })
 }
 
-async fn saga(c: SagaCmd, ch: Channel) -> Res<Value> {
+async fn saga(c: SagaCmd, ch: Ch) -> Res<Value> {
     let mut admin = pb::admin_client::AdminClient::new(ch);
     Ok(match c {
         SagaCmd::List { state, limit } => {
@@ -615,7 +733,7 @@ async fn saga(c: SagaCmd, ch: Channel) -> Res<Value> {
     })
 }
 
-async fn participant_url(ch: Channel, name: &str) -> Res<String> {
+async fn participant_url(ch: Ch, name: &str) -> Res<String> {
     let r = pb::admin_client::AdminClient::new(ch)
         .list_participants(pb::ListParticipantsRequest {})
         .await

@@ -1,0 +1,294 @@
+//! Prometheus metrics: one set per process, served as text on `--metrics-addr`.
+//!
+//! The counters and histograms live in process-wide statics so the hot paths (group commit,
+//! prepare, commit) record with one atomic add and no plumbing. Gauges that describe state
+//! (txns in doubt, sagas parked) are not tracked incrementally: the service refreshes them from
+//! its own tables right before each scrape, so they can never drift.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tracing::{debug, info};
+
+/// Scrapes served at once; more wait for a slot.
+const MAX_METRICS_CONNECTIONS: usize = 16;
+/// Largest HTTP request head read from a scraper.
+const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+/// A scraper that does not send its request within this time is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ProtocolLabel {
+    TwoPhase,
+    Saga,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum OutcomeLabel {
+    Committed,
+    Aborted,
+    Completed,
+    Compensated,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TxnLabels {
+    pub protocol: ProtocolLabel,
+    pub outcome: OutcomeLabel,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RetryKind {
+    /// The coordinator re-sent a Commit.
+    Commit,
+    /// A participant asked the coordinator (or a peer) again about an in-doubt txn.
+    Resolve,
+    /// A saga step's Execute was retried.
+    SagaExecute,
+    /// A saga step's Compensate was retried.
+    SagaCompensate,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub kind: RetryKind,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RefusalReason {
+    DiskFull,
+    ReadOnly,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: RefusalReason,
+}
+
+/// Which service a process runs: decides which metrics it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Coordinator,
+    Participant,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 us to about 3.3 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 17))
+}
+
+pub struct Metrics {
+    /// Coordinator: txns finished, by protocol and outcome.
+    pub txns: Family<TxnLabels, Counter>,
+    /// Coordinator: begin to decision (2PC prepare phase). Participant: one Prepare, from
+    /// request to durable vote.
+    pub prepare_seconds: Histogram,
+    /// Coordinator: durable decision to the last Commit ack. Participant: one Commit.
+    pub commit_seconds: Histogram,
+    /// Writes made durable by one fsync of the group-commit flusher.
+    pub group_commit_batch: Histogram,
+    /// fsyncs made by the group-commit flusher.
+    pub fsyncs: Counter,
+    /// Retries, by kind.
+    pub retries: Family<RetryLabels, Counter>,
+    /// Participant: Prepares (and saga Executes) refused because of the disk.
+    pub refused: Family<RefusalLabels, Counter>,
+    /// Txns in doubt: prepared here and undecided (participant); decided commit but not yet
+    /// acknowledged by every participant (coordinator).
+    pub in_doubt: Gauge,
+    /// Coordinator: sagas parked for an operator after their compensation budget ran out.
+    pub sagas_parked: Gauge,
+    /// Coordinator: sagas running or compensating.
+    pub sagas_active: Gauge,
+    /// Participant: 1 while new Prepares are refused for lack of disk (full or read-only).
+    pub disk_degraded: Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    txns: Family::default(),
+    prepare_seconds: latency_histogram(),
+    commit_seconds: latency_histogram(),
+    group_commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+    fsyncs: Counter::default(),
+    retries: Family::default(),
+    refused: Family::default(),
+    in_doubt: Gauge::default(),
+    sagas_parked: Gauge::default(),
+    sagas_active: Gauge::default(),
+    disk_degraded: Gauge::default(),
+});
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// Counts one retry of `kind`.
+pub fn retried(kind: RetryKind) {
+    METRICS.retries.get_or_create(&RetryLabels { kind }).inc();
+}
+
+fn registry(role: Role) -> Registry {
+    let m = metrics();
+    let mut r = Registry::with_prefix("txn");
+    let (prepare_help, commit_help, in_doubt_help) = match role {
+        Role::Coordinator => (
+            "Seconds from a 2PC txn's start to its decision",
+            "Seconds from a durable commit decision to the last participant's ack",
+            "Txns decided commit and not yet acknowledged by every participant",
+        ),
+        Role::Participant => (
+            "Seconds to handle one Prepare, up to the durable vote",
+            "Seconds to handle one Commit, up to the durable ack",
+            "Txns prepared here whose decision is not known yet",
+        ),
+    };
+    r.register("prepare_seconds", prepare_help, m.prepare_seconds.clone());
+    r.register("commit_seconds", commit_help, m.commit_seconds.clone());
+    r.register(
+        "group_commit_batch_writes",
+        "Writes made durable by one fsync",
+        m.group_commit_batch.clone(),
+    );
+    r.register("fsyncs", "fsyncs of the database", m.fsyncs.clone());
+    r.register("retries", "Retried calls, by kind", m.retries.clone());
+    r.register("in_doubt_txns", in_doubt_help, m.in_doubt.clone());
+    match role {
+        Role::Coordinator => {
+            r.register(
+                "txns",
+                "Finished txns by protocol and outcome",
+                m.txns.clone(),
+            );
+            r.register(
+                "sagas_parked",
+                "Sagas parked for an operator",
+                m.sagas_parked.clone(),
+            );
+            r.register(
+                "sagas_active",
+                "Sagas running or compensating",
+                m.sagas_active.clone(),
+            );
+        }
+        Role::Participant => {
+            r.register(
+                "prepares_refused",
+                "Prepares refused because the disk is full or read-only",
+                m.refused.clone(),
+            );
+            r.register(
+                "disk_degraded",
+                "1 while new Prepares are refused for lack of disk",
+                m.disk_degraded.clone(),
+            );
+        }
+    }
+    r
+}
+
+/// Refreshes state gauges right before a scrape.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+
+/// The metrics text, after `refresh`.
+pub fn render(role: Role, refresh: &Refresh) -> String {
+    refresh();
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry(role))
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// Binds `addr` and serves `GET /metrics` in the background until the process exits.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    role: Role,
+    refresh: Refresh,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = crate::listen(addr)
+        .with_context(|| format!("--metrics-addr {addr}: cannot bind (port in use?)"))?;
+    let local = listener.local_addr()?;
+    info!(addr = %local, "metrics on http://{local}/metrics");
+    let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (conn, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            };
+            let refresh = refresh.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = answer(conn, role, &refresh).await {
+                    debug!(%peer, error = %e, "metrics request failed");
+                }
+            });
+        }
+    });
+    Ok(local)
+}
+
+async fn answer(
+    mut conn: tokio::net::TcpStream,
+    role: Role,
+    refresh: &Refresh,
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD_BYTES {
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    if tokio::time::timeout(REQUEST_TIMEOUT, read_head)
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("");
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = if method != "GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_owned(),
+        )
+    } else if path == "/metrics" || path.starts_with("/metrics?") {
+        (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(role, refresh),
+        )
+    } else {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(response.as_bytes()).await?;
+    conn.shutdown().await
+}
