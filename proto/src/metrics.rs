@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,13 +26,13 @@ const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
 /// A scraper that does not send its request within this time is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum ProtocolLabel {
     TwoPhase,
     Saga,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum OutcomeLabel {
     Committed,
     Aborted,
@@ -40,13 +40,42 @@ pub enum OutcomeLabel {
     Compensated,
 }
 
+/// Label values in snake_case, as Prometheus users expect.
+macro_rules! label_values {
+    ($t:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write;
+                encoder.write_str(match self {
+                    $(Self::$variant => $text,)*
+                })
+            }
+        }
+    };
+}
+
+label_values!(ProtocolLabel { TwoPhase => "two_phase", Saga => "saga" });
+label_values!(OutcomeLabel {
+    Committed => "committed",
+    Aborted => "aborted",
+    Completed => "completed",
+    Compensated => "compensated",
+});
+label_values!(RetryKind {
+    Commit => "commit",
+    Resolve => "resolve",
+    SagaExecute => "saga_execute",
+    SagaCompensate => "saga_compensate",
+});
+label_values!(RefusalReason { DiskFull => "disk_full", ReadOnly => "read_only" });
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TxnLabels {
     pub protocol: ProtocolLabel,
     pub outcome: OutcomeLabel,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RetryKind {
     /// The coordinator re-sent a Commit.
     Commit,
@@ -63,7 +92,7 @@ pub struct RetryLabels {
     pub kind: RetryKind,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RefusalReason {
     DiskFull,
     ReadOnly,

@@ -65,6 +65,8 @@ pub struct Proc {
     child: Option<Child>,
     /// TLS settings of the health probe.
     tls: ClientTls,
+    /// Where the node serves Prometheus metrics, when the cluster was started with them.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Proc {
@@ -272,6 +274,10 @@ pub struct ClusterOptions {
     pub tls_dir: Option<PathBuf>,
     /// Require this bearer token on the operator services (TXN_ADMIN_TOKEN).
     pub admin_token: Option<String>,
+    /// Serve Prometheus metrics from every node, each on a free port (see [`Proc::metrics_addr`]).
+    pub metrics: bool,
+    /// Environment variables for every node.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -285,6 +291,8 @@ impl Default for ClusterOptions {
             proxy: None,
             tls_dir: None,
             admin_token: None,
+            metrics: false,
+            env: Vec::new(),
         }
     }
 }
@@ -352,11 +360,19 @@ impl Cluster {
             })?,
             None => ClientTls::default(),
         };
-        let env: Vec<(String, String)> = opts
+        let mut env: Vec<(String, String)> = opts
             .admin_token
             .iter()
             .map(|t| ("TXN_ADMIN_TOKEN".to_owned(), t.clone()))
             .collect();
+        env.extend(opts.env.iter().cloned());
+        let metrics_flags = || -> anyhow::Result<(Option<SocketAddr>, Vec<String>)> {
+            if !opts.metrics {
+                return Ok((None, Vec::new()));
+            }
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            Ok((Some(addr), vec!["--metrics-addr".into(), addr.to_string()]))
+        };
         let mut participants = Vec::new();
         for i in 1..=opts.participants {
             let name = format!("p{i}");
@@ -382,6 +398,8 @@ impl Cluster {
                 }
             }
             args.extend(tls_flags(&name));
+            let (metrics_addr, flags) = metrics_flags()?;
+            args.extend(flags);
             args.extend(opts.participant_args.iter().cloned());
             participants.push(Proc {
                 log: dir.join(format!("{name}.log")),
@@ -392,6 +410,7 @@ impl Cluster {
                 env: env.clone(),
                 child: None,
                 tls: tls.clone(),
+                metrics_addr,
             });
         }
         let mut args = vec![
@@ -413,6 +432,8 @@ impl Cluster {
             args.push(format!("{name}={url}"));
         }
         args.extend(tls_flags("coordinator"));
+        let (metrics_addr, flags) = metrics_flags()?;
+        args.extend(flags);
         args.extend(opts.coordinator_args.iter().cloned());
         let coordinator = Proc {
             name: "coordinator".into(),
@@ -423,6 +444,7 @@ impl Cluster {
             log: dir.join("coordinator.log"),
             child: None,
             tls: tls.clone(),
+            metrics_addr,
         };
         let mut cluster = Self {
             coordinator,

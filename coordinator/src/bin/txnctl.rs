@@ -312,6 +312,10 @@ fn status_err(s: tonic::Status) -> String {
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::DeadlineExceeded => "timed out",
         tonic::Code::Unimplemented => "not supported",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::ResourceExhausted => "overloaded",
+        tonic::Code::AlreadyExists => "already exists",
         _ => "error",
     };
     format!("{code}: {}", s.message().lines().next().unwrap_or(""))
