@@ -4,10 +4,12 @@
 # Usage: scripts/cluster.sh COMMAND [NODE] [OPTIONS]
 #
 # Commands:
-#   up [--participants N] [--base-port PORT] [--release]
+#   up [--participants N] [--base-port PORT] [--release] [--tls]
 #                        build if needed, start the coordinator and participants p1..pN, wait
 #                        until each answers, print the addresses. Running up twice starts no
-#                        duplicates.
+#                        duplicates. --tls generates a throwaway CA, a certificate per node and
+#                        an admin token in DIR/tls, and runs every link with mutual TLS and the
+#                        operator services behind the token.
 #   down                 stop every node (SIGTERM, then SIGKILL after a grace period)
 #   status               each node: pid, port, running / paused / stopped
 #   kill NODE [--signal SIG]   send SIG (default KILL) to NODE
@@ -16,6 +18,7 @@
 #   resume NODE          SIGCONT
 #   logs NODE [-f]       print (or follow) NODE's log
 #   wipe                 down, then delete the cluster directory (data and logs)
+#   env                  print export lines for txnctl: eval "$(scripts/cluster.sh env)"
 #
 # NODE is coordinator or p1..pN. Every command takes --dir DIR (default: .cluster at the
 # repository root) to address the cluster that `up --dir DIR` started, before or after NODE.
@@ -31,6 +34,7 @@ DIR="$ROOT/.cluster"
 PARTICIPANTS=3
 BASE_PORT=50051
 PROFILE=debug
+TLS=0
 SIGNAL=KILL
 FOLLOW=0
 COMMAND=""
@@ -40,7 +44,7 @@ READY_TIMEOUT=30
 GRACE=5
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -48,6 +52,7 @@ while [[ $# -gt 0 ]]; do
     --participants) PARTICIPANTS="${2:?--participants needs a value}"; shift 2 ;;
     --base-port) BASE_PORT="${2:?--base-port needs a value}"; shift 2 ;;
     --release) PROFILE=release; shift ;;
+    --tls) TLS=1; shift ;;
     --signal) SIGNAL="${2:?--signal needs a value}"; shift 2 ;;
     -f|--follow) FOLLOW=1; shift ;;
     -h|--help|help) usage 0 ;;
@@ -84,6 +89,28 @@ pid_alive() { kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)
 alive() { local pid; pid="$(pid_of "$1")"; [[ -n "$pid" ]] && pid_alive "$pid"; }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 bin_dir() { echo "$ROOT/target/$PROFILE"; }
+TLS_DIR="$DIR/tls"
+
+# Certificates and the admin token for --tls, made once per cluster directory.
+make_tls() {
+  [[ -f "$TLS_DIR/ca.pem" ]] && return 0
+  mkdir -p "$TLS_DIR"
+  # shellcheck disable=SC2046
+  "$(bin_dir)/txnctl" certs --dir "$TLS_DIR" $(nodes) client >/dev/null \
+    || die "generating certificates in $TLS_DIR failed"
+  (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$TLS_DIR/admin.token")
+}
+
+# What txnctl needs to reach this cluster, as environment variables.
+txnctl_env() {
+  echo "TXNCTL_COORDINATOR=http://127.0.0.1:$BASE_PORT"
+  if [[ "$TLS" == 1 ]]; then
+    echo "TXNCTL_TLS_CA=$TLS_DIR/ca.pem"
+    echo "TXNCTL_TLS_CERT=$TLS_DIR/client.pem"
+    echo "TXNCTL_TLS_KEY=$TLS_DIR/client.key"
+    echo "TXNCTL_TOKEN=$(cat "$TLS_DIR/admin.token")"
+  fi
+}
 
 build() {
   local flags=(--quiet --bins -p txn-coordinator -p txn-participant
@@ -95,6 +122,10 @@ build() {
 
 args_of() {
   local node="$1" port; port="$(port_of "$node")"
+  if [[ "$TLS" == 1 ]]; then
+    printf '%s\n' --tls-cert "$TLS_DIR/$node.pem" --tls-key "$TLS_DIR/$node.key" \
+      --tls-ca "$TLS_DIR/ca.pem" --admin-token-file "$TLS_DIR/admin.token"
+  fi
   if [[ "$node" == coordinator ]]; then
     printf '%s\n' --listen "127.0.0.1:$port" --data-dir "$DIR/data/coordinator"
     for ((i = 1; i <= PARTICIPANTS; i++)); do
@@ -176,20 +207,26 @@ case "$COMMAND" in
   up)
     mkdir -p "$DIR/data"
     if [[ ! -f "$STATE" ]]; then
-      printf 'PARTICIPANTS=%s\nBASE_PORT=%s\nPROFILE=%s\n' "$PARTICIPANTS" "$BASE_PORT" "$PROFILE" >"$STATE"
+      printf 'PARTICIPANTS=%s\nBASE_PORT=%s\nPROFILE=%s\nTLS=%s\n' "$PARTICIPANTS" "$BASE_PORT" "$PROFILE" "$TLS" >"$STATE"
     fi
     build
+    [[ "$TLS" == 1 ]] && make_tls
     for n in $(nodes | grep -v coordinator); do start_node "$n"; done
     start_node coordinator
-    "$(bin_dir)/txnctl" --coordinator "http://127.0.0.1:$BASE_PORT" status >/dev/null \
+    mapfile -t txnctl_vars < <(txnctl_env)
+    env "${txnctl_vars[@]}" "$(bin_dir)/txnctl" status >/dev/null \
       || die "the coordinator does not answer txnctl status; see $DIR/coordinator.log"
     echo
     print_status
     echo
-    echo "cluster is up (data and logs in $DIR). Try:"
-    echo "  export TXNCTL_COORDINATOR=http://127.0.0.1:$BASE_PORT"
+    echo "cluster is up (data and logs in $DIR$([[ "$TLS" == 1 ]] && echo "; mutual TLS, certificates and admin token in $TLS_DIR")). Try:"
+    for v in "${txnctl_vars[@]}"; do echo "  export $v"; done
     echo "  $(bin_dir)/txnctl status"
     echo "  $(bin_dir)/txnctl transfer --from p1/alice --to p2/bob --amount 10 --allow-negative"
+    ;;
+  env)
+    [[ -f "$STATE" ]] || die "no cluster in $DIR (start one with: scripts/cluster.sh up --dir $DIR)"
+    txnctl_env | sed 's/^/export /'
     ;;
   down)
     [[ -d "$DIR" ]] || { echo "no cluster in $DIR"; exit 0; }

@@ -127,3 +127,83 @@ fn up_status_transfer_kill_restart_down() {
         assert!(!alive(pid), "process {pid} is still running after down");
     }
 }
+
+#[test]
+fn up_tls_runs_the_cluster_with_mutual_tls_and_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let port = txn_tests::cluster::free_port()
+        .unwrap()
+        .clamp(20000, 60000)
+        .to_string();
+    let (ok, out) = script(&[
+        "up",
+        "--tls",
+        "--dir",
+        d,
+        "--participants",
+        "2",
+        "--base-port",
+        &port,
+    ]);
+    assert!(ok, "up --tls failed:\n{out}");
+    let (ok, env) = script(&["env", "--dir", d]);
+    assert!(ok, "{env}");
+    let vars: Vec<(String, String)> = env
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(vars.len(), 5, "{env}");
+    let txnctl = txn_tests::cluster::bin_dir().unwrap().join("txnctl");
+    let run = |envs: &[(String, String)], args: &[&str]| {
+        let mut cmd = Command::new(&txnctl);
+        for k in [
+            "TXNCTL_COORDINATOR",
+            "TXNCTL_TLS_CA",
+            "TXNCTL_TLS_CERT",
+            "TXNCTL_TLS_KEY",
+            "TXNCTL_TOKEN",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(envs.iter().cloned()).args(args).output().unwrap()
+    };
+    let transfer = [
+        "transfer",
+        "--from",
+        "p1/a",
+        "--to",
+        "p2/b",
+        "--amount",
+        "3",
+        "--allow-negative",
+    ];
+    let out = run(&vars, &transfer);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("committed"),
+        "{out:?}"
+    );
+    // Without the certificates (plaintext) and without the token: refused.
+    let plain: Vec<_> = vars
+        .iter()
+        .filter(|(k, _)| k == "TXNCTL_COORDINATOR" || k == "TXNCTL_TOKEN")
+        .cloned()
+        .collect();
+    let out = run(&plain, &transfer);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let no_token: Vec<_> = vars
+        .iter()
+        .filter(|(k, _)| k != "TXNCTL_TOKEN")
+        .cloned()
+        .collect();
+    let out = run(&no_token, &["status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unauthenticated"),
+        "{out:?}"
+    );
+    let (ok, out) = script(&["down", "--dir", d]);
+    assert!(ok, "{out}");
+}

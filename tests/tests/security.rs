@@ -158,7 +158,11 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
     // The coordinator passes the token on to the participants' admin service: a txn left
     // prepared at p1 shows up as in doubt.
     let p1 = good
-        .endpoint("url", &cluster.participants[0].url(), Duration::from_secs(2))
+        .endpoint(
+            "url",
+            &cluster.participants[0].url(),
+            Duration::from_secs(2),
+        )
         .unwrap()
         .connect_lazy();
     let vote = pb::participant_client::ParticipantClient::new(p1.clone())
@@ -288,7 +292,10 @@ async fn metrics_reflection_and_json_logs() {
         ),
         committed as f64
     );
-    assert_eq!(sample(&coord, "txn_prepare_seconds_count"), committed as f64);
+    assert_eq!(
+        sample(&coord, "txn_prepare_seconds_count"),
+        committed as f64
+    );
     assert_eq!(sample(&coord, "txn_commit_seconds_count"), committed as f64);
     assert!(sample(&coord, "txn_group_commit_batch_writes_count") >= 1.0);
     assert_eq!(sample(&coord, "txn_in_doubt_txns"), 0.0);
@@ -321,7 +328,11 @@ async fn metrics_reflection_and_json_logs() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     println!("reflection: {names:?}");
-    for s in ["txn.v1.Coordinator", "txn.v1.Admin", "grpc.health.v1.Health"] {
+    for s in [
+        "txn.v1.Coordinator",
+        "txn.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
     }
 

@@ -300,6 +300,11 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 }
 
 fn status_err(s: tonic::Status) -> String {
+    if s.code() == tonic::Code::Internal && s.message().contains("h2 protocol error") {
+        return "the service did not answer in plaintext gRPC: does it need TLS (--tls-ca, \
+                TXNCTL_TLS_CA)?"
+            .into();
+    }
     if s.code() == tonic::Code::Unknown && s.message().contains("transport error") {
         return "the connection broke mid-call (did the service crash?): the outcome is unknown; \
                 check with txnctl txn list"
