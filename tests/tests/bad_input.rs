@@ -368,6 +368,59 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
         "keys[0]",
     );
 
+    // Operator API.
+    let mut admin =
+        pb::admin_client::AdminClient::new(cluster.channel(&cluster.coordinator.url()).unwrap());
+    for (what, decision) in [("UNSPECIFIED", 0), ("unknown enum value", 42)] {
+        refused(
+            &format!("ForceTxn with decision {what}"),
+            admin
+                .force_txn(pb::ForceTxnRequest {
+                    txn_id: "1.1".into(),
+                    decision,
+                    reason: "test".into(),
+                    heuristic: false,
+                })
+                .await,
+            ia,
+            "decision",
+        );
+    }
+    refused(
+        "ForceTxn without a reason",
+        admin
+            .force_txn(pb::ForceTxnRequest {
+                txn_id: "1.1".into(),
+                decision: pb::Decision::Abort as i32,
+                reason: " ".into(),
+                heuristic: false,
+            })
+            .await,
+        ia,
+        "reason",
+    );
+    refused(
+        "ListTxns with an unknown state",
+        admin
+            .list_txns(pb::ListTxnsRequest {
+                state: "bogus".into(),
+                limit: 0,
+            })
+            .await,
+        ia,
+        "state",
+    );
+    refused(
+        "ShowSaga of an unknown saga",
+        admin
+            .show_saga(pb::TxnIdRequest {
+                txn_id: "nope.1".into(),
+            })
+            .await,
+        Code::NotFound,
+        "nope.1",
+    );
+
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = durable_writes(&cluster).await;
     assert_eq!(
