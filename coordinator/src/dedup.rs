@@ -164,22 +164,27 @@ impl Coordinator {
                 return answer.map_err(|(code, msg)| CoordError::Replayed(code, msg));
             }
         };
-        let shared: Shared = match self.transact_tagged(req, Some(tag.clone())).await {
-            Ok(o) => Ok(o.to_pb()),
-            Err(e) => {
-                let status = tonic::Status::from(e);
-                Err((status.code(), status.message().to_owned()))
-            }
-        };
-        let result = shared
-            .clone()
-            .map_err(|(code, msg)| CoordError::Replayed(code, msg));
-        self.client_txns
-            .lock()
-            .expect("client txns")
-            .remove(tag.id.as_str());
-        let _ = sender.send(Some(shared));
-        result
+        // In its own task, so that the key is released and waiters are answered even if
+        // this caller goes away (deadline, cancel) while the txn runs.
+        let node = self.clone();
+        let run = tokio::spawn(async move {
+            let shared: Shared = match node.transact_tagged(req, Some(tag.clone())).await {
+                Ok(o) => Ok(o.to_pb()),
+                Err(e) => {
+                    let status = tonic::Status::from(e);
+                    Err((status.code(), status.message().to_owned()))
+                }
+            };
+            node.client_txns
+                .lock()
+                .expect("client txns")
+                .remove(tag.id.as_str());
+            let _ = sender.send(Some(shared.clone()));
+            shared
+        });
+        run.await
+            .map_err(|e| CoordError::Unavailable(format!("txn task failed: {e}")))?
+            .map_err(|(code, msg)| CoordError::Replayed(code, msg))
     }
 
     /// The stored answer for `tag`, if the key was used before.

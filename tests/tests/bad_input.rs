@@ -509,6 +509,18 @@ async fn a_client_key_runs_its_request_once() {
             "client_txn_id",
         );
     }
+    // A caller that gives up (deadline) does not strand its key: the retry gets the answer,
+    // and the transfer is applied once.
+    let before = balance(&mut p1, "alice").await;
+    let mut req = transfer(2);
+    req.client_txn_id = "impatient-1".into();
+    let mut first = tonic::Request::new(req.clone());
+    first.set_timeout(Duration::from_micros(300));
+    let _ = coord.transact(first).await;
+    let r = coord.transact(req.clone()).await.unwrap().into_inner();
+    assert_eq!(r.outcome, pb::Outcome::Committed as i32, "{}", r.reason);
+    assert_eq!(balance(&mut p1, "alice").await, before - 2);
+
     // An aborted request's answer is replayed too.
     let mut req = txn(vec![branch("p1", vec![add("carol", -1, Some(0), None)])]);
     req.client_txn_id = "overdraft-1".into();
