@@ -127,6 +127,10 @@ pub struct Metrics {
     pub group_commit_batch: Histogram,
     /// fsyncs made by the group-commit flusher.
     pub fsyncs: Counter,
+    /// The two halves of one durable sync of the sled store: sled's own flush (its buffers
+    /// written out with sync_file_range), then fdatasync of its log file.
+    pub sled_flush_seconds: Histogram,
+    pub fdatasync_seconds: Histogram,
     /// Retries, by kind.
     pub retries: Family<RetryLabels, Counter>,
     /// Participant: Prepares (and saga Executes) refused because of the disk.
@@ -148,6 +152,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     commit_seconds: latency_histogram(),
     group_commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
     fsyncs: Counter::default(),
+    sled_flush_seconds: latency_histogram(),
+    fdatasync_seconds: latency_histogram(),
     retries: Family::default(),
     refused: Family::default(),
     in_doubt: Gauge::default(),
@@ -189,6 +195,16 @@ fn registry(role: Role) -> Registry {
         m.group_commit_batch.clone(),
     );
     r.register("fsyncs", "fsyncs of the database", m.fsyncs.clone());
+    r.register(
+        "sled_flush_seconds",
+        "Seconds of sled's flush in one durable sync",
+        m.sled_flush_seconds.clone(),
+    );
+    r.register(
+        "fdatasync_seconds",
+        "Seconds of the fdatasync in one durable sync",
+        m.fdatasync_seconds.clone(),
+    );
     r.register("retries", "Retried calls, by kind", m.retries.clone());
     r.register("in_doubt_txns", in_doubt_help, m.in_doubt.clone());
     match role {

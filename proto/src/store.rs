@@ -138,8 +138,14 @@ impl Store for SledStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        let m = crate::metrics::metrics();
+        let started = std::time::Instant::now();
         self.db.flush()?;
+        let flushed = std::time::Instant::now();
         self.log_file.sync_data()?;
+        m.sled_flush_seconds
+            .observe((flushed - started).as_secs_f64());
+        m.fdatasync_seconds.observe(flushed.elapsed().as_secs_f64());
         Ok(())
     }
 }

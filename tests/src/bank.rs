@@ -61,8 +61,20 @@ fn by_participant(accounts: &[Account], op: impl Fn(&Account) -> pb::Op) -> Vec<
     branches
 }
 
-/// Gives every account `balance`, in one txn.
+/// Gives every account `balance`: in one txn per [`MAX_ACCOUNTS_PER_PARTICIPANT`] accounts
+/// (accounts are dealt round-robin, so no branch gets more ops than a branch may hold).
 pub async fn seed(
+    client: &mut CoordinatorClient<Channel>,
+    accounts: &[Account],
+    balance: i64,
+) -> anyhow::Result<()> {
+    for chunk in accounts.chunks(MAX_ACCOUNTS_PER_PARTICIPANT) {
+        seed_chunk(client, chunk, balance).await?;
+    }
+    Ok(())
+}
+
+async fn seed_chunk(
     client: &mut CoordinatorClient<Channel>,
     accounts: &[Account],
     balance: i64,

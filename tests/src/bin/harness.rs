@@ -46,6 +46,10 @@ struct BenchArgs {
     /// Number of participants (p1..pN).
     #[arg(long, default_value_t = 3)]
     participants: usize,
+    /// Number of accounts, dealt over the participants. Fewer accounts means more lock
+    /// conflicts between concurrent transfers (the 2PC locks are held from prepare to commit).
+    #[arg(long, default_value_t = BENCH_ACCOUNTS)]
+    accounts: usize,
     /// Also measure single-participant transfers (one branch) as the local baseline.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     local_baseline: bool,
@@ -403,6 +407,89 @@ struct BenchRow {
     aborted: usize,
 }
 
+/// Mean time per phase and writes per fsync, from the nodes' metrics (coordinator and p1).
+#[derive(Debug, Clone, Copy, Default)]
+struct Phases {
+    /// (sum seconds, count) of: coordinator prepare phase, coordinator commit phase,
+    /// p1 Prepare, p1 Commit; and (writes, fsyncs) of the coordinator and p1.
+    coord_prepare: (f64, f64),
+    coord_commit: (f64, f64),
+    p1_prepare: (f64, f64),
+    p1_commit: (f64, f64),
+    coord_batch: (f64, f64),
+    p1_batch: (f64, f64),
+    p1_flush: (f64, f64),
+    p1_fdatasync: (f64, f64),
+}
+
+impl Phases {
+    async fn scrape(cluster: &Cluster) -> anyhow::Result<Self> {
+        let get = |text: &str, name: &str| {
+            (
+                cluster::metric(text, &format!("{name}_sum")).unwrap_or(0.0),
+                cluster::metric(text, &format!("{name}_count")).unwrap_or(0.0),
+            )
+        };
+        let coord = match cluster.coordinator.metrics_addr {
+            Some(a) => cluster::scrape_metrics(a).await?,
+            None => String::new(),
+        };
+        let p1 = match cluster.participants[0].metrics_addr {
+            Some(a) => cluster::scrape_metrics(a).await?,
+            None => String::new(),
+        };
+        Ok(Self {
+            coord_prepare: get(&coord, "txn_prepare_seconds"),
+            coord_commit: get(&coord, "txn_commit_seconds"),
+            p1_prepare: get(&p1, "txn_prepare_seconds"),
+            p1_commit: get(&p1, "txn_commit_seconds"),
+            coord_batch: get(&coord, "txn_group_commit_batch_writes"),
+            p1_batch: get(&p1, "txn_group_commit_batch_writes"),
+            p1_flush: get(&p1, "txn_sled_flush_seconds"),
+            p1_fdatasync: get(&p1, "txn_fdatasync_seconds"),
+        })
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        let d = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0, a.1 - b.1);
+        Self {
+            coord_prepare: d(self.coord_prepare, before.coord_prepare),
+            coord_commit: d(self.coord_commit, before.coord_commit),
+            p1_prepare: d(self.p1_prepare, before.p1_prepare),
+            p1_commit: d(self.p1_commit, before.p1_commit),
+            coord_batch: d(self.coord_batch, before.coord_batch),
+            p1_batch: d(self.p1_batch, before.p1_batch),
+            p1_flush: d(self.p1_flush, before.p1_flush),
+            p1_fdatasync: d(self.p1_fdatasync, before.p1_fdatasync),
+        }
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |(sum, n): (f64, f64)| if n > 0.0 { sum / n * 1000.0 } else { 0.0 };
+        let per = |(sum, n): (f64, f64)| if n > 0.0 { sum / n } else { 0.0 };
+        write!(
+            f,
+            "mean ms: coordinator prepare phase {:.2}, commit phase {:.2}; p1 Prepare {:.2}, Commit {:.2}, sync = sled flush {:.2} + fdatasync {:.2}; writes per fsync: coordinator {:.1}, p1 {:.1}",
+            ms(self.coord_prepare),
+            ms(self.coord_commit),
+            ms(self.p1_prepare),
+            ms(self.p1_commit),
+            ms(self.p1_flush),
+            ms(self.p1_fdatasync),
+            per(self.coord_batch),
+            per(self.p1_batch)
+        )
+    }
+}
+
+/// Default accounts of `harness bench`: enough that 64 clients rarely want the same account,
+/// so the figures measure the transaction manager rather than the workload's lock conflicts.
+const BENCH_ACCOUNTS: usize = 10_000;
+/// Most accounts `harness bench` seeds.
+const MAX_BENCH_ACCOUNTS: usize = 1_000_000;
+
 async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     let protocols = match args.protocol.as_str() {
         "2pc" => vec![bank::Protocol::TwoPhase],
@@ -433,15 +520,18 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     cluster::ensure_binaries()?;
     let mut cluster = Cluster::start(ClusterOptions {
         participants: args.participants,
+        metrics: true,
         ..Default::default()
     })
     .await
     .context("starting the cluster")?;
     let mut client = cluster.coordinator_client().await?;
-    let accounts = bank::accounts(
-        args.participants,
-        (args.participants * 200).min(args.participants * bank::MAX_ACCOUNTS_PER_PARTICIPANT),
+    anyhow::ensure!(
+        (args.participants..=MAX_BENCH_ACCOUNTS).contains(&args.accounts),
+        "--accounts: must be between {} and {MAX_BENCH_ACCOUNTS}",
+        args.participants
     );
+    let accounts = bank::accounts(args.participants, args.accounts);
     bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
     let fsync_p50_ms = fsync_floor(cluster.dir())?;
     let rpc_p50_ms = rpc_floor(&cluster.participants[0].url()).await?;
@@ -454,6 +544,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     for (protocol, local) in runs {
         for &n in &clients {
             let before = total_fsyncs(&cluster).await?;
+            let phases_before = Phases::scrape(&cluster).await?;
             let w = Workload {
                 clients: n,
                 transfers: usize::MAX,
@@ -468,6 +559,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             let elapsed = started.elapsed();
             bank::wait_quiet(&cluster, QUIET_TIMEOUT).await?;
             let fsyncs = total_fsyncs(&cluster).await? - before;
+            let phases = Phases::scrape(&cluster).await?.since(&phases_before);
             let tally = bank::tally(&history);
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             for r in history
@@ -503,6 +595,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
                 row.fsyncs_per_txn,
                 row.aborted
             );
+            println!("      {phases}");
             rows.push(row);
         }
     }
