@@ -25,6 +25,7 @@ use txn_proto::types::{
 };
 use txn_proto::{failpoint, unix_ms};
 
+use crate::commit_batch::CommitQueue;
 use crate::core::{CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, VoteResult, decision_key};
 use crate::dedup::ClientTag;
 use crate::error::CoordError;
@@ -149,6 +150,8 @@ pub struct Coordinator {
     decided: Mutex<HashMap<TxnId, std::time::Instant>>,
     /// Requests running under a client key right now (bounded by the admission limit).
     pub(crate) client_txns: Mutex<HashMap<String, crate::dedup::Running>>,
+    /// One Commit batching queue per participant.
+    commit_queues: HashMap<ParticipantId, CommitQueue>,
     /// Sent with the coordinator's calls to the participants' admin service.
     admin_token: std::sync::OnceLock<BearerToken>,
 }
@@ -208,6 +211,15 @@ impl Coordinator {
         let resend = core.recover(decisions);
         info!(epoch, unfinished = resend.len(), "coordinator recovered");
         let (fatal, _) = watch::channel(None);
+        let commit_queues = participants
+            .iter()
+            .map(|(id, (_, ch))| {
+                let client = ParticipantClient::new(ch.clone())
+                    .max_decoding_message_size(txn_proto::types::MAX_MESSAGE_BYTES);
+                let queue = CommitQueue::start(id.to_string(), client, config.rpc_timeout);
+                (id.clone(), queue)
+            })
+            .collect();
         let node = Arc::new(Self {
             core: Mutex::new(core),
             gc,
@@ -235,6 +247,7 @@ impl Coordinator {
             decided: Mutex::new(HashMap::new()),
             client_txns: Mutex::new(HashMap::new()),
             admin_token: std::sync::OnceLock::new(),
+            commit_queues,
         });
         for (txn, effects) in resend {
             node.run_effects(&txn, effects);
@@ -534,7 +547,7 @@ impl Coordinator {
 
     /// Sends Commit to `to` until it acks, with capped exponential backoff and jitter.
     async fn drive_commit(self: Arc<Self>, txn: TxnId, to: ParticipantId) {
-        let Some(mut client) = self.participants.get(&to).cloned() else {
+        let Some(queue) = self.commit_queues.get(&to).cloned() else {
             tracing::error!(participant = %to,
                 "a commit decision names a participant that is not configured (--participant); \
                  the txn stays in doubt until it is configured again");
@@ -544,11 +557,7 @@ impl Coordinator {
         let mut attempt: u64 = 0;
         loop {
             attempt += 1;
-            let mut request = tonic::Request::new(pb::CommitRequest {
-                txn_id: txn.as_str().to_owned(),
-            });
-            request.set_timeout(self.config.rpc_timeout);
-            match client.commit(request).await {
+            match queue.commit(txn.clone()).await {
                 Ok(_) => {
                     let effects = self.core().on_commit_ack(&txn, &to);
                     if effects.is_empty() {

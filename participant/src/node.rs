@@ -339,6 +339,57 @@ impl Participant {
         .await
     }
 
+    /// Commits many txns with one core lock, one write batch and one durable wait (the
+    /// coordinator's CommitBatch). Returns the txns that did not commit, with why.
+    pub async fn commit_batch(
+        &self,
+        txns: &[TxnId],
+    ) -> Result<Vec<(TxnId, ParticipantError)>, ParticipantError> {
+        let started = Instant::now();
+        let mut failed = Vec::new();
+        let ticket = {
+            let mut core = self.core();
+            let mut merged = WriteBatch::default();
+            let mut seen = std::collections::HashSet::new();
+            for txn in txns {
+                // A txn twice in one batch: the second would look for an outcome record that
+                // is not written yet.
+                if !seen.insert(txn) {
+                    continue;
+                }
+                let prepared_at = core.prepared_at_unix_ms(txn);
+                match self.check(core.commit(txn, self.store(), unix_ms()))? {
+                    CommitStep::Apply { batch } => {
+                        self.note_in_doubt(prepared_at);
+                        merged.append(batch);
+                        self.counters.committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    CommitStep::AlreadyCommitted => {}
+                    CommitStep::Refused(r) => failed.push((txn.clone(), refusal(txn, r))),
+                }
+            }
+            // Applied under the core lock, as in `commit` (early lock release).
+            if merged.is_empty() {
+                self.gc.current()
+            } else {
+                self.check(self.gc.write_lazy(merged))?
+            }
+        };
+        self.released.notify_waiters();
+        self.check(self.gc.wait(ticket).await)?;
+        failpoint::hit(failpoints::AFTER_COMMIT_APPLY);
+        let m = metrics::metrics();
+        for _ in 0..txns.len() - failed.len() {
+            m.commit_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        debug!(
+            txns = txns.len(),
+            failed = failed.len(),
+            "committed a batch"
+        );
+        Ok(failed)
+    }
+
     /// An Abort from the coordinator (or from an operator when `forced`). A txn an operator
     /// holds is only aborted by a forced Abort.
     pub async fn abort(&self, txn: &TxnId, forced: bool) -> Result<(), ParticipantError> {

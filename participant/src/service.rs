@@ -41,6 +41,43 @@ impl pb::participant_server::Participant for ParticipantService {
         Ok(Response::new(pb::CommitResponse {}))
     }
 
+    async fn commit_batch(
+        &self,
+        request: Request<pb::CommitBatchRequest>,
+    ) -> Result<Response<pb::CommitBatchResponse>, Status> {
+        let ids = request.into_inner().txn_ids;
+        if ids.len() > txn_proto::types::MAX_COMMIT_BATCH {
+            return Err(InvalidInput::new(
+                "txn_ids",
+                format!(
+                    "has {} txns, the limit is {}",
+                    ids.len(),
+                    txn_proto::types::MAX_COMMIT_BATCH
+                ),
+            )
+            .into());
+        }
+        let txns = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| TxnId::parse(&format!("txn_ids[{i}]"), id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let failed = self.node.commit_batch(&txns).await?;
+        Ok(Response::new(pb::CommitBatchResponse {
+            failed: failed
+                .into_iter()
+                .map(|(txn, e)| {
+                    let status = Status::from(e);
+                    pb::TxnFailure {
+                        txn_id: txn.to_string(),
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }
+                })
+                .collect(),
+        }))
+    }
+
     async fn abort(
         &self,
         request: Request<pb::AbortRequest>,

@@ -54,6 +54,12 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Appends every write of `other`, after this batch's own.
+    pub fn append(&mut self, other: WriteBatch) -> &mut Self {
+        self.ops.extend(other.ops);
+        self
+    }
 }
 
 pub trait Store: Send + Sync + 'static {

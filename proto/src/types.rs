@@ -24,6 +24,8 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 pub const MAX_OPS_PER_BRANCH: usize = 256;
 /// Most branches (participants) in one txn.
 pub const MAX_BRANCHES: usize = 32;
+/// Most txns in one CommitBatch call: bounds the work and the write batch of one call.
+pub const MAX_COMMIT_BATCH: usize = 512;
 /// Largest gRPC message either service accepts. A branch at the limits above is far smaller
 /// in practice; this caps what a hostile client can make a server buffer.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

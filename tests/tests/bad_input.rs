@@ -722,3 +722,63 @@ async fn a_participant_without_disk_refuses_prepares_and_keeps_serving() {
         "Prepares not accepted again once the disk is writable"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
+    let (cluster, _coord) = start(&[], &[]).await;
+    let mut p1 = cluster.participant_client("p1").await.unwrap();
+    for (id, key) in [("b.1", "x"), ("b.2", "y")] {
+        let v = p1
+            .prepare(pb::PrepareRequest {
+                txn_id: id.into(),
+                coordinator_epoch: 1,
+                participants: vec!["p1".into()],
+                ops: vec![add(key, 5, None, None)],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(v.vote, pb::Vote::Yes as i32, "{}", v.reason);
+    }
+    let ids = ["b.1", "b.2", "b.1", "b.404"];
+    let r = p1
+        .commit_batch(pb::CommitBatchRequest {
+            txn_ids: ids.iter().map(|s| s.to_string()).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].txn_id, "b.404");
+    assert_eq!(r.failed[0].code, Code::NotFound as i32);
+    assert_eq!(balance(&mut p1, "x").await, 5);
+    assert_eq!(balance(&mut p1, "y").await, 5);
+    // Again: already committed, nothing applied twice.
+    let r = p1
+        .commit_batch(pb::CommitBatchRequest {
+            txn_ids: vec!["b.1".into(), "b.2".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert_eq!(balance(&mut p1, "x").await, 5);
+    refused(
+        "CommitBatch over the batch limit",
+        p1.commit_batch(pb::CommitBatchRequest {
+            txn_ids: vec!["b.1".into(); txn_proto::types::MAX_COMMIT_BATCH + 1],
+        })
+        .await,
+        Code::InvalidArgument,
+        "txn_ids",
+    );
+    refused(
+        "CommitBatch with an empty txn id",
+        p1.commit_batch(pb::CommitBatchRequest {
+            txn_ids: vec![String::new()],
+        })
+        .await,
+        Code::InvalidArgument,
+        "txn_ids[0]",
+    );
+}

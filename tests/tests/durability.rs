@@ -153,6 +153,13 @@ impl pb::participant_server::Participant for FakeParticipant {
             Err(Status::unavailable("fake participant is not acking yet"))
         }
     }
+    async fn commit_batch(
+        &self,
+        _: Request<pb::CommitBatchRequest>,
+    ) -> Result<Response<pb::CommitBatchResponse>, Status> {
+        // Like a participant of an older version: the coordinator falls back to Commit.
+        Err(Status::unimplemented("fake"))
+    }
     async fn abort(
         &self,
         _: Request<pb::AbortRequest>,
