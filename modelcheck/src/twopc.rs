@@ -191,17 +191,6 @@ pub struct PartGhost {
     pub decided_by_peer: bool,
 }
 
-/// A reply the participant driver sends only once everything written so far is durable.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Waiting {
-    /// YES after the prepared record is durable (checking it was not aborted meanwhile).
-    Vote,
-    /// YES for a duplicate Prepare (already voted or committed).
-    Revote,
-    Ack,
-    PeerReply { to: usize, status: PeerStatus },
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CoordState {
     pub core: CoordinatorCore,
@@ -214,7 +203,6 @@ pub struct CoordState {
 pub struct PartState {
     pub core: ParticipantCore,
     pub store: MemStore,
-    pub waiting: BTreeSet<Waiting>,
     pub restarts: u8,
     pub ghost: PartGhost,
 }
@@ -358,10 +346,14 @@ impl Node {
         for e in effects {
             match e {
                 Effect::PersistDecision { key, record } => {
-                    // Forced: the Flush that syncs it calls on_decision_durable.
+                    // Forced (write_durable), then on_decision_durable. A crash before the
+                    // sync is a crash before this step; after it, the decision is logged.
                     let mut batch = WriteBatch::default();
                     batch.put(key, record);
                     apply(&s.store, batch);
+                    s.store.sync().expect("mem store");
+                    let effects = s.core.on_decision_durable(txn);
+                    self.run_effects(s, txn, effects, o);
                 }
                 Effect::ReplyCommitted => s.ghost.replied = Some(Decision::Commit),
                 Effect::ReplyAborted { .. } => s.ghost.replied = Some(Decision::Abort),
@@ -389,7 +381,6 @@ impl Node {
             Timer::CommitRetry,
             matches!(view, Some(TxnView::Committing { .. })),
         );
-        set_timer_if(o, Timer::Flush, dirty(&s.store));
     }
 
     fn save_coordinator(&self, s: &CoordState, o: &mut Out<Self>) {
@@ -431,7 +422,11 @@ impl Node {
                     Resolution::Decided(Decision::Abort) => Answer::Abort,
                     Resolution::Pending => Answer::Pending,
                 };
-                o.send(src, Msg::Resolution { txn, answer });
+                // A PENDING answer changes nothing at the asker (it asks again later), so the
+                // model leaves it out rather than let the network remember it.
+                if answer != Answer::Pending {
+                    o.send(src, Msg::Resolution { txn, answer });
+                }
             }
             Msg::Prepare { .. }
             | Msg::Commit { .. }
@@ -450,13 +445,6 @@ impl Node {
                 let effects = s.core.on_prepare_timeout(&txn);
                 self.run_effects(s, &txn, effects, o);
             }
-            Timer::Flush => {
-                s.store.sync().expect("mem store");
-                if s.core.view(&txn) == Some(TxnView::Deciding) {
-                    let effects = s.core.on_decision_durable(&txn);
-                    self.run_effects(s, &txn, effects, o);
-                }
-            }
             Timer::CommitRetry => {
                 if let Some(TxnView::Committing { unacked }) = s.core.view(&txn) {
                     for p in unacked {
@@ -464,7 +452,7 @@ impl Node {
                     }
                 }
             }
-            Timer::Resolver => {}
+            Timer::Resolver | Timer::Flush => {}
         }
     }
 
@@ -494,7 +482,6 @@ impl Node {
         let s = PartState {
             core,
             store,
-            waiting: BTreeSet::new(),
             restarts,
             ghost,
         };
@@ -505,7 +492,10 @@ impl Node {
 
     fn participant_timers(&self, s: &PartState, o: &mut Out<Self>) {
         set_timer_if(o, Timer::Resolver, s.core.in_doubt() > 0);
-        set_timer_if(o, Timer::Flush, dirty(&s.store) || !s.waiting.is_empty());
+        // Only the planted bug leaves a forced write unsynced; lazy writes wait for the next
+        // forced sync (or are lost in a crash).
+        let bug = self.cluster().bugs.vote_before_durable;
+        set_timer_if(o, Timer::Flush, bug && dirty(&s.store));
     }
 
     fn save_participant(&self, s: &PartState, o: &mut Out<Self>) {
@@ -528,18 +518,21 @@ impl Node {
 
     /// Participant::commit; `ack` when the Commit came from the coordinator (the resolver's
     /// own commit answers nobody).
-    fn commit(&self, s: &mut PartState, txn: &TxnId, ack: bool) {
+    fn commit(&self, s: &mut PartState, txn: &TxnId, ack: bool, o: &mut Out<Self>) {
         match s.core.commit(txn, &s.store, 0).expect("commit") {
             CommitStep::Apply { batch } => {
                 apply(&s.store, batch);
                 s.ghost.committed = true;
+                // Acked (and the resolver's commit finished) once the batch is durable.
+                s.store.sync().expect("mem store");
                 if ack {
-                    s.waiting.insert(Waiting::Ack);
+                    o.send(Id::from(COORDINATOR), Msg::Ack { txn: txn.clone() });
                 }
             }
             CommitStep::AlreadyCommitted => {
+                s.store.sync().expect("mem store");
                 if ack {
-                    s.waiting.insert(Waiting::Ack);
+                    o.send(Id::from(COORDINATOR), Msg::Ack { txn: txn.clone() });
                 }
             }
             // The RPC fails; the coordinator retries.
@@ -564,15 +557,18 @@ impl Node {
                 match s.core.prepare(&req, &s.store, 0).expect("prepare") {
                     PrepareStep::Persist { batch, .. } => {
                         apply(&s.store, batch);
-                        if cluster.bugs.vote_before_durable {
-                            s.ghost.voted_yes = true;
-                            o.send(src, Msg::Vote { txn, yes: true });
-                        } else {
-                            s.waiting.insert(Waiting::Vote);
+                        // The driver waits until the record is durable, then votes YES unless
+                        // the txn was aborted meanwhile (it cannot be here: the step is atomic).
+                        if !cluster.bugs.vote_before_durable {
+                            s.store.sync().expect("mem store");
                         }
+                        s.ghost.voted_yes = true;
+                        o.send(src, Msg::Vote { txn, yes: true });
                     }
                     PrepareStep::Revote { .. } => {
-                        s.waiting.insert(Waiting::Revote);
+                        s.store.sync().expect("mem store");
+                        s.ghost.voted_yes = true;
+                        o.send(src, Msg::Vote { txn, yes: true });
                     }
                     PrepareStep::VoteNo { batch, .. } => {
                         if !batch.is_empty() {
@@ -584,12 +580,12 @@ impl Node {
                     PrepareStep::Blocked { .. } => unreachable!("one txn takes no conflicting lock"),
                 }
             }
-            Msg::Commit { txn } => self.commit(s, &txn, true),
+            Msg::Commit { txn } => self.commit(s, &txn, true, o),
             Msg::Abort { txn } => self.abort(s, &txn, AbortedBy::Coordinator),
             Msg::Resolution { txn, answer } => {
                 if s.core.is_prepared(&txn) {
                     match answer {
-                        Answer::Commit => self.commit(s, &txn, false),
+                        Answer::Commit => self.commit(s, &txn, false, o),
                         Answer::Abort => self.abort(s, &txn, AbortedBy::Resolve),
                         Answer::Pending => {}
                     }
@@ -604,16 +600,18 @@ impl Node {
                     }
                     other => other.into(),
                 };
-                s.waiting.insert(Waiting::PeerReply {
-                    to: usize::from(src),
-                    status,
-                });
+                // Answered once everything written so far (the tombstone) is durable. PREPARED
+                // changes nothing at the asker, so the model leaves it out.
+                s.store.sync().expect("mem store");
+                if status != PeerStatus::Prepared {
+                    o.send(src, Msg::PeerReply { txn, status });
+                }
             }
             Msg::PeerReply { txn, status } => {
                 if s.core.is_prepared(&txn) {
                     match status {
                         PeerStatus::Committed => {
-                            self.commit(s, &txn, false);
+                            self.commit(s, &txn, false, o);
                             s.ghost.decided_by_peer = true;
                         }
                         PeerStatus::Aborted | PeerStatus::Unknown => {
@@ -633,27 +631,8 @@ impl Node {
         let coordinator = Id::from(COORDINATOR);
         let txn = txn();
         match timer {
-            Timer::Flush => {
-                s.store.sync().expect("mem store");
-                for w in std::mem::take(&mut s.waiting) {
-                    match w {
-                        Waiting::Vote => {
-                            // Aborted while the record was being made durable: never YES.
-                            let yes = s.core.is_prepared(&txn);
-                            s.ghost.voted_yes |= yes;
-                            o.send(coordinator, Msg::Vote { txn: txn.clone(), yes });
-                        }
-                        Waiting::Revote => {
-                            s.ghost.voted_yes = true;
-                            o.send(coordinator, Msg::Vote { txn: txn.clone(), yes: true });
-                        }
-                        Waiting::Ack => o.send(coordinator, Msg::Ack { txn: txn.clone() }),
-                        Waiting::PeerReply { to, status } => {
-                            o.send(Id::from(to), Msg::PeerReply { txn: txn.clone(), status })
-                        }
-                    }
-                }
-            }
+            // Only armed by the planted bug: the prepared record becomes durable late.
+            Timer::Flush => s.store.sync().expect("mem store"),
             Timer::Resolver => {
                 let me = self.me();
                 let in_doubt: Vec<TxnId> = s.core.prepared().map(|(t, _)| t.clone()).collect();
@@ -849,16 +828,16 @@ pub fn yes_is_kept(s: &SysState) -> bool {
     })
 }
 
-/// Nothing left to do: no txn held by the coordinator or in its log, nobody in doubt, no
-/// reply waiting.
+/// Nothing left to do: no txn held by the coordinator or in its log, nobody in doubt. (Lazy
+/// writes may still be unsynced: a crash that loses them re-opens the txn, and the model then
+/// requires it to be decided again.)
 pub fn decided(s: &SysState) -> bool {
     let c = coordinator(s);
     c.core.view(&txn()).is_none()
-        && !durable_has(&c.store, &decision_key(&txn()))
+        && c.store.get(&decision_key(&txn())).expect("mem store").is_none()
         && participants(s).all(|p| {
             p.core.in_doubt() == 0
-                && !durable_has(&p.store, &prepared_key(&txn()))
-                && p.waiting.is_empty()
+                && p.store.get(&prepared_key(&txn())).expect("mem store").is_none()
         })
 }
 

@@ -11,7 +11,12 @@ fn check(bounds: Bounds) -> usize {
     let m = twopc::model(&bounds, Cluster::new(bounds.participants));
     let sometimes = twopc::sometimes_names(&m);
     let started = Instant::now();
-    let checker = m.checker().spawn_bfs().join();
+    let checker = m.checker().timeout(std::time::Duration::from_secs(60)).spawn_bfs();
+    while !checker.is_done() {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        println!("{} unique, depth {}", checker.unique_state_count(), checker.max_depth());
+    }
+    let checker = checker.join();
     let states = checker.unique_state_count();
     println!("{bounds:?}: {states} states in {:?}", started.elapsed());
     checker.assert_properties();
