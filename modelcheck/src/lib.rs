@@ -8,3 +8,4 @@
 
 pub mod checked;
 pub mod twopc;
+pub mod saga;

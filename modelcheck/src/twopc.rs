@@ -634,7 +634,6 @@ impl Node {
     fn participant_timeout(&self, s: &mut PartState, timer: &Timer, o: &mut Out<Self>) {
         let cluster = self.cluster();
         let coordinator = Id::from(COORDINATOR);
-        let txn = txn();
         match timer {
             // Only armed by the planted bug: the prepared record becomes durable late.
             Timer::Flush => s.store.sync().expect("mem store"),
