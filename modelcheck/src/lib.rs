@@ -9,3 +9,4 @@
 pub mod checked;
 pub mod twopc;
 pub mod saga;
+pub mod golden;
