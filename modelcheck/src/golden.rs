@@ -35,7 +35,11 @@ impl<A: Actor> Sim<A>
 where
     A::Timer: Ord,
 {
-    fn new(names: Vec<String>, actors: Vec<A>, describe: fn(&A::State) -> String) -> (Self, String) {
+    fn new(
+        names: Vec<String>,
+        actors: Vec<A>,
+        describe: fn(&A::State) -> String,
+    ) -> (Self, String) {
         let n = actors.len();
         let mut sim = Sim {
             names,
@@ -69,7 +73,11 @@ where
         for c in out {
             match c {
                 Command::Send(dst, msg) => {
-                    log += &format!("> {} -> {}: {msg:?}\n", self.names[i], self.names[usize::from(dst)]);
+                    log += &format!(
+                        "> {} -> {}: {msg:?}\n",
+                        self.names[i],
+                        self.names[usize::from(dst)]
+                    );
                     self.network.push((i, usize::from(dst), msg));
                 }
                 Command::SetTimer(t, _) => {
@@ -177,7 +185,9 @@ where
                 if shown.contains(&text) {
                     Ok(String::new())
                 } else {
-                    Err(format!("expected {node} to show {text:?}, it shows {shown:?}"))
+                    Err(format!(
+                        "expected {node} to show {text:?}, it shows {shown:?}"
+                    ))
                 }
             }
             other => Err(format!("unknown command {other}")),
@@ -234,7 +244,12 @@ fn describe_saga(s: &saga::State) -> String {
     }
 }
 
-fn run_sim<A: Actor>(mut sim: Sim<A>, start: String, header: &str, lines: &[&str]) -> Result<String, String>
+fn run_sim<A: Actor>(
+    mut sim: Sim<A>,
+    start: String,
+    header: &str,
+    lines: &[&str],
+) -> Result<String, String>
 where
     A::Timer: Ord,
     A::Msg: Debug,

@@ -7,6 +7,6 @@
 //! same actors and prints what happens, so protocol behaviour is reviewed as text in diffs.
 
 pub mod checked;
-pub mod twopc;
-pub mod saga;
 pub mod golden;
+pub mod saga;
+pub mod twopc;

@@ -136,9 +136,7 @@ impl Node {
                 out.cancel_timer(Timer::Deadline);
                 out.send(Id::from(step as usize + 1), Msg::Compensate { step });
             }
-            Next::Completed | Next::Compensated | Next::Parked => {
-                out.cancel_timer(Timer::Deadline)
-            }
+            Next::Completed | Next::Compensated | Next::Parked => out.cancel_timer(Timer::Deadline),
         }
     }
 
@@ -232,9 +230,7 @@ impl Actor for Node {
                     Msg::Executed { step, outcome } => match outcome {
                         Outcome::Succeeded => o.saga.on_executed(step, 0),
                         Outcome::Failed => o.saga.on_execute_failed(step, "failed".into(), 0),
-                        Outcome::Refused => {
-                            o.saga.on_execute_abandoned(step, "refused".into(), 0)
-                        }
+                        Outcome::Refused => o.saga.on_execute_abandoned(step, "refused".into(), 0),
                     },
                     Msg::Compensated { step } => o.saga.on_compensated(step, 0),
                     Msg::Execute { .. } | Msg::Compensate { .. } => return,
@@ -269,7 +265,8 @@ impl Actor for Node {
         if let State::Orchestrator(o) = &mut next
             && let Next::Execute(step) = o.saga.next()
         {
-            o.saga.on_execute_abandoned(step, "deadline passed".into(), 0);
+            o.saga
+                .on_execute_abandoned(step, "deadline passed".into(), 0);
             self.drive(o, out);
         }
         if next != **state {
@@ -330,9 +327,12 @@ fn properties() -> Vec<Property<SagaModel>> {
             steps(s).all(|st| st.compensated <= st.executed)
         }),
         Property::eventually("completed or compensated", |_, s| finished_consistently(s)),
-        Property::sometimes("completes", |_, s| orchestrator(s).saga.next() == Next::Completed),
+        Property::sometimes("completes", |_, s| {
+            orchestrator(s).saga.next() == Next::Completed
+        }),
         Property::sometimes("compensates an executed step", |_, s| {
-            orchestrator(s).saga.next() == Next::Compensated && steps(s).any(|st| st.compensated == 1)
+            orchestrator(s).saga.next() == Next::Compensated
+                && steps(s).any(|st| st.compensated == 1)
         }),
         Property::sometimes("a late Execute is refused", |_, s| {
             steps(s).any(|st| st.compensate_seen && st.executed == 0)

@@ -33,8 +33,8 @@ use txn_coordinator::core::{
     CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, TxnView, VoteResult, decision_key,
 };
 use txn_participant::core::{
-    AbortStep, CommitStep, ParticipantCore, PrepareRequest, PrepareStep, TxnStatus,
-    outcome_key, prepared_key,
+    AbortStep, CommitStep, ParticipantCore, PrepareRequest, PrepareStep, TxnStatus, outcome_key,
+    prepared_key,
 };
 use txn_proto::pb::rec::{DecisionRecord, EpochRecord};
 use txn_proto::record;
@@ -345,7 +345,13 @@ impl Node {
         state
     }
 
-    fn run_effects(&self, s: &mut CoordState, txn: &TxnId, effects: Vec<Effect>, o: &mut Out<Self>) {
+    fn run_effects(
+        &self,
+        s: &mut CoordState,
+        txn: &TxnId,
+        effects: Vec<Effect>,
+        o: &mut Out<Self>,
+    ) {
         let cluster = self.cluster();
         for e in effects {
             match e {
@@ -582,7 +588,9 @@ impl Node {
                         }
                         o.send(src, Msg::Vote { txn, yes: false });
                     }
-                    PrepareStep::Blocked { .. } => unreachable!("one txn takes no conflicting lock"),
+                    PrepareStep::Blocked { .. } => {
+                        unreachable!("one txn takes no conflicting lock")
+                    }
                 }
             }
             Msg::Commit { txn } => self.commit(s, &txn, true, o),
@@ -642,7 +650,12 @@ impl Node {
                 let in_doubt: Vec<TxnId> = s.core.prepared().map(|(t, _)| t.clone()).collect();
                 for t in in_doubt {
                     o.send(coordinator, Msg::Resolve { txn: t.clone() });
-                    for (j, _) in cluster.participants.iter().enumerate().filter(|(j, _)| *j != me) {
+                    for (j, _) in cluster
+                        .participants
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != me)
+                    {
                         o.send(Id::from(j + 1), Msg::QueryPeer { txn: t.clone() });
                     }
                 }
@@ -826,7 +839,8 @@ pub fn yes_is_kept(s: &SysState) -> bool {
     let t = txn();
     participants(s).all(|p| {
         !p.ghost.voted_yes
-            || ((durable_has(&p.store, &prepared_key(&t)) || durable_has(&p.store, &outcome_key(&t)))
+            || ((durable_has(&p.store, &prepared_key(&t))
+                || durable_has(&p.store, &outcome_key(&t)))
                 && !p.ghost.aborted_by.contains(&AbortedBy::OwnNoVote)
                 && !p.ghost.aborted_by.contains(&AbortedBy::NeverPrepared))
     })
@@ -838,10 +852,16 @@ pub fn yes_is_kept(s: &SysState) -> bool {
 pub fn decided(s: &SysState) -> bool {
     let c = coordinator(s);
     c.core.view(&txn()).is_none()
-        && c.store.get(&decision_key(&txn())).expect("mem store").is_none()
+        && c.store
+            .get(&decision_key(&txn()))
+            .expect("mem store")
+            .is_none()
         && participants(s).all(|p| {
             p.core.in_doubt() == 0
-                && p.store.get(&prepared_key(&txn())).expect("mem store").is_none()
+                && p.store
+                    .get(&prepared_key(&txn()))
+                    .expect("mem store")
+                    .is_none()
         })
 }
 

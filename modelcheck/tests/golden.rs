@@ -12,12 +12,16 @@ fn golden_scripts() {
         .filter(|p| p.extension().is_some_and(|e| e == "txt"))
         .collect();
     files.sort();
-    assert!(files.len() >= 7, "expected the golden scripts in {}", dir.display());
+    assert!(
+        files.len() >= 7,
+        "expected the golden scripts in {}",
+        dir.display()
+    );
     let mut failed = Vec::new();
     for f in files {
         let script = std::fs::read_to_string(&f).expect("script");
-        let got = txn_modelcheck::golden::run(&script)
-            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let got =
+            txn_modelcheck::golden::run(&script).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         if update {
             std::fs::write(&f, &got).expect("write golden");
         } else if got != script {
@@ -25,5 +29,8 @@ fn golden_scripts() {
             failed.push(f.display().to_string());
         }
     }
-    assert!(failed.is_empty(), "golden output differs (UPDATE_GOLDEN=1 to accept): {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "golden output differs (UPDATE_GOLDEN=1 to accept): {failed:?}"
+    );
 }

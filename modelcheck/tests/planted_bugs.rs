@@ -16,7 +16,10 @@ fn counterexample(bounds: Bounds, cluster: Cluster, property: &'static str) {
     let path = checker
         .discovery(property)
         .unwrap_or_else(|| panic!("the checker missed the planted bug ({property} holds)"));
-    println!("counterexample to {property:?}, after {} states:", checker.unique_state_count());
+    println!(
+        "counterexample to {property:?}, after {} states:",
+        checker.unique_state_count()
+    );
     for action in path.into_actions() {
         println!("  {}", checker.model().format_action(&action));
     }

@@ -32,7 +32,12 @@ impl<C: Checker<saga::SagaModel>> AssertHolding for C {
                         assert!(found, "never reached: {}", p.name);
                     }
                 }
-                _ => assert!(!found, "{} fails:\n{}", p.name, self.discovery(p.name).unwrap()),
+                _ => assert!(
+                    !found,
+                    "{} fails:\n{}",
+                    p.name,
+                    self.discovery(p.name).unwrap()
+                ),
             }
         }
         let _ = saga::sometimes_names(self.model());
@@ -45,7 +50,11 @@ impl<C: Checker<saga::SagaModel>> AssertHolding for C {
 fn saga_of_three_steps() {
     let states = check(
         Plan::new(3, false),
-        &["completes", "compensates an executed step", "a late Execute is refused"],
+        &[
+            "completes",
+            "compensates an executed step",
+            "a late Execute is refused",
+        ],
     );
     assert_eq!(states, 388);
 }
