@@ -13,7 +13,7 @@
 //! Storage layout: `e` the epoch record, `c/<txn>` commit decisions not yet acked by every
 //! participant (deleted lazily once they all have: the decision has ended).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use txn_proto::pb::rec::DecisionRecord;
 use txn_proto::record;
@@ -53,14 +53,14 @@ pub enum Effect {
     EndDecision { key: Vec<u8> },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Phase {
     /// Waiting for votes; `yes` holds who voted YES so far.
-    Preparing { yes: HashSet<usize> },
+    Preparing { yes: BTreeSet<usize> },
     /// Every vote was YES; the decision record is being forced.
     Deciding,
     /// The commit decision is durable; `acked` holds who has applied it.
-    Committing { acked: HashSet<usize> },
+    Committing { acked: BTreeSet<usize> },
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +71,26 @@ struct TxnState {
     began: std::time::Instant,
 }
 
+// Equality and hashing leave out `began`: it only serves the operators' age display, and the
+// model checker (modelcheck/) must see two cores with the same protocol state as one state.
+impl PartialEq for TxnState {
+    fn eq(&self, other: &Self) -> bool {
+        self.participants == other.participants
+            && self.phase == other.phase
+            && self.decided_at_unix_ms == other.decided_at_unix_ms
+    }
+}
+
+impl Eq for TxnState {}
+
+impl std::hash::Hash for TxnState {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.participants.hash(state);
+        self.phase.hash(state);
+        self.decided_at_unix_ms.hash(state);
+    }
+}
+
 /// Summary of a txn for operators and Resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnView {
@@ -79,10 +99,18 @@ pub enum TxnView {
     Committing { unacked: Vec<ParticipantId> },
 }
 
+/// Ordered collections only, so that cloning, comparing and hashing a core is deterministic
+/// (the model checker explores cores as states).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CoordinatorCore {
     epoch: u64,
     next_seq: u64,
-    txns: HashMap<TxnId, TxnState>,
+    txns: BTreeMap<TxnId, TxnState>,
+    /// A known bug, planted on purpose so the model checker can show it finds it: Resolve
+    /// answers ABORT for a txn that is still collecting votes or whose decision is not yet
+    /// durable. Only the `planted-bugs` feature (enabled by txn-modelcheck's tests) has it.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_resolve_aborts_undecided: bool,
 }
 
 impl CoordinatorCore {
@@ -91,7 +119,9 @@ impl CoordinatorCore {
         Self {
             epoch,
             next_seq: 1,
-            txns: HashMap::new(),
+            txns: BTreeMap::new(),
+            #[cfg(feature = "planted-bugs")]
+            planted_resolve_aborts_undecided: false,
         }
     }
 
@@ -117,7 +147,7 @@ impl CoordinatorCore {
                     TxnState {
                         participants,
                         phase: Phase::Committing {
-                            acked: HashSet::new(),
+                            acked: BTreeSet::new(),
                         },
                         decided_at_unix_ms,
                         began: std::time::Instant::now(),
@@ -143,7 +173,7 @@ impl CoordinatorCore {
             TxnState {
                 participants,
                 phase: Phase::Preparing {
-                    yes: HashSet::new(),
+                    yes: BTreeSet::new(),
                 },
                 decided_at_unix_ms: 0,
                 began: std::time::Instant::now(),
@@ -319,7 +349,7 @@ impl CoordinatorCore {
             return Vec::new();
         }
         state.phase = Phase::Committing {
-            acked: HashSet::new(),
+            acked: BTreeSet::new(),
         };
         let mut effects = vec![Effect::ReplyCommitted];
         effects.extend(
@@ -355,6 +385,15 @@ impl CoordinatorCore {
     /// Answer to a participant's Resolve. `logged` says whether a commit decision record for
     /// the txn is in the store (the driver looks; this covers decisions not held in memory).
     pub fn resolve(&self, txn: &TxnId, logged: bool) -> Resolution {
+        #[cfg(feature = "planted-bugs")]
+        if self.planted_resolve_aborts_undecided
+            && matches!(
+                self.txns.get(txn).map(|s| &s.phase),
+                Some(Phase::Preparing { .. } | Phase::Deciding)
+            )
+        {
+            return Resolution::Decided(Decision::Abort);
+        }
         match self.txns.get(txn).map(|s| &s.phase) {
             Some(Phase::Preparing { .. }) | Some(Phase::Deciding) => Resolution::Pending,
             Some(Phase::Committing { .. }) => Resolution::Decided(Decision::Commit),

@@ -13,7 +13,7 @@
 //! Storage layout (one keyspace, so one batch is atomic):
 //! `d/<key>` committed data, `p/<txn>` prepared records, `o/<txn>` outcomes and abort tombstones.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 
@@ -109,13 +109,30 @@ pub enum TxnStatus {
     Unknown,
 }
 
-#[derive(Default)]
+/// Ordered collections only, so that cloning, comparing and hashing a core is deterministic
+/// (the model checker explores cores as states).
+#[derive(Default, Debug, Clone, PartialEq)]
 pub struct ParticipantCore {
     locks: LockTable,
-    prepared: HashMap<TxnId, PreparedRecord>,
+    prepared: BTreeMap<TxnId, PreparedRecord>,
     /// Prepared txns an operator pinned for a forced outcome: only an explicit Commit or
     /// Abort moves them, never this participant's own resolver.
-    held: std::collections::HashSet<TxnId>,
+    held: BTreeSet<TxnId>,
+}
+
+// Prepared records are prost messages, which derive neither `Eq` nor `Hash`; their fields
+// hold no floats, so equality is total, and hashing their encoding is consistent with it.
+impl Eq for ParticipantCore {}
+
+impl std::hash::Hash for ParticipantCore {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.locks.hash(state);
+        for (txn, rec) in &self.prepared {
+            txn.hash(state);
+            rec.encode_to_vec().hash(state);
+        }
+        self.held.hash(state);
+    }
 }
 
 impl ParticipantCore {

@@ -2,19 +2,20 @@
 //! writes. A txn takes all its locks at once or none of them, so a txn that is refused holds
 //! nothing and cannot be part of a wait cycle while it waits.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use txn_proto::types::TxnId;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 struct Entry {
     exclusive: Option<TxnId>,
     shared: Vec<TxnId>,
 }
 
-#[derive(Debug, Default)]
+/// Ordered, so the table clones, compares and hashes deterministically (for the model checker).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 pub struct LockTable {
-    entries: HashMap<Vec<u8>, Entry>,
+    entries: BTreeMap<Vec<u8>, Entry>,
 }
 
 impl LockTable {

@@ -158,12 +158,49 @@ impl Store for SledStore {
 
 /// In-memory store for tests: `crash()` throws away everything applied since the last `sync`,
 /// which is what a process crash does to the sled store.
-#[derive(Default)]
+///
+/// Clones, equality and hashing cover what is visible and what is durable, not the sync
+/// counter, so the model checker can use a store as part of a node's state.
+#[derive(Default, Debug)]
 pub struct MemStore {
     inner: Mutex<MemInner>,
 }
 
-#[derive(Default)]
+impl Clone for MemStore {
+    fn clone(&self) -> Self {
+        let inner = self.inner.lock().expect("mem store lock");
+        Self {
+            inner: Mutex::new(MemInner {
+                current: inner.current.clone(),
+                durable: inner.durable.clone(),
+                syncs: inner.syncs,
+            }),
+        }
+    }
+}
+
+impl PartialEq for MemStore {
+    fn eq(&self, other: &Self) -> bool {
+        if std::ptr::eq(self, other) {
+            return true;
+        }
+        let a = self.inner.lock().expect("mem store lock");
+        let b = other.inner.lock().expect("mem store lock");
+        a.current == b.current && a.durable == b.durable
+    }
+}
+
+impl Eq for MemStore {}
+
+impl std::hash::Hash for MemStore {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let inner = self.inner.lock().expect("mem store lock");
+        inner.current.hash(state);
+        inner.durable.hash(state);
+    }
+}
+
+#[derive(Default, Debug)]
 struct MemInner {
     current: BTreeMap<Vec<u8>, Vec<u8>>,
     durable: BTreeMap<Vec<u8>, Vec<u8>>,

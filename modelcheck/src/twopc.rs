@@ -1,0 +1,900 @@
+//! Two-phase commit as stateright actors: the coordinator and the participants are the real
+//! pure cores ([`CoordinatorCore`], [`ParticipantCore`]) over the real in-memory [`MemStore`],
+//! driven the way `coordinator/src/node.rs` and `participant/src/node.rs` drive them. Every
+//! state transition is a call into a core; this file only plays the drivers' part: apply the
+//! batches a core returns, wait for the group-commit flush before answering where the driver
+//! waits, send the messages the effects name, retry on timers.
+//!
+//! What the model abstracts, and why that is sound:
+//! - One txn (`1.1`), whose branches all succeed; aborts come from the prepare deadline, from
+//!   late Prepares that meet a tombstone, and from cooperative termination.
+//! - Group commit is a `Flush` timer: at any moment the store may be synced, and replies that
+//!   the driver sends only once their batch is durable wait for it.
+//! - Crashes are stateright's: a node stops, loses its volatile state and timers; on restart
+//!   it gets back its store after [`MemStore::crash`] (exactly what was synced) and runs the
+//!   driver's start-up path. Each node restarts at most `restarts_per_node` times.
+//! - The network is unordered and duplicating: any message may be delivered any number of
+//!   times, in any order, or never. With `lossy` it may also be dropped outright, which adds
+//!   nothing for safety (a never-delivered message already covers it) but removes messages that
+//!   would otherwise stay deliverable forever, so a missing retry shows up as a stuck state.
+//! - A Resolve call may fail as "unreachable" at any time (a timeout), so the resolver asks the
+//!   coordinator and the peers in the same round: the driver's sequential "coordinator first,
+//!   then peers" is one of the interleavings.
+//! - Replies reach whichever incarnation of the asker is running; the resolver only acts on
+//!   them while the txn is still in doubt, as the driver does.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use stateright::actor::{Actor, ActorModel, ActorModelState, Id, LossyNetwork, Network, Out};
+use stateright::{Expectation, Model, Property};
+use txn_coordinator::core::{
+    CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, TxnView, VoteResult, decision_key,
+};
+use txn_participant::core::{
+    AbortStep, CommitStep, ParticipantCore, PrepareRequest, PrepareStep, TxnStatus, outcome_key,
+    prepared_key,
+};
+use txn_proto::pb::rec::{DecisionRecord, EpochRecord};
+use txn_proto::record;
+use txn_proto::store::{MemStore, Store, WriteBatch};
+use txn_proto::types::{Decision, Op, ParticipantId, Resolution, TxnId};
+
+use crate::checked::Checked;
+
+/// The coordinator is actor 0; participant `i` (0-based) is actor `i + 1`.
+pub const COORDINATOR: usize = 0;
+
+/// The one txn of the model: the first id of the coordinator's first epoch.
+pub fn txn() -> TxnId {
+    TxnId::generated(1, 1)
+}
+
+/// Bugs the model's drivers can be told to have, to show that the checker finds them. The
+/// coordinator-side bug lives in the core itself (feature `planted-bugs`), switched on through
+/// [`Cluster::coordinator_hook`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverBugs {
+    /// The participant sends YES as soon as the prepared record is applied, without waiting
+    /// for the flush that makes it durable.
+    pub vote_before_durable: bool,
+}
+
+/// What every node knows: the participants, their branches, the bounds of the model.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub participants: Vec<ParticipantId>,
+    pub ops: Vec<Vec<Op>>,
+    pub bugs: DriverBugs,
+    /// Applied to every coordinator core the model creates (to switch a planted bug on).
+    pub coordinator_hook: Option<fn(&mut CoordinatorCore)>,
+    /// Which participants run a resolver (the others wait for the coordinator's messages).
+    /// A bound on the state space for larger clusters.
+    pub resolvers: Vec<bool>,
+}
+
+impl Cluster {
+    /// `n` participants, each adding 1 to its own counter (a branch that always votes YES).
+    pub fn new(n: usize) -> Self {
+        let participants = (1..=n)
+            .map(|i| ParticipantId::parse("p", &format!("p{i}")).expect("valid name"))
+            .collect();
+        let ops = (0..n)
+            .map(|_| {
+                vec![Op::Add {
+                    key: b"k".to_vec(),
+                    delta: 1,
+                    min: Some(0),
+                    max: None,
+                }]
+            })
+            .collect();
+        Self {
+            participants,
+            ops,
+            bugs: DriverBugs::default(),
+            coordinator_hook: None,
+            resolvers: vec![true; n],
+        }
+    }
+
+    fn index_of(&self, p: &ParticipantId) -> usize {
+        self.participants
+            .iter()
+            .position(|q| q == p)
+            .expect("a participant of the cluster")
+    }
+
+    fn actor_of(&self, p: &ParticipantId) -> Id {
+        Id::from(self.index_of(p) + 1)
+    }
+}
+
+/// A Resolve answer on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Answer {
+    Commit,
+    Abort,
+    Pending,
+}
+
+/// A QueryPeer answer on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerStatus {
+    Prepared,
+    Committed,
+    Aborted,
+    Unknown,
+}
+
+impl From<TxnStatus> for PeerStatus {
+    fn from(s: TxnStatus) -> Self {
+        match s {
+            TxnStatus::Prepared => PeerStatus::Prepared,
+            TxnStatus::Committed => PeerStatus::Committed,
+            TxnStatus::Aborted => PeerStatus::Aborted,
+            TxnStatus::Unknown => PeerStatus::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Msg {
+    Prepare { txn: TxnId, epoch: u64 },
+    Vote { txn: TxnId, yes: bool },
+    Commit { txn: TxnId },
+    Ack { txn: TxnId },
+    Abort { txn: TxnId },
+    Resolve { txn: TxnId },
+    Resolution { txn: TxnId, answer: Answer },
+    QueryPeer { txn: TxnId },
+    PeerReply { txn: TxnId, status: PeerStatus },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// The coordinator's prepare deadline.
+    PrepareDeadline,
+    /// The coordinator's retry of unacked Commits.
+    CommitRetry,
+    /// The group-commit flusher: syncs the store and releases the replies waiting on it.
+    Flush,
+    /// The participant's resolver round for an in-doubt txn.
+    Resolver,
+}
+
+/// What the client was told (ghost state: the checker's evidence, not part of the protocol).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct CoordGhost {
+    pub replied: Option<Decision>,
+}
+
+/// Who made a participant abort (ghost state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AbortedBy {
+    /// Its own NO vote (a tombstone for a Prepare that meets an earlier abort, or a failed check).
+    OwnNoVote,
+    /// An Abort from the coordinator.
+    Coordinator,
+    /// The coordinator's answer to Resolve.
+    Resolve,
+    /// A peer's answer during cooperative termination.
+    Peer,
+    /// A peer asked about a txn never prepared here: the tombstone that promises a NO.
+    NeverPrepared,
+}
+
+/// What happened at a participant, across crashes (ghost state).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct PartGhost {
+    pub voted_yes: bool,
+    pub committed: bool,
+    pub aborted_by: BTreeSet<AbortedBy>,
+    /// Decided through a peer's answer (cooperative termination).
+    pub decided_by_peer: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CoordState {
+    pub core: CoordinatorCore,
+    pub store: MemStore,
+    pub restarts: u8,
+    pub ghost: CoordGhost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PartState {
+    pub core: ParticipantCore,
+    pub store: MemStore,
+    pub restarts: u8,
+    pub ghost: PartGhost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum State {
+    Coordinator(CoordState),
+    Participant(PartState),
+}
+
+/// What survives a crash: the store (of which a restart keeps only the synced part), the
+/// restart count (for the model's bound) and the ghost history.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Disk {
+    Coordinator {
+        store: MemStore,
+        restarts: u8,
+        ghost: CoordGhost,
+    },
+    Participant {
+        store: MemStore,
+        restarts: u8,
+        ghost: PartGhost,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum Node {
+    Coordinator(Arc<Cluster>),
+    Participant(usize, Arc<Cluster>),
+}
+
+/// Whether the store holds writes not yet synced.
+pub fn dirty(store: &MemStore) -> bool {
+    let synced = store.clone();
+    synced.crash();
+    synced != *store
+}
+
+/// Whether `key` is in the synced part of the store.
+pub fn durable_has(store: &MemStore, key: &[u8]) -> bool {
+    let synced = store.clone();
+    synced.crash();
+    synced.get(key).expect("mem store").is_some()
+}
+
+/// The store a node restarts with: exactly what was synced before the crash.
+fn after_crash(store: &MemStore) -> MemStore {
+    let s = store.clone();
+    s.crash();
+    s
+}
+
+fn apply(store: &MemStore, batch: WriteBatch) {
+    if !batch.is_empty() {
+        store.apply(batch).expect("mem store");
+    }
+}
+
+impl Node {
+    fn cluster(&self) -> &Cluster {
+        match self {
+            Node::Coordinator(c) | Node::Participant(_, c) => c,
+        }
+    }
+
+    // ----- coordinator, as coordinator/src/node.rs drives it -----
+
+    fn coordinator_start(&self, disk: &Option<Disk>, o: &mut Out<Self>) -> CoordState {
+        let cluster = self.cluster();
+        let (store, restarts, ghost, first) = match disk {
+            None => (MemStore::new(), 0, CoordGhost::default(), true),
+            Some(Disk::Coordinator {
+                store,
+                restarts,
+                ghost,
+            }) => (after_crash(store), restarts + 1, ghost.clone(), false),
+            Some(Disk::Participant { .. }) => unreachable!("a coordinator's disk"),
+        };
+        // Coordinator::open: bump the epoch durably.
+        let epoch = match store.get(EPOCH_KEY).expect("mem store") {
+            Some(bytes) => {
+                record::decode::<EpochRecord>(EPOCH_KEY, &bytes)
+                    .expect("epoch record")
+                    .epoch
+                    + 1
+            }
+            None => 1,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(EPOCH_KEY.to_vec(), record::encode(&EpochRecord { epoch }));
+        apply(&store, batch);
+        store.sync().expect("mem store");
+        let mut core = CoordinatorCore::new(epoch);
+        if let Some(hook) = cluster.coordinator_hook {
+            hook(&mut core);
+        }
+        let mut decisions = Vec::new();
+        for (key, bytes) in store.scan_prefix(DECISION_PREFIX).expect("mem store") {
+            let rec: DecisionRecord = record::decode(&key, &bytes).expect("decision record");
+            let participants = rec
+                .participants
+                .iter()
+                .map(|p| ParticipantId::parse("participants", p).expect("participant"))
+                .collect();
+            decisions.push((
+                TxnId::parse("txn_id", &rec.txn_id).expect("txn id"),
+                participants,
+                rec.decided_at_unix_ms,
+            ));
+        }
+        let mut state = CoordState {
+            core,
+            store,
+            restarts,
+            ghost,
+        };
+        for (txn, effects) in state.core.recover(decisions) {
+            self.run_effects(&mut state, &txn, effects, o);
+        }
+        if first {
+            // The client's Transact: the core assigns the id, the driver sends the Prepares.
+            let txn = state.core.begin(cluster.participants.clone());
+            for p in &cluster.participants {
+                o.send(
+                    cluster.actor_of(p),
+                    Msg::Prepare {
+                        txn: txn.clone(),
+                        epoch,
+                    },
+                );
+            }
+        }
+        self.coordinator_timers(&state, o);
+        self.save_coordinator(&state, o);
+        state
+    }
+
+    fn run_effects(
+        &self,
+        s: &mut CoordState,
+        txn: &TxnId,
+        effects: Vec<Effect>,
+        o: &mut Out<Self>,
+    ) {
+        let cluster = self.cluster();
+        for e in effects {
+            match e {
+                Effect::PersistDecision { key, record } => {
+                    // Forced (write_durable), then on_decision_durable. A crash before the
+                    // sync is a crash before this step; after it, the decision is logged.
+                    let mut batch = WriteBatch::default();
+                    batch.put(key, record);
+                    apply(&s.store, batch);
+                    s.store.sync().expect("mem store");
+                    let effects = s.core.on_decision_durable(txn);
+                    self.run_effects(s, txn, effects, o);
+                }
+                Effect::ReplyCommitted => s.ghost.replied = Some(Decision::Commit),
+                Effect::ReplyAborted { .. } => s.ghost.replied = Some(Decision::Abort),
+                Effect::SendCommit { to } => {
+                    o.send(cluster.actor_of(&to), Msg::Commit { txn: txn.clone() })
+                }
+                Effect::SendAbort { to } => {
+                    o.send(cluster.actor_of(&to), Msg::Abort { txn: txn.clone() })
+                }
+                Effect::EndDecision { key } => {
+                    // Lazy: synced by a later Flush, or lost and re-driven after a crash.
+                    let mut batch = WriteBatch::default();
+                    batch.delete(key);
+                    apply(&s.store, batch);
+                }
+            }
+        }
+    }
+
+    fn coordinator_timers(&self, s: &CoordState, o: &mut Out<Self>) {
+        let view = s.core.view(&txn());
+        set_timer_if(o, Timer::PrepareDeadline, view == Some(TxnView::Preparing));
+        set_timer_if(
+            o,
+            Timer::CommitRetry,
+            matches!(view, Some(TxnView::Committing { .. })),
+        );
+    }
+
+    fn save_coordinator(&self, s: &CoordState, o: &mut Out<Self>) {
+        o.save(Disk::Coordinator {
+            store: s.store.clone(),
+            restarts: s.restarts,
+            ghost: s.ghost.clone(),
+        });
+    }
+
+    fn coordinator_msg(&self, s: &mut CoordState, src: Id, msg: Msg, o: &mut Out<Self>) {
+        let cluster = self.cluster();
+        let from = usize::from(src) - 1;
+        match msg {
+            Msg::Vote { txn, yes } => {
+                let vote = if yes {
+                    VoteResult::Yes
+                } else {
+                    VoteResult::No {
+                        reason: "voted NO".into(),
+                    }
+                };
+                let effects = s.core.on_vote(&txn, from, vote, 0);
+                self.run_effects(s, &txn, effects, o);
+            }
+            Msg::Ack { txn } => {
+                let effects = s.core.on_commit_ack(&txn, &cluster.participants[from]);
+                self.run_effects(s, &txn, effects, o);
+            }
+            Msg::Resolve { txn } => {
+                // Coordinator::resolve: a logged decision counts even if not held in memory.
+                let logged = s
+                    .store
+                    .get(&decision_key(&txn))
+                    .expect("mem store")
+                    .is_some();
+                let answer = match s.core.resolve(&txn, logged) {
+                    Resolution::Decided(Decision::Commit) => Answer::Commit,
+                    Resolution::Decided(Decision::Abort) => Answer::Abort,
+                    Resolution::Pending => Answer::Pending,
+                };
+                // A PENDING answer changes nothing at the asker (it asks again later), so the
+                // model leaves it out rather than let the network remember it.
+                if answer != Answer::Pending {
+                    o.send(src, Msg::Resolution { txn, answer });
+                }
+            }
+            Msg::Prepare { .. }
+            | Msg::Commit { .. }
+            | Msg::Abort { .. }
+            | Msg::Resolution { .. }
+            | Msg::QueryPeer { .. }
+            | Msg::PeerReply { .. } => {}
+        }
+    }
+
+    fn coordinator_timeout(&self, s: &mut CoordState, timer: &Timer, o: &mut Out<Self>) {
+        let cluster = self.cluster();
+        let txn = txn();
+        match timer {
+            Timer::PrepareDeadline => {
+                let effects = s.core.on_prepare_timeout(&txn);
+                self.run_effects(s, &txn, effects, o);
+            }
+            Timer::CommitRetry => {
+                if let Some(TxnView::Committing { unacked }) = s.core.view(&txn) {
+                    for p in unacked {
+                        o.send(cluster.actor_of(&p), Msg::Commit { txn: txn.clone() });
+                    }
+                }
+            }
+            Timer::Resolver | Timer::Flush => {}
+        }
+    }
+
+    // ----- participant, as participant/src/node.rs drives it -----
+
+    fn me(&self) -> usize {
+        match self {
+            Node::Participant(i, _) => *i,
+            Node::Coordinator(_) => unreachable!("a participant"),
+        }
+    }
+
+    fn participant_start(&self, disk: &Option<Disk>, o: &mut Out<Self>) -> PartState {
+        let (store, restarts, ghost) = match disk {
+            None => (MemStore::new(), 0, PartGhost::default()),
+            Some(Disk::Participant {
+                store,
+                restarts,
+                ghost,
+            }) => (after_crash(store), restarts + 1, ghost.clone()),
+            Some(Disk::Coordinator { .. }) => unreachable!("a participant's disk"),
+        };
+        // Participant::open: reload prepared records and re-take their locks, then sync.
+        let mut core = ParticipantCore::new();
+        core.recover(&store).expect("recover");
+        store.sync().expect("mem store");
+        let s = PartState {
+            core,
+            store,
+            restarts,
+            ghost,
+        };
+        self.participant_timers(&s, o);
+        self.save_participant(&s, o);
+        s
+    }
+
+    fn participant_timers(&self, s: &PartState, o: &mut Out<Self>) {
+        let resolver = self.cluster().resolvers[self.me()];
+        set_timer_if(o, Timer::Resolver, resolver && s.core.in_doubt() > 0);
+        // Only the planted bug leaves a forced write unsynced; lazy writes wait for the next
+        // forced sync (or are lost in a crash).
+        let bug = self.cluster().bugs.vote_before_durable;
+        set_timer_if(o, Timer::Flush, bug && dirty(&s.store));
+    }
+
+    fn save_participant(&self, s: &PartState, o: &mut Out<Self>) {
+        o.save(Disk::Participant {
+            store: s.store.clone(),
+            restarts: s.restarts,
+            ghost: s.ghost.clone(),
+        });
+    }
+
+    fn prepare_request(&self, txn: TxnId, epoch: u64) -> PrepareRequest {
+        let cluster = self.cluster();
+        PrepareRequest {
+            txn,
+            coordinator_epoch: epoch,
+            participants: cluster.participants.clone(),
+            ops: cluster.ops[self.me()].clone(),
+        }
+    }
+
+    /// Participant::commit; `ack` when the Commit came from the coordinator (the resolver's
+    /// own commit answers nobody).
+    fn commit(&self, s: &mut PartState, txn: &TxnId, ack: bool, o: &mut Out<Self>) {
+        match s.core.commit(txn, &s.store, 0).expect("commit") {
+            CommitStep::Apply { batch } => {
+                apply(&s.store, batch);
+                s.ghost.committed = true;
+                // Acked (and the resolver's commit finished) once the batch is durable.
+                s.store.sync().expect("mem store");
+                if ack {
+                    o.send(Id::from(COORDINATOR), Msg::Ack { txn: txn.clone() });
+                }
+            }
+            CommitStep::AlreadyCommitted => {
+                s.store.sync().expect("mem store");
+                if ack {
+                    o.send(Id::from(COORDINATOR), Msg::Ack { txn: txn.clone() });
+                }
+            }
+            // The RPC fails; the coordinator retries.
+            CommitStep::Refused(_) => {}
+        }
+    }
+
+    /// Participant::abort_from (no operator holds in the model).
+    fn abort(&self, s: &mut PartState, txn: &TxnId, by: AbortedBy) {
+        if let AbortStep::Apply { batch } = s.core.abort(txn, &s.store, 0).expect("abort") {
+            // Presumed abort: not forced.
+            apply(&s.store, batch);
+            s.ghost.aborted_by.insert(by);
+        }
+    }
+
+    fn participant_msg(&self, s: &mut PartState, src: Id, msg: Msg, o: &mut Out<Self>) {
+        let cluster = self.cluster();
+        match msg {
+            Msg::Prepare { txn, epoch } => {
+                let req = self.prepare_request(txn.clone(), epoch);
+                match s.core.prepare(&req, &s.store, 0).expect("prepare") {
+                    PrepareStep::Persist { batch, .. } => {
+                        apply(&s.store, batch);
+                        // The driver waits until the record is durable, then votes YES unless
+                        // the txn was aborted meanwhile (it cannot be here: the step is atomic).
+                        if !cluster.bugs.vote_before_durable {
+                            s.store.sync().expect("mem store");
+                        }
+                        s.ghost.voted_yes = true;
+                        o.send(src, Msg::Vote { txn, yes: true });
+                    }
+                    PrepareStep::Revote { .. } => {
+                        s.store.sync().expect("mem store");
+                        s.ghost.voted_yes = true;
+                        o.send(src, Msg::Vote { txn, yes: true });
+                    }
+                    PrepareStep::VoteNo { batch, .. } => {
+                        if !batch.is_empty() {
+                            apply(&s.store, batch);
+                            s.ghost.aborted_by.insert(AbortedBy::OwnNoVote);
+                        }
+                        o.send(src, Msg::Vote { txn, yes: false });
+                    }
+                    PrepareStep::Blocked { .. } => {
+                        unreachable!("one txn takes no conflicting lock")
+                    }
+                }
+            }
+            Msg::Commit { txn } => self.commit(s, &txn, true, o),
+            Msg::Abort { txn } => self.abort(s, &txn, AbortedBy::Coordinator),
+            Msg::Resolution { txn, answer } => {
+                if s.core.is_prepared(&txn) {
+                    match answer {
+                        Answer::Commit => self.commit(s, &txn, false, o),
+                        Answer::Abort => self.abort(s, &txn, AbortedBy::Resolve),
+                        Answer::Pending => {}
+                    }
+                }
+            }
+            Msg::QueryPeer { txn } => {
+                // Participant::query_peer: a txn never prepared here gets a tombstone first.
+                let status = match s.core.status(&txn, &s.store).expect("status") {
+                    TxnStatus::Unknown => {
+                        self.abort(s, &txn, AbortedBy::NeverPrepared);
+                        PeerStatus::Aborted
+                    }
+                    other => other.into(),
+                };
+                // Answered once everything written so far (the tombstone) is durable. PREPARED
+                // changes nothing at the asker, so the model leaves it out.
+                s.store.sync().expect("mem store");
+                if status != PeerStatus::Prepared {
+                    o.send(src, Msg::PeerReply { txn, status });
+                }
+            }
+            Msg::PeerReply { txn, status } => {
+                if s.core.is_prepared(&txn) {
+                    match status {
+                        PeerStatus::Committed => {
+                            self.commit(s, &txn, false, o);
+                            s.ghost.decided_by_peer = true;
+                        }
+                        PeerStatus::Aborted | PeerStatus::Unknown => {
+                            self.abort(s, &txn, AbortedBy::Peer);
+                            s.ghost.decided_by_peer = true;
+                        }
+                        PeerStatus::Prepared => {}
+                    }
+                }
+            }
+            Msg::Vote { .. } | Msg::Ack { .. } | Msg::Resolve { .. } => {}
+        }
+    }
+
+    fn participant_timeout(&self, s: &mut PartState, timer: &Timer, o: &mut Out<Self>) {
+        let cluster = self.cluster();
+        let coordinator = Id::from(COORDINATOR);
+        match timer {
+            // Only armed by the planted bug: the prepared record becomes durable late.
+            Timer::Flush => s.store.sync().expect("mem store"),
+            Timer::Resolver => {
+                let me = self.me();
+                let in_doubt: Vec<TxnId> = s.core.prepared().map(|(t, _)| t.clone()).collect();
+                for t in in_doubt {
+                    o.send(coordinator, Msg::Resolve { txn: t.clone() });
+                    for (j, _) in cluster
+                        .participants
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != me)
+                    {
+                        o.send(Id::from(j + 1), Msg::QueryPeer { txn: t.clone() });
+                    }
+                }
+            }
+            Timer::PrepareDeadline | Timer::CommitRetry => {}
+        }
+    }
+}
+
+fn set_timer_if(o: &mut Out<Node>, timer: Timer, on: bool) {
+    if on {
+        o.set_timer(timer, stateright::actor::model_timeout());
+    } else {
+        o.cancel_timer(timer);
+    }
+}
+
+impl Actor for Node {
+    type Msg = Msg;
+    type State = State;
+    type Timer = Timer;
+    type Random = ();
+    type Storage = Disk;
+
+    fn on_start(&self, _id: Id, disk: &Option<Disk>, o: &mut Out<Self>) -> State {
+        match self {
+            Node::Coordinator(_) => State::Coordinator(self.coordinator_start(disk, o)),
+            Node::Participant(..) => State::Participant(self.participant_start(disk, o)),
+        }
+    }
+
+    fn on_msg(&self, _id: Id, state: &mut Cow<State>, src: Id, msg: Msg, o: &mut Out<Self>) {
+        let mut next = state.as_ref().clone();
+        match &mut next {
+            State::Coordinator(s) => {
+                self.coordinator_msg(s, src, msg, o);
+                self.coordinator_timers(s, o);
+                self.save_coordinator(s, o);
+            }
+            State::Participant(s) => {
+                self.participant_msg(s, src, msg, o);
+                self.participant_timers(s, o);
+                self.save_participant(s, o);
+            }
+        }
+        if next != **state {
+            *state = Cow::Owned(next);
+        }
+    }
+
+    fn on_timeout(&self, _id: Id, state: &mut Cow<State>, timer: &Timer, o: &mut Out<Self>) {
+        let mut next = state.as_ref().clone();
+        match &mut next {
+            State::Coordinator(s) => {
+                self.coordinator_timeout(s, timer, o);
+                self.coordinator_timers(s, o);
+                self.save_coordinator(s, o);
+            }
+            State::Participant(s) => {
+                self.participant_timeout(s, timer, o);
+                self.participant_timers(s, o);
+                self.save_participant(s, o);
+            }
+        }
+        if next != **state {
+            *state = Cow::Owned(next);
+        }
+    }
+}
+
+/// The bounds of one check.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub participants: usize,
+    /// Restarts allowed per node (a crash is allowed only while restarts remain).
+    pub restarts_per_node: u8,
+    /// Restarts allowed in total, across nodes.
+    pub restarts_total: u8,
+    pub lossy: bool,
+}
+
+/// The history is unused: every fact the properties need is in ghost state.
+pub type TwoPcModel = Checked<Node, ()>;
+pub type SysState = ActorModelState<Node, ()>;
+
+pub fn model(bounds: &Bounds, cluster: Cluster) -> TwoPcModel {
+    let cluster = Arc::new(cluster);
+    assert_eq!(cluster.participants.len(), bounds.participants);
+    let per_node = bounds.restarts_per_node;
+    let total = bounds.restarts_total;
+    let inner = ActorModel::new((), ())
+        .actor(Node::Coordinator(cluster.clone()))
+        .actors((0..bounds.participants).map(|i| Node::Participant(i, cluster.clone())))
+        .init_network(Network::new_unordered_duplicating([]))
+        .lossy_network(if bounds.lossy {
+            LossyNetwork::Yes
+        } else {
+            LossyNetwork::No
+        })
+        .max_crashes(usize::from(total > 0));
+    let mut m = Checked { inner, properties };
+    m.inner.within_boundary = within_bounds_fn(per_node, total);
+    m
+}
+
+/// Crashes beyond the bounds are outside the model. Bounds are small constants, so each
+/// combination gets its own function (stateright takes a plain fn pointer).
+fn within_bounds_fn(per_node: u8, total: u8) -> fn(&(), &SysState) -> bool {
+    macro_rules! bound {
+        ($p:literal, $t:literal) => {
+            |_: &(), s: &SysState| within_bounds(s, $p, $t)
+        };
+    }
+    match (per_node, total) {
+        (0, _) => bound!(0, 0),
+        (1, 1) => bound!(1, 1),
+        (1, 2) => bound!(1, 2),
+        (1, 3) => bound!(1, 3),
+        (1, 4) => bound!(1, 4),
+        _ => panic!("unsupported crash bounds {per_node}/{total}"),
+    }
+}
+
+fn restarts(s: &State) -> u8 {
+    match s {
+        State::Coordinator(c) => c.restarts,
+        State::Participant(p) => p.restarts,
+    }
+}
+
+fn within_bounds(s: &SysState, per_node: u8, total: u8) -> bool {
+    let mut used = 0;
+    for (i, st) in s.actor_states.iter().enumerate() {
+        let n = restarts(st) + u8::from(s.crashed[i]);
+        if n > per_node {
+            return false;
+        }
+        used += n;
+    }
+    used <= total
+}
+
+pub fn coordinator(s: &SysState) -> &CoordState {
+    match &*s.actor_states[COORDINATOR] {
+        State::Coordinator(c) => c,
+        State::Participant(_) => unreachable!("actor 0 is the coordinator"),
+    }
+}
+
+pub fn participants(s: &SysState) -> impl Iterator<Item = &PartState> {
+    s.actor_states[1..].iter().map(|a| match &**a {
+        State::Participant(p) => p,
+        State::Coordinator(_) => unreachable!("actors 1.. are participants"),
+    })
+}
+
+fn someone_committed(s: &SysState) -> bool {
+    coordinator(s).ghost.replied == Some(Decision::Commit)
+        || participants(s).any(|p| p.ghost.committed)
+}
+
+fn someone_aborted(s: &SysState) -> bool {
+    coordinator(s).ghost.replied == Some(Decision::Abort)
+        || participants(s).any(|p| !p.ghost.aborted_by.is_empty())
+}
+
+/// No txn committed somewhere (at a participant, or as told to the client) and aborted
+/// somewhere else.
+pub fn atomic(s: &SysState) -> bool {
+    !(someone_committed(s) && someone_aborted(s))
+}
+
+/// A commit, anywhere, only once every participant voted YES.
+pub fn commit_needs_every_yes(s: &SysState) -> bool {
+    !someone_committed(s) || participants(s).all(|p| p.ghost.voted_yes)
+}
+
+/// After YES a participant keeps its prepared record durable until an outcome replaces it,
+/// and only a decision (the coordinator's, or one learned from a peer) aborts it.
+pub fn yes_is_kept(s: &SysState) -> bool {
+    let t = txn();
+    participants(s).all(|p| {
+        !p.ghost.voted_yes
+            || ((durable_has(&p.store, &prepared_key(&t))
+                || durable_has(&p.store, &outcome_key(&t)))
+                && !p.ghost.aborted_by.contains(&AbortedBy::OwnNoVote)
+                && !p.ghost.aborted_by.contains(&AbortedBy::NeverPrepared))
+    })
+}
+
+/// Nothing left to do: no txn held by the coordinator or in its log, nobody in doubt. (Lazy
+/// writes may still be unsynced: a crash that loses them re-opens the txn, and the model then
+/// requires it to be decided again.)
+pub fn decided(s: &SysState) -> bool {
+    let c = coordinator(s);
+    c.core.view(&txn()).is_none()
+        && c.store
+            .get(&decision_key(&txn()))
+            .expect("mem store")
+            .is_none()
+        && participants(s).all(|p| {
+            p.core.in_doubt() == 0
+                && p.store
+                    .get(&prepared_key(&txn()))
+                    .expect("mem store")
+                    .is_none()
+        })
+}
+
+fn properties() -> Vec<Property<TwoPcModel>> {
+    vec![
+        Property::always("atomic", |_, s| atomic(s)),
+        Property::always("commit needs every YES", |_, s| commit_needs_every_yes(s)),
+        Property::always("a YES is kept until decided", |_, s| yes_is_kept(s)),
+        Property::eventually("eventually decided", |_, s| decided(s)),
+        Property::sometimes("commits everywhere", |_, s| {
+            coordinator(s).ghost.replied == Some(Decision::Commit)
+                && participants(s).all(|p| p.ghost.committed)
+        }),
+        Property::sometimes("aborts after a YES", |_, s| {
+            participants(s).any(|p| p.ghost.voted_yes && !p.ghost.aborted_by.is_empty())
+        }),
+        Property::sometimes("cooperative termination decides", |_, s| {
+            participants(s).any(|p| p.ghost.decided_by_peer)
+        }),
+        Property::sometimes("a prepared participant restarts", |_, s| {
+            participants(s).any(|p| p.restarts > 0 && p.core.in_doubt() > 0)
+        }),
+    ]
+}
+
+/// Names of the `sometimes` properties: a correct model must find an example of each, or the
+/// check would pass vacuously.
+pub fn sometimes_names(m: &TwoPcModel) -> Vec<&'static str> {
+    let crashes = m.inner.max_crashes > 0;
+    m.properties()
+        .into_iter()
+        .filter(|p| p.expectation == Expectation::Sometimes)
+        .filter(|p| crashes || p.name != "a prepared participant restarts")
+        .map(|p| p.name)
+        .collect()
+}
