@@ -87,14 +87,26 @@ async fn durable_writes(cluster: &Cluster) -> Vec<u64> {
     out
 }
 
+/// The committed value of `key`. The client hears COMMITTED once the decision is durable;
+/// the participants apply it a moment later, and a Read of a key still locked by the txn is
+/// refused with ABORTED ("retry later"), so retry.
 async fn balance(p: &mut Part, key: &str) -> i64 {
-    let r = p
-        .read(pb::ReadRequest {
-            keys: vec![key.as_bytes().to_vec()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut attempts = 0;
+    let r = loop {
+        match p
+            .read(pb::ReadRequest {
+                keys: vec![key.as_bytes().to_vec()],
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.code() == Code::Aborted && attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("read {key}: {s:?}"),
+        }
+    };
     r.values[0]
         .value
         .as_ref()
