@@ -106,11 +106,6 @@ pub struct CoordinatorCore {
     epoch: u64,
     next_seq: u64,
     txns: BTreeMap<TxnId, TxnState>,
-    /// A known bug, planted on purpose so the model checker can show it finds it: Resolve
-    /// answers ABORT for a txn that is still collecting votes or whose decision is not yet
-    /// durable. Only the `planted-bugs` feature (enabled by txn-modelcheck's tests) has it.
-    #[cfg(feature = "planted-bugs")]
-    pub planted_resolve_aborts_undecided: bool,
 }
 
 impl CoordinatorCore {
@@ -120,8 +115,6 @@ impl CoordinatorCore {
             epoch,
             next_seq: 1,
             txns: BTreeMap::new(),
-            #[cfg(feature = "planted-bugs")]
-            planted_resolve_aborts_undecided: false,
         }
     }
 
@@ -385,15 +378,6 @@ impl CoordinatorCore {
     /// Answer to a participant's Resolve. `logged` says whether a commit decision record for
     /// the txn is in the store (the driver looks; this covers decisions not held in memory).
     pub fn resolve(&self, txn: &TxnId, logged: bool) -> Resolution {
-        #[cfg(feature = "planted-bugs")]
-        if self.planted_resolve_aborts_undecided
-            && matches!(
-                self.txns.get(txn).map(|s| &s.phase),
-                Some(Phase::Preparing { .. } | Phase::Deciding)
-            )
-        {
-            return Resolution::Decided(Decision::Abort);
-        }
         match self.txns.get(txn).map(|s| &s.phase) {
             Some(Phase::Preparing { .. }) | Some(Phase::Deciding) => Resolution::Pending,
             Some(Phase::Committing { .. }) => Resolution::Decided(Decision::Commit),

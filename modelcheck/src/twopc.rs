@@ -51,14 +51,17 @@ pub fn txn() -> TxnId {
     TxnId::generated(1, 1)
 }
 
-/// Bugs the model's drivers can be told to have, to show that the checker finds them. The
-/// coordinator-side bug lives in the core itself (feature `planted-bugs`), switched on through
-/// [`Cluster::coordinator_hook`].
+/// Bugs the model's drivers can be told to have, to show that the checker finds them. They live
+/// in the model's drivers, never in the services: a cargo feature on the cores would be
+/// switched on for every crate of a workspace build (feature unification), binaries included.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DriverBugs {
     /// The participant sends YES as soon as the prepared record is applied, without waiting
     /// for the flush that makes it durable.
     pub vote_before_durable: bool,
+    /// The coordinator answers ABORT to Resolve for a txn it has not decided yet (instead of
+    /// PENDING).
+    pub resolve_aborts_undecided: bool,
 }
 
 /// What every node knows: the participants, their branches, the bounds of the model.
@@ -67,8 +70,6 @@ pub struct Cluster {
     pub participants: Vec<ParticipantId>,
     pub ops: Vec<Vec<Op>>,
     pub bugs: DriverBugs,
-    /// Applied to every coordinator core the model creates (to switch a planted bug on).
-    pub coordinator_hook: Option<fn(&mut CoordinatorCore)>,
     /// Which participants run a resolver (the others wait for the coordinator's messages).
     /// A bound on the state space for larger clusters.
     pub resolvers: Vec<bool>,
@@ -94,7 +95,6 @@ impl Cluster {
             participants,
             ops,
             bugs: DriverBugs::default(),
-            coordinator_hook: None,
             resolvers: vec![true; n],
         }
     }
@@ -300,10 +300,7 @@ impl Node {
         batch.put(EPOCH_KEY.to_vec(), record::encode(&EpochRecord { epoch }));
         apply(&store, batch);
         store.sync().expect("mem store");
-        let mut core = CoordinatorCore::new(epoch);
-        if let Some(hook) = cluster.coordinator_hook {
-            hook(&mut core);
-        }
+        let core = CoordinatorCore::new(epoch);
         let mut decisions = Vec::new();
         for (key, bytes) in store.scan_prefix(DECISION_PREFIX).expect("mem store") {
             let rec: DecisionRecord = record::decode(&key, &bytes).expect("decision record");
@@ -430,6 +427,7 @@ impl Node {
                 let answer = match s.core.resolve(&txn, logged) {
                     Resolution::Decided(Decision::Commit) => Answer::Commit,
                     Resolution::Decided(Decision::Abort) => Answer::Abort,
+                    Resolution::Pending if cluster.bugs.resolve_aborts_undecided => Answer::Abort,
                     Resolution::Pending => Answer::Pending,
                 };
                 // A PENDING answer changes nothing at the asker (it asks again later), so the

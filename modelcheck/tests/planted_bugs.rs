@@ -46,7 +46,7 @@ fn vote_before_durable_breaks_atomicity() {
 #[test]
 fn resolve_abort_for_undecided_breaks_atomicity() {
     let mut cluster = Cluster::new(2);
-    cluster.coordinator_hook = Some(|core| core.planted_resolve_aborts_undecided = true);
+    cluster.bugs.resolve_aborts_undecided = true;
     let bounds = Bounds {
         participants: 2,
         restarts_per_node: 0,
