@@ -317,9 +317,15 @@ async fn metrics_reflection_and_json_logs() {
             pb::Outcome::Committed as i32
         );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let coord = scrape(cluster.coordinator.metrics_addr.unwrap()).await;
+    // The Commits go out after the client is answered: wait until every one is acked.
+    let mut coord = String::new();
+    for _ in 0..100 {
+        coord = scrape(cluster.coordinator.metrics_addr.unwrap()).await;
+        if sample(&coord, "txn_commit_seconds_count") >= committed as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     println!("--- coordinator /metrics ---\n{coord}");
     assert_eq!(
         sample(
