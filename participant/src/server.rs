@@ -150,9 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (reflection_v1, reflection_v1alpha) = txn_proto::net::reflection()?;
 
     let shutdown = txn_proto::process::stop_requested(node.fatal());
-    let mut server = server
-        .max_concurrent_streams(Some(txn_proto::net::MAX_CONCURRENT_STREAMS))
-        .layer(txn_proto::net::SizeLimitStatus);
+    let mut server = server;
     server
         .add_service(health_svc)
         .add_service(reflection_v1)

@@ -102,15 +102,22 @@ impl TlsArgs {
         Ok(Some(config))
     }
 
-    /// A server builder with TLS applied when configured.
-    pub fn server(&self) -> anyhow::Result<Server> {
+    /// The server builder every service uses: TLS when configured, the per-connection call
+    /// bound, and RESOURCE_EXHAUSTED for oversize messages.
+    pub fn server(
+        &self,
+    ) -> anyhow::Result<
+        Server<tower::layer::util::Stack<SizeLimitStatus, tower::layer::util::Identity>>,
+    > {
         let mut builder = Server::builder();
         if let Some(tls) = self.server_config()? {
             builder = builder
                 .tls_config(tls)
                 .context("applying the server TLS settings")?;
         }
-        Ok(builder)
+        Ok(builder
+            .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+            .layer(SizeLimitStatus))
     }
 }
 
