@@ -604,6 +604,7 @@ impl Coordinator {
                     pause = (pause * 2).min(self.config.commit_retry_max);
                     if self.core().view(&txn).is_none() {
                         // Settled otherwise (a heuristic outcome by an operator).
+                        self.decided.lock().expect("decided").remove(&txn);
                         return;
                     }
                 }
