@@ -26,7 +26,8 @@
 # They are remembered in DIR, so later commands need only --dir.
 #
 # The binaries are built with failpoints compiled in (unarmed), so scripts/demo.sh and txnctl
-# can crash nodes at exact protocol steps.
+# can crash nodes at exact protocol steps. With CLUSTER_NO_BUILD=1 in the environment, up uses
+# the binaries already in target/ (as `cargo test` leaves them) and builds nothing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -113,6 +114,13 @@ txnctl_env() {
 }
 
 build() {
+  if [[ "${CLUSTER_NO_BUILD:-0}" == 1 ]]; then
+    local b
+    for b in coordinator participant txnctl; do
+      [[ -x "$(bin_dir)/$b" ]] || die "CLUSTER_NO_BUILD=1 but $(bin_dir)/$b is missing; build it first"
+    done
+    return 0
+  fi
   local flags=(--quiet --bins -p txn-coordinator -p txn-participant
     --features txn-coordinator/failpoints,txn-participant/failpoints)
   [[ "$PROFILE" == release ]] && flags+=(--release)

@@ -12,6 +12,9 @@ fn script(args: &[&str]) -> (bool, String) {
     let out = Command::new("bash")
         .arg(root().join("scripts/cluster.sh"))
         .args(args)
+        // `cargo test` has built the binaries (with failpoints, through this crate's
+        // dependencies); a second build with another feature set would only cost time and disk.
+        .env("CLUSTER_NO_BUILD", "1")
         .output()
         .expect("run cluster.sh");
     let text = format!(
