@@ -50,6 +50,9 @@ pub mod failpoints {
 pub const MAX_IN_FLIGHT_TXNS: usize = 10_000;
 /// Longest prepare deadline a client may ask for.
 pub const MAX_PREPARE_TIMEOUT_MS: u32 = 60_000;
+/// Abort calls the coordinator makes to learn the outcome of a one-phase commit whose answer
+/// it lost, before it tells the client the outcome is unknown (with backoff, about 10 s).
+pub const ONE_PHASE_SETTLE_ATTEMPTS: u32 = 15;
 
 #[derive(Debug, Clone)]
 pub struct CoordConfig {
@@ -67,6 +70,9 @@ pub struct CoordConfig {
     /// Most txns run at once (at most [`MAX_IN_FLIGHT_TXNS`]); beyond it Transact answers
     /// RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
+    /// A txn with one branch and no client key commits in one phase (one call, one forced
+    /// write at the participant, nothing logged here).
+    pub one_phase: bool,
 }
 
 impl Default for CoordConfig {
@@ -79,6 +85,7 @@ impl Default for CoordConfig {
             saga_timeout: Duration::from_millis(5000),
             compensation_budget: 20,
             max_in_flight: MAX_IN_FLIGHT_TXNS,
+            one_phase: true,
         }
     }
 }
@@ -344,6 +351,13 @@ impl Coordinator {
                 req.branches.iter().map(|b| b.participant.clone()).collect();
             let txn = node.core().begin(participants.clone());
             let span = info_span!("txn", txn = %txn);
+            // A client key must be recorded with the outcome, which only the coordinator's
+            // decision write can do atomically: keyed txns always take two phases.
+            if node.config.one_phase && participants.len() == 1 && tag.is_none() {
+                if let Some(outcome) = node.run_one_phase(&txn, &req).instrument(span.clone()).await? {
+                    return Ok(outcome);
+                }
+            }
             node.run_two_phase(txn, req, participants, tag)
                 .instrument(span)
                 .await
@@ -424,6 +438,136 @@ impl Coordinator {
                 .observe(started.elapsed().as_secs_f64());
             return self.finish(txn, effects, reads, tag.as_ref()).await;
         }
+    }
+
+    /// Commits a single-branch txn in one call: the participant checks, applies and records
+    /// the outcome in one forced write; nothing is logged here (there is nothing to recover:
+    /// the participant never holds a prepared state). Returns None when the participant does
+    /// not offer one-phase commit, so the caller runs two phases instead.
+    async fn run_one_phase(
+        self: &Arc<Self>,
+        txn: &TxnId,
+        req: &TxnRequest,
+    ) -> Result<Option<TxnOutcome>, CoordError> {
+        let branch = &req.branches[0];
+        let to = branch.participant.clone();
+        let timeout = req
+            .prepare_timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(self.config.prepare_timeout);
+        let started = tokio::time::Instant::now();
+        let mut request = tonic::Request::new(pb::CommitOnePhaseRequest {
+            txn_id: txn.as_str().to_owned(),
+            coordinator_epoch: self.core().epoch(),
+            ops: branch.ops.iter().map(|op| op.to_pb()).collect(),
+        });
+        request.set_timeout(timeout);
+        let mut client = self.participants[&to].clone();
+        let answer = client.commit_one_phase(request).await;
+        let ended = match answer {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.committed {
+                    Ok(r.reads.into_iter().map(Into::into).collect())
+                } else {
+                    Err(format!("{to} voted NO: {}", r.reason))
+                }
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                debug!(participant = %to, "no one-phase commit there; running two phases");
+                return Ok(None);
+            }
+            Err(status) => match self.settle_one_phase(txn, &to, &status).await {
+                Ok(ended) => ended,
+                Err(e) => {
+                    self.core().forget(txn);
+                    return Err(e);
+                }
+            },
+        };
+        // Nothing to keep: no decision record, no participant left to tell.
+        self.core().forget(txn);
+        // The whole call is the prepare phase here; there is no commit phase to time.
+        metrics::metrics()
+            .prepare_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match ended {
+            Ok(reads) => {
+                self.counters.committed.fetch_add(1, Ordering::Relaxed);
+                count_txn(ProtocolLabel::TwoPhase, OutcomeLabel::Committed);
+                debug!("committed in one phase");
+                TxnOutcome {
+                    txn: txn.clone(),
+                    committed: true,
+                    reason: String::new(),
+                    failed_branch: None,
+                    reads: vec![(to, reads)],
+                }
+            }
+            Err(reason) => {
+                self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+                count_txn(ProtocolLabel::TwoPhase, OutcomeLabel::Aborted);
+                debug!(%reason, "aborted in one phase");
+                TxnOutcome {
+                    txn: txn.clone(),
+                    committed: false,
+                    reason,
+                    failed_branch: Some(0),
+                    reads: Vec::new(),
+                }
+            }
+        };
+        Ok(Some(outcome))
+    }
+
+    /// A one-phase call failed without an answer: the branch may or may not have committed.
+    /// An Abort settles it. The participant refuses it (FAILED_PRECONDITION) once the txn has
+    /// committed there, durably; otherwise it records an abort that makes any late copy of
+    /// the call refuse. If the participant does not answer within the attempts, the outcome
+    /// is unknown and the client is told so (UNAVAILABLE).
+    async fn settle_one_phase(
+        &self,
+        txn: &TxnId,
+        to: &ParticipantId,
+        failure: &tonic::Status,
+    ) -> Result<Result<Vec<KeyValue>, String>, CoordError> {
+        let failure = format!("{:?}: {}", failure.code(), failure.message());
+        warn!(participant = %to, error = %failure,
+            "one-phase commit got no answer; settling it with an Abort");
+        let mut pause = self.config.commit_retry_base;
+        for attempt in 1..=ONE_PHASE_SETTLE_ATTEMPTS {
+            let mut client = self.participants[to].clone();
+            let mut request = tonic::Request::new(pb::AbortRequest {
+                txn_id: txn.as_str().to_owned(),
+                forced: false,
+            });
+            request.set_timeout(self.config.rpc_timeout);
+            match client.abort(request).await {
+                Ok(_) => {
+                    return Ok(Err(format!(
+                        "{to} failed during the one-phase commit ({failure}); aborted"
+                    )));
+                }
+                // It committed; the reads went with the lost answer.
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                    info!(participant = %to, "the lost one-phase commit had committed");
+                    return Ok(Ok(Vec::new()));
+                }
+                Err(s) => {
+                    metrics::retried(RetryKind::OnePhaseSettle);
+                    debug!(participant = %to, attempt, error = %s.message(),
+                        "settling Abort not answered; retrying");
+                    let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
+                    tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
+                    pause = (pause * 2).min(self.config.commit_retry_max);
+                }
+            }
+        }
+        Err(CoordError::Unavailable(format!(
+            "txn {txn}: {to} failed during its one-phase commit ({failure}) and did not answer \
+             {ONE_PHASE_SETTLE_ATTEMPTS} calls to settle it; the outcome is unknown until {to} \
+             is back (then: txnctl txn show {txn})"
+        )))
     }
 
     /// Carries out the decision effects of a txn and builds the client's answer.

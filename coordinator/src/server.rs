@@ -56,6 +56,10 @@ pub struct Args {
     #[arg(long, default_value_t = crate::node::MAX_IN_FLIGHT_TXNS as u64,
           value_parser = clap::value_parser!(u64).range(1..=crate::node::MAX_IN_FLIGHT_TXNS as u64))]
     pub max_in_flight_txns: u64,
+    /// Run single-branch txns through both phases too (by default they commit in one phase,
+    /// unless they carry a client_txn_id).
+    #[arg(long)]
+    pub no_one_phase: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when not given).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -116,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         saga_timeout: Duration::from_millis(args.saga_timeout_ms),
         compensation_budget: args.compensation_budget.max(1),
         max_in_flight: args.max_in_flight_txns as usize,
+        one_phase: !args.no_one_phase,
         ..CoordConfig::default()
     };
     let channels = endpoints

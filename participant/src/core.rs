@@ -80,6 +80,24 @@ pub enum CommitStep {
     Refused(Refusal),
 }
 
+/// What the driver must do with a one-phase commit (a txn whose only participant is this one).
+#[derive(Debug, PartialEq)]
+pub enum OnePhaseStep {
+    /// A prepared txn holds a conflicting lock: wait for a release and try again, or refuse
+    /// once the lock wait is over.
+    Blocked { holder: TxnId },
+    /// Apply `batch` (the writes and the committed outcome, in one write); answer committed
+    /// with `reads` once it is durable.
+    Apply {
+        batch: WriteBatch,
+        reads: Vec<KeyValue>,
+    },
+    /// An earlier copy committed it: answer committed once the store is synced.
+    AlreadyCommitted,
+    /// Nothing changes. `batch` (an abort tombstone, possibly empty) may be written lazily.
+    Refuse { reason: String, batch: WriteBatch },
+}
+
 /// What the driver must do with an Abort.
 #[derive(Debug, PartialEq)]
 pub enum AbortStep {
@@ -269,6 +287,62 @@ impl ParticipantCore {
             ))),
             _ => CommitStep::Refused(Refusal::Unknown),
         })
+    }
+
+    /// Both phases at once: the branch is checked and applied with its committed outcome in
+    /// one batch, so there is never a prepared state to be in doubt about. It takes no locks
+    /// (the driver applies the batch under the core's mutex, as it does saga steps); it only
+    /// waits for prepared txns whose locks it conflicts with. An abort tombstone (from an
+    /// Abort that overtook it) makes it refuse, which is how the coordinator settles a call
+    /// whose answer it lost.
+    pub fn commit_one_phase(
+        &self,
+        txn: &TxnId,
+        ops: &[Op],
+        store: &dyn Store,
+        now_unix_ms: u64,
+    ) -> Result<OnePhaseStep, StoreError> {
+        if self.prepared.contains_key(txn) {
+            return Ok(OnePhaseStep::Refuse {
+                reason: "txn is prepared here for two-phase commit; it cannot also commit in one phase"
+                    .into(),
+                batch: WriteBatch::default(),
+            });
+        }
+        match read_outcome(store, txn)? {
+            Some(OutcomeKind::Committed) => return Ok(OnePhaseStep::AlreadyCommitted),
+            Some(OutcomeKind::Aborted) => {
+                return Ok(OnePhaseStep::Refuse {
+                    reason: "txn was already aborted here".into(),
+                    batch: WriteBatch::default(),
+                });
+            }
+            _ => {}
+        }
+        let (exclusive, shared) = lock_sets(ops);
+        if let Some(holder) = self.locks.conflict(None, &exclusive, &shared) {
+            return Ok(OnePhaseStep::Blocked { holder });
+        }
+        let mut batch = WriteBatch::default();
+        match evaluate(ops, store)? {
+            Err(reason) => {
+                batch.put(outcome_key(txn), outcome(OutcomeKind::Aborted, now_unix_ms));
+                Ok(OnePhaseStep::Refuse { reason, batch })
+            }
+            Ok((writes, reads)) => {
+                for w in writes {
+                    match w.value {
+                        Some(v) => batch.put(data_key(&w.key), v),
+                        None => batch.delete(data_key(&w.key)),
+                    };
+                }
+                batch.put(
+                    outcome_key(txn),
+                    outcome(OutcomeKind::Committed, now_unix_ms),
+                );
+                Ok(OnePhaseStep::Apply { batch, reads })
+            }
+        }
     }
 
     pub fn abort(
@@ -591,6 +665,97 @@ mod tests {
 
     fn balance(store: &MemStore, key: &str) -> i64 {
         decode_counter(store.get(&data_key(key.as_bytes())).unwrap().as_deref()).unwrap()
+    }
+
+    fn one_phase(core: &ParticipantCore, store: &MemStore, t: &str, ops: &[Op]) -> OnePhaseStep {
+        core.commit_one_phase(&txn(t), ops, store, 0).unwrap()
+    }
+
+    #[test]
+    fn one_phase_applies_once_and_a_duplicate_changes_nothing() {
+        let store = MemStore::new();
+        let core = ParticipantCore::new();
+        let OnePhaseStep::Apply { batch, .. } = one_phase(&core, &store, "1", &[add("a", 10)])
+        else {
+            panic!("expected Apply");
+        };
+        apply(&store, batch);
+        assert_eq!(balance(&store, "a"), 10);
+        assert_eq!(
+            one_phase(&core, &store, "1", &[add("a", 10)]),
+            OnePhaseStep::AlreadyCommitted
+        );
+        assert_eq!(balance(&store, "a"), 10);
+        assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Committed);
+        // Nothing is left locked or prepared.
+        assert_eq!(core.locked_keys(), 0);
+        assert_eq!(core.in_doubt(), 0);
+    }
+
+    #[test]
+    fn one_phase_refuses_after_an_abort_and_on_a_failed_check() {
+        let store = MemStore::new();
+        let mut core = ParticipantCore::new();
+        // An Abort that overtakes the one-phase call leaves a tombstone; the call refuses.
+        let AbortStep::Apply { batch } = core.abort(&txn("1"), &store, 0).unwrap() else {
+            panic!("expected a tombstone");
+        };
+        apply(&store, batch);
+        assert!(matches!(
+            one_phase(&core, &store, "1", &[add("a", 10)]),
+            OnePhaseStep::Refuse { .. }
+        ));
+        // A check that fails (balance below min) refuses and records the abort.
+        let OnePhaseStep::Refuse { reason, batch } =
+            one_phase(&core, &store, "2", &[add("a", -1)])
+        else {
+            panic!("expected Refuse");
+        };
+        assert!(reason.contains("below"), "{reason}");
+        apply(&store, batch);
+        assert_eq!(core.status(&txn("2"), &store).unwrap(), TxnStatus::Aborted);
+        assert_eq!(store.get(&data_key(b"a")).unwrap(), None);
+        // And an Abort after a one-phase commit is refused: the outcome is fixed.
+        let OnePhaseStep::Apply { batch, .. } = one_phase(&core, &store, "3", &[add("a", 1)])
+        else {
+            panic!("expected Apply");
+        };
+        apply(&store, batch);
+        assert!(matches!(
+            core.abort(&txn("3"), &store, 0).unwrap(),
+            AbortStep::Refused(Refusal::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn one_phase_waits_for_a_prepared_txn_holding_its_key() {
+        let store = MemStore::new();
+        let mut core = ParticipantCore::new();
+        let PrepareStep::Persist { batch, .. } =
+            core.prepare(&req("1", vec![add("a", 10)]), &store, 0).unwrap()
+        else {
+            panic!("expected Persist");
+        };
+        apply(&store, batch);
+        assert_eq!(
+            one_phase(&core, &store, "2", &[add("a", 1)]),
+            OnePhaseStep::Blocked { holder: txn("1") }
+        );
+        // The prepared txn's own id cannot be committed in one phase.
+        assert!(matches!(
+            one_phase(&core, &store, "1", &[add("a", 1)]),
+            OnePhaseStep::Refuse { .. }
+        ));
+        let CommitStep::Apply { batch } = core.commit(&txn("1"), &store, 0).unwrap() else {
+            panic!("expected Apply");
+        };
+        apply(&store, batch);
+        let OnePhaseStep::Apply { batch, .. } = one_phase(&core, &store, "2", &[add("a", 1)])
+        else {
+            panic!("expected Apply");
+        };
+        apply(&store, batch);
+        assert_eq!(balance(&store, "a"), 11);
     }
 
     #[test]

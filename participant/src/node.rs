@@ -17,8 +17,8 @@ use txn_proto::types::{Decision, KeyValue, Op, Resolution, TxnId, Vote};
 use txn_proto::{failpoint, unix_ms};
 
 use crate::core::{
-    AbortStep, CommitStep, ParticipantCore, PrepareRequest, PrepareStep, Refusal, TxnStatus,
-    data_key,
+    AbortStep, CommitStep, OnePhaseStep, ParticipantCore, PrepareRequest, PrepareStep, Refusal,
+    TxnStatus, data_key,
 };
 use crate::disk::DiskRefusal;
 use crate::error::ParticipantError;
@@ -32,12 +32,18 @@ pub mod failpoints {
     pub const AFTER_PREPARE_DURABLE: &str = "participant::after_prepare_durable";
     /// The commit is applied and durable; the ack is not sent yet.
     pub const AFTER_COMMIT_APPLY: &str = "participant::after_commit_apply";
+    /// A one-phase commit is applied but not yet durable; no answer sent.
+    pub const BEFORE_ONE_PHASE_DURABLE: &str = "participant::before_one_phase_durable";
+    /// A one-phase commit is applied and durable; the answer is not sent yet.
+    pub const AFTER_ONE_PHASE_DURABLE: &str = "participant::after_one_phase_durable";
     /// A saga step is applied and durable; the answer is not sent yet.
     pub const AFTER_STEP_EXECUTED: &str = "participant::saga_after_step_executed";
     pub const ALL: &[&str] = &[
         BEFORE_PREPARE_DURABLE,
         AFTER_PREPARE_DURABLE,
         AFTER_COMMIT_APPLY,
+        BEFORE_ONE_PHASE_DURABLE,
+        AFTER_ONE_PHASE_DURABLE,
         AFTER_STEP_EXECUTED,
     ];
 }
@@ -304,6 +310,89 @@ impl Participant {
         }
     }
 
+    /// Commits a single-branch txn in one phase. `Ok(Err(reason))` means it did not commit
+    /// and nothing changed; `Ok(Ok(reads))` means the branch and its outcome are durable.
+    pub async fn commit_one_phase(
+        &self,
+        txn: &TxnId,
+        ops: &[Op],
+    ) -> Result<Result<Vec<KeyValue>, String>, ParticipantError> {
+        let span = info_span!("one_phase", txn = %txn);
+        self.refuse_if_disk_degraded()?;
+        let started = Instant::now();
+        let answer = self.one_phase_inner(txn, ops).instrument(span).await?;
+        metrics::metrics()
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(answer)
+    }
+
+    async fn one_phase_inner(
+        &self,
+        txn: &TxnId,
+        ops: &[Op],
+    ) -> Result<Result<Vec<KeyValue>, String>, ParticipantError> {
+        let deadline = tokio::time::Instant::now() + self.config.lock_wait;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            // The batch is applied under the core lock, so a Prepare, Abort or duplicate that
+            // comes next sees its outcome record.
+            let (step, ticket) = {
+                let core = self.core();
+                let step = self.check(core.commit_one_phase(txn, ops, self.store(), unix_ms()))?;
+                let ticket = match &step {
+                    OnePhaseStep::Apply { batch, .. } => {
+                        Some(self.check(self.gc.write_lazy(batch.clone()))?)
+                    }
+                    OnePhaseStep::AlreadyCommitted => Some(self.gc.current()),
+                    OnePhaseStep::Refuse { batch, .. } if !batch.is_empty() => {
+                        // Lazy, as a NO vote's tombstone: losing it changes no answer given.
+                        self.check(self.gc.write_lazy(batch.clone()))?;
+                        None
+                    }
+                    _ => None,
+                };
+                (step, ticket)
+            };
+            match step {
+                OnePhaseStep::Apply { reads, .. } => {
+                    failpoint::hit(failpoints::BEFORE_ONE_PHASE_DURABLE);
+                    self.check(self.gc.wait(ticket.expect("Apply writes a batch")).await)?;
+                    failpoint::hit(failpoints::AFTER_ONE_PHASE_DURABLE);
+                    self.counters.committed.fetch_add(1, Ordering::Relaxed);
+                    debug!("committed in one phase");
+                    return Ok(Ok(reads));
+                }
+                OnePhaseStep::AlreadyCommitted => {
+                    self.check(self.gc.wait(ticket.expect("a sync ticket")).await)?;
+                    return Ok(Ok(Vec::new()));
+                }
+                OnePhaseStep::Refuse { reason, .. } => {
+                    self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+                    debug!(%reason, "refused a one-phase commit");
+                    return Ok(Err(reason));
+                }
+                OnePhaseStep::Blocked { holder } => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        // Record the refusal, so the call cannot still commit if it is
+                        // delivered again. Lazily: a lost tombstone only loses a refusal.
+                        let tombstone = self.check(self.core().abort(txn, self.store(), unix_ms()))?;
+                        if let AbortStep::Apply { batch } = tombstone {
+                            self.check(self.gc.write_lazy(batch))?;
+                        }
+                        self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Err(format!(
+                            "lock conflict with txn {holder} (waited {} ms)",
+                            self.config.lock_wait.as_millis()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
     pub async fn commit(&self, txn: &TxnId) -> Result<(), ParticipantError> {
         let span = info_span!("commit", txn = %txn);
         let started = Instant::now();
@@ -398,7 +487,15 @@ impl Participant {
         } else {
             AbortSource::Coordinator
         };
-        self.abort_from(txn, source).map(|_| ())
+        match self.abort_from(txn, source) {
+            // "It committed here" is an answer the coordinator may act on (it settles a lost
+            // one-phase commit with an Abort): say it only once the commit is durable.
+            Err(e @ ParticipantError::OutcomeConflict(_)) => {
+                self.check(self.gc.sync_all().await)?;
+                Err(e)
+            }
+            r => r.map(|_| ()),
+        }
     }
 
     /// Aborts `txn`. Returns false when the resolver left a held txn alone.

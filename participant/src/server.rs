@@ -79,6 +79,8 @@ const KNOWN_FAILPOINTS: &[&str] = &[
     failpoints::BEFORE_PREPARE_DURABLE,
     failpoints::AFTER_PREPARE_DURABLE,
     failpoints::AFTER_COMMIT_APPLY,
+    failpoints::BEFORE_ONE_PHASE_DURABLE,
+    failpoints::AFTER_ONE_PHASE_DURABLE,
     failpoints::AFTER_STEP_EXECUTED,
     crate::disk::READ_ONLY_FAILPOINT,
 ];

@@ -32,6 +32,29 @@ impl pb::participant_server::Participant for ParticipantService {
         Ok(Response::new(vote.to_pb()))
     }
 
+    async fn commit_one_phase(
+        &self,
+        request: Request<pb::CommitOnePhaseRequest>,
+    ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
+        let req = request.into_inner();
+        let txn = TxnId::parse("txn_id", &req.txn_id)?;
+        let ops = txn_proto::types::ops_from_pb("ops", req.ops)?;
+        Ok(Response::new(
+            match self.node.commit_one_phase(&txn, &ops).await? {
+                Ok(reads) => pb::CommitOnePhaseResponse {
+                    committed: true,
+                    reads: reads.into_iter().map(Into::into).collect(),
+                    reason: String::new(),
+                },
+                Err(reason) => pb::CommitOnePhaseResponse {
+                    committed: false,
+                    reads: Vec::new(),
+                    reason,
+                },
+            },
+        ))
+    }
+
     async fn commit(
         &self,
         request: Request<pb::CommitRequest>,

@@ -66,6 +66,7 @@ label_values!(RetryKind {
     Resolve => "resolve",
     SagaExecute => "saga_execute",
     SagaCompensate => "saga_compensate",
+    OnePhaseSettle => "one_phase_settle",
 });
 label_values!(RefusalReason { DiskFull => "disk_full", ReadOnly => "read_only" });
 
@@ -85,6 +86,8 @@ pub enum RetryKind {
     SagaExecute,
     /// A saga step's Compensate was retried.
     SagaCompensate,
+    /// The coordinator re-sent the Abort that settles a one-phase commit whose answer it lost.
+    OnePhaseSettle,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -59,6 +59,16 @@ async fn in_doubt_at_live_participants(cluster: &mut Cluster) -> u64 {
 }
 
 async fn crash_and_recover(node: &str, failpoint: &str, seed: u64) -> anyhow::Result<()> {
+    crash_and_recover_with(node, failpoint, seed, false).await
+}
+
+/// With `local`, every transfer has one branch, so it commits in one phase.
+async fn crash_and_recover_with(
+    node: &str,
+    failpoint: &str,
+    seed: u64,
+    local: bool,
+) -> anyhow::Result<()> {
     let mut cluster = Cluster::start(options()).await?;
     let mut client = cluster.coordinator_client().await?;
     let accounts = bank::accounts(3, 30);
@@ -74,7 +84,7 @@ async fn crash_and_recover(node: &str, failpoint: &str, seed: u64) -> anyhow::Re
         overdraft_share: 0.1,
         seed,
         protocol: bank::Protocol::TwoPhase,
-        local: false,
+        local,
     };
     let runner = {
         let accounts = accounts.clone();
@@ -138,6 +148,21 @@ async fn participant_crash_after_prepare_durable() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_crash_after_commit_apply() -> anyhow::Result<()> {
     crash_and_recover("p1", "participant::after_commit_apply", 16).await
+}
+
+/// One-phase commit (single-branch transfers): the participant dies with the branch applied
+/// but not durable. The coordinator, having lost the answer, settles the txn with an Abort
+/// once the participant is back; the client must then hear ABORTED, and nothing may show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_crash_before_one_phase_durable() -> anyhow::Result<()> {
+    crash_and_recover_with("p1", "participant::before_one_phase_durable", 17, true).await
+}
+
+/// As above, but the branch is durable when the participant dies: the settling Abort is
+/// refused, and the client must hear COMMITTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_crash_after_one_phase_durable() -> anyhow::Result<()> {
+    crash_and_recover_with("p1", "participant::after_one_phase_durable", 18, true).await
 }
 
 /// kill -9 of a random process at random moments during a few thousand transfers. The seed is

@@ -153,6 +153,13 @@ impl pb::participant_server::Participant for FakeParticipant {
             Err(Status::unavailable("fake participant is not acking yet"))
         }
     }
+    async fn commit_one_phase(
+        &self,
+        _: Request<pb::CommitOnePhaseRequest>,
+    ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
+        // Also older: single-branch txns fall back to two phases.
+        Err(Status::unimplemented("fake"))
+    }
     async fn commit_batch(
         &self,
         _: Request<pb::CommitBatchRequest>,
