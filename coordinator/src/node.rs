@@ -354,7 +354,11 @@ impl Coordinator {
             // A client key must be recorded with the outcome, which only the coordinator's
             // decision write can do atomically: keyed txns always take two phases.
             if node.config.one_phase && participants.len() == 1 && tag.is_none() {
-                if let Some(outcome) = node.run_one_phase(&txn, &req).instrument(span.clone()).await? {
+                if let Some(outcome) = node
+                    .run_one_phase(&txn, &req)
+                    .instrument(span.clone())
+                    .await?
+                {
                     return Ok(outcome);
                 }
             }

@@ -304,8 +304,9 @@ impl ParticipantCore {
     ) -> Result<OnePhaseStep, StoreError> {
         if self.prepared.contains_key(txn) {
             return Ok(OnePhaseStep::Refuse {
-                reason: "txn is prepared here for two-phase commit; it cannot also commit in one phase"
-                    .into(),
+                reason:
+                    "txn is prepared here for two-phase commit; it cannot also commit in one phase"
+                        .into(),
                 batch: WriteBatch::default(),
             });
         }
@@ -686,7 +687,10 @@ mod tests {
             OnePhaseStep::AlreadyCommitted
         );
         assert_eq!(balance(&store, "a"), 10);
-        assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Committed);
+        assert_eq!(
+            core.status(&txn("1"), &store).unwrap(),
+            TxnStatus::Committed
+        );
         // Nothing is left locked or prepared.
         assert_eq!(core.locked_keys(), 0);
         assert_eq!(core.in_doubt(), 0);
@@ -706,8 +710,7 @@ mod tests {
             OnePhaseStep::Refuse { .. }
         ));
         // A check that fails (balance below min) refuses and records the abort.
-        let OnePhaseStep::Refuse { reason, batch } =
-            one_phase(&core, &store, "2", &[add("a", -1)])
+        let OnePhaseStep::Refuse { reason, batch } = one_phase(&core, &store, "2", &[add("a", -1)])
         else {
             panic!("expected Refuse");
         };
@@ -731,8 +734,9 @@ mod tests {
     fn one_phase_waits_for_a_prepared_txn_holding_its_key() {
         let store = MemStore::new();
         let mut core = ParticipantCore::new();
-        let PrepareStep::Persist { batch, .. } =
-            core.prepare(&req("1", vec![add("a", 10)]), &store, 0).unwrap()
+        let PrepareStep::Persist { batch, .. } = core
+            .prepare(&req("1", vec![add("a", 10)]), &store, 0)
+            .unwrap()
         else {
             panic!("expected Persist");
         };

@@ -378,7 +378,8 @@ impl Participant {
                     if tokio::time::timeout_at(deadline, released).await.is_err() {
                         // Record the refusal, so the call cannot still commit if it is
                         // delivered again. Lazily: a lost tombstone only loses a refusal.
-                        let tombstone = self.check(self.core().abort(txn, self.store(), unix_ms()))?;
+                        let tombstone =
+                            self.check(self.core().abort(txn, self.store(), unix_ms()))?;
                         if let AbortStep::Apply { batch } = tombstone {
                             self.check(self.gc.write_lazy(batch))?;
                         }
@@ -487,6 +488,7 @@ impl Participant {
         } else {
             AbortSource::Coordinator
         };
+        let was_prepared = self.core().is_prepared(txn);
         match self.abort_from(txn, source) {
             // "It committed here" is an answer the coordinator may act on (it settles a lost
             // one-phase commit with an Abort): say it only once the commit is durable.
@@ -494,6 +496,11 @@ impl Participant {
                 self.check(self.gc.sync_all().await)?;
                 Err(e)
             }
+            // A tombstone for a txn never prepared here is a promise that it will never
+            // commit here, and the coordinator may tell its client ABORTED on the strength of
+            // it (a settled one-phase commit): keep the promise across a crash. Rare in two
+            // phases (an Abort that overtakes its Prepare), so the fsync costs little.
+            Ok(_) if !was_prepared => self.check(self.gc.sync_all().await),
             r => r.map(|_| ()),
         }
     }
