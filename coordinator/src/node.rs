@@ -353,14 +353,15 @@ impl Coordinator {
             let span = info_span!("txn", txn = %txn);
             // A client key must be recorded with the outcome, which only the coordinator's
             // decision write can do atomically: keyed txns always take two phases.
-            if node.config.one_phase && participants.len() == 1 && tag.is_none() {
-                if let Some(outcome) = node
+            if node.config.one_phase
+                && participants.len() == 1
+                && tag.is_none()
+                && let Some(outcome) = node
                     .run_one_phase(&txn, &req)
                     .instrument(span.clone())
                     .await?
-                {
-                    return Ok(outcome);
-                }
+            {
+                return Ok(outcome);
             }
             node.run_two_phase(txn, req, participants, tag)
                 .instrument(span)
