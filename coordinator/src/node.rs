@@ -499,7 +499,7 @@ impl Coordinator {
         let outcome = match ended {
             Ok(reads) => {
                 self.counters.committed.fetch_add(1, Ordering::Relaxed);
-                count_txn(ProtocolLabel::TwoPhase, OutcomeLabel::Committed);
+                count_txn(ProtocolLabel::OnePhase, OutcomeLabel::Committed);
                 debug!("committed in one phase");
                 TxnOutcome {
                     txn: txn.clone(),
@@ -511,7 +511,7 @@ impl Coordinator {
             }
             Err(reason) => {
                 self.counters.aborted.fetch_add(1, Ordering::Relaxed);
-                count_txn(ProtocolLabel::TwoPhase, OutcomeLabel::Aborted);
+                count_txn(ProtocolLabel::OnePhase, OutcomeLabel::Aborted);
                 debug!(%reason, "aborted in one phase");
                 TxnOutcome {
                     txn: txn.clone(),

@@ -29,6 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum ProtocolLabel {
     TwoPhase,
+    /// A single-branch txn the coordinator ran in one phase.
+    OnePhase,
     Saga,
 }
 
@@ -54,7 +56,11 @@ macro_rules! label_values {
     };
 }
 
-label_values!(ProtocolLabel { TwoPhase => "two_phase", Saga => "saga" });
+label_values!(ProtocolLabel {
+    TwoPhase => "two_phase",
+    OnePhase => "one_phase",
+    Saga => "saga",
+});
 label_values!(OutcomeLabel {
     Committed => "committed",
     Aborted => "aborted",

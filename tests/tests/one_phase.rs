@@ -59,8 +59,11 @@ async fn run_checked(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_branch_txns_commit_in_one_phase_with_nothing_logged_by_the_coordinator()
 -> anyhow::Result<()> {
-    let (mut cluster, history, written) =
-        run_checked(ClusterOptions::default(), &local_workload(120, 31)).await?;
+    let opts = ClusterOptions {
+        metrics: true,
+        ..Default::default()
+    };
+    let (mut cluster, history, written) = run_checked(opts, &local_workload(120, 31)).await?;
     let tally = bank::tally(&history);
     println!("{tally:?}; coordinator durable writes during the run: {written}");
     assert_eq!(tally.unknown, 0, "no faults, every call answers: {tally:?}");
@@ -74,6 +77,20 @@ async fn single_branch_txns_commit_in_one_phase_with_nothing_logged_by_the_coord
             assert!(reason.contains("voted NO"), "abort reason: {reason}");
         }
     }
+    let addr = cluster
+        .node("coordinator")
+        .metrics_addr
+        .expect("metrics are on");
+    let text = txn_tests::cluster::scrape_metrics(addr).await?;
+    let one_phase = |outcome: &str| {
+        txn_tests::cluster::metric(
+            &text,
+            &format!("txn_txns_total{{protocol=\"one_phase\",outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0) as usize
+    };
+    assert_eq!(one_phase("committed"), tally.committed, "{text}");
+    assert_eq!(one_phase("aborted"), tally.aborted, "{text}");
 
     // With a client key the answer must be durable with the outcome: two phases, and a
     // retry gets the first answer without applying twice.
