@@ -347,12 +347,16 @@ impl Participant {
                         Some(self.check(self.gc.write_lazy(batch.clone()))?)
                     }
                     OnePhaseStep::AlreadyCommitted => Some(self.gc.current()),
+                    // A refusal is answered once its tombstone (or the earlier one it found) is
+                    // durable: the client will be told ABORTED, so a crash must not let a
+                    // redelivered copy of this call commit afterwards. (A NO vote's tombstone
+                    // can stay lazy: there the coordinator's abort is final whatever the
+                    // participant says later.)
                     OnePhaseStep::Refuse { batch, .. } if !batch.is_empty() => {
-                        // Lazy, as a NO vote's tombstone: losing it changes no answer given.
-                        self.check(self.gc.write_lazy(batch.clone()))?;
-                        None
+                        Some(self.check(self.gc.write_lazy(batch.clone()))?)
                     }
-                    _ => None,
+                    OnePhaseStep::Refuse { .. } => Some(self.gc.current()),
+                    OnePhaseStep::Blocked { .. } => None,
                 };
                 (step, ticket)
             };
@@ -370,19 +374,29 @@ impl Participant {
                     return Ok(Ok(Vec::new()));
                 }
                 OnePhaseStep::Refuse { reason, .. } => {
+                    self.check(self.gc.wait(ticket.expect("a refusal's ticket")).await)?;
                     self.counters.aborted.fetch_add(1, Ordering::Relaxed);
                     debug!(%reason, "refused a one-phase commit");
                     return Ok(Err(reason));
                 }
                 OnePhaseStep::Blocked { holder } => {
                     if tokio::time::timeout_at(deadline, released).await.is_err() {
-                        // Record the refusal, so the call cannot still commit if it is
-                        // delivered again. Lazily: a lost tombstone only loses a refusal.
-                        let tombstone =
-                            self.check(self.core().abort(txn, self.store(), unix_ms()))?;
-                        if let AbortStep::Apply { batch } = tombstone {
-                            self.check(self.gc.write_lazy(batch))?;
-                        }
+                        // Record the refusal durably before answering, so the call cannot
+                        // still commit if it is delivered again (see Refuse above).
+                        let ticket = {
+                            let mut core = self.core();
+                            match self.check(core.abort(txn, self.store(), unix_ms()))? {
+                                AbortStep::Apply { batch } => {
+                                    Some(self.check(self.gc.write_lazy(batch))?)
+                                }
+                                AbortStep::AlreadyAborted => Some(self.gc.current()),
+                                // A duplicate of this call committed meanwhile: look again,
+                                // and answer as it did.
+                                AbortStep::Refused(_) => None,
+                            }
+                        };
+                        let Some(ticket) = ticket else { continue };
+                        self.check(self.gc.wait(ticket).await)?;
                         self.counters.aborted.fetch_add(1, Ordering::Relaxed);
                         return Ok(Err(format!(
                             "lock conflict with txn {holder} (waited {} ms)",

@@ -34,6 +34,21 @@ async fn coordinator_writes(cluster: &Cluster) -> anyhow::Result<u64> {
         .durable_writes)
 }
 
+/// The coordinator's durable-write count once it stops moving: the seeding txns' decision
+/// records are deleted lazily after their acks, and must not count as the run's writes.
+async fn settled_coordinator_writes(cluster: &Cluster) -> anyhow::Result<u64> {
+    let mut last = coordinator_writes(cluster).await?;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = coordinator_writes(cluster).await?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    anyhow::bail!("the coordinator kept writing for 5 s after the seeding txns")
+}
+
 /// Runs `w` against a fresh cluster and checks every invariant; returns the cluster, the
 /// history and how many records the coordinator made durable during the run.
 async fn run_checked(
@@ -45,7 +60,7 @@ async fn run_checked(
     let accounts = bank::accounts(3, 30);
     bank::seed(&mut client, &accounts, BALANCE).await?;
     bank::wait_quiet(&cluster, Duration::from_secs(10)).await?;
-    let before = coordinator_writes(&cluster).await?;
+    let before = settled_coordinator_writes(&cluster).await?;
     let history = bank::run(&client, &accounts, BALANCE, w).await;
     let written = coordinator_writes(&cluster).await? - before;
     let left = bank::wait_quiet(&cluster, Duration::from_secs(30)).await?;
@@ -74,7 +89,11 @@ async fn single_branch_txns_commit_in_one_phase_with_nothing_logged_by_the_coord
     );
     for r in &history {
         if let Outcome::Aborted { reason, .. } = &r.outcome {
-            assert!(reason.contains("voted NO"), "abort reason: {reason}");
+            // A refusal, or (on a very slow machine) a call that timed out and was settled.
+            assert!(
+                reason.contains("voted NO") || reason.contains("one-phase commit"),
+                "abort reason: {reason}"
+            );
         }
     }
     let addr = cluster
