@@ -12,12 +12,18 @@
 //! - A saga's key record is made durable with the saga's first log write (without an
 //!   answer); the answer is added when the saga ends. A retry while the saga is still running
 //!   after a restart is told to come back later.
+//!
+//! Keys are kept for a retention period (`--client-key-retention-secs`, a day by default),
+//! then forgotten by a sweeper: a request sent again after that runs as a new one. Keys of
+//! sagas still running are kept whatever their age.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tracing::{info, warn};
 use txn_proto::pb::rec::{ClientTxnRecord, SagaRecord, SagaState};
 use txn_proto::pb::v1 as pb;
 use txn_proto::record;
@@ -30,6 +36,13 @@ use crate::node::{Coordinator, TxnOutcome};
 
 /// Prefix of client key records: `k/KEY`.
 pub const CLIENT_PREFIX: &[u8] = b"k/";
+
+/// Default time a client key is remembered.
+pub const DEFAULT_CLIENT_KEY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Key records the sweeper reads at once (bounds its memory and each write batch).
+pub const CLIENT_KEY_SWEEP_PAGE: usize = 1_000;
+/// Longest pause between two sweeps (shorter when the retention is short).
+pub const CLIENT_KEY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 pub fn client_key(id: &TxnId) -> Vec<u8> {
     [CLIENT_PREFIX, id.as_str().as_bytes()].concat()
@@ -214,6 +227,78 @@ impl Coordinator {
                 tag.id
             ))
         })?))
+    }
+
+    /// Forgets the keys whose record is older than `retention` at `now_unix_ms`, except keys
+    /// of requests running now and of sagas not yet ended. The deletions are lazy: one lost in
+    /// a crash is made again by the next sweep. Returns how many keys it forgot.
+    pub fn sweep_client_keys(
+        &self,
+        retention: Duration,
+        now_unix_ms: u64,
+    ) -> Result<usize, CoordError> {
+        let cutoff = now_unix_ms.saturating_sub(retention.as_millis() as u64);
+        let mut start = CLIENT_PREFIX.to_vec();
+        let mut forgotten = 0;
+        loop {
+            let page = self.check(self.gc.store().scan_page(
+                CLIENT_PREFIX,
+                &start,
+                CLIENT_KEY_SWEEP_PAGE,
+            ))?;
+            let mut batch = WriteBatch::default();
+            for (key, bytes) in &page {
+                let rec: ClientTxnRecord =
+                    self.check(record::decode(key, bytes).map_err(Into::into))?;
+                if rec.at_unix_ms >= cutoff {
+                    continue;
+                }
+                let id = String::from_utf8_lossy(&key[CLIENT_PREFIX.len()..]).into_owned();
+                if self
+                    .client_txns
+                    .lock()
+                    .expect("client txns")
+                    .contains_key(&id)
+                {
+                    continue;
+                }
+                let ended = rec.response.is_some() || {
+                    // A saga's key written before its end: keep it while the saga runs.
+                    let saga = TxnId::parse("txn_id", &rec.txn_id)?;
+                    match self.saga(&saga)? {
+                        Some(log) => saga_answer(&saga, &log).is_some(),
+                        None => true,
+                    }
+                };
+                if ended {
+                    batch.delete(key.clone());
+                    forgotten += 1;
+                }
+            }
+            if !batch.is_empty() {
+                self.check(self.gc.write_lazy(batch))?;
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == CLIENT_KEY_SWEEP_PAGE => {
+                    start = [last.as_slice(), &[0]].concat();
+                }
+                _ => return Ok(forgotten),
+            }
+        }
+    }
+
+    /// Runs [`Coordinator::sweep_client_keys`] every minute (or every half retention, if that
+    /// is shorter) until the process stops.
+    pub async fn run_client_key_sweeper(self: Arc<Self>, retention: Duration) {
+        let every = (retention / 2).clamp(Duration::from_millis(100), CLIENT_KEY_SWEEP_INTERVAL);
+        loop {
+            tokio::time::sleep(every).await;
+            match self.sweep_client_keys(retention, unix_ms()) {
+                Ok(0) => {}
+                Ok(n) => info!(forgotten = n, "client keys past their retention forgotten"),
+                Err(e) => warn!(error = %e, "sweeping client keys failed; will retry"),
+            }
+        }
     }
 
     /// Adds the key record for a finished request to a batch.

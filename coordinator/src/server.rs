@@ -56,6 +56,10 @@ pub struct Args {
     #[arg(long, default_value_t = crate::node::MAX_IN_FLIGHT_TXNS as u64,
           value_parser = clap::value_parser!(u64).range(1..=crate::node::MAX_IN_FLIGHT_TXNS as u64))]
     pub max_in_flight_txns: u64,
+    /// How long a client_txn_id is remembered; a request sent again with the key after that
+    /// runs as a new one. 0 keeps keys forever.
+    #[arg(long, default_value_t = crate::dedup::DEFAULT_CLIENT_KEY_RETENTION.as_secs())]
+    pub client_key_retention_secs: u64,
     /// Run single-branch txns through both phases too (by default they commit in one phase,
     /// unless they carry a client_txn_id).
     #[arg(long)]
@@ -134,6 +138,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("recovering the decision log")?;
     node.set_admin_token(bearer);
+    if args.client_key_retention_secs > 0 {
+        tokio::spawn(
+            node.clone()
+                .run_client_key_sweeper(Duration::from_secs(args.client_key_retention_secs)),
+        );
+    }
 
     let svc = CoordinatorService::new(node.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();
