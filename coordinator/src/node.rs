@@ -553,20 +553,41 @@ impl Coordinator {
                         "{to} failed during the one-phase commit ({failure}); aborted"
                     )));
                 }
-                // It committed; the reads went with the lost answer.
+                // Refused: the outcome is the other one. Confirm it is a commit (the refusal
+                // is sent once the commit is durable) rather than trust the status code alone.
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                    info!(participant = %to, "the lost one-phase commit had committed");
-                    return Ok(Ok(Vec::new()));
+                    let mut request = tonic::Request::new(pb::TxnStateRequest {
+                        txn_id: txn.as_str().to_owned(),
+                    });
+                    request.set_timeout(self.config.rpc_timeout);
+                    match client
+                        .get_txn_state(request)
+                        .await
+                        .map(|r| r.into_inner().state())
+                    {
+                        Ok(pb::TxnState::Committed) => {
+                            info!(participant = %to, "the lost one-phase commit had committed");
+                            // The reads went with the lost answer.
+                            return Ok(Ok(Vec::new()));
+                        }
+                        other => {
+                            warn!(participant = %to, refusal = %s.message(), state = ?other,
+                                "settling Abort refused, but the txn is not committed there");
+                        }
+                    }
                 }
                 Err(s) => {
-                    metrics::retried(RetryKind::OnePhaseSettle);
                     debug!(participant = %to, attempt, error = %s.message(),
                         "settling Abort not answered; retrying");
-                    let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
-                    tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
-                    pause = (pause * 2).min(self.config.commit_retry_max);
                 }
             }
+            if attempt == ONE_PHASE_SETTLE_ATTEMPTS {
+                break;
+            }
+            metrics::retried(RetryKind::OnePhaseSettle);
+            let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
+            tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
+            pause = (pause * 2).min(self.config.commit_retry_max);
         }
         Err(CoordError::Unavailable(format!(
             "txn {txn}: {to} failed during its one-phase commit ({failure}) and did not answer \
