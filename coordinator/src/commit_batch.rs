@@ -6,6 +6,10 @@
 //! lock and one fsync. A lone Commit goes out at once, so nothing waits for a batch to fill.
 //! The retry logic stays in the caller (`drive_commit`): a failed batch fails each of its
 //! Commits, and each is retried on its own schedule through the queue again.
+//!
+//! The same task tells the participant which committed txns have ended, so it can forget
+//! their outcomes: the ids ride along with the next batch, or go alone after
+//! [`FORGET_LINGER`] if no Commit comes.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,6 +23,11 @@ use txn_proto::types::{MAX_COMMIT_BATCH, TxnId};
 
 /// Commits waiting for their participant's batch task; a full queue makes `commit` wait.
 pub const MAX_COMMIT_QUEUE: usize = 8 * MAX_COMMIT_BATCH;
+/// Ended txns waiting to be sent as forgets; beyond it new ones are dropped, and their
+/// outcome records stay at the participant (counted in the log, harmless otherwise).
+pub const MAX_FORGET_QUEUE: usize = 8 * MAX_COMMIT_BATCH;
+/// How long forgets wait for a Commit batch to ride with before they go out alone.
+pub const FORGET_LINGER: Duration = Duration::from_millis(200);
 
 type Waiter = (TxnId, oneshot::Sender<Result<(), tonic::Status>>);
 
@@ -26,14 +35,22 @@ type Waiter = (TxnId, oneshot::Sender<Result<(), tonic::Status>>);
 #[derive(Clone)]
 pub struct CommitQueue {
     tx: mpsc::Sender<Waiter>,
+    forget_tx: mpsc::Sender<TxnId>,
 }
 
 impl CommitQueue {
     /// Starts the batch task of one participant.
     pub fn start(name: String, client: ParticipantClient<Channel>, rpc_timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(MAX_COMMIT_QUEUE);
-        tokio::spawn(run(name, client, rpc_timeout, rx));
-        Self { tx }
+        let (forget_tx, forget_rx) = mpsc::channel(MAX_FORGET_QUEUE);
+        tokio::spawn(run(name, client, rpc_timeout, rx, forget_rx));
+        Self { tx, forget_tx }
+    }
+
+    /// Tells the participant, with a coming batch, that `txn` has ended. Never waits; returns
+    /// false if the queue is full and the forget was dropped.
+    pub fn forget(&self, txn: TxnId) -> bool {
+        self.forget_tx.try_send(txn).is_ok()
     }
 
     /// Commits `txn` at this participant; the answer a single Commit would have given.
@@ -54,21 +71,64 @@ async fn run(
     mut client: ParticipantClient<Channel>,
     rpc_timeout: Duration,
     mut rx: mpsc::Receiver<Waiter>,
+    mut forget_rx: mpsc::Receiver<TxnId>,
 ) {
     // Participants of an older version answer CommitBatch with UNIMPLEMENTED: then every
-    // Commit goes out on its own.
+    // Commit goes out on its own, and forgets are dropped.
     let mut batch_supported = true;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+    let mut forgets: Vec<TxnId> = Vec::new();
+    loop {
+        let first = if forgets.is_empty() {
+            tokio::select! {
+                w = rx.recv() => match w {
+                    Some(w) => Some(w),
+                    None => return,
+                },
+                f = forget_rx.recv() => match f {
+                    Some(t) => {
+                        forgets.push(t);
+                        continue;
+                    }
+                    None => return,
+                },
+            }
+        } else {
+            tokio::select! {
+                w = rx.recv() => match w {
+                    Some(w) => Some(w),
+                    None => return,
+                },
+                _ = tokio::time::sleep(FORGET_LINGER) => None,
+            }
+        };
+        let mut batch: Vec<Waiter> = first.into_iter().collect();
         while batch.len() < MAX_COMMIT_BATCH {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
                 Err(_) => break,
             }
         }
+        while forgets.len() < MAX_FORGET_QUEUE {
+            match forget_rx.try_recv() {
+                Ok(t) => forgets.push(t),
+                Err(_) => break,
+            }
+        }
+        let forget: Vec<TxnId> = if batch_supported {
+            forgets
+                .drain(..forgets.len().min(MAX_COMMIT_BATCH))
+                .collect()
+        } else {
+            forgets.clear();
+            Vec::new()
+        };
+        if batch.is_empty() && forget.is_empty() {
+            continue;
+        }
         if batch_supported {
             let mut request = tonic::Request::new(pb::CommitBatchRequest {
                 txn_ids: batch.iter().map(|(t, _)| t.to_string()).collect(),
+                forget: forget.iter().map(|t| t.to_string()).collect(),
             });
             request.set_timeout(rpc_timeout);
             match client.commit_batch(request).await {
@@ -96,6 +156,9 @@ async fn run(
                     for (_, reply) in batch {
                         let _ = reply.send(Err(status.clone()));
                     }
+                    // Try the forgets again with a later batch.
+                    let room = MAX_FORGET_QUEUE.saturating_sub(forgets.len());
+                    forgets.extend(forget.into_iter().take(room));
                     continue;
                 }
             }

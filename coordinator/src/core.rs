@@ -49,8 +49,12 @@ pub enum Effect {
     SendCommit { to: ParticipantId },
     /// Send Abort to a participant, best effort.
     SendAbort { to: ParticipantId },
-    /// Delete the decision record, lazily: every participant has acked.
-    EndDecision { key: Vec<u8> },
+    /// Delete the decision record, lazily: every participant has acked. Once that is
+    /// durable, the participants may forget the txn's outcome.
+    EndDecision {
+        key: Vec<u8>,
+        participants: Vec<ParticipantId>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -369,9 +373,10 @@ impl CoordinatorCore {
         if acked.len() < state.participants.len() {
             return Vec::new();
         }
-        self.txns.remove(txn);
+        let ended = self.txns.remove(txn).expect("looked up above");
         vec![Effect::EndDecision {
             key: decision_key(txn),
+            participants: ended.participants,
         }]
     }
 

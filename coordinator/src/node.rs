@@ -50,6 +50,9 @@ pub mod failpoints {
 pub const MAX_IN_FLIGHT_TXNS: usize = 10_000;
 /// Longest prepare deadline a client may ask for.
 pub const MAX_PREPARE_TIMEOUT_MS: u32 = 60_000;
+/// How long an ended decision's deletion waits for another writer's sync before it asks for
+/// one (the participants forget the txn only after that).
+pub const FORGET_PATIENCE: Duration = Duration::from_millis(500);
 /// Abort calls the coordinator makes to learn the outcome of a one-phase commit whose answer
 /// it lost, before it tells the client the outcome is unknown (with backoff, about 10 s).
 pub const ONE_PHASE_SETTLE_ATTEMPTS: u32 = 15;
@@ -406,8 +409,13 @@ impl Coordinator {
             .map(|p| (p.clone(), Vec::new()))
             .collect();
         loop {
-            let effects = match tokio::time::timeout_at(deadline, votes.next()).await {
-                Ok(Some((i, result))) => {
+            let next = tokio::time::timeout_at(deadline, votes.next()).await;
+            // A vote that comes in after the deadline (a coordinator paused past it sees the
+            // vote and the deadline at once) counts as late: participants drop abort
+            // tombstones some minutes after writing them, on the strength of this deadline.
+            let late = tokio::time::Instant::now() >= deadline;
+            let effects = match next {
+                Ok(Some((i, result))) if !late => {
                     let vote = match result.map(|r| Vote::from_pb(r.into_inner())) {
                         Ok(Ok(Vote::Yes { reads: r })) => {
                             reads[i].1 = r;
@@ -425,8 +433,9 @@ impl Coordinator {
                 }
                 // Every vote is in, or the deadline passed, and the core has nothing to do:
                 // an operator aborted the txn meanwhile.
-                Ok(None) => forced_abort_effects(),
-                Err(_) => {
+                Ok(None) if !late => forced_abort_effects(),
+                // The deadline passed.
+                _ => {
                     let e = self.core().on_prepare_timeout(&txn);
                     if e.is_empty() && self.core().view(&txn).is_none() {
                         forced_abort_effects()
@@ -697,13 +706,30 @@ impl Coordinator {
                 Effect::SendAbort { to } => {
                     tokio::spawn(async move { node.send_abort(txn, to).await }.instrument(span));
                 }
-                Effect::EndDecision { key } => {
+                Effect::EndDecision { key, participants } => {
                     let mut batch = WriteBatch::default();
                     batch.delete(key);
                     // Lazy: a decision that reappears after a crash only re-sends Commits,
-                    // which participants ack idempotently.
-                    if let Err(e) = self.gc.write_lazy(batch) {
-                        warn!(error = %e, "could not end the decision");
+                    // which participants ack idempotently - as long as they still hold the
+                    // outcome. So they are told to forget it only once the deletion is
+                    // durable (riding on other writers' syncs, under load).
+                    match self.gc.write_lazy(batch) {
+                        Ok(ticket) => {
+                            tokio::spawn(
+                                async move {
+                                    if node
+                                        .gc
+                                        .wait_patiently(ticket, FORGET_PATIENCE)
+                                        .await
+                                        .is_ok()
+                                    {
+                                        node.forget_everywhere(&txn, &participants);
+                                    }
+                                }
+                                .instrument(span),
+                            );
+                        }
+                        Err(e) => warn!(error = %e, "could not end the decision"),
                     }
                 }
                 Effect::PersistDecision { .. }
@@ -711,6 +737,17 @@ impl Coordinator {
                 | Effect::ReplyAborted { .. } => {
                     unreachable!("handled by finish")
                 }
+            }
+        }
+    }
+
+    /// Tells each participant of an ended txn that it may forget the outcome.
+    fn forget_everywhere(&self, txn: &TxnId, participants: &[ParticipantId]) {
+        for p in participants {
+            if let Some(queue) = self.commit_queues.get(p)
+                && !queue.forget(txn.clone())
+            {
+                debug!(participant = %p, "forget queue full; the outcome stays there");
             }
         }
     }

@@ -370,7 +370,7 @@ impl Node {
                 Effect::SendAbort { to } => {
                     o.send(cluster.actor_of(&to), Msg::Abort { txn: txn.clone() })
                 }
-                Effect::EndDecision { key } => {
+                Effect::EndDecision { key, .. } => {
                     // Lazy: synced by a later Flush, or lost and re-driven after a crash.
                     let mut batch = WriteBatch::default();
                     batch.delete(key);

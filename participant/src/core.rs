@@ -30,6 +30,8 @@ use crate::locks::LockTable;
 pub const DATA_PREFIX: &[u8] = b"d/";
 pub const PREPARED_PREFIX: &[u8] = b"p/";
 pub const OUTCOME_PREFIX: &[u8] = b"o/";
+/// Index of the outcomes that expire by age: `x/<at_unix_ms, 8 bytes big-endian><txn>`.
+pub const EXPIRY_PREFIX: &[u8] = b"x/";
 
 pub fn data_key(key: &[u8]) -> Vec<u8> {
     [DATA_PREFIX, key].concat()
@@ -41,6 +43,74 @@ pub fn prepared_key(txn: &TxnId) -> Vec<u8> {
 
 pub fn outcome_key(txn: &TxnId) -> Vec<u8> {
     [OUTCOME_PREFIX, txn.as_str().as_bytes()].concat()
+}
+
+fn expiry_key(at_unix_ms: u64, txn: &TxnId) -> Vec<u8> {
+    [
+        EXPIRY_PREFIX,
+        &at_unix_ms.to_be_bytes(),
+        txn.as_str().as_bytes(),
+    ]
+    .concat()
+}
+
+/// Records `txn`'s outcome. `expires`: the record only has to outlive the messages that can
+/// still ask about it (aborts and tombstones: a Prepare, at most the coordinator's prepare
+/// deadline; one-phase commits: the coordinator's settling), so [`sweep_expired`] may drop it
+/// after the retention; otherwise it stays until the coordinator says the txn has ended.
+fn put_outcome(
+    batch: &mut WriteBatch,
+    txn: &TxnId,
+    kind: OutcomeKind,
+    now_unix_ms: u64,
+    expires: bool,
+) {
+    batch.put(outcome_key(txn), outcome(kind, now_unix_ms));
+    if expires {
+        batch.put(expiry_key(now_unix_ms, txn), Vec::new());
+    }
+}
+
+/// Drops the outcomes indexed for expiry that were recorded before `cutoff_unix_ms`, at most
+/// `limit` index entries. Returns the batch and whether more entries may be due.
+pub fn sweep_expired(
+    store: &dyn Store,
+    cutoff_unix_ms: u64,
+    limit: usize,
+) -> Result<(WriteBatch, bool), StoreError> {
+    let mut batch = WriteBatch::default();
+    let page = store.scan_page(EXPIRY_PREFIX, EXPIRY_PREFIX, limit)?;
+    let full = page.len() == limit;
+    for (key, _) in page {
+        let rest = &key[EXPIRY_PREFIX.len()..];
+        let corrupt = |problem: &str| {
+            StoreError::Corrupt(record::CorruptRecord {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                problem: problem.to_owned(),
+            })
+        };
+        let (at, txn) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("expiry key too short"))?;
+        let at = u64::from_be_bytes(*at);
+        if at >= cutoff_unix_ms {
+            return Ok((batch, false));
+        }
+        let txn = std::str::from_utf8(txn)
+            .ok()
+            .and_then(|t| TxnId::parse("txn", t).ok())
+            .ok_or_else(|| corrupt("expiry key names no valid txn id"))?;
+        // Only the record this entry was written with: a newer one has its own entry.
+        let okey = outcome_key(&txn);
+        if let Some(bytes) = store.get(&okey)? {
+            let rec: OutcomeRecord = record::decode(&okey, &bytes)?;
+            if rec.at_unix_ms == at {
+                batch.delete(okey);
+            }
+        }
+        batch.delete(key);
+    }
+    Ok((batch, full))
 }
 
 /// A Prepare, validated.
@@ -216,9 +286,12 @@ impl ParticipantCore {
                 // Remember the NO, so a peer asking during cooperative termination learns that
                 // this txn can only abort. Lazily: losing it is harmless under presumed abort.
                 let mut batch = WriteBatch::default();
-                batch.put(
-                    outcome_key(&req.txn),
-                    outcome(OutcomeKind::Aborted, now_unix_ms),
+                put_outcome(
+                    &mut batch,
+                    &req.txn,
+                    OutcomeKind::Aborted,
+                    now_unix_ms,
+                    true,
                 );
                 Ok(PrepareStep::VoteNo { reason, batch })
             }
@@ -274,10 +347,9 @@ impl ParticipantCore {
                 };
             }
             batch.delete(prepared_key(txn));
-            batch.put(
-                outcome_key(txn),
-                outcome(OutcomeKind::Committed, now_unix_ms),
-            );
+            // Kept until the coordinator says the txn has ended (see `forget`): a peer in doubt
+            // may still ask, and must hear "committed".
+            put_outcome(&mut batch, txn, OutcomeKind::Committed, now_unix_ms, false);
             return Ok(CommitStep::Apply { batch });
         }
         Ok(match read_outcome(store, txn)? {
@@ -327,7 +399,7 @@ impl ParticipantCore {
         let mut batch = WriteBatch::default();
         match evaluate(ops, store)? {
             Err(reason) => {
-                batch.put(outcome_key(txn), outcome(OutcomeKind::Aborted, now_unix_ms));
+                put_outcome(&mut batch, txn, OutcomeKind::Aborted, now_unix_ms, true);
                 Ok(OnePhaseStep::Refuse { reason, batch })
             }
             Ok((writes, reads)) => {
@@ -337,10 +409,8 @@ impl ParticipantCore {
                         None => batch.delete(data_key(&w.key)),
                     };
                 }
-                batch.put(
-                    outcome_key(txn),
-                    outcome(OutcomeKind::Committed, now_unix_ms),
-                );
+                // Needed only while the coordinator may still settle the call.
+                put_outcome(&mut batch, txn, OutcomeKind::Committed, now_unix_ms, true);
                 Ok(OnePhaseStep::Apply { batch, reads })
             }
         }
@@ -358,7 +428,7 @@ impl ParticipantCore {
             self.locks
                 .release_all(txn, &rec.exclusive_keys, &rec.shared_keys);
             batch.delete(prepared_key(txn));
-            batch.put(outcome_key(txn), outcome(OutcomeKind::Aborted, now_unix_ms));
+            put_outcome(&mut batch, txn, OutcomeKind::Aborted, now_unix_ms, true);
             return Ok(AbortStep::Apply { batch });
         }
         Ok(match read_outcome(store, txn)? {
@@ -368,9 +438,26 @@ impl ParticipantCore {
             ))),
             // Never prepared here: leave a tombstone so a Prepare that arrives late votes NO.
             _ => {
-                batch.put(outcome_key(txn), outcome(OutcomeKind::Aborted, now_unix_ms));
+                put_outcome(&mut batch, txn, OutcomeKind::Aborted, now_unix_ms, true);
                 AbortStep::Apply { batch }
             }
+        })
+    }
+
+    /// The coordinator says `txn` has ended: every participant committed it and nobody will
+    /// ask about it again. Returns the batch that drops its committed outcome, if it has one
+    /// here (anything else is left alone).
+    pub fn forget(&self, txn: &TxnId, store: &dyn Store) -> Result<Option<WriteBatch>, StoreError> {
+        if self.prepared.contains_key(txn) {
+            return Ok(None);
+        }
+        Ok(match read_outcome(store, txn)? {
+            Some(OutcomeKind::Committed) => {
+                let mut batch = WriteBatch::default();
+                batch.delete(outcome_key(txn));
+                Some(batch)
+            }
+            _ => None,
         })
     }
 

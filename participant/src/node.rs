@@ -69,7 +69,21 @@ pub struct NodeConfig {
     /// Largest pause between two attempts to resolve the same txn (the pause doubles from
     /// `resolve_interval` up to this, with jitter).
     pub resolve_backoff_max: Duration,
+    /// How long outcomes that expire (aborts, tombstones, one-phase commits) are kept, and
+    /// whether the coordinator's "forget" of ended commits is obeyed. None keeps every outcome
+    /// forever (for checkers that audit them after a run).
+    pub outcome_retention: Option<Duration>,
 }
+
+/// Default age at which aborts, tombstones and one-phase commits are dropped. It must outlast
+/// every message that can still ask about them: a Prepare within the coordinator's deadline
+/// (at most `MAX_PREPARE_TIMEOUT_MS`, 60 s) and the settling of a one-phase commit (about a
+/// minute at worst).
+pub const DEFAULT_OUTCOME_RETENTION: Duration = Duration::from_secs(600);
+/// Expired outcome index entries the sweeper handles per step (bounds one write batch).
+pub const OUTCOME_SWEEP_PAGE: usize = 1_000;
+/// Longest pause between two sweeps (shorter when the retention is short).
+pub const OUTCOME_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -79,6 +93,7 @@ impl Default for NodeConfig {
             resolve_after: Duration::from_millis(2000),
             resolve_interval: Duration::from_millis(200),
             resolve_backoff_max: Duration::from_millis(2000),
+            outcome_retention: Some(DEFAULT_OUTCOME_RETENTION),
         }
     }
 }
@@ -236,6 +251,51 @@ impl Participant {
                 Err(e) => warn!(dir = %dir.display(), error = %e, "cannot read disk usage"),
             }
             tokio::time::sleep(crate::disk::DISK_CHECK_INTERVAL).await;
+        }
+    }
+
+    /// Drops the expiring outcomes recorded before `now - retention` (see
+    /// [`crate::core::sweep_expired`]). Each page is applied under the core lock, lazily: a
+    /// drop lost in a crash is made again by the next sweep. Returns how many index entries
+    /// it handled.
+    pub fn sweep_outcomes(
+        &self,
+        retention: Duration,
+        now_unix_ms: u64,
+    ) -> Result<usize, ParticipantError> {
+        let cutoff = now_unix_ms.saturating_sub(retention.as_millis() as u64);
+        let mut swept = 0;
+        loop {
+            let core = self.core();
+            let (batch, more) = self.check(crate::core::sweep_expired(
+                self.store(),
+                cutoff,
+                OUTCOME_SWEEP_PAGE,
+            ))?;
+            swept += batch.ops.len();
+            if !batch.is_empty() {
+                self.check(self.gc.write_lazy(batch))?;
+            }
+            drop(core);
+            if !more {
+                return Ok(swept);
+            }
+        }
+    }
+
+    /// Runs [`Participant::sweep_outcomes`] until the process stops, when outcomes expire at all.
+    pub async fn run_outcome_sweeper(self: Arc<Self>) {
+        let Some(retention) = self.config.outcome_retention else {
+            return;
+        };
+        let every = (retention / 2).clamp(Duration::from_millis(100), OUTCOME_SWEEP_INTERVAL);
+        loop {
+            tokio::time::sleep(every).await;
+            match self.sweep_outcomes(retention, unix_ms()) {
+                Ok(0) => {}
+                Ok(n) => debug!(writes = n, "expired outcomes dropped"),
+                Err(e) => warn!(error = %e, "sweeping expired outcomes failed; will retry"),
+            }
         }
     }
 
@@ -448,6 +508,7 @@ impl Participant {
     pub async fn commit_batch(
         &self,
         txns: &[TxnId],
+        forget: &[TxnId],
     ) -> Result<Vec<(TxnId, ParticipantError)>, ParticipantError> {
         let started = Instant::now();
         let mut failed = Vec::new();
@@ -472,6 +533,15 @@ impl Participant {
                     CommitStep::Refused(r) => failed.push((txn.clone(), refusal(txn, r))),
                 }
             }
+            // Outcomes of ended txns, dropped lazily: a drop lost in a crash leaves a record
+            // behind, nothing worse. Kept when this participant keeps every outcome.
+            if self.config.outcome_retention.is_some() {
+                for txn in forget {
+                    if let Some(batch) = self.check(core.forget(txn, self.store()))? {
+                        merged.append(batch);
+                    }
+                }
+            }
             // Applied under the core lock, as in `commit` (early lock release).
             if merged.is_empty() {
                 self.gc.current()
@@ -483,7 +553,7 @@ impl Participant {
         self.check(self.gc.wait(ticket).await)?;
         failpoint::hit(failpoints::AFTER_COMMIT_APPLY);
         let m = metrics::metrics();
-        for _ in 0..txns.len() - failed.len() {
+        for _ in 0..txns.len().saturating_sub(failed.len()) {
             m.commit_seconds.observe(started.elapsed().as_secs_f64());
         }
         debug!(

@@ -68,24 +68,10 @@ impl pb::participant_server::Participant for ParticipantService {
         &self,
         request: Request<pb::CommitBatchRequest>,
     ) -> Result<Response<pb::CommitBatchResponse>, Status> {
-        let ids = request.into_inner().txn_ids;
-        if ids.len() > txn_proto::types::MAX_COMMIT_BATCH {
-            return Err(InvalidInput::new(
-                "txn_ids",
-                format!(
-                    "has {} txns, the limit is {}",
-                    ids.len(),
-                    txn_proto::types::MAX_COMMIT_BATCH
-                ),
-            )
-            .into());
-        }
-        let txns = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| TxnId::parse(&format!("txn_ids[{i}]"), id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let failed = self.node.commit_batch(&txns).await?;
+        let req = request.into_inner();
+        let txns = txn_ids("txn_ids", &req.txn_ids)?;
+        let forget = txn_ids("forget", &req.forget)?;
+        let failed = self.node.commit_batch(&txns, &forget).await?;
         Ok(Response::new(pb::CommitBatchResponse {
             failed: failed
                 .into_iter()
@@ -386,4 +372,23 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
             state: state as i32,
         }))
     }
+}
+
+/// A checked list of txn ids (at most [`txn_proto::types::MAX_COMMIT_BATCH`]), each error
+/// naming the field and index.
+fn txn_ids(field: &str, ids: &[String]) -> Result<Vec<TxnId>, InvalidInput> {
+    if ids.len() > txn_proto::types::MAX_COMMIT_BATCH {
+        return Err(InvalidInput::new(
+            field,
+            format!(
+                "has {} txns, the limit is {}",
+                ids.len(),
+                txn_proto::types::MAX_COMMIT_BATCH
+            ),
+        ));
+    }
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| TxnId::parse(&format!("{field}[{i}]"), id))
+        .collect()
 }

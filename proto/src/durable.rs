@@ -16,6 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -150,6 +151,37 @@ impl GroupCommit {
         match &p.failed {
             Some(e) => Err(StoreError::Failed(e.clone())),
             None => Ok(()),
+        }
+    }
+
+    /// Waits until `ticket` is durable, letting other writers' syncs cover it; only if none
+    /// has within `patience` does it ask for a sync itself. For lazy writes that something
+    /// must follow once they are durable, without an fsync of their own under load.
+    pub async fn wait_patiently(
+        &self,
+        ticket: Ticket,
+        patience: Duration,
+    ) -> Result<(), StoreError> {
+        let mut rx = self.shared.published.subscribe();
+        // The watch guard must be gone before the next await.
+        let covered: Option<Result<(), StoreError>> = match tokio::time::timeout(
+            patience,
+            rx.wait_for(|p| p.durable >= ticket.0 || p.failed.is_some()),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Some(match &p.failed {
+                Some(e) => Err(StoreError::Failed(e.clone())),
+                None => Ok(()),
+            }),
+            Ok(Err(_)) => Some(Err(StoreError::Failed(
+                "group-commit flusher stopped".into(),
+            ))),
+            Err(_) => None,
+        };
+        match covered {
+            Some(r) => r,
+            None => self.wait(ticket).await,
         }
     }
 

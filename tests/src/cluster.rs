@@ -278,6 +278,9 @@ pub struct ClusterOptions {
     pub metrics: bool,
     /// Environment variables for every node.
     pub env: Vec<(String, String)>,
+    /// Participants' `--outcome-retention-secs`. 0 (the default here) keeps every outcome, so
+    /// the checkers can audit each txn after a run; the services' own default drops them.
+    pub outcome_retention_secs: u64,
 }
 
 impl Default for ClusterOptions {
@@ -293,6 +296,7 @@ impl Default for ClusterOptions {
             admin_token: None,
             metrics: false,
             env: Vec::new(),
+            outcome_retention_secs: 0,
         }
     }
 }
@@ -400,6 +404,8 @@ impl Cluster {
             args.extend(tls_flags(&name));
             let (metrics_addr, flags) = metrics_flags()?;
             args.extend(flags);
+            args.push("--outcome-retention-secs".into());
+            args.push(opts.outcome_retention_secs.to_string());
             args.extend(opts.participant_args.iter().cloned());
             participants.push(Proc {
                 log: dir.join(format!("{name}.log")),

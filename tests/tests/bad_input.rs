@@ -756,6 +756,7 @@ async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
     let r = p1
         .commit_batch(pb::CommitBatchRequest {
             txn_ids: ids.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -769,6 +770,9 @@ async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
     let r = p1
         .commit_batch(pb::CommitBatchRequest {
             txn_ids: vec!["b.1".into(), "b.2".into()],
+            // These test clusters keep every outcome (--outcome-retention-secs 0), so the
+            // forget is accepted and ignored.
+            forget: vec!["b.1".into()],
         })
         .await
         .unwrap()
@@ -779,6 +783,7 @@ async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
         "CommitBatch over the batch limit",
         p1.commit_batch(pb::CommitBatchRequest {
             txn_ids: vec!["b.1".into(); txn_proto::types::MAX_COMMIT_BATCH + 1],
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,
@@ -788,9 +793,33 @@ async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
         "CommitBatch with an empty txn id",
         p1.commit_batch(pb::CommitBatchRequest {
             txn_ids: vec![String::new()],
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,
         "txn_ids[0]",
+    );
+    refused(
+        "CommitBatch with an empty id to forget",
+        p1.commit_batch(pb::CommitBatchRequest {
+            forget: vec!["b.1".into(), String::new()],
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "forget[1]",
+    );
+    let state = p1
+        .get_txn_state(pb::TxnStateRequest {
+            txn_id: "b.1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state;
+    assert_eq!(
+        state,
+        pb::TxnState::Committed as i32,
+        "kept: outcomes never expire here"
     );
 }
