@@ -87,6 +87,30 @@ async fn durable_writes(cluster: &Cluster) -> Vec<u64> {
     out
 }
 
+/// [`durable_writes`] once the nodes have been still for a while: background writes of earlier
+/// work (an ended decision's deletion, synced after `FORGET_PATIENCE` if nothing else syncs)
+/// must not be taken for writes of the calls under test.
+async fn settled_durable_writes(cluster: &Cluster) -> Vec<u64> {
+    let quiet_for = 2 * txn_coordinator::node::FORGET_PATIENCE;
+    let poll = Duration::from_millis(100);
+    let mut last = durable_writes(cluster).await;
+    let mut still = Duration::ZERO;
+    for _ in 0..100 {
+        tokio::time::sleep(poll).await;
+        let now = durable_writes(cluster).await;
+        if now == last {
+            still += poll;
+            if still >= quiet_for {
+                return now;
+            }
+        } else {
+            still = Duration::ZERO;
+            last = now;
+        }
+    }
+    panic!("the nodes kept writing for 10 s: {last:?}");
+}
+
 /// The committed value of `key`. The client hears COMMITTED once the decision is durable;
 /// the participants apply it a moment later, and a Read of a key still locked by the txn is
 /// refused with ABORTED ("retry later"), so retry.
@@ -134,8 +158,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     // One good txn first, so the services are warm and have something to lose.
     let r = coord.transact(transfer(5)).await.unwrap().into_inner();
     assert_eq!(r.outcome, pb::Outcome::Committed as i32, "{}", r.reason);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = durable_writes(&cluster).await;
+    let before = settled_durable_writes(&cluster).await;
 
     let ia = Code::InvalidArgument;
     let long_id = "x".repeat(txn_proto::types::MAX_TXN_ID_LEN + 1);
@@ -433,8 +456,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
         "nope.1",
     );
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = durable_writes(&cluster).await;
+    let after = settled_durable_writes(&cluster).await;
     assert_eq!(
         before, after,
         "bad input wrote something (durable writes coordinator, p1, p2)"
