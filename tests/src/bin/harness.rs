@@ -521,6 +521,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     let mut cluster = Cluster::start(ClusterOptions {
         participants: args.participants,
         metrics: true,
+        // The services' own default: outcomes are forgotten and swept, as in production
+        // (the bench audits nothing per txn).
+        outcome_retention_secs: txn_participant::node::DEFAULT_OUTCOME_RETENTION.as_secs(),
         ..Default::default()
     })
     .await
