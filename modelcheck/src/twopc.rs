@@ -20,8 +20,39 @@
 //! - A Resolve call may fail as "unreachable" at any time (a timeout), so the resolver asks the
 //!   coordinator and the peers in the same round: the driver's sequential "coordinator first,
 //!   then peers" is one of the interleavings.
-//! - Replies reach whichever incarnation of the asker is running; the resolver only acts on
-//!   them while the txn is still in doubt, as the driver does.
+//! - Replies reach whichever incarnation of the asker is running. Without dropped outcomes
+//!   (below) the resolver acts on them only while the txn is still in doubt; with them it
+//!   applies every answer, as the driver does (see `participant_msg`).
+//!
+//! Dropped outcomes (the `forget` and `expire` switches of [`Cluster`], off in the pinned
+//! checks that predate them):
+//! - `forget`: once every participant acked a commit, the coordinator deletes its decision
+//!   lazily; a `Flush` timer stands for the group commit's sync (another writer's, or its own
+//!   after the patience), and only then does a `Forget` go out to each participant (in the
+//!   service the ids ride on CommitBatch). A participant drops its committed outcome through
+//!   [`ParticipantCore::forget`], lazily.
+//! - `expire`: a participant's `Expire` timer runs the real [`sweep_expired`] with a cutoff
+//!   past every record, dropping every aborted outcome and tombstone it holds, lazily. The
+//!   service drops them after a retention (10 min by default) that far exceeds the longest
+//!   prepare deadline (60 s) and starts no earlier than the txn, and a coordinator counts no
+//!   vote that arrives after its deadline. The model has no clocks, so it turns that timing
+//!   into an order: a sweep is only possible once the coordinator can no longer count a vote
+//!   for the txn (its deadline fired, it decided, or a restart lost the undecided txn). The
+//!   coordinator's core is the ghost that says so, and the sweep is not the participant's to
+//!   see, so the order is kept by the model's boundary: a state in which a participant has
+//!   swept while the coordinator still collects votes is outside the model (see
+//!   [`deadline_respected`]). A coordinator that crashed while collecting votes and never
+//!   restarts keeps every outcome from expiring; no path through that state commits, so no
+//!   atomicity violation is hidden by it. Each participant sweeps at most once, a bound on
+//!   the state space: a record written after the sweep (by a stale message, or by the
+//!   resolution of a Prepare that came after it) changes no answer to a peer (one without a
+//!   record records a tombstone and answers ABORTED all the same), only whether a Prepare
+//!   that comes even later votes NO or a YES that no longer counts, and the model reaches
+//!   such a YES after the first sweep.
+//! - With either switch a Prepare is delivered at most once: the coordinator sends one per
+//!   branch and the RPC is not redelivered. A duplicate would meet a participant that has
+//!   forgotten the txn and prepare it afresh, which the wire never does. (Without dropped
+//!   outcomes a duplicate only re-votes, and the pinned checks keep exploring that.)
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -33,9 +64,10 @@ use txn_coordinator::core::{
     CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, TxnView, VoteResult, decision_key,
 };
 use txn_participant::core::{
-    AbortStep, CommitStep, ParticipantCore, PrepareRequest, PrepareStep, TxnStatus, outcome_key,
-    prepared_key,
+    AbortStep, CommitStep, EXPIRY_PREFIX, ParticipantCore, PrepareRequest, PrepareStep, TxnStatus,
+    outcome_key, prepared_key, sweep_expired,
 };
+use txn_participant::node::OUTCOME_SWEEP_PAGE;
 use txn_proto::pb::rec::{DecisionRecord, EpochRecord};
 use txn_proto::record;
 use txn_proto::store::{MemStore, Store, WriteBatch};
@@ -62,6 +94,15 @@ pub struct DriverBugs {
     /// The coordinator answers ABORT to Resolve for a txn it has not decided yet (instead of
     /// PENDING).
     pub resolve_aborts_undecided: bool,
+    /// The coordinator sends the Forgets of an ended commit as soon as the decision's deletion
+    /// is applied, without waiting for it to be durable (needs `forget`).
+    pub forget_before_durable: bool,
+    /// The coordinator tells each participant to forget the txn as soon as that participant
+    /// acks its Commit, before every participant has (needs `forget`).
+    pub forget_before_all_acked: bool,
+    /// Participants drop expiring outcomes without waiting for the coordinator's prepare
+    /// deadline to pass (needs `expire`; lifts the boundary of [`deadline_respected`]).
+    pub expire_before_deadline: bool,
 }
 
 /// What every node knows: the participants, their branches, the bounds of the model.
@@ -73,6 +114,11 @@ pub struct Cluster {
     /// Which participants run a resolver (the others wait for the coordinator's messages).
     /// A bound on the state space for larger clusters.
     pub resolvers: Vec<bool>,
+    /// Participants drop a committed outcome when the coordinator says the txn has ended.
+    pub forget: bool,
+    /// Participants drop aborted outcomes and tombstones once the coordinator's prepare
+    /// deadline has passed.
+    pub expire: bool,
 }
 
 impl Cluster {
@@ -96,7 +142,24 @@ impl Cluster {
             ops,
             bugs: DriverBugs::default(),
             resolvers: vec![true; n],
+            forget: false,
+            expire: false,
         }
+    }
+
+    /// `n` participants that drop outcomes as the service does: ended commits on the
+    /// coordinator's Forget, aborts and tombstones once they expire.
+    pub fn dropping_outcomes(n: usize) -> Self {
+        Self {
+            forget: true,
+            expire: true,
+            ..Self::new(n)
+        }
+    }
+
+    /// Whether a participant may lose every record of a txn it has seen.
+    fn drops_outcomes(&self) -> bool {
+        self.forget || self.expire
     }
 
     fn index_of(&self, p: &ParticipantId) -> usize {
@@ -150,6 +213,7 @@ pub enum Msg {
     Resolution { txn: TxnId, answer: Answer },
     QueryPeer { txn: TxnId },
     PeerReply { txn: TxnId, status: PeerStatus },
+    Forget { txn: TxnId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -158,10 +222,14 @@ pub enum Timer {
     PrepareDeadline,
     /// The coordinator's retry of unacked Commits.
     CommitRetry,
-    /// The group-commit flusher: syncs the store and releases the replies waiting on it.
+    /// The group-commit flusher: syncs the store and releases the replies waiting on it. At the
+    /// coordinator: the sync that makes an ended decision's deletion durable, after which the
+    /// Forgets go out.
     Flush,
     /// The participant's resolver round for an in-doubt txn.
     Resolver,
+    /// The participant's sweep of expired outcomes.
+    Expire,
 }
 
 /// What the client was told (ghost state: the checker's evidence, not part of the protocol).
@@ -193,6 +261,50 @@ pub struct PartGhost {
     pub aborted_by: BTreeSet<AbortedBy>,
     /// Decided through a peer's answer (cooperative termination).
     pub decided_by_peer: bool,
+    /// Aborted on its own (a NO, or a "never prepared" tombstone) after voting YES and before
+    /// learning any decision: the YES was undone.
+    pub broke_yes: bool,
+    /// Dropped the committed outcome on the coordinator's Forget.
+    pub forgot: bool,
+    /// An expiry sweep dropped the txn's aborted outcome.
+    pub expired: bool,
+    /// Voted YES to a Prepare that arrived after its own outcome of the txn had expired.
+    pub late_yes: bool,
+    /// Recorded an abort tombstone for the txn after committing it and forgetting the outcome
+    /// (a stale question or answer met no record). Nothing prepared is discarded, so it is
+    /// not an abort for atomicity; see [`stale_tombstone`].
+    pub stale_tombstone: bool,
+    /// The Prepare was delivered (tracked only when Prepares are delivered at most once).
+    pub prepare_delivered: bool,
+}
+
+impl PartGhost {
+    /// Learned a decision: committed, or aborted on the coordinator's or a peer's word.
+    fn decided(&self) -> bool {
+        self.committed
+            || self.aborted_by.iter().any(|b| {
+                matches!(
+                    b,
+                    AbortedBy::Coordinator | AbortedBy::Resolve | AbortedBy::Peer
+                )
+            })
+    }
+
+    /// Records an abort that this participant applied. `was_prepared`: it discarded a
+    /// prepared state (otherwise it wrote a tombstone).
+    fn record_abort(&mut self, by: AbortedBy, was_prepared: bool) {
+        if !was_prepared && self.committed {
+            self.stale_tombstone = true;
+            return;
+        }
+        if matches!(by, AbortedBy::OwnNoVote | AbortedBy::NeverPrepared)
+            && self.voted_yes
+            && !self.decided()
+        {
+            self.broke_yes = true;
+        }
+        self.aborted_by.insert(by);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -201,6 +313,9 @@ pub struct CoordState {
     pub store: MemStore,
     pub restarts: u8,
     pub ghost: CoordGhost,
+    /// Participants of an ended commit, to be told to forget it once the decision's deletion
+    /// is durable (volatile: the driver's waiting task dies with the process).
+    pub forget_pending: Vec<ParticipantId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -320,6 +435,7 @@ impl Node {
             store,
             restarts,
             ghost,
+            forget_pending: Vec::new(),
         };
         for (txn, effects) in state.core.recover(decisions) {
             self.run_effects(&mut state, &txn, effects, o);
@@ -370,11 +486,25 @@ impl Node {
                 Effect::SendAbort { to } => {
                     o.send(cluster.actor_of(&to), Msg::Abort { txn: txn.clone() })
                 }
-                Effect::EndDecision { key, .. } => {
+                Effect::EndDecision { key, participants } => {
                     // Lazy: synced by a later Flush, or lost and re-driven after a crash.
                     let mut batch = WriteBatch::default();
                     batch.delete(key);
                     apply(&s.store, batch);
+                    if cluster.forget {
+                        if cluster.bugs.forget_before_durable {
+                            for p in &participants {
+                                o.send(cluster.actor_of(p), Msg::Forget { txn: txn.clone() });
+                            }
+                        } else {
+                            // The driver waits for the deletion to be durable (the Flush).
+                            for p in participants {
+                                if !s.forget_pending.contains(&p) {
+                                    s.forget_pending.push(p);
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -388,6 +518,7 @@ impl Node {
             Timer::CommitRetry,
             matches!(view, Some(TxnView::Committing { .. })),
         );
+        set_timer_if(o, Timer::Flush, !s.forget_pending.is_empty());
     }
 
     fn save_coordinator(&self, s: &CoordState, o: &mut Out<Self>) {
@@ -414,6 +545,9 @@ impl Node {
                 self.run_effects(s, &txn, effects, o);
             }
             Msg::Ack { txn } => {
+                if cluster.forget && cluster.bugs.forget_before_all_acked {
+                    o.send(src, Msg::Forget { txn: txn.clone() });
+                }
                 let effects = s.core.on_commit_ack(&txn, &cluster.participants[from]);
                 self.run_effects(s, &txn, effects, o);
             }
@@ -441,7 +575,8 @@ impl Node {
             | Msg::Abort { .. }
             | Msg::Resolution { .. }
             | Msg::QueryPeer { .. }
-            | Msg::PeerReply { .. } => {}
+            | Msg::PeerReply { .. }
+            | Msg::Forget { .. } => {}
         }
     }
 
@@ -460,7 +595,15 @@ impl Node {
                     }
                 }
             }
-            Timer::Resolver | Timer::Flush => {}
+            Timer::Flush => {
+                // The ended decision's deletion is durable now (GroupCommit::wait_patiently);
+                // then forget_everywhere.
+                s.store.sync().expect("mem store");
+                for p in std::mem::take(&mut s.forget_pending) {
+                    o.send(cluster.actor_of(&p), Msg::Forget { txn: txn.clone() });
+                }
+            }
+            Timer::Resolver | Timer::Expire => {}
         }
     }
 
@@ -505,6 +648,16 @@ impl Node {
         // forced sync (or are lost in a crash).
         let bug = self.cluster().bugs.vote_before_durable;
         set_timer_if(o, Timer::Flush, bug && dirty(&s.store));
+        // The outcome sweeper, while something is indexed for expiry (once: see the module
+        // doc). When it may run is the boundary's business (`deadline_respected`).
+        let indexed = || {
+            !s.store
+                .scan_prefix(EXPIRY_PREFIX)
+                .expect("mem store")
+                .is_empty()
+        };
+        let expire = self.cluster().expire && !s.ghost.expired;
+        set_timer_if(o, Timer::Expire, expire && indexed());
     }
 
     fn save_participant(&self, s: &PartState, o: &mut Out<Self>) {
@@ -551,10 +704,11 @@ impl Node {
 
     /// Participant::abort_from (no operator holds in the model).
     fn abort(&self, s: &mut PartState, txn: &TxnId, by: AbortedBy) {
+        let was_prepared = s.core.is_prepared(txn);
         if let AbortStep::Apply { batch } = s.core.abort(txn, &s.store, 0).expect("abort") {
             // Presumed abort: not forced.
             apply(&s.store, batch);
-            s.ghost.aborted_by.insert(by);
+            s.ghost.record_abort(by, was_prepared);
         }
     }
 
@@ -562,6 +716,13 @@ impl Node {
         let cluster = self.cluster();
         match msg {
             Msg::Prepare { txn, epoch } => {
+                if cluster.drops_outcomes() {
+                    // At most once (see the module doc).
+                    if s.ghost.prepare_delivered {
+                        return;
+                    }
+                    s.ghost.prepare_delivered = true;
+                }
                 let req = self.prepare_request(txn.clone(), epoch);
                 match s.core.prepare(&req, &s.store, 0).expect("prepare") {
                     PrepareStep::Persist { batch, .. } => {
@@ -572,6 +733,9 @@ impl Node {
                             s.store.sync().expect("mem store");
                         }
                         s.ghost.voted_yes = true;
+                        // Its outcome expired, so the coordinator's deadline has passed: this
+                        // YES is late and must not count.
+                        s.ghost.late_yes |= s.ghost.expired;
                         o.send(src, Msg::Vote { txn, yes: true });
                     }
                     PrepareStep::Revote { .. } => {
@@ -582,7 +746,7 @@ impl Node {
                     PrepareStep::VoteNo { batch, .. } => {
                         if !batch.is_empty() {
                             apply(&s.store, batch);
-                            s.ghost.aborted_by.insert(AbortedBy::OwnNoVote);
+                            s.ghost.record_abort(AbortedBy::OwnNoVote, false);
                         }
                         o.send(src, Msg::Vote { txn, yes: false });
                     }
@@ -593,8 +757,14 @@ impl Node {
             }
             Msg::Commit { txn } => self.commit(s, &txn, true, o),
             Msg::Abort { txn } => self.abort(s, &txn, AbortedBy::Coordinator),
+            // The driver's resolver asks only about txns in doubt, but applies the answer it
+            // gets whatever happened meanwhile. While outcomes stay forever that makes no
+            // difference (the outcome repeats or refuses the answer), so the pinned checks
+            // take only the answers to a txn still in doubt; once outcomes can be dropped, a
+            // late answer may meet no record at all, and the model applies it as the driver
+            // does.
             Msg::Resolution { txn, answer } => {
-                if s.core.is_prepared(&txn) {
+                if s.core.is_prepared(&txn) || cluster.drops_outcomes() {
                     match answer {
                         Answer::Commit => self.commit(s, &txn, false, o),
                         Answer::Abort => self.abort(s, &txn, AbortedBy::Resolve),
@@ -619,18 +789,27 @@ impl Node {
                 }
             }
             Msg::PeerReply { txn, status } => {
-                if s.core.is_prepared(&txn) {
+                let in_doubt = s.core.is_prepared(&txn);
+                if in_doubt || cluster.drops_outcomes() {
                     match status {
-                        PeerStatus::Committed => {
-                            self.commit(s, &txn, false, o);
-                            s.ghost.decided_by_peer = true;
-                        }
+                        PeerStatus::Committed => self.commit(s, &txn, false, o),
                         PeerStatus::Aborted | PeerStatus::Unknown => {
-                            self.abort(s, &txn, AbortedBy::Peer);
-                            s.ghost.decided_by_peer = true;
+                            self.abort(s, &txn, AbortedBy::Peer)
                         }
                         PeerStatus::Prepared => {}
                     }
+                    if in_doubt && status != PeerStatus::Prepared {
+                        s.ghost.decided_by_peer = true;
+                    }
+                }
+            }
+            Msg::Forget { txn } => {
+                // Participant::commit_batch's forget list: dropped lazily.
+                if cluster.forget
+                    && let Some(batch) = s.core.forget(&txn, &s.store).expect("forget")
+                {
+                    apply(&s.store, batch);
+                    s.ghost.forgot = true;
                 }
             }
             Msg::Vote { .. } | Msg::Ack { .. } | Msg::Resolve { .. } => {}
@@ -656,6 +835,18 @@ impl Node {
                     {
                         o.send(Id::from(j + 1), Msg::QueryPeer { txn: t.clone() });
                     }
+                }
+            }
+            Timer::Expire => {
+                // Participant::sweep_outcomes with a cutoff past every record (the model writes
+                // them all at time 0), applied lazily.
+                let t = txn();
+                let had = s.store.get(&outcome_key(&t)).expect("mem store").is_some();
+                let (batch, _) =
+                    sweep_expired(&s.store, u64::MAX, OUTCOME_SWEEP_PAGE).expect("sweep");
+                apply(&s.store, batch);
+                if had && s.store.get(&outcome_key(&t)).expect("mem store").is_none() {
+                    s.ghost.expired = true;
                 }
             }
             Timer::PrepareDeadline | Timer::CommitRetry => {}
@@ -754,17 +945,31 @@ pub fn model(bounds: &Bounds, cluster: Cluster) -> TwoPcModel {
             LossyNetwork::No
         })
         .max_crashes(usize::from(total > 0));
+    let properties = match (cluster.forget, cluster.expire) {
+        (false, false) => properties::<false, false>,
+        (true, false) => properties::<true, false>,
+        (false, true) => properties::<false, true>,
+        (true, true) => properties::<true, true>,
+    };
     let mut m = Checked { inner, properties };
-    m.inner.within_boundary = within_bounds_fn(per_node, total);
+    let deadline = !cluster.bugs.expire_before_deadline;
+    m.inner.within_boundary = within_bounds_fn(per_node, total, deadline);
     m
 }
 
-/// Crashes beyond the bounds are outside the model. Bounds are small constants, so each
-/// combination gets its own function (stateright takes a plain fn pointer).
-fn within_bounds_fn(per_node: u8, total: u8) -> fn(&(), &SysState) -> bool {
+/// Crashes beyond the bounds are outside the model, and so (with `deadline`) are expiries
+/// before the coordinator's deadline. Bounds are small constants, so each combination gets
+/// its own function (stateright takes a plain fn pointer).
+fn within_bounds_fn(per_node: u8, total: u8, deadline: bool) -> fn(&(), &SysState) -> bool {
+    type Boundary = fn(&(), &SysState) -> bool;
     macro_rules! bound {
         ($p:literal, $t:literal) => {
-            |_: &(), s: &SysState| within_bounds(s, $p, $t)
+            if deadline {
+                (|_: &(), s: &SysState| within_bounds(s, $p, $t) && deadline_respected(s))
+                    as Boundary
+            } else {
+                |_: &(), s: &SysState| within_bounds(s, $p, $t)
+            }
         };
     }
     match (per_node, total) {
@@ -782,6 +987,15 @@ fn restarts(s: &State) -> u8 {
         State::Coordinator(c) => c.restarts,
         State::Participant(p) => p.restarts,
     }
+}
+
+/// No participant has swept its outcomes while the coordinator still collects votes for the
+/// txn: in the service the retention outlasts the prepare deadline, after which no vote
+/// counts. (The coordinator never collects votes again once it stopped, so a sweep that
+/// happened in a state this allows stays allowed.)
+pub fn deadline_respected(s: &SysState) -> bool {
+    coordinator(s).core.view(&txn()) != Some(TxnView::Preparing)
+        || participants(s).all(|p| !p.ghost.expired)
 }
 
 fn within_bounds(s: &SysState, per_node: u8, total: u8) -> bool {
@@ -831,17 +1045,69 @@ pub fn commit_needs_every_yes(s: &SysState) -> bool {
     !someone_committed(s) || participants(s).all(|p| p.ghost.voted_yes)
 }
 
-/// After YES a participant keeps its prepared record durable until an outcome replaces it,
-/// and only a decision (the coordinator's, or one learned from a peer) aborts it.
+/// After YES a participant keeps its prepared record durable until an outcome replaces it
+/// (which it may drop later, when forgotten or expired), and only a decision (the
+/// coordinator's, or one learned from a peer) aborts it.
 pub fn yes_is_kept(s: &SysState) -> bool {
     let t = txn();
     participants(s).all(|p| {
         !p.ghost.voted_yes
             || ((durable_has(&p.store, &prepared_key(&t))
-                || durable_has(&p.store, &outcome_key(&t)))
-                && !p.ghost.aborted_by.contains(&AbortedBy::OwnNoVote)
-                && !p.ghost.aborted_by.contains(&AbortedBy::NeverPrepared))
+                || durable_has(&p.store, &outcome_key(&t))
+                || p.ghost.forgot
+                || p.ghost.expired)
+                && !p.ghost.broke_yes)
     })
+}
+
+/// Whether participant `i` (0-based) still holds the txn so that a Commit would be applied
+/// or acked: prepared, or committed. A running participant answers from what it has applied;
+/// a crashed one will restart with what it synced.
+fn holds_txn(s: &SysState, i: usize) -> bool {
+    let t = txn();
+    let p = participants(s).nth(i).expect("a participant");
+    let status = if s.crashed[i + 1] {
+        let mut core = ParticipantCore::new();
+        let synced = after_crash(&p.store);
+        core.recover(&synced).expect("recover");
+        core.status(&t, &synced)
+    } else {
+        p.core.status(&t, &p.store)
+    };
+    matches!(
+        status.expect("status"),
+        TxnStatus::Prepared | TxnStatus::Committed
+    )
+}
+
+/// Every participant the coordinator still drives a Commit to holds the txn: no Commit it
+/// re-sends is refused as unknown (which would leave it re-sending forever).
+pub fn driven_commit_applies(s: &SysState) -> bool {
+    let c = coordinator(s);
+    let t = txn();
+    let Some(TxnView::Committing { unacked }) = c.core.view(&t) else {
+        return true;
+    };
+    let all = c.core.participants_of(&t).expect("held");
+    unacked
+        .iter()
+        .all(|p| holds_txn(s, all.iter().position(|q| q == p).expect("a participant")))
+}
+
+/// While a commit decision is in the coordinator's durable log (a restart would drive it
+/// again), no participant has dropped the txn.
+pub fn logged_commit_kept(s: &SysState) -> bool {
+    let c = coordinator(s);
+    !durable_has(&c.store, &decision_key(&txn()))
+        || (0..participants(s).count()).all(|i| holds_txn(s, i))
+}
+
+/// A participant that committed and forgot the txn recorded an abort tombstone for it: a
+/// peer's question or a resolver's answer that was still under way when the txn ended found
+/// no record. Everyone had committed by then, so nobody acts on it, but the participant now
+/// reports the txn as aborted (until the tombstone expires).
+pub fn stale_tombstone(s: &SysState) -> bool {
+    participants(s).any(|p| p.ghost.stale_tombstone)
 }
 
 /// Nothing left to do: no txn held by the coordinator or in its log, nobody in doubt. (Lazy
@@ -863,11 +1129,19 @@ pub fn decided(s: &SysState) -> bool {
         })
 }
 
-fn properties() -> Vec<Property<TwoPcModel>> {
-    vec![
+/// The properties of a model; the examples that only dropped outcomes can give are asked for
+/// only with the switch that drops them (stateright asks for an example of every `sometimes`).
+fn properties<const FORGET: bool, const EXPIRE: bool>() -> Vec<Property<TwoPcModel>> {
+    let mut props = vec![
         Property::always("atomic", |_, s| atomic(s)),
         Property::always("commit needs every YES", |_, s| commit_needs_every_yes(s)),
         Property::always("a YES is kept until decided", |_, s| yes_is_kept(s)),
+        Property::always("a driven commit is never refused", |_, s| {
+            driven_commit_applies(s)
+        }),
+        Property::always("a logged commit is never forgotten", |_, s| {
+            logged_commit_kept(s)
+        }),
         Property::eventually("eventually decided", |_, s| decided(s)),
         Property::sometimes("commits everywhere", |_, s| {
             coordinator(s).ghost.replied == Some(Decision::Commit)
@@ -882,8 +1156,32 @@ fn properties() -> Vec<Property<TwoPcModel>> {
         Property::sometimes("a prepared participant restarts", |_, s| {
             participants(s).any(|p| p.restarts > 0 && p.core.in_doubt() > 0)
         }),
-    ]
+    ];
+    if FORGET {
+        props.push(Property::sometimes(FORGOT, |_, s| {
+            participants(s).any(|p| p.ghost.forgot)
+        }));
+        props.push(Property::sometimes(STALE_TOMBSTONE, |_, s| {
+            stale_tombstone(s)
+        }));
+    }
+    if EXPIRE {
+        props.push(Property::sometimes(EXPIRED, |_, s| {
+            participants(s).any(|p| p.ghost.expired)
+        }));
+        props.push(Property::sometimes(LATE_YES, |_, s| {
+            participants(s).any(|p| p.ghost.late_yes)
+        }));
+    }
+    props
 }
+
+const FORGOT: &str = "a participant forgets a committed txn";
+const EXPIRED: &str = "an aborted outcome expires";
+const LATE_YES: &str = "a Prepare after its tombstone expired votes YES, too late";
+/// See [`stale_tombstone`]: reachable in the service as it is, and asked for so that a change
+/// which removes it shows up.
+pub const STALE_TOMBSTONE: &str = "a forgotten commit gets a stale abort tombstone";
 
 /// Names of the `sometimes` properties: a correct model must find an example of each, or the
 /// check would pass vacuously.

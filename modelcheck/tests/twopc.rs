@@ -2,9 +2,10 @@
 //! `src/twopc.rs`). The state counts are pinned: a change to the protocol or to the drivers'
 //! behaviour that changes the state space must show up in review, with the new count.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
-use stateright::{Checker, Model};
+use stateright::{Checker, HasDiscoveries, Model};
 use txn_modelcheck::twopc::{self, Bounds, Cluster};
 
 /// Runs the BFS checker to the end, asserts every property, and that every `sometimes`
@@ -50,4 +51,61 @@ fn three_participants_with_a_crash() {
     let mut cluster = Cluster::new(3);
     cluster.resolvers = vec![false, false, true];
     assert_eq!(check(bounds, cluster), 249_403);
+}
+
+/// Two participants that drop outcomes as the service does: a committed outcome once the
+/// coordinator's Forget comes, aborts and tombstones once they expire (after the prepare
+/// deadline). Any node may crash and restart once. Only p2 runs the resolver: the two
+/// branches are alike, so p1 asking p2 mirrors these paths, and what is left out is both
+/// asking at once. Resolvers on both, or two crashes, multiply the state space (to about
+/// 270,000 states with two crashes, 180,000 with both resolvers and no crash) past CI's
+/// budget.
+#[test]
+fn two_participants_dropping_outcomes() {
+    let bounds = Bounds {
+        participants: 2,
+        restarts_per_node: 1,
+        restarts_total: 1,
+        lossy: false,
+    };
+    let mut cluster = Cluster::dropping_outcomes(2);
+    cluster.resolvers = vec![false, true];
+    assert_eq!(check(bounds, cluster), 99_876);
+}
+
+/// Not a violation of any property, but a behaviour of the service worth knowing (asked for
+/// by the check above as a `sometimes`): a question that was under way when the txn ended
+/// (a peer's QueryPeer, or the coordinator's ABORT for the no longer logged decision) reaches
+/// a participant that has forgotten the committed txn. It finds no record and records an
+/// abort tombstone, so for the retention it reports the txn as aborted. Every participant
+/// had committed before any was told to forget, so nobody acts on it. Prints the shortest
+/// path.
+#[test]
+fn a_forgotten_commit_can_get_a_stale_tombstone() {
+    let bounds = Bounds {
+        participants: 2,
+        restarts_per_node: 0,
+        restarts_total: 0,
+        lossy: false,
+    };
+    let mut cluster = Cluster::dropping_outcomes(2);
+    cluster.resolvers = vec![false, true];
+    let checker = twopc::model(&bounds, cluster)
+        .checker()
+        .finish_when(HasDiscoveries::AnyOf(BTreeSet::from([
+            twopc::STALE_TOMBSTONE,
+        ])))
+        .spawn_bfs()
+        .join();
+    let path = checker
+        .discovery(twopc::STALE_TOMBSTONE)
+        .expect("a stale tombstone is reachable");
+    println!(
+        "{}, after {} states:",
+        twopc::STALE_TOMBSTONE,
+        checker.unique_state_count()
+    );
+    for action in path.into_actions() {
+        println!("  {}", checker.model().format_action(&action));
+    }
 }
