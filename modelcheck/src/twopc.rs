@@ -29,10 +29,11 @@
 //! - `forget`: once every participant acked a commit, the coordinator deletes its decision
 //!   lazily; a `Flush` timer stands for the group commit's sync (another writer's, or its own
 //!   after the patience), and only then does a `Forget` go out to each participant (in the
-//!   service the ids ride on CommitBatch). A participant drops its committed outcome through
-//!   [`ParticipantCore::forget`], lazily.
+//!   service the ids ride on CommitBatch). Through [`ParticipantCore::forget`] a participant
+//!   makes its committed outcome expire (lazily), so the next `Expire` drops it.
 //! - `expire`: a participant's `Expire` timer runs the real [`sweep_expired`] with a cutoff
-//!   past every record, dropping every aborted outcome and tombstone it holds, lazily. The
+//!   past every record, dropping every aborted outcome, tombstone and forgotten commit it
+//!   holds, lazily. The
 //!   service drops them after a retention (10 min by default) that far exceeds the longest
 //!   prepare deadline (60 s) and starts no earlier than the txn, and a coordinator counts no
 //!   vote that arrives after its deadline. The model has no clocks, so it turns that timing
@@ -264,7 +265,7 @@ pub struct PartGhost {
     /// Aborted on its own (a NO, or a "never prepared" tombstone) after voting YES and before
     /// learning any decision: the YES was undone.
     pub broke_yes: bool,
-    /// Dropped the committed outcome on the coordinator's Forget.
+    /// Made the committed outcome expire on the coordinator's Forget.
     pub forgot: bool,
     /// An expiry sweep dropped the txn's aborted outcome.
     pub expired: bool,
@@ -806,7 +807,7 @@ impl Node {
             Msg::Forget { txn } => {
                 // Participant::commit_batch's forget list: dropped lazily.
                 if cluster.forget
-                    && let Some(batch) = s.core.forget(&txn, &s.store).expect("forget")
+                    && let Some(batch) = s.core.forget(&txn, &s.store, 0).expect("forget")
                 {
                     apply(&s.store, batch);
                     s.ghost.forgot = true;

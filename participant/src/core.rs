@@ -444,17 +444,25 @@ impl ParticipantCore {
         })
     }
 
-    /// The coordinator says `txn` has ended: every participant committed it and nobody will
-    /// ask about it again. Returns the batch that drops its committed outcome, if it has one
-    /// here (anything else is left alone).
-    pub fn forget(&self, txn: &TxnId, store: &dyn Store) -> Result<Option<WriteBatch>, StoreError> {
+    /// The coordinator says `txn` has ended: every participant committed it, and no Commit
+    /// or peer question that matters can come any more. Returns the batch that makes its
+    /// committed outcome expire like an abort's (after the retention, counted from now),
+    /// if it has one here; anything else is left alone. Not dropped at once: a stale
+    /// question still in flight (a peer's QueryPeer, a Resolve answered late) would find
+    /// no record, write an abort tombstone, and the txn would show as aborted here.
+    pub fn forget(
+        &self,
+        txn: &TxnId,
+        store: &dyn Store,
+        now_unix_ms: u64,
+    ) -> Result<Option<WriteBatch>, StoreError> {
         if self.prepared.contains_key(txn) {
             return Ok(None);
         }
         Ok(match read_outcome(store, txn)? {
             Some(OutcomeKind::Committed) => {
                 let mut batch = WriteBatch::default();
-                batch.delete(outcome_key(txn));
+                put_outcome(&mut batch, txn, OutcomeKind::Committed, now_unix_ms, true);
                 Some(batch)
             }
             _ => None,

@@ -537,7 +537,7 @@ impl Participant {
             // behind, nothing worse. Kept when this participant keeps every outcome.
             if self.config.outcome_retention.is_some() {
                 for txn in forget {
-                    if let Some(batch) = self.check(core.forget(txn, self.store()))? {
+                    if let Some(batch) = self.check(core.forget(txn, self.store(), unix_ms()))? {
                         merged.append(batch);
                     }
                 }

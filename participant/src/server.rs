@@ -57,9 +57,15 @@ pub struct Args {
     /// Seconds to keep aborts, abort tombstones and one-phase commits; commits of two-phase
     /// txns are kept until the coordinator says they ended. 0 keeps every outcome forever
     /// (for audits: the test harness checks each txn's outcome after a run).
+    /// At least 120 s: an abort must outlive the longest prepare deadline (60 s).
     #[arg(long, default_value_t = crate::node::DEFAULT_OUTCOME_RETENTION.as_secs(),
-          value_parser = clap::value_parser!(u64).range(0..=365 * 24 * 3600))]
+          value_parser = parse_retention)]
     pub outcome_retention_secs: u64,
+    /// Tests only: a retention in milliseconds below the safe minimum (overrides
+    /// --outcome-retention-secs). Unsafe: a Prepare may outlive the tombstone that must make
+    /// it vote NO.
+    #[arg(long, hide = true)]
+    pub unsafe_outcome_retention_ms: Option<u64>,
     /// Another participant as NAME=URL, asked during cooperative termination while the
     /// coordinator is unreachable (repeat for each).
     #[arg(long = "peer", value_name = "NAME=URL")]
@@ -90,6 +96,26 @@ const KNOWN_FAILPOINTS: &[&str] = &[
     failpoints::AFTER_STEP_EXECUTED,
     crate::disk::READ_ONLY_FAILPOINT,
 ];
+
+/// Shortest outcome retention accepted: twice the longest prepare deadline a client may ask
+/// for (`MAX_PREPARE_TIMEOUT_MS`, 60 s), so a tombstone outlives every Prepare that matters.
+pub const MIN_OUTCOME_RETENTION_SECS: u64 = 120;
+/// Longest outcome retention accepted (a year).
+pub const MAX_OUTCOME_RETENTION_SECS: u64 = 365 * 24 * 3600;
+
+fn parse_retention(raw: &str) -> Result<u64, String> {
+    let secs: u64 = raw
+        .parse()
+        .map_err(|e| format!("{raw:?} is not a number of seconds: {e}"))?;
+    if secs == 0 || (MIN_OUTCOME_RETENTION_SECS..=MAX_OUTCOME_RETENTION_SECS).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "{secs} s: must be 0 (keep every outcome) or {MIN_OUTCOME_RETENTION_SECS} to \
+             {MAX_OUTCOME_RETENTION_SECS}; an abort must outlive the longest prepare deadline (60 s)"
+        ))
+    }
+}
 
 /// Deadline of one Resolve call.
 const RESOLVE_RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -123,8 +149,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         lock_wait: Duration::from_millis(args.lock_wait_ms),
         resolve_after: Duration::from_millis(args.resolve_after_ms),
         resolve_interval: Duration::from_millis(args.resolve_interval_ms.max(1)),
-        outcome_retention: (args.outcome_retention_secs > 0)
-            .then(|| Duration::from_secs(args.outcome_retention_secs)),
+        outcome_retention: match args.unsafe_outcome_retention_ms {
+            Some(ms) => Some(Duration::from_millis(ms.max(1))),
+            None => (args.outcome_retention_secs > 0)
+                .then(|| Duration::from_secs(args.outcome_retention_secs)),
+        },
     };
     let node = Participant::open(Arc::new(store), config).context("recovering prepared txns")?;
 

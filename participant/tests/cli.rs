@@ -26,3 +26,15 @@ fn unusable_data_dir_is_reported() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("opening the database"), "{err}");
 }
+
+#[test]
+fn an_outcome_retention_shorter_than_the_prepare_deadline_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_participant"))
+        .args(["--listen", "127.0.0.1:0", "--outcome-retention-secs", "30"])
+        .output()
+        .expect("run participant");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--outcome-retention-secs"), "{err}");
+    assert!(err.contains("prepare deadline"), "{err}");
+}

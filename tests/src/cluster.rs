@@ -280,6 +280,7 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// Participants' `--outcome-retention-secs`. 0 (the default here) keeps every outcome, so
     /// the checkers can audit each txn after a run; the services' own default drops them.
+    /// Values below the services' minimum (120 s) go through their hidden test-only flag.
     pub outcome_retention_secs: u64,
 }
 
@@ -404,8 +405,17 @@ impl Cluster {
             args.extend(tls_flags(&name));
             let (metrics_addr, flags) = metrics_flags()?;
             args.extend(flags);
-            args.push("--outcome-retention-secs".into());
-            args.push(opts.outcome_retention_secs.to_string());
+            match opts.outcome_retention_secs {
+                // Shorter than the services allow: the hidden test flag.
+                secs @ 1..120 => {
+                    args.push("--unsafe-outcome-retention-ms".into());
+                    args.push((secs * 1000).to_string());
+                }
+                secs => {
+                    args.push("--outcome-retention-secs".into());
+                    args.push(secs.to_string());
+                }
+            }
             args.extend(opts.participant_args.iter().cloned());
             participants.push(Proc {
                 log: dir.join(format!("{name}.log")),
