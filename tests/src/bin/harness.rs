@@ -50,6 +50,10 @@ struct BenchArgs {
     /// conflicts between concurrent transfers (the 2PC locks are held from prepare to commit).
     #[arg(long, default_value_t = BENCH_ACCOUNTS)]
     accounts: usize,
+    /// Participants' outcome retention (the services' default; 0 keeps every outcome and
+    /// ignores the coordinator's forgets).
+    #[arg(long, default_value_t = txn_participant::node::DEFAULT_OUTCOME_RETENTION.as_secs())]
+    outcome_retention_secs: u64,
     /// Also measure single-participant transfers (one branch) as the local baseline.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     local_baseline: bool,
@@ -521,9 +525,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     let mut cluster = Cluster::start(ClusterOptions {
         participants: args.participants,
         metrics: true,
-        // The services' own default: outcomes are forgotten and swept, as in production
-        // (the bench audits nothing per txn).
-        outcome_retention_secs: txn_participant::node::DEFAULT_OUTCOME_RETENTION.as_secs(),
+        // By default as in production: outcomes are forgotten and swept (the bench audits
+        // nothing per txn).
+        outcome_retention_secs: args.outcome_retention_secs,
         ..Default::default()
     })
     .await
