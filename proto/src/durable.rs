@@ -147,11 +147,8 @@ impl GroupCommit {
         let p = rx
             .wait_for(|p| p.durable >= ticket.0 || p.failed.is_some())
             .await
-            .map_err(|_| StoreError::Failed("group-commit flusher stopped".into()))?;
-        match &p.failed {
-            Some(e) => Err(StoreError::Failed(e.clone())),
-            None => Ok(()),
-        }
+            .map_err(|_| flusher_stopped())?;
+        p.result()
     }
 
     /// Waits until `ticket` is durable, letting other writers' syncs cover it; only if none
@@ -170,13 +167,8 @@ impl GroupCommit {
         )
         .await
         {
-            Ok(Ok(p)) => Some(match &p.failed {
-                Some(e) => Err(StoreError::Failed(e.clone())),
-                None => Ok(()),
-            }),
-            Ok(Err(_)) => Some(Err(StoreError::Failed(
-                "group-commit flusher stopped".into(),
-            ))),
+            Ok(Ok(p)) => Some(p.result()),
+            Ok(Err(_)) => Some(Err(flusher_stopped())),
             Err(_) => None,
         };
         match covered {
@@ -199,6 +191,20 @@ impl GroupCommit {
 
     fn check_failed(&self) -> Result<(), StoreError> {
         match &self.shared.published.borrow().failed {
+            Some(e) => Err(StoreError::Failed(e.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+fn flusher_stopped() -> StoreError {
+    StoreError::Failed("group-commit flusher stopped".into())
+}
+
+impl Published {
+    /// What a writer waiting on this state is told: fine, or the sync failure.
+    fn result(&self) -> Result<(), StoreError> {
+        match &self.failed {
             Some(e) => Err(StoreError::Failed(e.clone())),
             None => Ok(()),
         }

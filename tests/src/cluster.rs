@@ -649,6 +649,34 @@ pub fn ensure_binaries() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The value `read` gives once it has stayed the same for `quiet_for` (polled every 100 ms,
+/// for at most 10 s): a way to wait until background writes of earlier work have settled
+/// before counting the writes of the work under test.
+pub async fn when_still<T, F, Fut>(mut read: F, quiet_for: Duration) -> anyhow::Result<T>
+where
+    T: PartialEq + std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    const POLL: Duration = Duration::from_millis(100);
+    let mut last = read().await?;
+    let mut still = Duration::ZERO;
+    for _ in 0..100 {
+        tokio::time::sleep(POLL).await;
+        let now = read().await?;
+        if now == last {
+            still += POLL;
+            if still >= quiet_for {
+                return Ok(now);
+            }
+        } else {
+            still = Duration::ZERO;
+            last = now;
+        }
+    }
+    bail!("still changing after 10 s: {last:?}")
+}
+
 /// Fetches the Prometheus text of a node started with metrics.
 pub async fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

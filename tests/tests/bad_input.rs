@@ -91,24 +91,12 @@ async fn durable_writes(cluster: &Cluster) -> Vec<u64> {
 /// work (an ended decision's deletion, synced after `FORGET_PATIENCE` if nothing else syncs)
 /// must not be taken for writes of the calls under test.
 async fn settled_durable_writes(cluster: &Cluster) -> Vec<u64> {
-    let quiet_for = 2 * txn_coordinator::node::FORGET_PATIENCE;
-    let poll = Duration::from_millis(100);
-    let mut last = durable_writes(cluster).await;
-    let mut still = Duration::ZERO;
-    for _ in 0..100 {
-        tokio::time::sleep(poll).await;
-        let now = durable_writes(cluster).await;
-        if now == last {
-            still += poll;
-            if still >= quiet_for {
-                return now;
-            }
-        } else {
-            still = Duration::ZERO;
-            last = now;
-        }
-    }
-    panic!("the nodes kept writing for 10 s: {last:?}");
+    txn_tests::cluster::when_still(
+        || async { Ok(durable_writes(cluster).await) },
+        2 * txn_coordinator::node::FORGET_PATIENCE,
+    )
+    .await
+    .unwrap()
 }
 
 /// The committed value of `key`. The client hears COMMITTED once the decision is durable;

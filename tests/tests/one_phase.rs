@@ -38,24 +38,11 @@ async fn coordinator_writes(cluster: &Cluster) -> anyhow::Result<u64> {
 /// txns' decision records are deleted after their acks (synced after `FORGET_PATIENCE` if
 /// nothing else syncs), and that must not count as the run's writes.
 async fn settled_coordinator_writes(cluster: &Cluster) -> anyhow::Result<u64> {
-    let quiet_for = 2 * txn_coordinator::node::FORGET_PATIENCE;
-    let poll = Duration::from_millis(100);
-    let mut last = coordinator_writes(cluster).await?;
-    let mut still = Duration::ZERO;
-    for _ in 0..100 {
-        tokio::time::sleep(poll).await;
-        let now = coordinator_writes(cluster).await?;
-        if now == last {
-            still += poll;
-            if still >= quiet_for {
-                return Ok(now);
-            }
-        } else {
-            still = Duration::ZERO;
-            last = now;
-        }
-    }
-    anyhow::bail!("the coordinator kept writing for 10 s after the seeding txns")
+    txn_tests::cluster::when_still(
+        || coordinator_writes(cluster),
+        2 * txn_coordinator::node::FORGET_PATIENCE,
+    )
+    .await
 }
 
 /// Runs `w` against a fresh cluster and checks every invariant; returns the cluster, the
