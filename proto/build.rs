@@ -4,7 +4,7 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/txn/v1/txn.proto", "proto/txn/v1/records.proto"];
+    let files = ["proto/txn/v1/txn.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -9,17 +9,18 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
-use txn_proto::pb::rec::{DecisionRecord, SagaRecord, SagaState};
+use txn_proto::convert::OrInvalidArgument;
 use txn_proto::pb::v1 as pb;
-use txn_proto::record;
-use txn_proto::store::WriteBatch;
-use txn_proto::types::{InvalidInput, ParticipantId, TxnId};
-use txn_proto::unix_ms;
+use txn_types::rec::{DecisionRecord, SagaRecord, SagaState};
+use txn_types::record;
+use txn_types::store::WriteBatch;
+use txn_types::types::{InvalidInput, ParticipantId, TxnId};
+use txn_types::unix_ms;
 
-use crate::core::{Effect, TxnView, decision_key};
 use crate::error::CoordError;
 use crate::node::Coordinator;
-use crate::saga::SAGA_PREFIX;
+use txn_coordinator_core::core::{Effect, TxnView, decision_key};
+use txn_coordinator_core::saga::SAGA_PREFIX;
 
 /// Deadline of each call the admin API makes to a participant.
 const ADMIN_RPC_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -765,7 +766,7 @@ impl AdminService {
 }
 
 fn id(field: &str, raw: &str) -> Result<TxnId, Status> {
-    Ok(TxnId::parse(field, raw)?)
+    TxnId::parse(field, raw).or_invalid()
 }
 
 #[tonic::async_trait]

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info};
 use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::participant_client::ParticipantClient;
-use txn_proto::types::{MAX_COMMIT_BATCH, TxnId};
+use txn_types::types::{MAX_COMMIT_BATCH, TxnId};
 
 /// Commits waiting for their participant's batch task; a full queue makes `commit` wait.
 pub const MAX_COMMIT_QUEUE: usize = 8 * MAX_COMMIT_BATCH;

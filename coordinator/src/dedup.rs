@@ -24,12 +24,12 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use txn_proto::pb::rec::{ClientTxnRecord, SagaRecord, SagaState};
 use txn_proto::pb::v1 as pb;
-use txn_proto::record;
-use txn_proto::store::WriteBatch;
-use txn_proto::types::{MAX_RECORD_BYTES, TxnId, TxnRequest};
-use txn_proto::unix_ms;
+use txn_types::rec::{ClientTxnRecord, SagaRecord, SagaState};
+use txn_types::record;
+use txn_types::store::WriteBatch;
+use txn_types::types::{MAX_RECORD_BYTES, TxnId, TxnRequest};
+use txn_types::unix_ms;
 
 use crate::error::CoordError;
 use crate::node::{Coordinator, TxnOutcome};
@@ -106,15 +106,9 @@ pub(crate) fn client_record(
     protocol: pb::Protocol,
     response: Option<pb::TransactResponse>,
 ) -> Vec<u8> {
-    let mut rec = ClientTxnRecord {
-        request_sha256: tag.request_sha256.clone(),
-        txn_id: txn.to_string(),
-        protocol: protocol as i32,
-        response,
-        at_unix_ms: unix_ms(),
-    };
-    if rec.encoded_len() > MAX_RECORD_BYTES
-        && let Some(r) = rec.response.as_mut()
+    let mut response = response;
+    if let Some(r) = response.as_mut()
+        && r.encoded_len() + tag.request_sha256.len() + txn.as_str().len() > MAX_RECORD_BYTES
     {
         r.results.clear();
         r.reason = format!(
@@ -123,6 +117,13 @@ pub(crate) fn client_record(
             if r.reason.is_empty() { "" } else { "; " }
         );
     }
+    let rec = ClientTxnRecord {
+        request_sha256: tag.request_sha256.clone(),
+        txn_id: txn.to_string(),
+        protocol: protocol as i32,
+        response: response.map(|r| r.encode_to_vec()),
+        at_unix_ms: unix_ms(),
+    };
     record::encode(&rec)
 }
 
@@ -210,8 +211,14 @@ impl Coordinator {
         if rec.request_sha256 != tag.request_sha256 {
             return Err(mismatch(tag, &rec.txn_id));
         }
-        if let Some(r) = rec.response {
-            return Ok(Some(r));
+        if let Some(bytes) = rec.response {
+            let r = pb::TransactResponse::decode(bytes.as_slice()).map_err(|e| {
+                txn_types::store::StoreError::Corrupt(record::CorruptRecord {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    problem: format!("the recorded answer is undecodable: {e}"),
+                })
+            });
+            return Ok(Some(self.check(r)?));
         }
         // A saga that was running when the coordinator stopped: answer from its log.
         let saga_id = TxnId::parse("txn_id", &rec.txn_id)?;

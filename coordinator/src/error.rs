@@ -1,7 +1,7 @@
 //! The coordinator's errors, and the one place they become gRPC statuses.
 
-use txn_proto::store::StoreError;
-use txn_proto::types::InvalidInput;
+use txn_types::store::StoreError;
+use txn_types::types::InvalidInput;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
@@ -26,8 +26,8 @@ pub enum CoordError {
     Replayed(tonic::Code, String),
 }
 
-impl From<txn_proto::record::CorruptRecord> for CoordError {
-    fn from(e: txn_proto::record::CorruptRecord) -> Self {
+impl From<txn_types::record::CorruptRecord> for CoordError {
+    fn from(e: txn_types::record::CorruptRecord) -> Self {
         CoordError::Store(StoreError::Corrupt(e))
     }
 }

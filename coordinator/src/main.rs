@@ -2,8 +2,8 @@ use clap::Parser;
 
 fn main() {
     let args = txn_coordinator::server::Args::parse();
-    txn_proto::process::init_tracing(args.log_format);
-    let runtime = match txn_proto::process::runtime(args.worker_threads) {
+    txn_server::process::init_tracing(args.log_format);
+    let runtime = match txn_server::process::runtime(args.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("coordinator: starting the async runtime: {e}");

@@ -12,25 +12,29 @@ use rand::Rng;
 use tokio::sync::{Semaphore, watch};
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
-use txn_proto::durable::GroupCommit;
-use txn_proto::metrics::{self, OutcomeLabel, ProtocolLabel, RetryKind, TxnLabels};
-use txn_proto::net::{AuthChannel, BearerToken};
-use txn_proto::pb::rec::{DecisionRecord, EpochRecord, SagaRecord, SagaState};
+use txn_metrics::{OutcomeLabel, ProtocolLabel, RetryKind, TxnLabels};
+use txn_proto::convert::{FromWire, ToWire};
 use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::participant_client::ParticipantClient;
-use txn_proto::record;
-use txn_proto::store::{Store, StoreError, WriteBatch};
-use txn_proto::types::{
+use txn_server::failpoint;
+use txn_server::net::{AuthChannel, BearerToken};
+use txn_storage::durable::GroupCommit;
+use txn_types::rec::{DecisionRecord, EpochRecord, SagaRecord, SagaState};
+use txn_types::record;
+use txn_types::store::{Store, StoreError, WriteBatch};
+use txn_types::types::{
     InvalidInput, KeyValue, ParticipantId, Protocol, Resolution, TxnId, TxnRequest, Vote,
 };
-use txn_proto::{failpoint, unix_ms};
+use txn_types::unix_ms;
 
 use crate::commit_batch::CommitQueue;
-use crate::core::{CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, VoteResult, decision_key};
 use crate::dedup::ClientTag;
 use crate::error::CoordError;
+use txn_coordinator_core::core::{
+    CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, VoteResult, decision_key,
+};
 
-/// Crash points (see `txn_proto::failpoint`).
+/// Crash points (see `txn_server::failpoint`).
 pub mod failpoints {
     /// Every vote was YES; the commit decision is not yet written.
     pub const BEFORE_DECISION_DURABLE: &str = "coordinator::before_decision_durable";
@@ -168,7 +172,7 @@ pub struct Coordinator {
 
 /// Counts a finished txn in the metrics.
 pub(crate) fn count_txn(protocol: ProtocolLabel, outcome: OutcomeLabel) {
-    metrics::metrics()
+    txn_metrics::metrics()
         .txns
         .get_or_create(&TxnLabels { protocol, outcome })
         .inc();
@@ -225,7 +229,7 @@ impl Coordinator {
             .iter()
             .map(|(id, (_, ch))| {
                 let client = ParticipantClient::new(ch.clone())
-                    .max_decoding_message_size(txn_proto::types::MAX_MESSAGE_BYTES);
+                    .max_decoding_message_size(txn_types::types::MAX_MESSAGE_BYTES);
                 let queue = CommitQueue::start(id.to_string(), client, config.rpc_timeout);
                 (id.clone(), queue)
             })
@@ -237,7 +241,7 @@ impl Coordinator {
                 .into_iter()
                 .map(|(id, (_, ch))| {
                     let client = ParticipantClient::new(ch)
-                        .max_decoding_message_size(txn_proto::types::MAX_MESSAGE_BYTES);
+                        .max_decoding_message_size(txn_types::types::MAX_MESSAGE_BYTES);
                     (id, client)
                 })
                 .collect(),
@@ -447,7 +451,7 @@ impl Coordinator {
             if effects.is_empty() {
                 continue;
             }
-            metrics::metrics()
+            txn_metrics::metrics()
                 .prepare_seconds
                 .observe(started.elapsed().as_secs_f64());
             return self.finish(txn, effects, reads, tag.as_ref()).await;
@@ -502,7 +506,7 @@ impl Coordinator {
         // Nothing to keep: no decision record, no participant left to tell.
         self.core().forget(txn);
         // The whole call is the prepare phase here; there is no commit phase to time.
-        metrics::metrics()
+        txn_metrics::metrics()
             .prepare_seconds
             .observe(started.elapsed().as_secs_f64());
         let outcome = match ended {
@@ -593,7 +597,7 @@ impl Coordinator {
             if attempt == ONE_PHASE_SETTLE_ATTEMPTS {
                 break;
             }
-            metrics::retried(RetryKind::OnePhaseSettle);
+            txn_metrics::retried(RetryKind::OnePhaseSettle);
             let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
             tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
             pause = (pause * 2).min(self.config.commit_retry_max);
@@ -772,7 +776,7 @@ impl Coordinator {
                     } else {
                         self.commit_progress.lock().expect("progress").remove(&txn);
                         if let Some(at) = self.decided.lock().expect("decided").remove(&txn) {
-                            metrics::metrics()
+                            txn_metrics::metrics()
                                 .commit_seconds
                                 .observe(at.elapsed().as_secs_f64());
                         }
@@ -781,7 +785,7 @@ impl Coordinator {
                     return;
                 }
                 Err(status) => {
-                    metrics::retried(RetryKind::Commit);
+                    txn_metrics::retried(RetryKind::Commit);
                     {
                         let mut progress = self.commit_progress.lock().expect("progress");
                         let e = progress
@@ -885,11 +889,15 @@ impl Coordinator {
 
     /// Sets the state gauges of the metrics from the txn table and the saga log.
     pub fn refresh_metrics(&self) {
-        let m = metrics::metrics();
+        let m = txn_metrics::metrics();
         m.in_doubt.set(self.core().committing() as i64);
         m.sagas_active
             .set(self.active_sagas.lock().expect("active sagas").len() as i64);
-        match self.gc.store().scan_prefix(crate::saga::SAGA_PREFIX) {
+        match self
+            .gc
+            .store()
+            .scan_prefix(txn_coordinator_core::saga::SAGA_PREFIX)
+        {
             Ok(sagas) => {
                 let parked = sagas
                     .iter()

@@ -7,20 +7,22 @@ use crate::node::count_txn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use txn_proto::metrics::{self, OutcomeLabel, ProtocolLabel, RetryKind};
+use txn_metrics::{OutcomeLabel, ProtocolLabel, RetryKind};
+use txn_proto::convert::ToWire;
 
 use rand::Rng;
 use tracing::{Instrument, debug, info, info_span, warn};
-use txn_proto::pb::rec::{SagaRecord, SagaState};
 use txn_proto::pb::v1 as pb;
-use txn_proto::record;
-use txn_proto::store::WriteBatch;
-use txn_proto::types::{KeyValue, ParticipantId, TxnId, TxnRequest};
-use txn_proto::{failpoint, unix_ms};
+use txn_server::failpoint;
+use txn_types::rec::{SagaRecord, SagaState};
+use txn_types::record;
+use txn_types::store::WriteBatch;
+use txn_types::types::{KeyValue, ParticipantId, TxnId, TxnRequest};
+use txn_types::unix_ms;
 
 use crate::error::CoordError;
 use crate::node::{Coordinator, TxnOutcome};
-use crate::saga::{Next, SAGA_PREFIX, Saga, saga_key};
+use txn_coordinator_core::saga::{Next, SAGA_PREFIX, Saga, saga_key};
 
 /// Crash points of the saga orchestrator.
 pub mod failpoints {
@@ -65,20 +67,17 @@ impl Coordinator {
         let branches = req
             .branches
             .iter()
-            .map(|b| pb::Branch {
-                participant: b.participant.to_string(),
-                ops: b.ops.iter().map(|op| op.to_pb()).collect(),
-            })
+            .map(txn_types::rec::Branch::from)
             .collect();
         let now = unix_ms();
         let saga = Saga::new(&id, branches, now + timeout.as_millis() as u64, now);
         let size = prost::Message::encoded_len(saga.record());
-        if size > txn_proto::types::MAX_RECORD_BYTES {
-            return Err(txn_proto::types::InvalidInput::new(
+        if size > txn_types::types::MAX_RECORD_BYTES {
+            return Err(txn_types::types::InvalidInput::new(
                 "branches",
                 format!(
                     "the saga's log record would be {size} bytes, the limit is {}",
-                    txn_proto::types::MAX_RECORD_BYTES
+                    txn_types::types::MAX_RECORD_BYTES
                 ),
             )
             .into());
@@ -212,7 +211,7 @@ impl Coordinator {
                             warn!(step, %error, "compensation out of retries: saga parked");
                         } else {
                             debug!(step, %error, "compensation failed; retrying");
-                            metrics::retried(RetryKind::SagaCompensate);
+                            txn_metrics::retried(RetryKind::SagaCompensate);
                             tokio::time::sleep(jittered(pause)).await;
                             pause = (pause * 2).min(self.config.commit_retry_max);
                         }
@@ -248,6 +247,15 @@ impl Coordinator {
         else {
             return Executed::Abandoned(format!("unknown participant {}", branch.participant));
         };
+        let ops: Result<Vec<pb::Op>, _> = branch
+            .ops
+            .iter()
+            .map(|op| txn_types::types::Op::try_from(op.clone()).map(|op| op.to_pb()))
+            .collect();
+        let ops = match ops {
+            Ok(ops) => ops,
+            Err(e) => return Executed::Abandoned(format!("the saga log's step is damaged: {e}")),
+        };
         let mut pause = self.config.commit_retry_base;
         let mut last_error = String::from("no attempt made");
         loop {
@@ -258,7 +266,7 @@ impl Coordinator {
             let mut request = tonic::Request::new(pb::ExecuteRequest {
                 saga_id: saga.id().to_owned(),
                 step,
-                ops: branch.ops.clone(),
+                ops: ops.clone(),
             });
             request.set_timeout(
                 self.config
@@ -281,7 +289,7 @@ impl Coordinator {
                 }
                 Err(status) if transient(status.code()) => {
                     last_error = format!("{:?}: {}", status.code(), status.message());
-                    metrics::retried(RetryKind::SagaExecute);
+                    txn_metrics::retried(RetryKind::SagaExecute);
                     let wait = jittered(pause).min(Duration::from_millis(remaining));
                     tokio::time::sleep(wait).await;
                     pause = (pause * 2).min(self.config.commit_retry_max);

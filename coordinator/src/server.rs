@@ -11,10 +11,10 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tonic::transport::Endpoint;
 use tracing::{error, info};
-use txn_proto::net::{AdminAuth, BearerToken, ClientTls};
 use txn_proto::pb::v1 as pb;
-use txn_proto::store::SledStore;
-use txn_proto::types::{MAX_MESSAGE_BYTES, ParticipantId};
+use txn_server::net::{AdminAuth, BearerToken, ClientTls};
+use txn_storage::SledStore;
+use txn_types::types::{MAX_MESSAGE_BYTES, ParticipantId};
 
 use crate::node::{CoordConfig, Coordinator, failpoints};
 use crate::service::CoordinatorService;
@@ -68,12 +68,12 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// Log line format.
-    #[arg(long, value_enum, default_value_t = txn_proto::process::LogFormat::Text)]
-    pub log_format: txn_proto::process::LogFormat,
+    #[arg(long, value_enum, default_value_t = txn_server::process::LogFormat::Text)]
+    pub log_format: txn_server::process::LogFormat,
     #[command(flatten)]
-    pub tls: txn_proto::net::TlsArgs,
+    pub tls: txn_server::net::TlsArgs,
     #[command(flatten)]
-    pub token: txn_proto::net::TokenArgs,
+    pub token: txn_server::net::TokenArgs,
 }
 
 /// Every crash point of the coordinator: 2PC and saga.
@@ -108,7 +108,7 @@ fn parse_participants(
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    txn_proto::failpoint::setup_from_env(ALL_FAILPOINTS).map_err(anyhow::Error::msg)?;
+    txn_server::failpoint::setup_from_env(ALL_FAILPOINTS).map_err(anyhow::Error::msg)?;
     let client_tls = ClientTls::load(&args.tls)?;
     let server = args.tls.server()?;
     let token = args.token.load()?;
@@ -150,7 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     health
         .set_serving::<pb::coordinator_server::CoordinatorServer<CoordinatorService>>()
         .await;
-    let listener = txn_proto::listen(args.listen)
+    let listener = txn_server::listen(args.listen)
         .with_context(|| format!("binding {} (is the port already in use?)", args.listen))?;
     let local = listener.local_addr()?;
     info!(addr = %local, epoch = node.stats().epoch, "coordinator listening");
@@ -158,12 +158,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     if let Some(addr) = args.metrics_addr {
         let n = node.clone();
-        let refresh: txn_proto::metrics::Refresh = Arc::new(move || n.refresh_metrics());
-        txn_proto::metrics::serve(addr, txn_proto::metrics::Role::Coordinator, refresh).await?;
+        let refresh: txn_metrics::Refresh = Arc::new(move || n.refresh_metrics());
+        txn_server::metrics_endpoint::serve(addr, txn_metrics::Role::Coordinator, refresh).await?;
     }
-    let (reflection_v1, reflection_v1alpha) = txn_proto::net::reflection()?;
+    let (reflection_v1, reflection_v1alpha) = txn_server::net::reflection()?;
 
-    let shutdown = txn_proto::process::stop_requested(node.fatal());
+    let shutdown = txn_server::process::stop_requested(node.fatal());
     let mut server = server;
     server
         .add_service(health_svc)
@@ -179,7 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             auth.clone(),
         ))
         .add_service(pb::failpoints_server::FailpointsServer::with_interceptor(
-            txn_proto::failpoint::FailpointService::new(ALL_FAILPOINTS),
+            txn_server::failpoint::FailpointService::new(ALL_FAILPOINTS),
             auth,
         ))
         .serve_with_incoming_shutdown(

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use txn_proto::convert::{FromWire, OrInvalidArgument, ToWire};
 use txn_proto::pb::v1 as pb;
-use txn_proto::types::{TxnId, TxnRequest};
+use txn_types::types::{TxnId, TxnRequest};
 
 use crate::dedup::tag_request;
 use crate::node::Coordinator;
@@ -28,7 +29,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::TransactResponse>, Status> {
         let mut msg = request.into_inner();
         let tag = tag_request(&mut msg)?;
-        let req = TxnRequest::from_pb(msg)?;
+        let req = TxnRequest::from_pb(msg).or_invalid()?;
         let resp = match tag {
             Some(tag) => self.node.transact_once(req, tag).await?,
             None => self.node.transact(req).await?.to_pb(),
@@ -40,7 +41,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
         let resolution = self.node.resolve(&txn)?;
         Ok(Response::new(pb::ResolveResponse {
             decision: resolution.to_pb() as i32,

@@ -213,13 +213,13 @@ fn describe_twopc(s: &twopc::State) -> String {
             "c epoch={} txn={:?} logged={} replied={:?}",
             c.core.epoch(),
             c.core.view(&t),
-            twopc::durable_has(&c.store, &txn_coordinator::core::decision_key(&t)),
+            twopc::durable_has(&c.store, &txn_coordinator_core::core::decision_key(&t)),
             c.ghost.replied
         ),
         twopc::State::Participant(p) => format!(
             "participant status={:?} durable_prepared={} voted_yes={} committed={} aborted_by={:?}",
             p.core.status(&t, &p.store).expect("mem store"),
-            twopc::durable_has(&p.store, &txn_participant::core::prepared_key(&t)),
+            twopc::durable_has(&p.store, &txn_participant_core::core::prepared_key(&t)),
             p.ghost.voted_yes,
             p.ghost.committed,
             p.ghost.aborted_by
@@ -234,10 +234,13 @@ fn describe_saga(s: &saga::State) -> String {
             "participant executed={} compensated={} counter={}",
             st.executed,
             st.compensated,
-            txn_proto::types::decode_counter(
-                txn_proto::store::Store::get(&st.store, &txn_participant::core::data_key(b"k"))
-                    .expect("mem store")
-                    .as_deref()
+            txn_types::types::decode_counter(
+                txn_types::store::Store::get(
+                    &st.store,
+                    &txn_participant_core::core::data_key(b"k")
+                )
+                .expect("mem store")
+                .as_deref()
             )
             .expect("counter")
         ),

@@ -41,13 +41,13 @@ use std::sync::Arc;
 
 use stateright::Property;
 use stateright::actor::{Actor, ActorModel, ActorModelState, Id, LossyNetwork, Network, Out};
-use txn_coordinator::core::CoordinatorCore;
-use txn_participant::core::{
+use txn_coordinator_core::core::CoordinatorCore;
+use txn_participant_core::core::{
     AbortStep, OnePhaseStep, ParticipantCore, PrepareRequest, PrepareStep, Refusal, TxnStatus,
     data_key,
 };
-use txn_proto::store::{MemStore, Store, WriteBatch};
-use txn_proto::types::{Op, ParticipantId, TxnId, decode_counter};
+use txn_types::store::{MemStore, Store, WriteBatch};
+use txn_types::types::{Op, ParticipantId, TxnId, decode_counter};
 
 use crate::checked::Checked;
 use crate::twopc::dirty;

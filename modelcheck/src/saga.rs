@@ -14,13 +14,13 @@ use std::sync::Arc;
 
 use stateright::actor::{Actor, ActorModel, ActorModelState, Id, Network, Out};
 use stateright::{Expectation, Model, Property};
-use txn_coordinator::saga::{Next, Saga, saga_key};
-use txn_participant::core::{ParticipantCore, data_key};
-use txn_participant::saga::{self, CompensateStep, Compensation, ExecuteStep, StepResult};
-use txn_proto::pb::v1 as pb;
-use txn_proto::record;
-use txn_proto::store::{MemStore, Store, WriteBatch};
-use txn_proto::types::{Op, TxnId, decode_counter};
+use txn_coordinator_core::saga::{Next, Saga, saga_key};
+use txn_participant_core::core::{ParticipantCore, data_key};
+use txn_participant_core::saga::{self, CompensateStep, Compensation, ExecuteStep, StepResult};
+use txn_types::rec;
+use txn_types::record;
+use txn_types::store::{MemStore, Store, WriteBatch};
+use txn_types::types::{Op, TxnId, decode_counter};
 
 use crate::checked::Checked;
 
@@ -200,9 +200,9 @@ impl Actor for Node {
         match self {
             Node::Orchestrator(plan) => {
                 let branches = (0..plan.ops.len())
-                    .map(|i| pb::Branch {
+                    .map(|i| rec::Branch {
                         participant: format!("p{}", i + 1),
-                        ops: plan.ops[i].iter().map(|op| op.to_pb()).collect(),
+                        ops: plan.ops[i].iter().map(rec::Op::from).collect(),
                     })
                     .collect();
                 let mut o = Orchestrator {

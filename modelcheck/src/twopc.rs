@@ -61,18 +61,18 @@ use std::sync::Arc;
 
 use stateright::actor::{Actor, ActorModel, ActorModelState, Id, LossyNetwork, Network, Out};
 use stateright::{Expectation, Model, Property};
-use txn_coordinator::core::{
+use txn_coordinator_core::core::{
     CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, TxnView, VoteResult, decision_key,
 };
-use txn_participant::core::{
+use txn_participant_core::core::OUTCOME_SWEEP_PAGE;
+use txn_participant_core::core::{
     AbortStep, CommitStep, EXPIRY_PREFIX, ParticipantCore, PrepareRequest, PrepareStep, TxnStatus,
     outcome_key, prepared_key, sweep_expired,
 };
-use txn_participant::node::OUTCOME_SWEEP_PAGE;
-use txn_proto::pb::rec::{DecisionRecord, EpochRecord};
-use txn_proto::record;
-use txn_proto::store::{MemStore, Store, WriteBatch};
-use txn_proto::types::{Decision, Op, ParticipantId, Resolution, TxnId};
+use txn_types::rec::{DecisionRecord, EpochRecord};
+use txn_types::record;
+use txn_types::store::{MemStore, Store, WriteBatch};
+use txn_types::types::{Decision, Op, ParticipantId, Resolution, TxnId};
 
 use crate::checked::Checked;
 

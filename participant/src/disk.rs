@@ -11,7 +11,7 @@
 use std::ffi::CString;
 use std::path::Path;
 
-use txn_proto::metrics::RefusalReason;
+use txn_metrics::RefusalReason;
 
 /// Crash-test hook: while armed (any action), the guard reports the disk as read-only. There
 /// is no portable way to remount a test's directory read-only without privileges.
@@ -73,7 +73,7 @@ pub fn read(dir: &Path) -> std::io::Result<DiskReading> {
         return Err(std::io::Error::last_os_error());
     }
     let read_only =
-        (st.f_flag & libc::ST_RDONLY) != 0 || txn_proto::failpoint::armed(READ_ONLY_FAILPOINT);
+        (st.f_flag & libc::ST_RDONLY) != 0 || txn_server::failpoint::armed(READ_ONLY_FAILPOINT);
     Ok(DiskReading {
         free_bytes: (st.f_bavail as u64).saturating_mul(st.f_frsize as u64),
         read_only,

@@ -1,8 +1,8 @@
 //! The participant's errors, and the one place they become gRPC statuses.
 
-use txn_proto::metrics::RefusalReason;
-use txn_proto::store::StoreError;
-use txn_proto::types::{InvalidInput, TxnId};
+use txn_metrics::RefusalReason;
+use txn_types::store::StoreError;
+use txn_types::types::{InvalidInput, TxnId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParticipantError {

@@ -4,19 +4,18 @@
 //! them idempotently. Usable as a library: a real service can embed [`node::Participant`] over
 //! its own store and serve [`service::ParticipantService`].
 //!
+//! The protocol rules live in `txn-participant-core` (no I/O); this crate executes their
+//! effects against sled and the network.
+//!
 //! Layout:
-//! - [`core`]: the protocol logic, a state machine with no I/O.
 //! - [`disk`]: the disk guard that refuses new Prepares when the disk is full or read-only.
-//! - [`locks`]: the lock table.
+//! - [`error`]: the participant's errors and their gRPC status codes.
 //! - [`node`]: the driver that runs the core against a store with group commit.
 //! - [`service`]: gRPC conversion.
 //! - [`server`]: process wiring (flags, health, shutdown) used by the `participant` binary.
 
-pub mod core;
 pub mod disk;
 pub mod error;
-pub mod locks;
 pub mod node;
-pub mod saga;
 pub mod server;
 pub mod service;

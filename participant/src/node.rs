@@ -10,21 +10,22 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
-use txn_proto::durable::GroupCommit;
-use txn_proto::metrics::{self, RefusalLabels, RetryKind};
-use txn_proto::store::{Store, StoreError, WriteBatch};
-use txn_proto::types::{Decision, KeyValue, Op, Resolution, TxnId, Vote};
-use txn_proto::{failpoint, unix_ms};
+use txn_metrics::{RefusalLabels, RetryKind};
+use txn_server::failpoint;
+use txn_storage::durable::GroupCommit;
+use txn_types::store::{Store, StoreError, WriteBatch};
+use txn_types::types::{Decision, KeyValue, Op, Resolution, TxnId, Vote};
+use txn_types::unix_ms;
 
-use crate::core::{
-    AbortStep, CommitStep, OnePhaseStep, ParticipantCore, PrepareRequest, PrepareStep, Refusal,
-    TxnStatus, data_key,
-};
 use crate::disk::DiskRefusal;
 use crate::error::ParticipantError;
-use crate::saga::{self, CompensateStep, Compensation, ExecuteStep, StepResult};
+use txn_participant_core::core::{
+    AbortStep, CommitStep, OUTCOME_SWEEP_PAGE, OnePhaseStep, ParticipantCore, PrepareRequest,
+    PrepareStep, Refusal, TxnStatus, data_key,
+};
+use txn_participant_core::saga::{self, CompensateStep, Compensation, ExecuteStep, StepResult};
 
-/// Crash points (see `txn_proto::failpoint`).
+/// Crash points (see `txn_server::failpoint`).
 pub mod failpoints {
     /// The prepared record is written but not yet durable; no vote sent.
     pub const BEFORE_PREPARE_DURABLE: &str = "participant::before_prepare_durable";
@@ -80,8 +81,6 @@ pub struct NodeConfig {
 /// (at most `MAX_PREPARE_TIMEOUT_MS`, 60 s) and the settling of a one-phase commit (about a
 /// minute at worst).
 pub const DEFAULT_OUTCOME_RETENTION: Duration = Duration::from_secs(600);
-/// Expired outcome index entries the sweeper handles per step (bounds one write batch).
-pub const OUTCOME_SWEEP_PAGE: usize = 1_000;
 /// Longest pause between two sweeps (shorter when the retention is short).
 pub const OUTCOME_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -199,7 +198,7 @@ impl Participant {
         self.refuse_if_disk_degraded()?;
         let started = Instant::now();
         let vote = self.prepare_inner(req).instrument(span).await;
-        metrics::metrics()
+        txn_metrics::metrics()
             .prepare_seconds
             .observe(started.elapsed().as_secs_f64());
         vote
@@ -212,7 +211,7 @@ impl Participant {
         }
         match self.disk.lock().expect("disk state").clone() {
             Some(refusal) => {
-                metrics::metrics()
+                txn_metrics::metrics()
                     .refused
                     .get_or_create(&RefusalLabels {
                         reason: refusal.reason,
@@ -234,7 +233,7 @@ impl Participant {
         }
         self.disk_degraded
             .store(refusal.is_some(), Ordering::Relaxed);
-        metrics::metrics()
+        txn_metrics::metrics()
             .disk_degraded
             .set(i64::from(refusal.is_some()));
         *cur = refusal;
@@ -255,7 +254,7 @@ impl Participant {
     }
 
     /// Drops the expiring outcomes recorded before `now - retention` (see
-    /// [`crate::core::sweep_expired`]). Each page is applied under the core lock, lazily: a
+    /// [`txn_participant_core::core::sweep_expired`]). Each page is applied under the core lock, lazily: a
     /// drop lost in a crash is made again by the next sweep. Returns how many index entries
     /// it handled.
     pub fn sweep_outcomes(
@@ -267,7 +266,7 @@ impl Participant {
         let mut swept = 0;
         loop {
             let core = self.core();
-            let (batch, more) = self.check(crate::core::sweep_expired(
+            let (batch, more) = self.check(txn_participant_core::core::sweep_expired(
                 self.store(),
                 cutoff,
                 OUTCOME_SWEEP_PAGE,
@@ -301,7 +300,7 @@ impl Participant {
 
     /// Sets the state gauges of the metrics.
     pub fn refresh_metrics(&self) {
-        metrics::metrics()
+        txn_metrics::metrics()
             .in_doubt
             .set(self.core().in_doubt() as i64);
     }
@@ -381,7 +380,7 @@ impl Participant {
         self.refuse_if_disk_degraded()?;
         let started = Instant::now();
         let answer = self.one_phase_inner(txn, ops).instrument(span).await?;
-        metrics::metrics()
+        txn_metrics::metrics()
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(answer)
@@ -493,7 +492,7 @@ impl Participant {
             self.released.notify_waiters();
             self.check(self.gc.wait(ticket).await)?;
             failpoint::hit(failpoints::AFTER_COMMIT_APPLY);
-            metrics::metrics()
+            txn_metrics::metrics()
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             debug!("committed");
@@ -552,7 +551,7 @@ impl Participant {
         self.released.notify_waiters();
         self.check(self.gc.wait(ticket).await)?;
         failpoint::hit(failpoints::AFTER_COMMIT_APPLY);
-        let m = metrics::metrics();
+        let m = txn_metrics::metrics();
         for _ in 0..txns.len().saturating_sub(failed.len()) {
             m.commit_seconds.observe(started.elapsed().as_secs_f64());
         }
@@ -769,7 +768,7 @@ impl Participant {
         &self,
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, txn_proto::pb::rec::BarrierRecord)>, ParticipantError> {
+    ) -> Result<Vec<(Vec<u8>, txn_types::rec::BarrierRecord)>, ParticipantError> {
         let limit = limit.clamp(1, MAX_OUTCOMES_PAGE);
         self.check(saga::list_barriers(self.store(), start, limit))
     }
@@ -817,7 +816,11 @@ impl Participant {
         limit: usize,
     ) -> Result<Vec<(String, TxnStatus, Vec<String>)>, ParticipantError> {
         let limit = limit.clamp(1, MAX_OUTCOMES_PAGE);
-        self.check(crate::core::list_outcomes(self.store(), start_after, limit))
+        self.check(txn_participant_core::core::list_outcomes(
+            self.store(),
+            start_after,
+            limit,
+        ))
     }
 
     pub fn stats(&self) -> NodeStats {
@@ -1032,7 +1035,7 @@ impl Backoff {
 
     fn failed(&mut self, now: Instant, max: Duration) {
         self.attempts += 1;
-        metrics::retried(RetryKind::Resolve);
+        txn_metrics::retried(RetryKind::Resolve);
         let jitter = rand::random_range(0..=self.pause.as_millis() as u64 / 2);
         self.next_try = now + self.pause + Duration::from_millis(jitter);
         self.pause = (self.pause * 2).min(max);

@@ -12,14 +12,15 @@ use clap::Parser;
 use futures::future::BoxFuture;
 use tonic::transport::Channel;
 use tracing::{error, info};
-use txn_proto::net::{AdminAuth, ClientTls};
+use txn_proto::convert::FromWire;
 use txn_proto::pb::v1 as pb;
-use txn_proto::store::SledStore;
-use txn_proto::types::{MAX_MESSAGE_BYTES, ParticipantId, Resolution, TxnId};
+use txn_server::net::{AdminAuth, ClientTls};
+use txn_storage::SledStore;
+use txn_types::types::{MAX_MESSAGE_BYTES, ParticipantId, Resolution, TxnId};
 
-use crate::core::TxnStatus;
 use crate::node::{NodeConfig, Participant, ResolveTransport, TransportError, failpoints};
 use crate::service::{ParticipantService, state_from_pb};
+use txn_participant_core::core::TxnStatus;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,16 +75,16 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// Log line format.
-    #[arg(long, value_enum, default_value_t = txn_proto::process::LogFormat::Text)]
-    pub log_format: txn_proto::process::LogFormat,
+    #[arg(long, value_enum, default_value_t = txn_server::process::LogFormat::Text)]
+    pub log_format: txn_server::process::LogFormat,
     /// Free space (MiB) kept in reserve on the data directory's file system: below it, new
     /// Prepares are refused so that prepared txns can always still commit.
     #[arg(long, default_value_t = 64)]
     pub min_free_mb: u64,
     #[command(flatten)]
-    pub tls: txn_proto::net::TlsArgs,
+    pub tls: txn_server::net::TlsArgs,
     #[command(flatten)]
-    pub token: txn_proto::net::TokenArgs,
+    pub token: txn_server::net::TokenArgs,
 }
 
 /// Every failpoint of the participant: crash points and the read-only disk hook.
@@ -127,7 +128,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("data").join(&args.name));
     let store = SledStore::open(&data_dir)
         .with_context(|| format!("opening the database in {}", data_dir.display()))?;
-    txn_proto::failpoint::setup_from_env(KNOWN_FAILPOINTS).map_err(anyhow::Error::msg)?;
+    txn_server::failpoint::setup_from_env(KNOWN_FAILPOINTS).map_err(anyhow::Error::msg)?;
     let client_tls = ClientTls::load(&args.tls)?;
     let server = args.tls.server()?;
     let auth = AdminAuth::new(args.token.load()?);
@@ -176,7 +177,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
         .await;
 
-    let listener = txn_proto::listen(args.listen)
+    let listener = txn_server::listen(args.listen)
         .with_context(|| format!("binding {} (is the port already in use?)", args.listen))?;
     let local = listener.local_addr()?;
     info!(name = %args.name, addr = %local, data_dir = %data_dir.display(), "participant listening");
@@ -184,12 +185,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     if let Some(addr) = args.metrics_addr {
         let n = node.clone();
-        let refresh: txn_proto::metrics::Refresh = Arc::new(move || n.refresh_metrics());
-        txn_proto::metrics::serve(addr, txn_proto::metrics::Role::Participant, refresh).await?;
+        let refresh: txn_metrics::Refresh = Arc::new(move || n.refresh_metrics());
+        txn_server::metrics_endpoint::serve(addr, txn_metrics::Role::Participant, refresh).await?;
     }
-    let (reflection_v1, reflection_v1alpha) = txn_proto::net::reflection()?;
+    let (reflection_v1, reflection_v1alpha) = txn_server::net::reflection()?;
 
-    let shutdown = txn_proto::process::stop_requested(node.fatal());
+    let shutdown = txn_server::process::stop_requested(node.fatal());
     let mut server = server;
     server
         .add_service(health_svc)
@@ -207,7 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ),
         )
         .add_service(pb::failpoints_server::FailpointsServer::with_interceptor(
-            txn_proto::failpoint::FailpointService::new(KNOWN_FAILPOINTS),
+            txn_server::failpoint::FailpointService::new(KNOWN_FAILPOINTS),
             auth,
         ))
         .serve_with_incoming_shutdown(

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use txn_proto::convert::{OrInvalidArgument, ToWire, invalid_argument};
 use txn_proto::pb::v1 as pb;
-use txn_proto::types::{InvalidInput, TxnId};
+use txn_types::types::{InvalidInput, TxnId};
 
-use crate::core::{TxnStatus, prepare_from_pb};
 use crate::node::{MAX_OUTCOMES_PAGE, MAX_READ_KEYS, Participant};
-use crate::saga::{Compensation, StepResult};
+use txn_participant_core::core::{PrepareRequest, TxnStatus};
+use txn_participant_core::saga::{Compensation, StepResult};
 
 #[derive(Clone)]
 pub struct ParticipantService {
@@ -27,7 +28,7 @@ impl pb::participant_server::Participant for ParticipantService {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
-        let req = prepare_from_pb(request.into_inner())?;
+        let req = prepare_from_pb(request.into_inner()).or_invalid()?;
         let vote = self.node.prepare(req).await?;
         Ok(Response::new(vote.to_pb()))
     }
@@ -37,8 +38,8 @@ impl pb::participant_server::Participant for ParticipantService {
         request: Request<pb::CommitOnePhaseRequest>,
     ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
         let req = request.into_inner();
-        let txn = TxnId::parse("txn_id", &req.txn_id)?;
-        let ops = txn_proto::types::ops_from_pb("ops", req.ops)?;
+        let txn = TxnId::parse("txn_id", &req.txn_id).or_invalid()?;
+        let ops = txn_proto::convert::ops_from_pb("ops", req.ops).or_invalid()?;
         Ok(Response::new(
             match self.node.commit_one_phase(&txn, &ops).await? {
                 Ok(reads) => pb::CommitOnePhaseResponse {
@@ -59,7 +60,7 @@ impl pb::participant_server::Participant for ParticipantService {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
         self.node.commit(&txn).await?;
         Ok(Response::new(pb::CommitResponse {}))
     }
@@ -69,8 +70,8 @@ impl pb::participant_server::Participant for ParticipantService {
         request: Request<pb::CommitBatchRequest>,
     ) -> Result<Response<pb::CommitBatchResponse>, Status> {
         let req = request.into_inner();
-        let txns = txn_ids("txn_ids", &req.txn_ids)?;
-        let forget = txn_ids("forget", &req.forget)?;
+        let txns = txn_ids("txn_ids", &req.txn_ids).or_invalid()?;
+        let forget = txn_ids("forget", &req.forget).or_invalid()?;
         let failed = self.node.commit_batch(&txns, &forget).await?;
         Ok(Response::new(pb::CommitBatchResponse {
             failed: failed
@@ -92,7 +93,7 @@ impl pb::participant_server::Participant for ParticipantService {
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
         let r = request.into_inner();
-        let txn = TxnId::parse("txn_id", &r.txn_id)?;
+        let txn = TxnId::parse("txn_id", &r.txn_id).or_invalid()?;
         self.node.abort(&txn, r.forced).await?;
         Ok(Response::new(pb::AbortResponse {}))
     }
@@ -103,26 +104,27 @@ impl pb::participant_server::Participant for ParticipantService {
     ) -> Result<Response<pb::ReadResponse>, Status> {
         let keys = request.into_inner().keys;
         if keys.is_empty() {
-            return Err(InvalidInput::new("keys", "must name at least one key").into());
+            return Err(invalid_argument(InvalidInput::new(
+                "keys",
+                "must name at least one key",
+            )));
         }
         if keys.len() > MAX_READ_KEYS {
-            return Err(InvalidInput::new(
+            return Err(invalid_argument(InvalidInput::new(
                 "keys",
                 format!("names {} keys, the limit is {MAX_READ_KEYS}", keys.len()),
-            )
-            .into());
+            )));
         }
         for (i, k) in keys.iter().enumerate() {
-            if k.is_empty() || k.len() > txn_proto::types::MAX_KEY_LEN {
-                return Err(InvalidInput::new(
+            if k.is_empty() || k.len() > txn_types::types::MAX_KEY_LEN {
+                return Err(invalid_argument(InvalidInput::new(
                     format!("keys[{i}]"),
                     format!(
                         "must be 1 to {} bytes, got {}",
-                        txn_proto::types::MAX_KEY_LEN,
+                        txn_types::types::MAX_KEY_LEN,
                         k.len()
                     ),
-                )
-                .into());
+                )));
             }
         }
         let values = self.node.read(&keys)?;
@@ -135,7 +137,7 @@ impl pb::participant_server::Participant for ParticipantService {
         &self,
         request: Request<pb::TxnStateRequest>,
     ) -> Result<Response<pb::TxnStateResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
         let state = state_to_pb(self.node.status(&txn)?);
         Ok(Response::new(pb::TxnStateResponse {
             state: state as i32,
@@ -146,7 +148,7 @@ impl pb::participant_server::Participant for ParticipantService {
         &self,
         request: Request<pb::TxnStateRequest>,
     ) -> Result<Response<pb::TxnStateResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
         let state = state_to_pb(self.node.query_peer(&txn).await?);
         Ok(Response::new(pb::TxnStateResponse {
             state: state as i32,
@@ -158,8 +160,8 @@ impl pb::participant_server::Participant for ParticipantService {
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let r = request.into_inner();
-        let saga = saga_step(&r.saga_id, r.step)?;
-        let ops = txn_proto::types::ops_from_pb("ops", r.ops)?;
+        let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
+        let ops = txn_proto::convert::ops_from_pb("ops", r.ops).or_invalid()?;
         let (result, reason, reads) = match self.node.execute_step(&saga, r.step, &ops).await? {
             StepResult::Succeeded { reads } => (pb::StepResult::Succeeded, String::new(), reads),
             StepResult::Failed { reason } => (pb::StepResult::Failed, reason, Vec::new()),
@@ -177,7 +179,7 @@ impl pb::participant_server::Participant for ParticipantService {
         request: Request<pb::CompensateRequest>,
     ) -> Result<Response<pb::CompensateResponse>, Status> {
         let r = request.into_inner();
-        let saga = saga_step(&r.saga_id, r.step)?;
+        let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
         let kind = match self.node.compensate_step(&saga, r.step).await? {
             Compensation::Applied => pb::CompensationKind::Applied,
             Compensation::Null => pb::CompensationKind::Null,
@@ -189,7 +191,7 @@ impl pb::participant_server::Participant for ParticipantService {
         &self,
         request: Request<pb::ListBarriersRequest>,
     ) -> Result<Response<pb::ListBarriersResponse>, Status> {
-        use txn_proto::pb::rec::BarrierKind;
+        use txn_types::rec::BarrierKind;
         let r = request.into_inner();
         let limit = if r.limit == 0 {
             MAX_OUTCOMES_PAGE
@@ -275,12 +277,12 @@ impl pb::participant_server::Participant for ParticipantService {
 }
 
 fn saga_step(saga_id: &str, step: u32) -> Result<TxnId, InvalidInput> {
-    if step as usize >= txn_proto::types::MAX_BRANCHES {
+    if step as usize >= txn_types::types::MAX_BRANCHES {
         return Err(InvalidInput::new(
             "step",
             format!(
                 "{step} is beyond the most steps a saga may have ({})",
-                txn_proto::types::MAX_BRANCHES
+                txn_types::types::MAX_BRANCHES
             ),
         ));
     }
@@ -355,7 +357,7 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
         &self,
         request: Request<pb::TxnIdRequest>,
     ) -> Result<Response<pb::HoldResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
         let state = state_to_pb(self.node.hold(&txn).await?);
         Ok(Response::new(pb::HoldResponse {
             state: state as i32,
@@ -366,7 +368,7 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
         &self,
         request: Request<pb::TxnIdRequest>,
     ) -> Result<Response<pb::HoldResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id)?;
+        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
         let state = state_to_pb(self.node.release(&txn)?);
         Ok(Response::new(pb::HoldResponse {
             state: state as i32,
@@ -374,16 +376,16 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
     }
 }
 
-/// A checked list of txn ids (at most [`txn_proto::types::MAX_COMMIT_BATCH`]), each error
+/// A checked list of txn ids (at most [`txn_types::types::MAX_COMMIT_BATCH`]), each error
 /// naming the field and index.
 fn txn_ids(field: &str, ids: &[String]) -> Result<Vec<TxnId>, InvalidInput> {
-    if ids.len() > txn_proto::types::MAX_COMMIT_BATCH {
+    if ids.len() > txn_types::types::MAX_COMMIT_BATCH {
         return Err(InvalidInput::new(
             field,
             format!(
                 "has {} txns, the limit is {}",
                 ids.len(),
-                txn_proto::types::MAX_COMMIT_BATCH
+                txn_types::types::MAX_COMMIT_BATCH
             ),
         ));
     }
@@ -391,4 +393,35 @@ fn txn_ids(field: &str, ids: &[String]) -> Result<Vec<TxnId>, InvalidInput> {
         .enumerate()
         .map(|(i, id)| TxnId::parse(&format!("{field}[{i}]"), id))
         .collect()
+}
+
+/// Converts a wire Prepare; errors name the field.
+pub fn prepare_from_pb(
+    req: pb::PrepareRequest,
+) -> Result<PrepareRequest, txn_types::types::InvalidInput> {
+    use txn_proto::convert::ops_from_pb;
+    use txn_types::types::{MAX_BRANCHES, ParticipantId};
+    let txn = TxnId::parse("txn_id", &req.txn_id)?;
+    if req.participants.len() > MAX_BRANCHES {
+        return Err(InvalidInput::new(
+            "participants",
+            format!(
+                "has {} entries, the limit is {MAX_BRANCHES}",
+                req.participants.len()
+            ),
+        ));
+    }
+    let participants = req
+        .participants
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ParticipantId::parse(&format!("participants[{i}]"), p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ops = ops_from_pb("ops", req.ops)?;
+    Ok(PrepareRequest {
+        txn,
+        coordinator_epoch: req.coordinator_epoch,
+        participants,
+        ops,
+    })
 }

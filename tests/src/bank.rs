@@ -11,11 +11,11 @@ use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::coordinator_client::CoordinatorClient;
-use txn_proto::types::{decode_counter, encode_counter};
+use txn_types::types::{decode_counter, encode_counter};
 
 /// Most accounts a bank may have: the seeding txn puts every account of a participant in one
 /// branch, and a branch holds at most this many operations.
-pub const MAX_ACCOUNTS_PER_PARTICIPANT: usize = txn_proto::types::MAX_OPS_PER_BRANCH;
+pub const MAX_ACCOUNTS_PER_PARTICIPANT: usize = txn_types::types::MAX_OPS_PER_BRANCH;
 
 /// Pause of a client after a call that failed without an outcome.
 pub const UNKNOWN_BACKOFF: Duration = Duration::from_millis(20);

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tonic::transport::{Channel, Endpoint};
-use txn_proto::net::{BearerToken, ClientTls, TlsArgs};
 use txn_proto::pb::v1 as pb;
+use txn_server::net::{BearerToken, ClientTls, TlsArgs};
 
 /// How long a started process may take to answer its health check.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);

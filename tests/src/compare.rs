@@ -350,7 +350,7 @@ async fn audit_loop(
                     .results
                     .iter()
                     .flat_map(|b| &b.reads)
-                    .map(|kv| txn_proto::types::decode_counter(kv.value.as_deref()).unwrap_or(0))
+                    .map(|kv| txn_types::types::decode_counter(kv.value.as_deref()).unwrap_or(0))
                     .sum();
                 audits.fetch_add(1, Ordering::Relaxed);
                 if sum != total {

@@ -149,9 +149,9 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     let before = settled_durable_writes(&cluster).await;
 
     let ia = Code::InvalidArgument;
-    let long_id = "x".repeat(txn_proto::types::MAX_TXN_ID_LEN + 1);
-    let long_key = vec![b'k'; txn_proto::types::MAX_KEY_LEN + 1];
-    let big_value = vec![b'v'; txn_proto::types::MAX_VALUE_LEN + 1];
+    let long_id = "x".repeat(txn_types::types::MAX_TXN_ID_LEN + 1);
+    let long_key = vec![b'k'; txn_types::types::MAX_KEY_LEN + 1];
+    let big_value = vec![b'v'; txn_types::types::MAX_VALUE_LEN + 1];
 
     // Transact.
     refused(
@@ -792,7 +792,7 @@ async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
     refused(
         "CommitBatch over the batch limit",
         p1.commit_batch(pb::CommitBatchRequest {
-            txn_ids: vec!["b.1".into(); txn_proto::types::MAX_COMMIT_BATCH + 1],
+            txn_ids: vec!["b.1".into(); txn_types::types::MAX_COMMIT_BATCH + 1],
             ..Default::default()
         })
         .await,

@@ -128,7 +128,8 @@ async fn a_corrupt_prepared_record_stops_the_participant() -> anyhow::Result<()>
     cluster.participant("p1").terminate()?;
     {
         // Plant a prepared record whose checksum does not match.
-        use txn_proto::store::{SledStore, Store, WriteBatch};
+        use txn_storage::SledStore;
+        use txn_types::store::{Store, WriteBatch};
         let store = SledStore::open(&cluster.dir().join("p1"))?;
         let mut b = WriteBatch::default();
         b.put(b"p/bad.1".to_vec(), b"not a record".to_vec());

@@ -82,7 +82,7 @@ async fn balance(cluster: &Cluster, node: &str, key: &str) -> anyhow::Result<i64
         })
         .await?
         .into_inner();
-    txn_proto::types::decode_counter(r.values[0].value.as_deref()).map_err(anyhow::Error::msg)
+    txn_types::types::decode_counter(r.values[0].value.as_deref()).map_err(anyhow::Error::msg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

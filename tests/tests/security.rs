@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
-use txn_proto::net::{BearerToken, ClientTls, TlsArgs};
 use txn_proto::pb::v1 as pb;
+use txn_server::net::{BearerToken, ClientTls, TlsArgs};
 use txn_tests::cluster::{Cluster, ClusterOptions, bin_dir};
 
 const TOKEN: &str = "test-admin-token-0123456789";

@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use txn_proto::net::{AuthChannel, BearerToken, ClientTls, TlsArgs};
 use txn_proto::pb::v1 as pb;
+use txn_server::net::{AuthChannel, BearerToken, ClientTls, TlsArgs};
 
 /// Time allowed to connect to a service.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

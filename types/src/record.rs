@@ -49,7 +49,7 @@ pub fn decode<M: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M, Corru
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::rec::EpochRecord;
+    use crate::rec::EpochRecord;
 
     #[test]
     fn round_trip() {

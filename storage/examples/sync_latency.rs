@@ -1,6 +1,7 @@
 //! Measures the cost of one small durable write through SledStore (apply + flush + fdatasync).
 use std::time::Instant;
-use txn_proto::store::{SledStore, Store, WriteBatch};
+use txn_storage::SledStore;
+use txn_types::store::{Store, WriteBatch};
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();

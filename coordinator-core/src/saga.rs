@@ -9,10 +9,10 @@
 //! The driver makes the record durable after every transition, before the next call, so a
 //! restarted coordinator resumes exactly where the log says.
 
-use txn_proto::pb::rec::{SagaRecord, SagaState};
-use txn_proto::pb::v1 as pb;
-use txn_proto::record::CorruptRecord;
-use txn_proto::types::TxnId;
+use txn_types::rec;
+use txn_types::rec::{SagaRecord, SagaState};
+use txn_types::record::CorruptRecord;
+use txn_types::types::TxnId;
 
 pub const SAGA_PREFIX: &[u8] = b"s/";
 
@@ -41,7 +41,7 @@ pub struct Saga {
 impl Saga {
     pub fn new(
         id: &TxnId,
-        branches: Vec<pb::Branch>,
+        branches: Vec<rec::Branch>,
         deadline_unix_ms: u64,
         now_unix_ms: u64,
     ) -> Self {
@@ -102,7 +102,7 @@ impl Saga {
         self.rec.branches.len()
     }
 
-    pub fn branch(&self, step: u32) -> &pb::Branch {
+    pub fn branch(&self, step: u32) -> &rec::Branch {
         &self.rec.branches[step as usize]
     }
 
@@ -217,7 +217,7 @@ mod tests {
 
     fn saga(n: usize) -> Saga {
         let branches = (0..n)
-            .map(|i| pb::Branch {
+            .map(|i| rec::Branch {
                 participant: format!("p{}", i + 1),
                 ops: vec![],
             })

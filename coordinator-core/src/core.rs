@@ -15,9 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use txn_proto::pb::rec::DecisionRecord;
-use txn_proto::record;
-use txn_proto::types::{Decision, ParticipantId, Resolution, TxnId};
+use txn_types::rec::DecisionRecord;
+use txn_types::record;
+use txn_types::types::{Decision, ParticipantId, Resolution, TxnId};
 
 pub const EPOCH_KEY: &[u8] = b"e";
 pub const DECISION_PREFIX: &[u8] = b"c/";

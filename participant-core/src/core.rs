@@ -17,11 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 
-use txn_proto::pb::rec::{OutcomeKind, OutcomeRecord, PreparedRecord, Write};
-use txn_proto::pb::v1 as pb;
-use txn_proto::record;
-use txn_proto::store::{Store, StoreError, WriteBatch};
-use txn_proto::types::{
+use txn_types::rec::{OutcomeKind, OutcomeRecord, PreparedRecord, Write};
+use txn_types::record;
+use txn_types::store::{Store, StoreError, WriteBatch};
+use txn_types::types::{
     KeyValue, MAX_RECORD_BYTES, Op, ParticipantId, TxnId, decode_counter, encode_counter,
 };
 
@@ -32,6 +31,8 @@ pub const PREPARED_PREFIX: &[u8] = b"p/";
 pub const OUTCOME_PREFIX: &[u8] = b"o/";
 /// Index of the outcomes that expire by age: `x/<at_unix_ms, 8 bytes big-endian><txn>`.
 pub const EXPIRY_PREFIX: &[u8] = b"x/";
+/// Expired outcome index entries one sweep step handles (bounds one write batch).
+pub const OUTCOME_SWEEP_PAGE: usize = 1_000;
 
 pub fn data_key(key: &[u8]) -> Vec<u8> {
     [DATA_PREFIX, key].concat()
@@ -698,40 +699,10 @@ pub(crate) fn evaluate(ops: &[Op], store: &dyn Store) -> Result<Evaluated, Store
     Ok(Ok((writes, reads)))
 }
 
-/// Converts a wire Prepare; errors name the field.
-pub fn prepare_from_pb(
-    req: pb::PrepareRequest,
-) -> Result<PrepareRequest, txn_proto::types::InvalidInput> {
-    use txn_proto::types::{InvalidInput, MAX_BRANCHES, ops_from_pb};
-    let txn = TxnId::parse("txn_id", &req.txn_id)?;
-    if req.participants.len() > MAX_BRANCHES {
-        return Err(InvalidInput::new(
-            "participants",
-            format!(
-                "has {} entries, the limit is {MAX_BRANCHES}",
-                req.participants.len()
-            ),
-        ));
-    }
-    let participants = req
-        .participants
-        .iter()
-        .enumerate()
-        .map(|(i, p)| ParticipantId::parse(&format!("participants[{i}]"), p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let ops = ops_from_pb("ops", req.ops)?;
-    Ok(PrepareRequest {
-        txn,
-        coordinator_epoch: req.coordinator_epoch,
-        participants,
-        ops,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use txn_proto::store::MemStore;
+    use txn_types::store::MemStore;
 
     fn txn(s: &str) -> TxnId {
         TxnId::parse("t", s).unwrap()

@@ -249,8 +249,7 @@ impl tonic::service::Interceptor for AdminAuth {
 }
 
 /// Encoded descriptors of every txn.v1 service and message, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/txn_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = txn_proto::FILE_DESCRIPTOR_SET;
 
 /// The gRPC reflection service (v1 and v1alpha), so grpcurl and similar tools can list and
 /// call the services without the .proto files.
@@ -349,7 +348,7 @@ where
 
 /// `MAX_MESSAGE_BYTES`, percent-encoded for the grpc-message header.
 const MAX_MESSAGE_BYTES_TEXT: &str = "4%20MiB";
-const _: () = assert!(crate::types::MAX_MESSAGE_BYTES == 4 * 1024 * 1024);
+const _: () = assert!(txn_types::types::MAX_MESSAGE_BYTES == 4 * 1024 * 1024);
 
 fn too_big_is_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let headers = resp.headers_mut();

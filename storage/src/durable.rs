@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::{Store, StoreError, WriteBatch};
+use txn_types::store::{Store, StoreError, WriteBatch};
 
 /// A batch's position in the write order; durable once the flusher has published it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -229,7 +229,7 @@ fn run_flusher(shared: Arc<Shared>) {
         match shared.store.sync() {
             Ok(()) => {
                 shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-                let m = crate::metrics::metrics();
+                let m = txn_metrics::metrics();
                 m.fsyncs.inc();
                 m.group_commit_batch.observe((target - durable) as f64);
                 shared
@@ -252,7 +252,7 @@ fn run_flusher(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemStore;
+    use txn_types::store::MemStore;
 
     fn put(k: &str) -> WriteBatch {
         let mut b = WriteBatch::default();
@@ -297,7 +297,7 @@ mod tests {
         fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(None)
         }
-        fn scan_prefix(&self, _: &[u8]) -> Result<crate::store::Pairs, StoreError> {
+        fn scan_prefix(&self, _: &[u8]) -> Result<txn_types::store::Pairs, StoreError> {
             Ok(vec![])
         }
         fn scan_page(
@@ -305,7 +305,7 @@ mod tests {
             _: &[u8],
             _: &[u8],
             _: usize,
-        ) -> Result<crate::store::Pairs, StoreError> {
+        ) -> Result<txn_types::store::Pairs, StoreError> {
             Ok(vec![])
         }
         fn apply(&self, _: WriteBatch) -> Result<(), StoreError> {

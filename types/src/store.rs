@@ -1,21 +1,21 @@
-//! Storage behind one small trait, so protocol drivers run on sled in production and on an
-//! in-memory store in tests that can lose exactly what a crash loses.
+//! Storage behind one small trait, so the protocol cores read through it and the drivers run on
+//! sled in production (`txn_storage::SledStore`) and on an in-memory store in tests and in the
+//! model checker, which can lose exactly what a crash loses.
 //!
 //! Durability contract: [`Store::apply`] makes a batch visible to reads at once and atomically
 //! (all of it or none of it survives a crash), but durable only once a later
 //! [`Store::sync`] has returned. `sync` covers every batch applied before it was called.
-//! Callers do not call `sync` themselves: the group-commit flusher in [`crate::durable`] does,
+//! Callers do not call `sync` themselves: the group-commit flusher (`txn_storage::GroupCommit`) does,
 //! once for many writers.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::Path;
 use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    /// The storage engine failed (its own error, as text).
+    #[error("{0}")]
+    Engine(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -73,87 +73,6 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every batch applied before this call durable.
     fn sync(&self) -> Result<(), StoreError>;
-}
-
-/// sled's segment size. sled writes any item larger than a quarter of a segment to a separate
-/// blob file that it never fsyncs, so our durability (fdatasync of the log file) would not
-/// cover it. 16 MiB, sled's largest, puts that threshold at about 4 MiB, and
-/// [`crate::types::MAX_RECORD_BYTES`] keeps every record we write far below it.
-pub const SEGMENT_SIZE: usize = 16 * 1024 * 1024;
-
-/// sled, made durable by `flush()` followed by `fdatasync` of its log file.
-///
-/// sled 0.34's `flush()` writes its buffers with `sync_file_range`, which neither flushes the
-/// device cache nor the file size, so it is not durable on its own; the `sync_data` after it
-/// is. `flush_async()` is never used: it deadlocks with many concurrent waiters.
-pub struct SledStore {
-    db: sled::Db,
-    log_file: File,
-}
-
-impl SledStore {
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .segment_size(SEGMENT_SIZE)
-            // Our flusher decides when to flush; sled's periodic flush adds nothing to
-            // durability and competes with it for the disk.
-            .flush_every_ms(None)
-            .open()?;
-        let log_file = File::open(dir.join("db"))?;
-        Ok(Self { db, log_file })
-    }
-}
-
-impl Store for SledStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key)?.map(|v| v.to_vec()))
-    }
-
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        self.db
-            .scan_prefix(prefix)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
-            .collect()
-    }
-
-    fn scan_page(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
-        self.db
-            .range(start.max(prefix)..)
-            .take_while(|r| {
-                r.as_ref()
-                    .map(|(k, _)| k.starts_with(prefix))
-                    .unwrap_or(true)
-            })
-            .take(limit)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
-            .collect()
-    }
-
-    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for op in batch.ops {
-            match op {
-                WriteOp::Put(k, v) => b.insert(k, v),
-                WriteOp::Delete(k) => b.remove(k),
-            }
-        }
-        self.db.apply_batch(b)?;
-        Ok(())
-    }
-
-    fn sync(&self) -> Result<(), StoreError> {
-        let m = crate::metrics::metrics();
-        let started = std::time::Instant::now();
-        self.db.flush()?;
-        let flushed = std::time::Instant::now();
-        self.log_file.sync_data()?;
-        m.sled_flush_seconds
-            .observe((flushed - started).as_secs_f64());
-        m.fdatasync_seconds.observe(flushed.elapsed().as_secs_f64());
-        Ok(())
-    }
 }
 
 /// In-memory store for tests: `crash()` throws away everything applied since the last `sync`,
@@ -326,9 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn sled_and_mem_behave_alike() {
-        let dir = tempfile::tempdir().unwrap();
-        exercise(&SledStore::open(dir.path()).unwrap());
+    fn mem_store_reads_pages_and_deletes() {
         exercise(&MemStore::new());
     }
 
@@ -346,19 +263,5 @@ mod tests {
         s.crash();
         assert_eq!(s.get(b"k").unwrap(), Some(b"durable".to_vec()));
         assert_eq!(s.get(b"j").unwrap(), None);
-    }
-
-    #[test]
-    fn sled_data_survives_reopen_after_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SledStore::open(dir.path()).unwrap();
-            let mut b = WriteBatch::default();
-            b.put(b"k".to_vec(), b"v".to_vec());
-            s.apply(b).unwrap();
-            s.sync().unwrap();
-        }
-        let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
     }
 }

@@ -11,10 +11,10 @@
 //! Keys: `b/<saga>/<step>/x` (execute) and `b/<saga>/<step>/c` (compensate).
 
 use prost::Message;
-use txn_proto::pb::rec::{BarrierKind, BarrierRecord, Restore, UndoOp, undo_op};
-use txn_proto::record;
-use txn_proto::store::{Store, StoreError, WriteBatch};
-use txn_proto::types::{KeyValue, MAX_RECORD_BYTES, Op, TxnId, decode_counter, encode_counter};
+use txn_types::rec::{BarrierKind, BarrierRecord, Restore, UndoOp, undo_op};
+use txn_types::record;
+use txn_types::store::{Store, StoreError, WriteBatch};
+use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, TxnId, decode_counter, encode_counter};
 
 use crate::core::{ParticipantCore, data_key, evaluate};
 
@@ -278,7 +278,7 @@ pub fn list_barriers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use txn_proto::store::MemStore;
+    use txn_types::store::MemStore;
 
     fn saga() -> TxnId {
         TxnId::parse("saga", "5.1").unwrap()

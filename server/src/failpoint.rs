@@ -9,7 +9,7 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::pb::v1 as pb;
+use txn_proto::pb::v1 as pb;
 
 /// Environment variable read at process start.
 pub const ENV_VAR: &str = "TXN_FAILPOINTS";

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use txn_proto::types::TxnId;
+use txn_types::types::TxnId;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 struct Entry {
