@@ -15,9 +15,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use txn_types::rec::DecisionRecord;
+use txn_types::rec::{DecisionRecord, EpochRecord};
 use txn_types::record;
-use txn_types::types::{Decision, ParticipantId, Resolution, TxnId};
+use txn_types::store::{Store, StoreError, WriteBatch};
+use txn_types::types::{Decision, InvalidInput, ParticipantId, Resolution, TxnId};
 
 pub const EPOCH_KEY: &[u8] = b"e";
 pub const DECISION_PREFIX: &[u8] = b"c/";
@@ -72,6 +73,8 @@ struct TxnState {
     participants: Vec<ParticipantId>,
     phase: Phase,
     decided_at_unix_ms: u64,
+    /// The prepare deadline, in milliseconds on the driver's monotonic clock.
+    deadline_ms: u64,
     began: std::time::Instant,
 }
 
@@ -82,6 +85,7 @@ impl PartialEq for TxnState {
         self.participants == other.participants
             && self.phase == other.phase
             && self.decided_at_unix_ms == other.decided_at_unix_ms
+            && self.deadline_ms == other.deadline_ms
     }
 }
 
@@ -92,6 +96,7 @@ impl std::hash::Hash for TxnState {
         self.participants.hash(state);
         self.phase.hash(state);
         self.decided_at_unix_ms.hash(state);
+        self.deadline_ms.hash(state);
     }
 }
 
@@ -110,7 +115,26 @@ pub struct CoordinatorCore {
     epoch: u64,
     next_seq: u64,
     txns: BTreeMap<TxnId, TxnState>,
+    /// Txns an operator is acting on: Resolve answers PENDING for them meanwhile, so no
+    /// participant's resolver aborts a txn an operator is committing.
+    pinned: BTreeSet<TxnId>,
+    /// Txns an operator aborted while their votes were still being collected: the next vote
+    /// or the deadline tells the client.
+    operator_aborted: BTreeSet<TxnId>,
 }
+
+/// What a restarted coordinator reads from its log.
+#[derive(Debug)]
+pub struct Opened {
+    pub core: CoordinatorCore,
+    /// The bumped epoch; durable before anything else is done.
+    pub epoch_write: WriteBatch,
+    /// Commits to send again for every decision that had not ended.
+    pub resend: Vec<(TxnId, Vec<Effect>)>,
+}
+
+/// The reason a client hears when an operator aborted its txn.
+pub const OPERATOR_ABORT_REASON: &str = "aborted by an operator (txnctl txn abort)";
 
 impl CoordinatorCore {
     /// A core for a coordinator whose epoch (already bumped and durable) is `epoch`.
@@ -119,7 +143,46 @@ impl CoordinatorCore {
             epoch,
             next_seq: 1,
             txns: BTreeMap::new(),
+            pinned: BTreeSet::new(),
+            operator_aborted: BTreeSet::new(),
         }
+    }
+
+    /// A coordinator's start: the next epoch (ids are unique across restarts because every
+    /// start bumps it durably), and every commit decision whose end was not recorded, whose
+    /// Commits must be sent again. A record that fails its checksum stops the start.
+    pub fn open(store: &dyn Store) -> Result<Opened, StoreError> {
+        let epoch = match store.get(EPOCH_KEY)? {
+            Some(bytes) => record::decode::<EpochRecord>(EPOCH_KEY, &bytes)?.epoch + 1,
+            None => 1,
+        };
+        let mut epoch_write = WriteBatch::default();
+        epoch_write.put(EPOCH_KEY.to_vec(), record::encode(&EpochRecord { epoch }));
+        let mut decisions = Vec::new();
+        for (key, bytes) in store.scan_prefix(DECISION_PREFIX)? {
+            let rec: DecisionRecord = record::decode(&key, &bytes)?;
+            let corrupt = |e: InvalidInput| {
+                StoreError::Corrupt(record::CorruptRecord {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    problem: e.to_string(),
+                })
+            };
+            let txn = TxnId::parse("txn_id", &rec.txn_id).map_err(corrupt)?;
+            let ps = rec
+                .participants
+                .iter()
+                .map(|p| ParticipantId::parse("participants", p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?;
+            decisions.push((txn, ps, rec.decided_at_unix_ms));
+        }
+        let mut core = Self::new(epoch);
+        let resend = core.recover(decisions);
+        Ok(Opened {
+            core,
+            epoch_write,
+            resend,
+        })
     }
 
     pub fn epoch(&self) -> u64 {
@@ -147,6 +210,7 @@ impl CoordinatorCore {
                             acked: BTreeSet::new(),
                         },
                         decided_at_unix_ms,
+                        deadline_ms: u64::MAX,
                         began: std::time::Instant::now(),
                     },
                 );
@@ -162,8 +226,9 @@ impl CoordinatorCore {
         id
     }
 
-    /// Starts a txn over `participants` (the driver sends the Prepares).
-    pub fn begin(&mut self, participants: Vec<ParticipantId>) -> TxnId {
+    /// Starts a txn over `participants` whose votes must all be in before `deadline_ms` on the
+    /// driver's monotonic clock (the driver sends the Prepares).
+    pub fn begin(&mut self, participants: Vec<ParticipantId>, deadline_ms: u64) -> TxnId {
         let txn = self.next_id();
         self.txns.insert(
             txn.clone(),
@@ -173,6 +238,7 @@ impl CoordinatorCore {
                     yes: BTreeSet::new(),
                 },
                 decided_at_unix_ms: 0,
+                deadline_ms,
                 began: std::time::Instant::now(),
             },
         );
@@ -184,12 +250,34 @@ impl CoordinatorCore {
     pub fn force_abort(&mut self, txn: &TxnId) -> Option<Vec<Effect>> {
         match self.txns.get(txn).map(|s| &s.phase) {
             Some(Phase::Preparing { .. }) => {
-                let mut effects = self.abort(txn, "aborted by an operator".into(), None);
+                let mut effects = self.abort(txn, OPERATOR_ABORT_REASON.into(), None);
                 effects.retain(|e| matches!(e, Effect::SendAbort { .. }));
+                self.operator_aborted.insert(txn.clone());
                 Some(effects)
             }
             _ => None,
         }
+    }
+
+    /// The client's answer for a txn an operator aborted while its votes were collected.
+    fn operator_abort_reply(&mut self, txn: &TxnId) -> Vec<Effect> {
+        if self.operator_aborted.remove(txn) {
+            vec![Effect::ReplyAborted {
+                reason: OPERATOR_ABORT_REASON.into(),
+                failed_branch: None,
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Pins `txn` for an operator action; false if another one holds it.
+    pub fn pin(&mut self, txn: &TxnId) -> bool {
+        self.pinned.insert(txn.clone())
+    }
+
+    pub fn unpin(&mut self, txn: &TxnId) {
+        self.pinned.remove(txn);
     }
 
     /// Adopts a commit decision made outside the vote (an operator's forced commit, after
@@ -234,18 +322,26 @@ impl CoordinatorCore {
         self.txns.get(txn).map(|s| s.participants.clone())
     }
 
-    /// A vote from the participant at `index` in the txn's participant list.
+    /// A vote from the participant at `index` in the txn's participant list, arriving at
+    /// `now_ms` on the driver's monotonic clock. A vote at or after the prepare deadline
+    /// counts as a timeout, even if it was sent in time (a coordinator paused past the deadline
+    /// sees the vote and the deadline at once): participants drop abort tombstones some
+    /// minutes after writing them, on the strength of this deadline.
     pub fn on_vote(
         &mut self,
         txn: &TxnId,
         index: usize,
         vote: VoteResult,
+        now_ms: u64,
         now_unix_ms: u64,
     ) -> Vec<Effect> {
         let Some(state) = self.txns.get_mut(txn) else {
-            // Late vote for a txn already aborted and forgotten.
-            return Vec::new();
+            // An operator aborted it meanwhile, or a late vote for a txn already aborted.
+            return self.operator_abort_reply(txn);
         };
+        if now_ms >= state.deadline_ms {
+            return self.on_prepare_timeout(txn);
+        }
         let Phase::Preparing { yes } = &mut state.phase else {
             return Vec::new();
         };
@@ -289,6 +385,9 @@ impl CoordinatorCore {
 
     /// The prepare deadline passed. Aborts the txn if it is still collecting votes.
     pub fn on_prepare_timeout(&mut self, txn: &TxnId) -> Vec<Effect> {
+        if !self.txns.contains_key(txn) {
+            return self.operator_abort_reply(txn);
+        }
         match self.txns.get(txn).map(|s| &s.phase) {
             Some(Phase::Preparing { yes }) => {
                 let missing = self.txns[txn]
@@ -380,9 +479,26 @@ impl CoordinatorCore {
         }]
     }
 
-    /// Answer to a participant's Resolve. `logged` says whether a commit decision record for
-    /// the txn is in the store (the driver looks; this covers decisions not held in memory).
-    pub fn resolve(&self, txn: &TxnId, logged: bool) -> Resolution {
+    /// Answer to a participant's Resolve: COMMIT once a commit decision is durable (held in
+    /// memory or only in the log), PENDING while the txn is undecided, its decision not yet
+    /// durable, or an operator acts on it; otherwise ABORT (presumed abort). It never answers
+    /// ABORT for a txn it might still commit.
+    pub fn resolve(&self, txn: &TxnId, store: &dyn Store) -> Result<Resolution, StoreError> {
+        let key = decision_key(txn);
+        let logged = match store.get(&key)? {
+            Some(bytes) => {
+                record::decode::<DecisionRecord>(&key, &bytes)?;
+                true
+            }
+            None => false,
+        };
+        Ok(self.resolve_with(txn, logged))
+    }
+
+    fn resolve_with(&self, txn: &TxnId, logged: bool) -> Resolution {
+        if self.pinned.contains(txn) {
+            return Resolution::Pending;
+        }
         match self.txns.get(txn).map(|s| &s.phase) {
             Some(Phase::Preparing { .. }) | Some(Phase::Deciding) => Resolution::Pending,
             Some(Phase::Committing { .. }) => Resolution::Decided(Decision::Commit),
@@ -440,15 +556,15 @@ mod tests {
 
     fn two() -> (CoordinatorCore, TxnId) {
         let mut c = CoordinatorCore::new(3);
-        let t = c.begin(vec![p("p1"), p("p2")]);
+        let t = c.begin(vec![p("p1"), p("p2")], 100);
         (c, t)
     }
 
     #[test]
     fn ids_carry_the_epoch_and_never_repeat() {
         let mut c = CoordinatorCore::new(3);
-        let a = c.begin(vec![p("p1")]);
-        let b = c.begin(vec![p("p1")]);
+        let a = c.begin(vec![p("p1")], u64::MAX);
+        let b = c.begin(vec![p("p1")], u64::MAX);
         assert_ne!(a, b);
         assert!(a.as_str().starts_with("3."));
     }
@@ -456,16 +572,16 @@ mod tests {
     #[test]
     fn all_yes_forces_decision_before_reply_and_commits() {
         let (mut c, t) = two();
-        assert!(c.on_vote(&t, 0, VoteResult::Yes, 10).is_empty());
-        assert_eq!(c.resolve(&t, false), Resolution::Pending);
-        let e = c.on_vote(&t, 1, VoteResult::Yes, 10);
+        assert!(c.on_vote(&t, 0, VoteResult::Yes, 0, 10).is_empty());
+        assert_eq!(c.resolve_with(&t, false), Resolution::Pending);
+        let e = c.on_vote(&t, 1, VoteResult::Yes, 0, 10);
         assert!(matches!(e.as_slice(), [Effect::PersistDecision { .. }]));
         // Not durable yet: Resolve must not say COMMIT, and certainly not ABORT.
-        assert_eq!(c.resolve(&t, false), Resolution::Pending);
+        assert_eq!(c.resolve_with(&t, false), Resolution::Pending);
         let e = c.on_decision_durable(&t);
         assert_eq!(e[0], Effect::ReplyCommitted);
         assert_eq!(e.len(), 3);
-        assert_eq!(c.resolve(&t, true), Resolution::Decided(Decision::Commit));
+        assert_eq!(c.resolve_with(&t, true), Resolution::Decided(Decision::Commit));
         assert!(c.on_commit_ack(&t, &p("p1")).is_empty());
         // A duplicate ack changes nothing.
         assert!(c.on_commit_ack(&t, &p("p1")).is_empty());
@@ -477,13 +593,14 @@ mod tests {
     #[test]
     fn a_no_vote_aborts_and_tells_everyone() {
         let (mut c, t) = two();
-        c.on_vote(&t, 0, VoteResult::Yes, 0);
+        c.on_vote(&t, 0, VoteResult::Yes, 0, 0);
         let e = c.on_vote(
             &t,
             1,
             VoteResult::No {
                 reason: "below the minimum".into(),
             },
+            0,
             0,
         );
         let Effect::ReplyAborted {
@@ -497,23 +614,23 @@ mod tests {
         assert_eq!(*failed_branch, Some(1));
         assert_eq!(e.len(), 3);
         // Late and duplicate messages after the abort do nothing.
-        assert!(c.on_vote(&t, 1, VoteResult::Yes, 0).is_empty());
+        assert!(c.on_vote(&t, 1, VoteResult::Yes, 0, 0).is_empty());
         assert!(c.on_prepare_timeout(&t).is_empty());
-        assert_eq!(c.resolve(&t, false), Resolution::Decided(Decision::Abort));
+        assert_eq!(c.resolve_with(&t, false), Resolution::Decided(Decision::Abort));
     }
 
     #[test]
     fn timeout_aborts_while_preparing_only() {
         let (mut c, t) = two();
-        c.on_vote(&t, 0, VoteResult::Yes, 0);
+        c.on_vote(&t, 0, VoteResult::Yes, 0, 0);
         let e = c.on_prepare_timeout(&t);
         let Effect::ReplyAborted { reason, .. } = &e[0] else {
             panic!()
         };
         assert!(reason.contains("p2"), "{reason}");
         let (mut c, t) = two();
-        c.on_vote(&t, 0, VoteResult::Yes, 0);
-        c.on_vote(&t, 1, VoteResult::Yes, 0);
+        c.on_vote(&t, 0, VoteResult::Yes, 0, 0);
+        c.on_vote(&t, 1, VoteResult::Yes, 0, 0);
         assert!(c.on_prepare_timeout(&t).is_empty(), "no abort once decided");
     }
 
@@ -523,7 +640,7 @@ mod tests {
         let t = TxnId::generated(3, 9);
         let out = c.recover(vec![(t.clone(), vec![p("p1"), p("p2")], 0)]);
         assert_eq!(out[0].1.len(), 2);
-        assert_eq!(c.resolve(&t, true), Resolution::Decided(Decision::Commit));
+        assert_eq!(c.resolve_with(&t, true), Resolution::Decided(Decision::Commit));
         c.on_commit_ack(&t, &p("p1"));
         assert_eq!(
             c.view(&t),
@@ -537,7 +654,59 @@ mod tests {
     fn unknown_txn_resolves_abort_unless_logged() {
         let c = CoordinatorCore::new(1);
         let t = TxnId::generated(0, 1);
-        assert_eq!(c.resolve(&t, false), Resolution::Decided(Decision::Abort));
-        assert_eq!(c.resolve(&t, true), Resolution::Decided(Decision::Commit));
+        assert_eq!(c.resolve_with(&t, false), Resolution::Decided(Decision::Abort));
+        assert_eq!(c.resolve_with(&t, true), Resolution::Decided(Decision::Commit));
+    }
+
+    #[test]
+    fn a_vote_after_the_deadline_counts_as_a_timeout() {
+        let (mut c, t) = two();
+        c.on_vote(&t, 0, VoteResult::Yes, 10, 0);
+        let e = c.on_vote(&t, 1, VoteResult::Yes, 100, 0);
+        assert!(
+            matches!(&e[0], Effect::ReplyAborted { reason, .. } if reason.contains("deadline")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn an_operator_pin_makes_resolve_wait_and_an_operator_abort_reaches_the_client() {
+        let (mut c, t) = two();
+        assert!(c.pin(&t));
+        assert!(!c.pin(&t), "one operator action at a time");
+        assert_eq!(c.resolve_with(&t, true), Resolution::Pending);
+        c.unpin(&t);
+        assert!(c.force_abort(&t).is_some());
+        let e = c.on_vote(&t, 0, VoteResult::Yes, 0, 0);
+        assert!(
+            matches!(&e[..], [Effect::ReplyAborted { reason, .. }] if reason == OPERATOR_ABORT_REASON)
+        );
+        assert!(c.on_prepare_timeout(&t).is_empty(), "told once");
+    }
+
+    #[test]
+    fn open_bumps_the_epoch_and_reloads_unended_decisions() {
+        use txn_types::store::MemStore;
+        let store = MemStore::new();
+        let first = CoordinatorCore::open(&store).unwrap();
+        assert_eq!(first.core.epoch(), 1);
+        store.apply(first.epoch_write).unwrap();
+        let mut b = WriteBatch::default();
+        let rec = DecisionRecord {
+            txn_id: "1.4".into(),
+            participants: vec!["p1".into()],
+            decided_at_unix_ms: 5,
+        };
+        b.put(decision_key(&TxnId::generated(1, 4)), record::encode(&rec));
+        store.apply(b).unwrap();
+        let again = CoordinatorCore::open(&store).unwrap();
+        assert_eq!(again.core.epoch(), 2);
+        assert_eq!(again.resend.len(), 1);
+        assert_eq!(
+            again.core.resolve(&TxnId::generated(1, 4), &store).unwrap(),
+            Resolution::Decided(Decision::Commit)
+        );
+        store.corrupt(&decision_key(&TxnId::generated(1, 5)), b"garbage".to_vec());
+        assert!(CoordinatorCore::open(&store).is_err());
     }
 }

@@ -5,7 +5,11 @@
 //! Layout:
 //! - [`core`]: two-phase commit with presumed abort: votes, the prepare deadline, the durable
 //!   decision, acks, Resolve.
+//! - [`one_phase`]: one-phase commit of a single-branch txn, and settling a lost answer.
+//! - [`forced`]: which outcomes an operator may force, and the refusals that keep atomicity.
 //! - [`saga`]: a saga's orchestration over its durable log record.
 
 pub mod core;
+pub mod forced;
+pub mod one_phase;
 pub mod saga;

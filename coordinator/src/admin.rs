@@ -20,6 +20,7 @@ use txn_types::unix_ms;
 use crate::error::CoordError;
 use crate::node::Coordinator;
 use txn_coordinator_core::core::{Effect, TxnView, decision_key};
+use txn_coordinator_core::forced::{ForceAbort, ForceCommit, HoldAnswer, commit_after_holds};
 use txn_coordinator_core::saga::SAGA_PREFIX;
 
 /// Deadline of each call the admin API makes to a participant.
@@ -409,7 +410,7 @@ impl Coordinator {
     /// One operator action per txn at a time; while it runs, Resolve answers PENDING for the
     /// txn. Released when the guard drops.
     fn operator_lock(self: &Arc<Self>, txn: &TxnId) -> Result<OperatorLock, CoordError> {
-        if !self.forcing.lock().expect("forcing").insert(txn.clone()) {
+        if !self.core().pin(txn) {
             return Err(CoordError::Precondition(format!(
                 "txn_id {txn}: another operator action on it is in progress"
             )));
@@ -474,49 +475,24 @@ impl Coordinator {
         reason: &str,
         heuristic: bool,
     ) -> Result<(), CoordError> {
-        // Decide and transition under one core lock, so the txn cannot move on (a last YES
-        // vote, a decision being written) between the check and the abort.
-        let refused = |why: &str| {
-            Err(CoordError::Precondition(format!(
-                "txn_id {txn}: {why}. Use --heuristic to force it anyway"
-            )))
-        };
         let logged = self.logged_decision(txn)?.is_some();
-        let (members, in_core) = {
+        // Decided and applied under one core lock (see `force_abort_decision`).
+        let (members, verdict) = {
             let mut core = self.core();
             let members = core.participants_of(txn).unwrap_or_default();
-            match core.view(txn) {
-                Some(TxnView::Preparing) => {
-                    let effects = core.force_abort(txn).unwrap_or_default();
-                    (members, Some(effects))
-                }
-                Some(TxnView::Deciding) => {
-                    return Err(CoordError::Precondition(format!(
-                        "txn_id {txn}: every participant voted YES and the commit decision is being written; try again in a moment"
-                    )));
-                }
-                Some(TxnView::Committing { .. }) if !heuristic => {
-                    return refused(
-                        "a commit decision is durable; aborting now would break atomicity (participants may have committed)",
-                    );
-                }
-                None if logged && !heuristic => {
-                    return refused("a commit decision is durable; aborting would break atomicity");
-                }
-                _ => {
-                    if heuristic {
-                        core.forget(txn);
-                    }
-                    (members, None)
-                }
-            }
+            (members, core.force_abort_decision(txn, logged, heuristic))
         };
-        self.record_forced(txn, pb::Decision::Abort, reason, heuristic)
-            .await?;
-        let sends = match in_core {
-            Some(effects) => effects,
-            None => {
-                if heuristic && logged {
+        let sends = match verdict {
+            ForceAbort::Refused(why) => return Err(CoordError::Precondition(why)),
+            ForceAbort::Aborted(effects) => {
+                self.record_forced(txn, pb::Decision::Abort, reason, heuristic)
+                    .await?;
+                effects
+            }
+            ForceAbort::AbortEverywhere { delete_decision } => {
+                self.record_forced(txn, pb::Decision::Abort, reason, heuristic)
+                    .await?;
+                if delete_decision {
                     let mut b = WriteBatch::default();
                     b.delete(decision_key(txn));
                     self.check(self.gc.write_durable(b).await)?;
@@ -577,36 +553,15 @@ impl Coordinator {
         reason: &str,
         heuristic: bool,
     ) -> Result<(), CoordError> {
-        let view = self.core().view(txn);
-        match view {
-            Some(TxnView::Committing { .. }) => {
+        let logged = self.logged_decision(txn)?.is_some();
+        let verdict = self.core().force_commit_decision(txn, logged, heuristic);
+        match verdict {
+            ForceCommit::Refused(why) => return Err(CoordError::Precondition(why)),
+            ForceCommit::RetryCommits => {
                 self.retry_now.notify_waiters();
                 return Ok(());
             }
-            Some(v) => {
-                return Err(CoordError::Precondition(format!(
-                    "txn_id {txn}: is {}; the coordinator is still deciding it",
-                    view_name(&v)
-                )));
-            }
-            None => {}
-        }
-        if self.logged_decision(txn)?.is_some() {
-            self.retry_now.notify_waiters();
-            return Ok(());
-        }
-        let epoch = self.core().epoch();
-        let this_epoch = txn
-            .as_str()
-            .split_once('.')
-            .and_then(|(e, _)| e.parse::<u64>().ok())
-            == Some(epoch);
-        if this_epoch && !heuristic {
-            // This coordinator ran the txn and no longer holds it, with no decision logged:
-            // it decided ABORT and may have told the client so.
-            return Err(CoordError::Precondition(format!(
-                "txn_id {txn}: this coordinator already aborted it (presumed abort); committing now would contradict what the client was told. Use --heuristic to force it anyway"
-            )));
+            ForceCommit::HoldEverywhere => {}
         }
         let in_doubt = self.in_doubt_everywhere().await;
         let Some((members, _, _)) = in_doubt.get(txn.as_str()) else {
@@ -632,7 +587,7 @@ impl Coordinator {
         reason: &str,
         heuristic: bool,
     ) -> Result<(), CoordError> {
-        let mut not_prepared = Vec::new();
+        let mut answers = Vec::new();
         for p in members {
             let state = match self.channel(p) {
                 Some(ch) => self
@@ -645,17 +600,17 @@ impl Coordinator {
                     .and_then(|r| pb::TxnState::try_from(r.into_inner().state).ok()),
                 None => None,
             };
-            match state {
-                Some(pb::TxnState::Prepared) | Some(pb::TxnState::Committed) => {}
-                other => not_prepared.push(format!(
-                    "{p} is {}",
-                    other
-                        .map(|s| format!("{s:?}"))
-                        .unwrap_or_else(|| "unreachable".into())
-                )),
-            }
+            let answer = match state {
+                Some(pb::TxnState::Prepared) => HoldAnswer::Prepared,
+                Some(pb::TxnState::Committed) => HoldAnswer::Committed,
+                _ => HoldAnswer::Other,
+            };
+            let shown = state
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_else(|| "unreachable".into());
+            answers.push((p.clone(), answer, shown));
         }
-        if !not_prepared.is_empty() && !heuristic {
+        if let Err(why) = commit_after_holds(txn, &answers, heuristic) {
             // Let go of the holds taken, so the txn is resolved the normal way again.
             for p in members {
                 if let Some(ch) = self.channel(p) {
@@ -667,10 +622,7 @@ impl Coordinator {
                         .await;
                 }
             }
-            return Err(CoordError::Precondition(format!(
-                "txn_id {txn}: cannot commit, not every participant voted YES ({}). Use --heuristic to force it anyway",
-                not_prepared.join(", ")
-            )));
+            return Err(CoordError::Precondition(why));
         }
         self.record_forced(txn, pb::Decision::Commit, reason, heuristic)
             .await?;
@@ -749,7 +701,7 @@ struct OperatorLock {
 
 impl Drop for OperatorLock {
     fn drop(&mut self) {
-        self.node.forcing.lock().expect("forcing").remove(&self.txn);
+        self.node.core().unpin(&self.txn);
     }
 }
 

@@ -19,6 +19,7 @@ pub mod commit_batch;
 pub mod dedup;
 pub mod error;
 pub mod node;
+pub mod one_phase;
 pub mod saga_driver;
 pub mod server;
 pub mod service;

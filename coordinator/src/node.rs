@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use rand::Rng;
 use tokio::sync::{Semaphore, watch};
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -18,8 +17,9 @@ use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::participant_client::ParticipantClient;
 use txn_server::failpoint;
 use txn_server::net::{AuthChannel, BearerToken};
-use txn_storage::durable::GroupCommit;
-use txn_types::rec::{DecisionRecord, EpochRecord, SagaRecord, SagaState};
+use txn_storage::{FailStop, GroupCommit};
+use txn_types::backoff::Backoff;
+use txn_types::rec::{SagaRecord, SagaState};
 use txn_types::record;
 use txn_types::store::{Store, StoreError, WriteBatch};
 use txn_types::types::{
@@ -30,9 +30,7 @@ use txn_types::unix_ms;
 use crate::commit_batch::CommitQueue;
 use crate::dedup::ClientTag;
 use crate::error::CoordError;
-use txn_coordinator_core::core::{
-    CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, VoteResult, decision_key,
-};
+use txn_coordinator_core::core::{CoordinatorCore, Effect, VoteResult};
 
 /// Crash points (see `txn_server::failpoint`).
 pub mod failpoints {
@@ -57,9 +55,6 @@ pub const MAX_PREPARE_TIMEOUT_MS: u32 = 60_000;
 /// How long an ended decision's deletion waits for another writer's sync before it asks for
 /// one (the participants forget the txn only after that).
 pub const FORGET_PATIENCE: Duration = Duration::from_millis(500);
-/// Abort calls the coordinator makes to learn the outcome of a one-phase commit whose answer
-/// it lost, before it tells the client the outcome is unknown (with backoff, about 10 s).
-pub const ONE_PHASE_SETTLE_ATTEMPTS: u32 = 15;
 
 #[derive(Debug, Clone)]
 pub struct CoordConfig {
@@ -72,6 +67,9 @@ pub struct CoordConfig {
     pub commit_retry_max: Duration,
     /// Default deadline of a saga's forward phase; past it, the saga compensates.
     pub saga_timeout: Duration,
+    /// First and largest pause between retries of one saga step's Execute or Compensate.
+    pub saga_retry_base: Duration,
+    pub saga_retry_max: Duration,
     /// Failed Compensate calls a saga may make before it is parked.
     pub compensation_budget: u32,
     /// Most txns run at once (at most [`MAX_IN_FLIGHT_TXNS`]); beyond it Transact answers
@@ -90,18 +88,13 @@ impl Default for CoordConfig {
             commit_retry_base: Duration::from_millis(20),
             commit_retry_max: Duration::from_millis(1000),
             saga_timeout: Duration::from_millis(5000),
+            saga_retry_base: Duration::from_millis(20),
+            saga_retry_max: Duration::from_millis(1000),
             compensation_budget: 20,
             max_in_flight: MAX_IN_FLIGHT_TXNS,
             one_phase: true,
         }
     }
-}
-
-fn forced_abort_effects() -> Vec<Effect> {
-    vec![Effect::ReplyAborted {
-        reason: "aborted by an operator (txnctl txn abort)".into(),
-        failed_branch: None,
-    }]
 }
 
 /// Failed Commit attempts per participant of one txn, with the last error.
@@ -146,7 +139,7 @@ pub struct Coordinator {
     pub(crate) config: CoordConfig,
     admission: Arc<Semaphore>,
     pub(crate) counters: Counters,
-    fatal: watch::Sender<Option<String>>,
+    fail_stop: FailStop,
     /// Sagas a task is driving right now, so a retry never drives one twice.
     pub(crate) active_sagas: Mutex<HashSet<TxnId>>,
     /// Each participant's URL, for operators, and a channel for admin calls.
@@ -157,8 +150,6 @@ pub struct Coordinator {
     pub(crate) commit_progress: Mutex<HashMap<TxnId, CommitProgress>>,
     /// Wakes every commit retry loop at once (an operator's `txn retry`).
     pub(crate) retry_now: tokio::sync::Notify,
-    /// Txns an operator is forcing to commit: Resolve answers PENDING for them meanwhile.
-    pub(crate) forcing: Mutex<HashSet<TxnId>>,
     /// When this process made each unfinished commit decision durable, for the commit-phase
     /// latency metric.
     decided: Mutex<HashMap<TxnId, std::time::Instant>>,
@@ -195,36 +186,11 @@ impl Coordinator {
             .map(|(id, (_, ch))| (id.clone(), ch.clone()))
             .collect();
         let gc = GroupCommit::start(store.clone());
-        let epoch = match store.get(EPOCH_KEY)? {
-            Some(bytes) => record::decode::<EpochRecord>(EPOCH_KEY, &bytes)?.epoch + 1,
-            None => 1,
-        };
-        let mut batch = WriteBatch::default();
-        batch.put(EPOCH_KEY.to_vec(), record::encode(&EpochRecord { epoch }));
-        gc.write_durable(batch).await?;
-
-        let mut decisions = Vec::new();
-        for (key, bytes) in store.scan_prefix(DECISION_PREFIX)? {
-            let rec: DecisionRecord = record::decode(&key, &bytes)?;
-            let corrupt = |e: InvalidInput| {
-                StoreError::Corrupt(record::CorruptRecord {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    problem: e.to_string(),
-                })
-            };
-            let txn = TxnId::parse("txn_id", &rec.txn_id).map_err(corrupt)?;
-            let ps = rec
-                .participants
-                .iter()
-                .map(|p| ParticipantId::parse("participants", p))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(corrupt)?;
-            decisions.push((txn, ps, rec.decided_at_unix_ms));
-        }
-        let mut core = CoordinatorCore::new(epoch);
-        let resend = core.recover(decisions);
-        info!(epoch, unfinished = resend.len(), "coordinator recovered");
-        let (fatal, _) = watch::channel(None);
+        let opened = CoordinatorCore::open(store.as_ref())?;
+        // The epoch is durable before any id of it is handed out.
+        gc.write_durable(opened.epoch_write).await?;
+        let (core, resend) = (opened.core, opened.resend);
+        info!(epoch = core.epoch(), unfinished = resend.len(), "coordinator recovered");
         let commit_queues = participants
             .iter()
             .map(|(id, (_, ch))| {
@@ -250,14 +216,13 @@ impl Coordinator {
             )),
             config,
             counters: Counters::default(),
-            fatal,
+            fail_stop: FailStop::new(),
             active_sagas: Mutex::new(HashSet::new()),
             participant_urls,
             channels,
             started: std::time::Instant::now(),
             commit_progress: Mutex::new(HashMap::new()),
             retry_now: tokio::sync::Notify::new(),
-            forcing: Mutex::new(HashSet::new()),
             decided: Mutex::new(HashMap::new()),
             client_txns: Mutex::new(HashMap::new()),
             admin_token: std::sync::OnceLock::new(),
@@ -275,25 +240,23 @@ impl Coordinator {
     }
 
     pub fn fatal(&self) -> watch::Receiver<Option<String>> {
-        self.fatal.subscribe()
+        self.fail_stop.subscribe()
     }
 
-    /// Maps a storage error, and stops the coordinator on it: once a write to its log fails,
-    /// what it holds in memory (a saga's next step, a decision) may no longer match the log,
-    /// so it fails stop and recovers from the log on restart.
+    /// Passes a storage result through the fail-stop policy (see [`FailStop`]).
     pub(crate) fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, CoordError> {
-        r.map_err(|e| {
-            let msg = e.to_string();
-            self.fatal.send_if_modified(|f| {
-                if f.is_none() {
-                    *f = Some(msg);
-                    true
-                } else {
-                    false
-                }
-            });
-            CoordError::Store(e)
-        })
+        Ok(self.fail_stop.check(r)?)
+    }
+
+    /// Milliseconds on the monotonic clock since this coordinator started: the clock of the
+    /// core's prepare deadlines.
+    pub(crate) fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The retry schedule of Commits and settling calls.
+    pub(crate) fn commit_backoff(&self) -> Backoff {
+        Backoff::new(self.config.commit_retry_base, self.config.commit_retry_max)
     }
 
     pub fn participant_ids(&self) -> Vec<ParticipantId> {
@@ -356,7 +319,8 @@ impl Coordinator {
             }
             let participants: Vec<ParticipantId> =
                 req.branches.iter().map(|b| b.participant.clone()).collect();
-            let txn = node.core().begin(participants.clone());
+            let deadline_ms = node.clock_ms() + node.prepare_timeout(&req).as_millis() as u64;
+            let txn = node.core().begin(participants.clone(), deadline_ms);
             let span = info_span!("txn", txn = %txn);
             // A client key must be recorded with the outcome, which only the coordinator's
             // decision write can do atomically: keyed txns always take two phases.
@@ -385,10 +349,7 @@ impl Coordinator {
         participants: Vec<ParticipantId>,
         tag: Option<ClientTag>,
     ) -> Result<TxnOutcome, CoordError> {
-        let timeout = req
-            .prepare_timeout_ms
-            .map(|ms| Duration::from_millis(ms.into()))
-            .unwrap_or(self.config.prepare_timeout);
+        let timeout = self.prepare_timeout(&req);
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
         let epoch = self.core().epoch();
@@ -414,12 +375,8 @@ impl Coordinator {
             .collect();
         loop {
             let next = tokio::time::timeout_at(deadline, votes.next()).await;
-            // A vote that comes in after the deadline (a coordinator paused past it sees the
-            // vote and the deadline at once) counts as late: participants drop abort
-            // tombstones some minutes after writing them, on the strength of this deadline.
-            let late = tokio::time::Instant::now() >= deadline;
             let effects = match next {
-                Ok(Some((i, result))) if !late => {
+                Ok(Some((i, result))) => {
                     let vote = match result.map(|r| Vote::from_pb(r.into_inner())) {
                         Ok(Ok(Vote::Yes { reads: r })) => {
                             reads[i].1 = r;
@@ -433,19 +390,20 @@ impl Coordinator {
                             error: format!("{:?}: {}", status.code(), status.message()),
                         },
                     };
-                    self.core().on_vote(&txn, i, vote, unix_ms())
+                    // The core counts a vote that comes in after the deadline as late.
+                    let now = self.clock_ms();
+                    self.core().on_vote(&txn, i, vote, now, unix_ms())
                 }
-                // Every vote is in, or the deadline passed, and the core has nothing to do:
-                // an operator aborted the txn meanwhile.
-                Ok(None) if !late => forced_abort_effects(),
-                // The deadline passed.
-                _ => {
-                    let e = self.core().on_prepare_timeout(&txn);
-                    if e.is_empty() && self.core().view(&txn).is_none() {
-                        forced_abort_effects()
-                    } else {
-                        e
+                // The deadline passed, or every vote is in and the core has nothing left to
+                // decide on (an operator aborted the txn meanwhile).
+                Ok(None) | Err(_) => {
+                    let effects = self.core().on_prepare_timeout(&txn);
+                    if effects.is_empty() {
+                        return Err(CoordError::Unavailable(format!(
+                            "txn {txn}: left the coordinator's table while its votes were collected"
+                        )));
                     }
+                    effects
                 }
             };
             if effects.is_empty() {
@@ -458,155 +416,11 @@ impl Coordinator {
         }
     }
 
-    /// Commits a single-branch txn in one call: the participant checks, applies and records
-    /// the outcome in one forced write; nothing is logged here (there is nothing to recover:
-    /// the participant never holds a prepared state). Returns None when the participant does
-    /// not offer one-phase commit, so the caller runs two phases instead.
-    async fn run_one_phase(
-        self: &Arc<Self>,
-        txn: &TxnId,
-        req: &TxnRequest,
-    ) -> Result<Option<TxnOutcome>, CoordError> {
-        let branch = &req.branches[0];
-        let to = branch.participant.clone();
-        let timeout = req
-            .prepare_timeout_ms
+    /// The prepare deadline a request asks for, or the default.
+    pub(crate) fn prepare_timeout(&self, req: &TxnRequest) -> Duration {
+        req.prepare_timeout_ms
             .map(|ms| Duration::from_millis(ms.into()))
-            .unwrap_or(self.config.prepare_timeout);
-        let started = tokio::time::Instant::now();
-        let mut request = tonic::Request::new(pb::CommitOnePhaseRequest {
-            txn_id: txn.as_str().to_owned(),
-            coordinator_epoch: self.core().epoch(),
-            ops: branch.ops.iter().map(|op| op.to_pb()).collect(),
-        });
-        request.set_timeout(timeout);
-        let mut client = self.participants[&to].clone();
-        let answer = client.commit_one_phase(request).await;
-        let ended = match answer {
-            Ok(r) => {
-                let r = r.into_inner();
-                if r.committed {
-                    Ok(r.reads.into_iter().map(Into::into).collect())
-                } else {
-                    Err(format!("{to} voted NO: {}", r.reason))
-                }
-            }
-            Err(status) if status.code() == tonic::Code::Unimplemented => {
-                debug!(participant = %to, "no one-phase commit there; running two phases");
-                return Ok(None);
-            }
-            Err(status) => match self.settle_one_phase(txn, &to, &status).await {
-                Ok(ended) => ended,
-                Err(e) => {
-                    self.core().forget(txn);
-                    return Err(e);
-                }
-            },
-        };
-        // Nothing to keep: no decision record, no participant left to tell.
-        self.core().forget(txn);
-        // The whole call is the prepare phase here; there is no commit phase to time.
-        txn_metrics::metrics()
-            .prepare_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = match ended {
-            Ok(reads) => {
-                self.counters.committed.fetch_add(1, Ordering::Relaxed);
-                count_txn(ProtocolLabel::OnePhase, OutcomeLabel::Committed);
-                debug!("committed in one phase");
-                TxnOutcome {
-                    txn: txn.clone(),
-                    committed: true,
-                    reason: String::new(),
-                    failed_branch: None,
-                    reads: vec![(to, reads)],
-                }
-            }
-            Err(reason) => {
-                self.counters.aborted.fetch_add(1, Ordering::Relaxed);
-                count_txn(ProtocolLabel::OnePhase, OutcomeLabel::Aborted);
-                debug!(%reason, "aborted in one phase");
-                TxnOutcome {
-                    txn: txn.clone(),
-                    committed: false,
-                    reason,
-                    failed_branch: Some(0),
-                    reads: Vec::new(),
-                }
-            }
-        };
-        Ok(Some(outcome))
-    }
-
-    /// A one-phase call failed without an answer: the branch may or may not have committed.
-    /// An Abort settles it. The participant refuses it (FAILED_PRECONDITION) once the txn has
-    /// committed there, durably; otherwise it records an abort that makes any late copy of
-    /// the call refuse. If the participant does not answer within the attempts, the outcome
-    /// is unknown and the client is told so (UNAVAILABLE).
-    async fn settle_one_phase(
-        &self,
-        txn: &TxnId,
-        to: &ParticipantId,
-        failure: &tonic::Status,
-    ) -> Result<Result<Vec<KeyValue>, String>, CoordError> {
-        let failure = format!("{:?}: {}", failure.code(), failure.message());
-        warn!(participant = %to, error = %failure,
-            "one-phase commit got no answer; settling it with an Abort");
-        let mut pause = self.config.commit_retry_base;
-        for attempt in 1..=ONE_PHASE_SETTLE_ATTEMPTS {
-            let mut client = self.participants[to].clone();
-            let mut request = tonic::Request::new(pb::AbortRequest {
-                txn_id: txn.as_str().to_owned(),
-                forced: false,
-            });
-            request.set_timeout(self.config.rpc_timeout);
-            match client.abort(request).await {
-                Ok(_) => {
-                    return Ok(Err(format!(
-                        "{to} failed during the one-phase commit ({failure}); aborted"
-                    )));
-                }
-                // Refused: the outcome is the other one. Confirm it is a commit (the refusal
-                // is sent once the commit is durable) rather than trust the status code alone.
-                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                    let mut request = tonic::Request::new(pb::TxnStateRequest {
-                        txn_id: txn.as_str().to_owned(),
-                    });
-                    request.set_timeout(self.config.rpc_timeout);
-                    match client
-                        .get_txn_state(request)
-                        .await
-                        .map(|r| r.into_inner().state())
-                    {
-                        Ok(pb::TxnState::Committed) => {
-                            info!(participant = %to, "the lost one-phase commit had committed");
-                            // The reads went with the lost answer.
-                            return Ok(Ok(Vec::new()));
-                        }
-                        other => {
-                            warn!(participant = %to, refusal = %s.message(), state = ?other,
-                                "settling Abort refused, but the txn is not committed there");
-                        }
-                    }
-                }
-                Err(s) => {
-                    debug!(participant = %to, attempt, error = %s.message(),
-                        "settling Abort not answered; retrying");
-                }
-            }
-            if attempt == ONE_PHASE_SETTLE_ATTEMPTS {
-                break;
-            }
-            txn_metrics::retried(RetryKind::OnePhaseSettle);
-            let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
-            tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
-            pause = (pause * 2).min(self.config.commit_retry_max);
-        }
-        Err(CoordError::Unavailable(format!(
-            "txn {txn}: {to} failed during its one-phase commit ({failure}) and did not answer \
-             {ONE_PHASE_SETTLE_ATTEMPTS} calls to settle it; the outcome is unknown until {to} \
-             is back (then: txnctl txn show {txn})"
-        )))
+            .unwrap_or(self.config.prepare_timeout)
     }
 
     /// Carries out the decision effects of a txn and builds the client's answer.
@@ -764,10 +578,8 @@ impl Coordinator {
                  the txn stays in doubt until it is configured again");
             return;
         };
-        let mut pause = self.config.commit_retry_base;
-        let mut attempt: u64 = 0;
+        let mut backoff = self.commit_backoff();
         loop {
-            attempt += 1;
             match queue.commit(txn.clone()).await {
                 Ok(_) => {
                     let effects = self.core().on_commit_ack(&txn, &to);
@@ -796,8 +608,8 @@ impl Coordinator {
                         e.0 += 1;
                         e.1 = format!("{:?}: {}", status.code(), status.message());
                     }
-                    let jitter = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
-                    let wait = pause + Duration::from_millis(jitter);
+                    let wait = backoff.failed(rand::random());
+                    let attempt = backoff.attempts();
                     if matches!(
                         status.code(),
                         tonic::Code::NotFound | tonic::Code::FailedPrecondition
@@ -812,7 +624,6 @@ impl Coordinator {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.retry_now.notified() => {}
                     }
-                    pause = (pause * 2).min(self.config.commit_retry_max);
                     if self.core().view(&txn).is_none() {
                         // Settled otherwise (a heuristic outcome by an operator).
                         self.decided.lock().expect("decided").remove(&txn);
@@ -838,20 +649,10 @@ impl Coordinator {
         }
     }
 
-    /// Presumed-abort answer to an in-doubt participant.
+    /// Presumed-abort answer to an in-doubt participant (see [`CoordinatorCore::resolve`]).
     pub fn resolve(&self, txn: &TxnId) -> Result<Resolution, CoordError> {
-        let key = decision_key(txn);
-        let logged = match self.check(self.gc.store().get(&key))? {
-            Some(bytes) => {
-                self.check(record::decode::<DecisionRecord>(&key, &bytes).map_err(Into::into))?;
-                true
-            }
-            None => false,
-        };
-        if self.forcing.lock().expect("forcing").contains(txn) {
-            return Ok(Resolution::Pending);
-        }
-        Ok(self.core().resolve(txn, logged))
+        let core = self.core();
+        self.check(core.resolve(txn, self.gc.store().as_ref()))
     }
 
     pub fn stats(&self) -> CoordStats {

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use txn_metrics::{OutcomeLabel, ProtocolLabel, RetryKind};
 use txn_proto::convert::ToWire;
+use txn_types::backoff::Backoff;
 
-use rand::Rng;
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_proto::pb::v1 as pb;
 use txn_server::failpoint;
@@ -54,6 +54,11 @@ fn transient(code: tonic::Code) -> bool {
 }
 
 impl Coordinator {
+    /// The retry schedule of one saga's Execute and Compensate calls.
+    fn saga_backoff(&self) -> Backoff {
+        Backoff::new(self.config.saga_retry_base, self.config.saga_retry_max)
+    }
+
     pub(crate) async fn transact_saga(
         self: &Arc<Self>,
         req: TxnRequest,
@@ -167,7 +172,7 @@ impl Coordinator {
         mut saga: Saga,
     ) -> Result<(Saga, Vec<Vec<KeyValue>>), CoordError> {
         let mut reads = vec![Vec::new(); saga.steps()];
-        let mut pause = self.config.commit_retry_base;
+        let mut backoff = self.saga_backoff();
         loop {
             match saga.next() {
                 Next::Execute(step) => {
@@ -198,7 +203,7 @@ impl Coordinator {
                         failpoint::hit(failpoints::MID_COMPENSATION);
                         saga.on_compensated(step, unix_ms());
                         self.persist_saga(&saga, true).await?;
-                        pause = self.config.commit_retry_base;
+                        backoff = self.saga_backoff();
                     }
                     Err(error) => {
                         let parked = saga.on_compensate_failed(
@@ -212,8 +217,7 @@ impl Coordinator {
                         } else {
                             debug!(step, %error, "compensation failed; retrying");
                             txn_metrics::retried(RetryKind::SagaCompensate);
-                            tokio::time::sleep(jittered(pause)).await;
-                            pause = (pause * 2).min(self.config.commit_retry_max);
+                            tokio::time::sleep(backoff.failed(rand::random())).await;
                         }
                     }
                 },
@@ -256,7 +260,7 @@ impl Coordinator {
             Ok(ops) => ops,
             Err(e) => return Executed::Abandoned(format!("the saga log's step is damaged: {e}")),
         };
-        let mut pause = self.config.commit_retry_base;
+        let mut backoff = self.saga_backoff();
         let mut last_error = String::from("no attempt made");
         loop {
             let remaining = saga.deadline_unix_ms().saturating_sub(unix_ms());
@@ -290,9 +294,10 @@ impl Coordinator {
                 Err(status) if transient(status.code()) => {
                     last_error = format!("{:?}: {}", status.code(), status.message());
                     txn_metrics::retried(RetryKind::SagaExecute);
-                    let wait = jittered(pause).min(Duration::from_millis(remaining));
+                    let wait = backoff
+                        .failed(rand::random())
+                        .min(Duration::from_millis(remaining));
                     tokio::time::sleep(wait).await;
-                    pause = (pause * 2).min(self.config.commit_retry_max);
                 }
                 Err(status) => {
                     return Executed::Abandoned(format!(
@@ -417,7 +422,4 @@ impl Coordinator {
     }
 }
 
-fn jittered(pause: Duration) -> Duration {
-    let extra = rand::rng().random_range(0..=pause.as_millis() as u64 / 2);
-    pause + Duration::from_millis(extra)
-}
+

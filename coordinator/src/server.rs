@@ -43,9 +43,12 @@ pub struct Args {
     /// Deadline of one Commit or Abort RPC.
     #[arg(long, default_value_t = 2000)]
     pub rpc_timeout_ms: u64,
-    /// Largest pause between Commit retries (and saga step retries).
+    /// Largest pause between Commit retries (and the settling calls of a one-phase commit).
     #[arg(long, default_value_t = 1000)]
     pub commit_retry_max_ms: u64,
+    /// Largest pause between retries of a saga step's Execute or Compensate.
+    #[arg(long, default_value_t = 1000)]
+    pub saga_retry_max_ms: u64,
     /// Default deadline of a saga's forward phase; past it the saga compensates.
     #[arg(long, default_value_t = 5000)]
     pub saga_timeout_ms: u64,
@@ -122,6 +125,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rpc_timeout: Duration::from_millis(args.rpc_timeout_ms),
         commit_retry_max: Duration::from_millis(args.commit_retry_max_ms.max(1)),
         saga_timeout: Duration::from_millis(args.saga_timeout_ms),
+        saga_retry_max: Duration::from_millis(args.saga_retry_max_ms.max(1)),
         compensation_budget: args.compensation_budget.max(1),
         max_in_flight: args.max_in_flight_txns as usize,
         one_phase: !args.no_one_phase,

@@ -219,7 +219,7 @@ fn describe_twopc(s: &twopc::State) -> String {
         twopc::State::Participant(p) => format!(
             "participant status={:?} durable_prepared={} voted_yes={} committed={} aborted_by={:?}",
             p.core.status(&t, &p.store).expect("mem store"),
-            twopc::durable_has(&p.store, &txn_participant_core::core::prepared_key(&t)),
+            twopc::durable_has(&p.store, &txn_participant_core::keys::prepared_key(&t)),
             p.ghost.voted_yes,
             p.ghost.committed,
             p.ghost.aborted_by
@@ -237,7 +237,7 @@ fn describe_saga(s: &saga::State) -> String {
             txn_types::types::decode_counter(
                 txn_types::store::Store::get(
                     &st.store,
-                    &txn_participant_core::core::data_key(b"k")
+                    &txn_participant_core::keys::data_key(b"k")
                 )
                 .expect("mem store")
                 .as_deref()

@@ -10,6 +10,7 @@
 
 pub mod checked;
 pub mod golden;
+pub mod io;
 pub mod onephase;
 pub mod saga;
 pub mod twopc;

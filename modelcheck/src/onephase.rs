@@ -1,9 +1,9 @@
-//! One-phase commit (1PC) of a single-branch txn as stateright actors. The participant is the
-//! real [`ParticipantCore`] over the real [`MemStore`], driven the way `participant/src/node.rs`
-//! drives `commit_one_phase` and `abort`; the coordinator is a small driver written here,
-//! because `coordinator/src/node.rs` uses [`CoordinatorCore`] only for the txn id
-//! (`begin`/`forget`) and logs nothing for 1PC: it sends one CommitOnePhase, and if that call
-//! fails without an answer it settles the txn with Aborts.
+//! One-phase commit (1PC) of a single-branch txn as stateright actors, running the services'
+//! own rules: the participant is the real [`ParticipantCore`] over the real [`MemStore`]
+//! (`commit_one_phase`, `one_phase_lock_wait_over`, `abort`), and the coordinator is the real
+//! [`OnePhase`] machine (the call, the settling Aborts, the state query that confirms a
+//! refusal). The actors only carry out what the cores return: apply a step's write, hold its
+//! answer until durable where the step says so, send, set timers.
 //!
 //! The invariant at stake is the one the client relies on: what it was told is what the
 //! participant holds, across crashes. Checked: COMMITTED means the write and its committed
@@ -17,10 +17,12 @@
 //!   one counter; the counter's value shows how many times the write was applied.
 //! - "The call failed" is the coordinator's [`Timer::CallFails`], which may fire at any moment
 //!   before an answer arrives; an answer that comes later is dropped, as a timed-out call's
-//!   is. The settling Abort is retried on [`Timer::SettleRetry`] up to `settle_attempts`
-//!   times (the service makes `ONE_PHASE_SETTLE_ATTEMPTS`; two already cover "answered" and
-//!   "given up"), then the client is told the outcome is unknown. Any attempt's answer
-//!   settles the txn: a superset of the service, which drops answers to timed-out attempts.
+//!   is. A settling call (an Abort, or the state query after a refusal) that gets no answer
+//!   is [`Timer::SettleRetry`]; the machine's pause before the next attempt is time, which
+//!   the model lacks, so it passes at once. After `settle_attempts` attempts (the service
+//!   makes `ONE_PHASE_SETTLE_ATTEMPTS`; two already cover "answered" and "given up") the
+//!   client is told the outcome is unknown. Any attempt's answer settles the txn: a superset
+//!   of the service, which drops answers to timed-out attempts.
 //! - Group commit is the participant's [`Timer::Flush`], armed while the store holds unsynced
 //!   writes: it syncs everything and sends the replies waiting for durability. sled may also
 //!   flush on its own, so lazy writes can become durable at any moment, or never.
@@ -38,15 +40,23 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use stateright::Property;
 use stateright::actor::{Actor, ActorModel, ActorModelState, Id, LossyNetwork, Network, Out};
 use txn_coordinator_core::core::CoordinatorCore;
-use txn_participant_core::core::{
-    AbortStep, OnePhaseStep, ParticipantCore, PrepareRequest, PrepareStep, Refusal, TxnStatus,
-    data_key,
+use txn_coordinator_core::one_phase::{
+    OnePhase, OnePhaseAction, OnePhaseEvent, OnePhaseOutcome, Phase as CallPhase,
 };
-use txn_types::store::{MemStore, Store, WriteBatch};
+use txn_participant_core::core::{
+    AbortAnswer as PartAbortAnswer, AbortSource, ParticipantCore, PrepareRequest, Refusal,
+    TxnStatus,
+};
+use txn_participant_core::keys::data_key;
+use txn_participant_core::one_phase::OnePhaseAnswer;
+use txn_participant_core::step::{Attempt, Durability, Step};
+use txn_types::backoff::Backoff;
+use txn_types::store::{MemStore, Store};
 use txn_types::types::{Op, ParticipantId, TxnId, decode_counter};
 
 use crate::checked::Checked;
@@ -150,13 +160,17 @@ pub enum Msg {
     OnePhaseAnswer { txn: TxnId, committed: bool },
     Abort { txn: TxnId },
     AbortAnswer { txn: TxnId, answer: AbortAnswer },
+    /// GetTxnState, which confirms a refused settling Abort.
+    GetState { txn: TxnId },
+    State { txn: TxnId, committed: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Timer {
     /// The coordinator's one-phase call fails without an answer (deadline, lost connection).
     CallFails,
-    /// The coordinator's settling Abort got no answer: call again, or give up.
+    /// The coordinator's settling call (Abort or state query) got no answer: call again, or
+    /// give up.
     SettleRetry,
     /// The participant's group commit: syncs the store and sends the replies waiting on it.
     Flush,
@@ -179,22 +193,12 @@ pub enum Told {
     Unknown,
 }
 
-/// The coordinator's one-phase driver (`run_one_phase` and `settle_one_phase`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
-    /// The CommitOnePhase call is outstanding.
-    Calling,
-    /// The call failed; `attempts` Abort calls were made so far.
-    Settling {
-        attempts: u8,
-    },
-    Done(Told),
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CoordState {
     pub core: CoordinatorCore,
-    pub phase: Phase,
+    /// The core's one-phase machine, as `run_one_phase` runs it.
+    pub call: OnePhase,
+    pub told: Option<Told>,
 }
 
 /// What happened at the participant, across crashes (ghost state: the checker's evidence).
@@ -257,12 +261,6 @@ pub fn recorded(store: &MemStore) -> TxnStatus {
         .expect("mem store")
 }
 
-fn apply(store: &MemStore, batch: WriteBatch) {
-    if !batch.is_empty() {
-        store.apply(batch).expect("mem store");
-    }
-}
-
 fn set_timer_if(o: &mut Out<Node>, timer: Timer, on: bool) {
     if on {
         o.set_timer(timer, stateright::actor::model_timeout());
@@ -278,64 +276,98 @@ impl Node {
         }
     }
 
-    // ----- coordinator, as `run_one_phase` and `settle_one_phase` drive it -----
+    // ----- coordinator: the core's `OnePhase`, as `run_one_phase` runs it -----
 
     fn coordinator_start(&self, o: &mut Out<Self>) -> CoordState {
         let setup = self.setup();
         let mut core = CoordinatorCore::new(1);
-        let txn = core.begin(vec![setup.participant.clone()]);
+        let txn = core.begin(vec![setup.participant.clone()], u64::MAX);
         assert_eq!(txn, self::txn(), "the model's txn id");
-        o.send(Id::from(PARTICIPANT), Msg::CommitOnePhase { txn });
+        o.send(Id::from(PARTICIPANT), Msg::CommitOnePhase { txn: txn.clone() });
+        let call = OnePhase::new(
+            txn,
+            setup.participant.clone(),
+            Backoff::new(Duration::ZERO, Duration::ZERO),
+            u32::from(setup.settle_attempts),
+        );
         let s = CoordState {
             core,
-            phase: Phase::Calling,
+            call,
+            told: None,
         };
         coordinator_timers(&s, o);
         s
     }
 
-    fn coordinator_msg(&self, s: &mut CoordState, msg: Msg) {
-        match (s.phase, msg) {
-            (Phase::Calling, Msg::OnePhaseAnswer { committed, .. }) => {
-                let told = if committed {
-                    Told::Committed { settled: false }
-                } else {
-                    Told::Aborted { settled: false }
-                };
-                finish(s, told);
+    /// Feeds the machine and carries out what it asks, until it waits for the network.
+    fn feed(&self, s: &mut CoordState, event: OnePhaseEvent, o: &mut Out<Self>) {
+        let mut next = s.call.on(event, 0.0);
+        while let Some(action) = next.take() {
+            match action {
+                OnePhaseAction::SendAbort { .. } => {
+                    o.send(Id::from(PARTICIPANT), Msg::Abort { txn: txn() })
+                }
+                OnePhaseAction::QueryState => {
+                    o.send(Id::from(PARTICIPANT), Msg::GetState { txn: txn() })
+                }
+                // The pause is time, which the model does not have.
+                OnePhaseAction::RetryAfter(_) => next = s.call.on(OnePhaseEvent::RetryDue, 0.0),
+                OnePhaseAction::FallBack => unreachable!("the participant offers one phase"),
+                OnePhaseAction::Reply(outcome) => finish(
+                    s,
+                    match outcome {
+                        OnePhaseOutcome::Committed { settled, .. } => Told::Committed { settled },
+                        OnePhaseOutcome::Aborted { settled, .. } => Told::Aborted { settled },
+                        OnePhaseOutcome::Unknown { .. } => Told::Unknown,
+                    },
+                ),
             }
-            (Phase::Settling { .. }, Msg::AbortAnswer { answer, .. }) => {
-                let told = match answer {
-                    AbortAnswer::Aborted => Told::Aborted { settled: true },
-                    AbortAnswer::Committed => Told::Committed { settled: true },
-                };
-                finish(s, told);
-            }
-            // The answer to a call that already failed, or to a question no longer asked.
-            _ => {}
         }
+    }
+
+    fn coordinator_msg(&self, s: &mut CoordState, msg: Msg, o: &mut Out<Self>) {
+        let event = match msg {
+            Msg::OnePhaseAnswer { committed, .. } => OnePhaseEvent::Answered {
+                committed,
+                reason: String::new(),
+                reads: Vec::new(),
+            },
+            Msg::AbortAnswer {
+                answer: AbortAnswer::Aborted,
+                ..
+            } => OnePhaseEvent::SettleAborted,
+            Msg::AbortAnswer {
+                answer: AbortAnswer::Committed,
+                ..
+            } => OnePhaseEvent::SettleRefused {
+                message: String::new(),
+            },
+            Msg::State { committed, .. } => OnePhaseEvent::StateIs { committed },
+            Msg::CommitOnePhase { .. } | Msg::Abort { .. } | Msg::GetState { .. } => return,
+        };
+        // An answer to a call that already failed, or to a question no longer asked, changes
+        // nothing (the machine ignores it).
+        self.feed(s, event, o);
     }
 
     fn coordinator_timeout(&self, s: &mut CoordState, timer: &Timer, o: &mut Out<Self>) {
         let setup = self.setup();
-        match (s.phase, timer) {
-            (Phase::Calling, Timer::CallFails) => {
+        match (s.call.phase(), timer) {
+            (CallPhase::Calling, Timer::CallFails) => {
                 if setup.bugs.abort_when_answer_lost {
                     finish(s, Told::Aborted { settled: false });
                     return;
                 }
-                s.phase = Phase::Settling { attempts: 1 };
-                o.send(Id::from(PARTICIPANT), Msg::Abort { txn: txn() });
+                let failed = OnePhaseEvent::Failed {
+                    error: "no answer".into(),
+                };
+                self.feed(s, failed, o);
             }
-            (Phase::Settling { attempts }, Timer::SettleRetry) => {
-                if attempts < setup.settle_attempts {
-                    s.phase = Phase::Settling {
-                        attempts: attempts + 1,
-                    };
-                    o.send(Id::from(PARTICIPANT), Msg::Abort { txn: txn() });
-                } else {
-                    finish(s, Told::Unknown);
-                }
+            (CallPhase::Settling { .. } | CallPhase::Confirming { .. }, Timer::SettleRetry) => {
+                let failed = OnePhaseEvent::SettleFailed {
+                    error: "no answer".into(),
+                };
+                self.feed(s, failed, o);
             }
             _ => {}
         }
@@ -372,7 +404,9 @@ impl Node {
         if setup.blocker {
             let mut core = ParticipantCore::new();
             match core.prepare(&setup.blocker_request(), &store, 0) {
-                Ok(PrepareStep::Persist { batch, .. }) => apply(&store, batch),
+                Ok(Attempt::Ready(step)) => {
+                    store.apply(step.write).expect("mem store");
+                }
                 other => panic!("the blocker prepares: {other:?}"),
             }
             store.sync().expect("mem store");
@@ -384,119 +418,104 @@ impl Node {
         match msg {
             Msg::CommitOnePhase { txn } => self.one_phase(s, &txn, o),
             Msg::Abort { txn } => self.abort(s, &txn, o),
-            Msg::OnePhaseAnswer { .. } | Msg::AbortAnswer { .. } => {}
+            // GetTxnState: the recorded status, as it is.
+            Msg::GetState { txn } => {
+                let status = s.core.status(&txn, &s.store).expect("status");
+                o.send(
+                    Id::from(COORDINATOR),
+                    Msg::State {
+                        txn,
+                        committed: status == TxnStatus::Committed,
+                    },
+                );
+            }
+            Msg::OnePhaseAnswer { .. } | Msg::AbortAnswer { .. } | Msg::State { .. } => {}
         }
     }
 
-    /// `one_phase_inner`: one pass of its loop (a blocked call passes again when a lock is
-    /// released, or gives up on [`Timer::LockWait`]).
+    /// One pass of `run_unblocked` for a one-phase call (a blocked call passes again when a
+    /// lock is released, or gives up on [`Timer::LockWait`]).
     fn one_phase(&self, s: &mut PartState, txn: &TxnId, o: &mut Out<Self>) {
         let setup = self.setup();
-        let step = s
+        let attempt = s
             .core
             .commit_one_phase(txn, &setup.ops(), &s.store, 0)
             .expect("commit_one_phase");
-        let committed = Msg::OnePhaseAnswer {
-            txn: txn.clone(),
-            committed: true,
-        };
-        match step {
-            OnePhaseStep::Apply { batch, .. } => {
+        match attempt {
+            Attempt::Ready(step) => {
                 s.blocked = false;
-                apply(&s.store, batch);
-                s.ghost.applies = (s.ghost.applies + 1).min(2);
-                if setup.bugs.commit_before_durable {
-                    o.send(Id::from(COORDINATOR), committed);
-                } else {
-                    reply_when_durable(s, committed, o);
-                }
+                self.answer_one_phase(s, txn, step, o);
             }
-            OnePhaseStep::AlreadyCommitted => {
-                s.blocked = false;
-                reply_when_durable(s, committed, o);
-            }
-            OnePhaseStep::Refuse { batch, .. } => {
-                s.blocked = false;
-                // The answer waits until the tombstone (or the earlier one found) is durable.
-                apply(&s.store, batch);
-                self.refuse(s, txn, o);
-            }
-            OnePhaseStep::Blocked { holder } => {
+            Attempt::Blocked { holder } => {
                 assert_eq!(holder, blocker(), "only the blocker holds locks");
                 s.blocked = true;
             }
         }
     }
 
-    /// The lock wait of a blocked call is over: record the refusal with a tombstone and
-    /// answer not committed once it is durable.
+    /// Carries out a one-phase step and sends its answer (at once, with a planted bug).
+    fn answer_one_phase(
+        &self,
+        s: &mut PartState,
+        txn: &TxnId,
+        step: Step<OnePhaseAnswer>,
+        o: &mut Out<Self>,
+    ) {
+        let bugs = self.setup().bugs;
+        let (committed, at_once) = match &step.answer {
+            OnePhaseAnswer::Committed { .. } => {
+                s.ghost.applies = (s.ghost.applies + 1).min(2);
+                (true, bugs.commit_before_durable)
+            }
+            OnePhaseAnswer::AlreadyCommitted => (true, false),
+            OnePhaseAnswer::Refused { .. } => (false, bugs.refuse_before_durable),
+        };
+        let reply = Msg::OnePhaseAnswer {
+            txn: txn.clone(),
+            committed,
+        };
+        carry_out(s, step, reply, at_once, o);
+    }
+
+    /// The lock wait of a blocked call is over: the core's rule says what it answers.
     fn lock_wait_ends(&self, s: &mut PartState, o: &mut Out<Self>) {
         s.blocked = false;
         let txn = txn();
-        if let AbortStep::Apply { batch } = s.core.abort(&txn, &s.store, 0).expect("abort") {
-            apply(&s.store, batch);
-        }
-        self.refuse(s, &txn, o);
-    }
-
-    /// Answers "not committed" once the store is synced, as the driver does (at once with
-    /// the planted bug [`DriverBugs::refuse_before_durable`]).
-    fn refuse(&self, s: &mut PartState, txn: &TxnId, o: &mut Out<Self>) {
-        let refused = Msg::OnePhaseAnswer {
-            txn: txn.clone(),
-            committed: false,
-        };
-        if self.setup().bugs.refuse_before_durable {
-            o.send(Id::from(COORDINATOR), refused);
-        } else {
-            reply_when_durable(s, refused, o);
+        match s
+            .core
+            .one_phase_lock_wait_over(&txn, &blocker(), 50, &s.store, 0)
+            .expect("lock wait over")
+        {
+            Some(step) => self.answer_one_phase(s, &txn, step, o),
+            None => self.one_phase(s, &txn, o),
         }
     }
 
-    /// `Participant::abort` for the coordinator (not forced; nothing is held by an operator).
+    /// The service's Abort from the coordinator (not forced; nothing is held by an operator).
     fn abort(&self, s: &mut PartState, txn: &TxnId, o: &mut Out<Self>) {
         let bugs = self.setup().bugs;
-        let was_prepared = s.core.is_prepared(txn);
-        let aborted = Msg::AbortAnswer {
-            txn: txn.clone(),
-            answer: AbortAnswer::Aborted,
+        assert!(!s.core.is_prepared(txn), "a one-phase txn is never prepared");
+        let step = s
+            .core
+            .abort(txn, AbortSource::Coordinator, &s.store, 0)
+            .expect("abort");
+        let released = step.released;
+        let (answer, at_once) = match &step.answer {
+            PartAbortAnswer::Aborted | PartAbortAnswer::AlreadyAborted => {
+                (AbortAnswer::Aborted, bugs.ack_abort_before_durable)
+            }
+            PartAbortAnswer::Refused(Refusal::Conflict(_)) => {
+                (AbortAnswer::Committed, bugs.refuse_abort_before_durable)
+            }
+            other => unreachable!("no holds and no unknown refusals here: {other:?}"),
         };
-        match s.core.abort(txn, &s.store, 0).expect("abort") {
-            AbortStep::Apply { .. } | AbortStep::AlreadyAborted if was_prepared => {
-                unreachable!("a one-phase txn is never prepared")
-            }
-            AbortStep::Apply { batch } => {
-                // Presumed abort: written lazily, but synced before the ack below.
-                apply(&s.store, batch);
-                self.abort_acked(s, aborted, o);
-            }
-            AbortStep::AlreadyAborted => self.abort_acked(s, aborted, o),
-            AbortStep::Refused(Refusal::Conflict(_)) => {
-                let refused = Msg::AbortAnswer {
-                    txn: txn.clone(),
-                    answer: AbortAnswer::Committed,
-                };
-                if bugs.refuse_abort_before_durable {
-                    o.send(Id::from(COORDINATOR), refused);
-                } else {
-                    reply_when_durable(s, refused, o);
-                }
-            }
-            // NOT_FOUND: the coordinator's call fails and it tries again.
-            AbortStep::Refused(Refusal::Unknown) => {}
-        }
-    }
-
-    /// The Abort of a txn never prepared here succeeded: ack it once the tombstone is
-    /// durable, and wake a one-phase call waiting for a lock (`abort_from` notifies waiters).
-    fn abort_acked(&self, s: &mut PartState, ack: Msg, o: &mut Out<Self>) {
-        if self.setup().bugs.ack_abort_before_durable {
-            o.send(Id::from(COORDINATOR), ack);
-        } else {
-            reply_when_durable(s, ack, o);
-        }
-        if s.blocked {
-            self.one_phase(s, &txn(), o);
+        let reply = Msg::AbortAnswer {
+            txn: txn.clone(),
+            answer,
+        };
+        carry_out(s, step, reply, at_once, o);
+        if released && s.blocked {
+            self.one_phase(s, txn, o);
         }
     }
 
@@ -510,12 +529,13 @@ impl Node {
             }
             Timer::LockWait => self.lock_wait_ends(s, o),
             Timer::BlockerDecided => {
-                // Presumed abort: the blocker's abort record is lazy.
-                let step = s.core.abort(&blocker(), &s.store, 0).expect("abort");
-                let AbortStep::Apply { batch } = step else {
-                    panic!("the blocker was prepared: {step:?}");
-                };
-                apply(&s.store, batch);
+                // The blocker's own coordinator aborts it (presumed abort: lazy).
+                let step = s
+                    .core
+                    .abort(&blocker(), AbortSource::Coordinator, &s.store, 0)
+                    .expect("abort");
+                assert!(step.released, "the blocker was prepared: {step:?}");
+                s.store.apply(step.write).expect("mem store");
                 if s.blocked {
                     self.one_phase(s, &txn(), o);
                 }
@@ -525,29 +545,35 @@ impl Node {
     }
 }
 
+/// Applies a step's write; sends `reply` at once if the step is lazy (or a planted bug says
+/// so), else once everything applied so far is durable: at once if it already is (the group
+/// commit's ticket is already published), else with the next flush.
+fn carry_out<A>(s: &mut PartState, step: Step<A>, reply: Msg, at_once: bool, o: &mut Out<Node>) {
+    if !step.write.is_empty() {
+        s.store.apply(step.write).expect("mem store");
+    }
+    if step.durability == Durability::Lazy || at_once || !dirty(&s.store) {
+        o.send(Id::from(COORDINATOR), reply);
+    } else {
+        s.waiting.insert(reply);
+    }
+}
+
 fn finish(s: &mut CoordState, told: Told) {
     // Nothing to keep: no decision record, no participant left to tell.
     s.core.forget(&txn());
-    s.phase = Phase::Done(told);
+    s.told = Some(told);
 }
 
 fn coordinator_timers(s: &CoordState, o: &mut Out<Node>) {
-    set_timer_if(o, Timer::CallFails, s.phase == Phase::Calling);
+    let phase = s.call.phase();
+    set_timer_if(o, Timer::CallFails, s.told.is_none() && phase == CallPhase::Calling);
     set_timer_if(
         o,
         Timer::SettleRetry,
-        matches!(s.phase, Phase::Settling { .. }),
+        s.told.is_none()
+            && matches!(phase, CallPhase::Settling { .. } | CallPhase::Confirming { .. }),
     );
-}
-
-/// Sends `reply` once everything applied so far is durable: at once if it already is (the
-/// group commit's ticket is already published), else with the next flush.
-fn reply_when_durable(s: &mut PartState, reply: Msg, o: &mut Out<Node>) {
-    if dirty(&s.store) {
-        s.waiting.insert(reply);
-    } else {
-        o.send(Id::from(COORDINATOR), reply);
-    }
 }
 
 fn participant_timers(s: &PartState, o: &mut Out<Node>) {
@@ -586,7 +612,7 @@ impl Actor for Node {
         let mut next = state.as_ref().clone();
         match &mut next {
             State::Coordinator(s) => {
-                self.coordinator_msg(s, msg);
+                self.coordinator_msg(s, msg, o);
                 coordinator_timers(s, o);
             }
             State::Participant(s) => {
@@ -675,10 +701,7 @@ pub fn participant(s: &SysState) -> &PartState {
 }
 
 pub fn told(s: &SysState) -> Option<Told> {
-    match coordinator(s).phase {
-        Phase::Done(t) => Some(t),
-        Phase::Calling | Phase::Settling { .. } => None,
-    }
+    coordinator(s).told
 }
 
 /// Told COMMITTED: the write and its committed outcome are durable, so no crash from here on

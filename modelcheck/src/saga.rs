@@ -15,8 +15,12 @@ use std::sync::Arc;
 use stateright::actor::{Actor, ActorModel, ActorModelState, Id, Network, Out};
 use stateright::{Expectation, Model, Property};
 use txn_coordinator_core::saga::{Next, Saga, saga_key};
-use txn_participant_core::core::{ParticipantCore, data_key};
-use txn_participant_core::saga::{self, CompensateStep, Compensation, ExecuteStep, StepResult};
+use txn_participant_core::core::ParticipantCore;
+use txn_participant_core::keys::data_key;
+use txn_participant_core::saga::{self, Compensation, StepResult};
+use txn_participant_core::step::Attempt;
+
+use crate::io::carry_out;
 use txn_types::rec;
 use txn_types::record;
 use txn_types::store::{MemStore, Store, WriteBatch};
@@ -146,18 +150,16 @@ impl Node {
         match msg {
             Msg::Execute { .. } => {
                 let ops = &plan.ops[step as usize];
-                let ExecuteStep::Done { batch, result } =
+                let Attempt::Ready(done) =
                     saga::execute(&core, &id, step, ops, &st.store, 0).expect("execute")
                 else {
                     unreachable!("no 2PC locks in the saga model")
                 };
-                if let Some(b) = batch {
-                    st.store.apply(b).expect("mem store");
-                    st.store.sync().expect("mem store");
-                    if matches!(result, StepResult::Succeeded { .. }) {
-                        st.executed += 1;
-                        st.hanging |= st.compensate_seen;
-                    }
+                let wrote = !done.write.is_empty();
+                let result = carry_out(&st.store, done);
+                if wrote && matches!(result, StepResult::Succeeded { .. }) {
+                    st.executed += 1;
+                    st.hanging |= st.compensate_seen;
                 }
                 let outcome = match result {
                     StepResult::Succeeded { .. } => Outcome::Succeeded,
@@ -167,16 +169,14 @@ impl Node {
                 Some(Msg::Executed { step, outcome })
             }
             Msg::Compensate { .. } => {
-                let CompensateStep::Done {
-                    batch,
-                    compensation,
-                } = saga::compensate(&core, &id, step, &st.store, 0).expect("compensate")
+                let Attempt::Ready(done) =
+                    saga::compensate(&core, &id, step, &st.store, 0).expect("compensate")
                 else {
                     unreachable!("no 2PC locks in the saga model")
                 };
-                if let Some(b) = batch {
-                    st.store.apply(b).expect("mem store");
-                    st.store.sync().expect("mem store");
+                let wrote = !done.write.is_empty();
+                let compensation = carry_out(&st.store, done);
+                if wrote {
                     st.compensate_seen = true;
                     if compensation == Compensation::Applied {
                         st.compensated += 1;

@@ -61,18 +61,20 @@ use std::sync::Arc;
 
 use stateright::actor::{Actor, ActorModel, ActorModelState, Id, LossyNetwork, Network, Out};
 use stateright::{Expectation, Model, Property};
-use txn_coordinator_core::core::{
-    CoordinatorCore, DECISION_PREFIX, EPOCH_KEY, Effect, TxnView, VoteResult, decision_key,
+use txn_coordinator_core::core::{CoordinatorCore, Effect, TxnView, VoteResult, decision_key};
+use txn_participant_core::keys::{
+    EXPIRY_PREFIX, OUTCOME_SWEEP_PAGE, outcome_key, prepared_key, sweep_expired,
 };
-use txn_participant_core::core::OUTCOME_SWEEP_PAGE;
+use txn_participant_core::resolve::{Resolved, peer_verdict};
+use txn_participant_core::step::{Attempt, Durability};
 use txn_participant_core::core::{
-    AbortStep, CommitStep, EXPIRY_PREFIX, ParticipantCore, PrepareRequest, PrepareStep, TxnStatus,
-    outcome_key, prepared_key, sweep_expired,
+    AbortAnswer, AbortSource, CommitAnswer, ParticipantCore, PrepareAnswer, PrepareRequest,
+    TxnStatus,
 };
-use txn_types::rec::{DecisionRecord, EpochRecord};
-use txn_types::record;
 use txn_types::store::{MemStore, Store, WriteBatch};
-use txn_types::types::{Decision, Op, ParticipantId, Resolution, TxnId};
+use txn_types::types::{Decision, Op, ParticipantId, Resolution, TxnId, Vote};
+
+use crate::io::{carry_out, carry_out_unsynced};
 
 use crate::checked::Checked;
 
@@ -190,6 +192,17 @@ pub enum PeerStatus {
     Committed,
     Aborted,
     Unknown,
+}
+
+impl From<PeerStatus> for TxnStatus {
+    fn from(s: PeerStatus) -> Self {
+        match s {
+            PeerStatus::Prepared => TxnStatus::Prepared,
+            PeerStatus::Committed => TxnStatus::Committed,
+            PeerStatus::Aborted => TxnStatus::Aborted,
+            PeerStatus::Unknown => TxnStatus::Unknown,
+        }
+    }
 }
 
 impl From<TxnStatus> for PeerStatus {
@@ -402,35 +415,12 @@ impl Node {
             }) => (after_crash(store), restarts + 1, ghost.clone(), false),
             Some(Disk::Participant { .. }) => unreachable!("a coordinator's disk"),
         };
-        // Coordinator::open: bump the epoch durably.
-        let epoch = match store.get(EPOCH_KEY).expect("mem store") {
-            Some(bytes) => {
-                record::decode::<EpochRecord>(EPOCH_KEY, &bytes)
-                    .expect("epoch record")
-                    .epoch
-                    + 1
-            }
-            None => 1,
-        };
-        let mut batch = WriteBatch::default();
-        batch.put(EPOCH_KEY.to_vec(), record::encode(&EpochRecord { epoch }));
-        apply(&store, batch);
+        // Coordinator::open: the core reads the log; the bumped epoch is durable first.
+        let opened = CoordinatorCore::open(&store).expect("open");
+        apply(&store, opened.epoch_write);
         store.sync().expect("mem store");
-        let core = CoordinatorCore::new(epoch);
-        let mut decisions = Vec::new();
-        for (key, bytes) in store.scan_prefix(DECISION_PREFIX).expect("mem store") {
-            let rec: DecisionRecord = record::decode(&key, &bytes).expect("decision record");
-            let participants = rec
-                .participants
-                .iter()
-                .map(|p| ParticipantId::parse("participants", p).expect("participant"))
-                .collect();
-            decisions.push((
-                TxnId::parse("txn_id", &rec.txn_id).expect("txn id"),
-                participants,
-                rec.decided_at_unix_ms,
-            ));
-        }
+        let (core, resend) = (opened.core, opened.resend);
+        let epoch = core.epoch();
         let mut state = CoordState {
             core,
             store,
@@ -438,12 +428,13 @@ impl Node {
             ghost,
             forget_pending: Vec::new(),
         };
-        for (txn, effects) in state.core.recover(decisions) {
+        for (txn, effects) in resend {
             self.run_effects(&mut state, &txn, effects, o);
         }
         if first {
             // The client's Transact: the core assigns the id, the driver sends the Prepares.
-            let txn = state.core.begin(cluster.participants.clone());
+            // No deadline on the clock: the model's PrepareDeadline timer stands for it.
+            let txn = state.core.begin(cluster.participants.clone(), u64::MAX);
             for p in &cluster.participants {
                 o.send(
                     cluster.actor_of(p),
@@ -542,7 +533,7 @@ impl Node {
                         reason: "voted NO".into(),
                     }
                 };
-                let effects = s.core.on_vote(&txn, from, vote, 0);
+                let effects = s.core.on_vote(&txn, from, vote, 0, 0);
                 self.run_effects(s, &txn, effects, o);
             }
             Msg::Ack { txn } => {
@@ -554,12 +545,7 @@ impl Node {
             }
             Msg::Resolve { txn } => {
                 // Coordinator::resolve: a logged decision counts even if not held in memory.
-                let logged = s
-                    .store
-                    .get(&decision_key(&txn))
-                    .expect("mem store")
-                    .is_some();
-                let answer = match s.core.resolve(&txn, logged) {
+                let answer = match s.core.resolve(&txn, &s.store).expect("resolve") {
                     Resolution::Decided(Decision::Commit) => Answer::Commit,
                     Resolution::Decided(Decision::Abort) => Answer::Abort,
                     Resolution::Pending if cluster.bugs.resolve_aborts_undecided => Answer::Abort,
@@ -679,37 +665,44 @@ impl Node {
         }
     }
 
-    /// Participant::commit; `ack` when the Commit came from the coordinator (the resolver's
+    /// The service's Commit: `ack` when the Commit came from the coordinator (the resolver's
     /// own commit answers nobody).
     fn commit(&self, s: &mut PartState, txn: &TxnId, ack: bool, o: &mut Out<Self>) {
-        match s.core.commit(txn, &s.store, 0).expect("commit") {
-            CommitStep::Apply { batch } => {
-                apply(&s.store, batch);
-                s.ghost.committed = true;
-                // Acked (and the resolver's commit finished) once the batch is durable.
-                s.store.sync().expect("mem store");
-                if ack {
-                    o.send(Id::from(COORDINATOR), Msg::Ack { txn: txn.clone() });
-                }
-            }
-            CommitStep::AlreadyCommitted => {
-                s.store.sync().expect("mem store");
+        let answer = carry_out(&s.store, s.core.commit(txn, &s.store, 0).expect("commit"));
+        match answer {
+            CommitAnswer::Committed | CommitAnswer::AlreadyCommitted => {
+                s.ghost.committed |= answer == CommitAnswer::Committed;
                 if ack {
                     o.send(Id::from(COORDINATOR), Msg::Ack { txn: txn.clone() });
                 }
             }
             // The RPC fails; the coordinator retries.
-            CommitStep::Refused(_) => {}
+            CommitAnswer::Refused(_) => {}
         }
     }
 
-    /// Participant::abort_from (no operator holds in the model).
+    /// The service's Abort from the coordinator (no operator holds in the model).
     fn abort(&self, s: &mut PartState, txn: &TxnId, by: AbortedBy) {
         let was_prepared = s.core.is_prepared(txn);
-        if let AbortStep::Apply { batch } = s.core.abort(txn, &s.store, 0).expect("abort") {
-            // Presumed abort: not forced.
-            apply(&s.store, batch);
+        let step = s
+            .core
+            .abort(txn, AbortSource::Coordinator, &s.store, 0)
+            .expect("abort");
+        if carry_out(&s.store, step) == AbortAnswer::Aborted {
             s.ghost.record_abort(by, was_prepared);
+        }
+    }
+
+    /// The resolver applies a decision it learned, from the coordinator or from a peer.
+    fn resolve(&self, s: &mut PartState, txn: &TxnId, decision: Decision, by: AbortedBy) {
+        let was_prepared = s.core.is_prepared(txn);
+        let step = s.core.resolve(txn, decision, &s.store, 0).expect("resolve");
+        let wrote = !step.write.is_empty();
+        if carry_out(&s.store, step) == Resolved::Applied && wrote {
+            match decision {
+                Decision::Commit => s.ghost.committed = true,
+                Decision::Abort => s.ghost.record_abort(by, was_prepared),
+            }
         }
     }
 
@@ -725,36 +718,28 @@ impl Node {
                     s.ghost.prepare_delivered = true;
                 }
                 let req = self.prepare_request(txn.clone(), epoch);
-                match s.core.prepare(&req, &s.store, 0).expect("prepare") {
-                    PrepareStep::Persist { batch, .. } => {
-                        apply(&s.store, batch);
-                        // The driver waits until the record is durable, then votes YES unless
-                        // the txn was aborted meanwhile (it cannot be here: the step is atomic).
-                        if !cluster.bugs.vote_before_durable {
-                            s.store.sync().expect("mem store");
-                        }
-                        s.ghost.voted_yes = true;
-                        // Its outcome expired, so the coordinator's deadline has passed: this
-                        // YES is late and must not count.
-                        s.ghost.late_yes |= s.ghost.expired;
-                        o.send(src, Msg::Vote { txn, yes: true });
-                    }
-                    PrepareStep::Revote { .. } => {
-                        s.store.sync().expect("mem store");
-                        s.ghost.voted_yes = true;
-                        o.send(src, Msg::Vote { txn, yes: true });
-                    }
-                    PrepareStep::VoteNo { batch, .. } => {
-                        if !batch.is_empty() {
-                            apply(&s.store, batch);
-                            s.ghost.record_abort(AbortedBy::OwnNoVote, false);
-                        }
-                        o.send(src, Msg::Vote { txn, yes: false });
-                    }
-                    PrepareStep::Blocked { .. } => {
-                        unreachable!("one txn takes no conflicting lock")
-                    }
+                let Attempt::Ready(step) = s.core.prepare(&req, &s.store, 0).expect("prepare")
+                else {
+                    unreachable!("one txn takes no conflicting lock")
+                };
+                let tombstone = !step.write.is_empty() && step.durability == Durability::Lazy;
+                let answer = if cluster.bugs.vote_before_durable {
+                    carry_out_unsynced(&s.store, step)
+                } else {
+                    carry_out(&s.store, step)
+                };
+                let fresh = matches!(answer, PrepareAnswer::Yes { .. });
+                let vote = s.core.confirm_vote(&txn, answer);
+                let yes = matches!(vote, Vote::Yes { .. });
+                if yes {
+                    s.ghost.voted_yes = true;
+                    // Its outcome expired, so the coordinator's deadline has passed: this
+                    // YES is late and must not count.
+                    s.ghost.late_yes |= fresh && s.ghost.expired;
+                } else if tombstone {
+                    s.ghost.record_abort(AbortedBy::OwnNoVote, false);
                 }
+                o.send(src, Msg::Vote { txn, yes });
             }
             Msg::Commit { txn } => self.commit(s, &txn, true, o),
             Msg::Abort { txn } => self.abort(s, &txn, AbortedBy::Coordinator),
@@ -767,24 +752,20 @@ impl Node {
             Msg::Resolution { txn, answer } => {
                 if s.core.is_prepared(&txn) || cluster.drops_outcomes() {
                     match answer {
-                        Answer::Commit => self.commit(s, &txn, false, o),
-                        Answer::Abort => self.abort(s, &txn, AbortedBy::Resolve),
+                        Answer::Commit => self.resolve(s, &txn, Decision::Commit, AbortedBy::Resolve),
+                        Answer::Abort => self.resolve(s, &txn, Decision::Abort, AbortedBy::Resolve),
                         Answer::Pending => {}
                     }
                 }
             }
             Msg::QueryPeer { txn } => {
-                // Participant::query_peer: a txn never prepared here gets a tombstone first.
-                let status = match s.core.status(&txn, &s.store).expect("status") {
-                    TxnStatus::Unknown => {
-                        self.abort(s, &txn, AbortedBy::NeverPrepared);
-                        PeerStatus::Aborted
-                    }
-                    other => other.into(),
-                };
-                // Answered once everything written so far (the tombstone) is durable. PREPARED
-                // changes nothing at the asker, so the model leaves it out.
-                s.store.sync().expect("mem store");
+                // The service's QueryPeer: a txn never prepared here gets a tombstone first.
+                let step = s.core.query_peer(&txn, &s.store, 0).expect("query peer");
+                if !step.write.is_empty() {
+                    s.ghost.record_abort(AbortedBy::NeverPrepared, false);
+                }
+                let status: PeerStatus = carry_out(&s.store, step).into();
+                // PREPARED changes nothing at the asker, so the model leaves it out.
                 if status != PeerStatus::Prepared {
                     o.send(src, Msg::PeerReply { txn, status });
                 }
@@ -792,25 +773,21 @@ impl Node {
             Msg::PeerReply { txn, status } => {
                 let in_doubt = s.core.is_prepared(&txn);
                 if in_doubt || cluster.drops_outcomes() {
-                    match status {
-                        PeerStatus::Committed => self.commit(s, &txn, false, o),
-                        PeerStatus::Aborted | PeerStatus::Unknown => {
-                            self.abort(s, &txn, AbortedBy::Peer)
-                        }
-                        PeerStatus::Prepared => {}
-                    }
-                    if in_doubt && status != PeerStatus::Prepared {
-                        s.ghost.decided_by_peer = true;
+                    if let Some(decision) = peer_verdict(status.into()) {
+                        self.resolve(s, &txn, decision, AbortedBy::Peer);
+                        s.ghost.decided_by_peer |= in_doubt;
                     }
                 }
             }
             Msg::Forget { txn } => {
-                // Participant::commit_batch's forget list: dropped lazily.
-                if cluster.forget
-                    && let Some(batch) = s.core.forget(&txn, &s.store, 0).expect("forget")
-                {
-                    apply(&s.store, batch);
-                    s.ghost.forgot = true;
+                // The service's CommitBatch with the txn in its forget list.
+                if cluster.forget {
+                    let step = s
+                        .core
+                        .commit_batch(&[], std::slice::from_ref(&txn), true, &s.store, 0)
+                        .expect("forget");
+                    s.ghost.forgot |= !step.write.is_empty();
+                    carry_out(&s.store, step);
                 }
             }
             Msg::Vote { .. } | Msg::Ack { .. } | Msg::Resolve { .. } => {}

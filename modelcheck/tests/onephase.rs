@@ -105,7 +105,7 @@ fn commit_with_crashes() {
             APPLIED_AGAIN,
         ],
     );
-    assert_eq!(states, 591);
+    assert_eq!(states, 1013);
 }
 
 /// The same on a network that may also drop messages, so retries of the settling Abort
@@ -128,7 +128,7 @@ fn commit_on_a_lossy_network() {
             APPLIED_AGAIN,
         ],
     );
-    assert_eq!(states, 4778);
+    assert_eq!(states, 21_354);
 }
 
 /// A branch whose check fails (the counter may not go below 0): the participant refuses, and
@@ -140,7 +140,7 @@ fn a_failing_check_is_refused() {
         Setup::adding(-1),
         &[REFUSED, SETTLED_ABORTED, UNKNOWN],
     );
-    assert_eq!(states, 251);
+    assert_eq!(states, 281);
 }
 
 /// A prepared two-phase txn holds the key when the participant starts: the call waits for
@@ -162,7 +162,7 @@ fn lock_wait_refusal() {
             APPLIED_AGAIN,
         ],
     );
-    assert_eq!(states, 2489);
+    assert_eq!(states, 3328);
 }
 
 // ----- planted bugs: each must be found -----
@@ -174,7 +174,7 @@ fn commit_answered_before_durable_is_found() {
     let mut setup = Setup::adding(1);
     setup.bugs.commit_before_durable = true;
     let states = counterexample(no_crash(), setup, "COMMITTED is durable");
-    assert_eq!(states, 88);
+    assert_eq!(states, 140);
 }
 
 /// (b) The settling Abort is refused as "committed here" before the commit is durable.
@@ -183,7 +183,7 @@ fn abort_refused_before_durable_is_found() {
     let mut setup = Setup::adding(1);
     setup.bugs.refuse_abort_before_durable = true;
     let states = counterexample(no_crash(), setup, "COMMITTED is durable");
-    assert_eq!(states, 70);
+    assert_eq!(states, 159);
 }
 
 /// (c) The settling Abort is acked before its tombstone is durable (the driver before it
@@ -193,7 +193,7 @@ fn abort_acked_before_durable_is_found() {
     let mut setup = Setup::adding(1);
     setup.bugs.ack_abort_before_durable = true;
     let states = counterexample(one_restart(), setup, "ABORTED is final");
-    assert_eq!(states, 352);
+    assert_eq!(states, 663);
 }
 
 /// (e) A refusal answered before its tombstone is durable: a prepared two-phase txn holds the
@@ -207,7 +207,7 @@ fn refusal_answered_before_durable_is_found() {
     setup.blocker = true;
     setup.bugs.refuse_before_durable = true;
     let states = counterexample(one_restart(), setup, "ABORTED is final");
-    assert_eq!(states, 1070);
+    assert_eq!(states, 1468);
 }
 
 /// (d) The coordinator takes a lost answer for an abort instead of settling it.
@@ -216,5 +216,5 @@ fn lost_answer_taken_for_abort_is_found() {
     let mut setup = Setup::adding(1);
     setup.bugs.abort_when_answer_lost = true;
     let states = counterexample(no_crash(), setup, "ABORTED is final");
-    assert_eq!(states, 9);
+    assert_eq!(states, 8);
 }

@@ -35,7 +35,7 @@ fn two_participants_with_crashes() {
         restarts_total: 3,
         lossy: false,
     };
-    assert_eq!(check(bounds, Cluster::new(2)), 333_880);
+    assert_eq!(check(bounds, Cluster::new(2)), 441_348);
 }
 
 /// Three participants, one crash of any node; p3 runs the resolver and asks its two peers.
@@ -50,7 +50,7 @@ fn three_participants_with_a_crash() {
     };
     let mut cluster = Cluster::new(3);
     cluster.resolvers = vec![false, false, true];
-    assert_eq!(check(bounds, cluster), 249_403);
+    assert_eq!(check(bounds, cluster), 479_823);
 }
 
 /// Two participants that drop outcomes as the service does: a committed outcome once the
@@ -70,7 +70,7 @@ fn two_participants_dropping_outcomes() {
     };
     let mut cluster = Cluster::dropping_outcomes(2);
     cluster.resolvers = vec![false, true];
-    assert_eq!(check(bounds, cluster), 120_359);
+    assert_eq!(check(bounds, cluster), 152_708);
 }
 
 /// Not a violation of any property, but a behaviour of the service worth knowing (asked for

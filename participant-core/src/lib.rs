@@ -2,12 +2,28 @@
 //! sled (Cargo keeps it so: `cargo tree -p txn-participant-core -e normal`). The participant
 //! service (`participant/`) and the model checker (`modelcheck/`) run this same code.
 //!
+//! Every message becomes a [`step::Step`]: the write to apply, the durability its answer
+//! needs, whether locks came free, and the answer. A request that meets a prepared txn's lock
+//! is [`step::Attempt::Blocked`]; what happens when its wait is over is a rule here too.
+//!
 //! Layout:
-//! - [`core`]: 2PC at a participant: prepare and vote, commit, abort, one-phase commit,
-//!   outcomes and their expiry.
-//! - [`locks`]: the lock table (shared for reads, exclusive for writes, all or nothing).
+//! - [`step`]: the effect a core hands its driver.
+//! - [`core`]: 2PC at a participant: prepare and vote, commit, abort, holds.
+//! - [`one_phase`]: one-phase commit of a single-branch txn.
+//! - [`resolve`]: peers' questions, cooperative termination, applying a learned decision.
 //! - [`saga`]: saga steps and their barrier (idempotent, null compensation, anti-hanging).
+//! - [`keys`]: the storage layout, outcome records and their expiry.
+//! - [`eval`]: what a branch's operations lock, read and write.
+//! - [`locks`]: the lock table (shared for reads, exclusive for writes, all or nothing).
 
 pub mod core;
+pub mod eval;
+pub mod keys;
 pub mod locks;
+pub mod one_phase;
+pub mod resolve;
 pub mod saga;
+pub mod step;
+
+#[cfg(test)]
+mod tests;

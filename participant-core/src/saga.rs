@@ -16,7 +16,10 @@ use txn_types::record;
 use txn_types::store::{Store, StoreError, WriteBatch};
 use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, TxnId, decode_counter, encode_counter};
 
-use crate::core::{ParticipantCore, data_key, evaluate};
+use crate::core::ParticipantCore;
+use crate::eval::evaluate;
+use crate::keys::data_key;
+use crate::step::{Attempt, Step};
 
 pub const BARRIER_PREFIX: &[u8] = b"b/";
 
@@ -40,16 +43,9 @@ pub enum StepResult {
     Refused { reason: String },
 }
 
-#[derive(Debug, PartialEq)]
-pub enum ExecuteStep {
-    /// A prepared 2PC txn holds a conflicting lock: wait and try again.
-    Blocked { holder: TxnId },
-    /// Make `batch` (if any) durable, then answer `result`.
-    Done {
-        batch: Option<WriteBatch>,
-        result: StepResult,
-    },
-}
+/// An Execute: blocked by a prepared 2PC txn's lock, or a step whose answer goes out once it
+/// (and everything before it, such as an earlier copy's effect) is durable.
+pub type ExecuteStep = Attempt<Step<StepResult>>;
 
 /// The answer to a Compensate: whether an undo was applied or it was a null compensation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,16 +54,8 @@ pub enum Compensation {
     Null,
 }
 
-#[derive(Debug, PartialEq)]
-pub enum CompensateStep {
-    Blocked {
-        holder: TxnId,
-    },
-    Done {
-        batch: Option<WriteBatch>,
-        compensation: Compensation,
-    },
-}
+/// A Compensate, like an Execute.
+pub type CompensateStep = Attempt<Step<Compensation>>;
 
 fn read_barrier(store: &dyn Store, key: &[u8]) -> Result<Option<BarrierRecord>, StoreError> {
     match store.get(key)? {
@@ -90,12 +78,12 @@ pub fn execute(
     now_unix_ms: u64,
 ) -> Result<ExecuteStep, StoreError> {
     if read_barrier(store, &compensate_key(saga, step))?.is_some() {
-        return Ok(ExecuteStep::Done {
-            batch: None,
-            result: StepResult::Refused {
+        return Ok(Attempt::Ready(Step::forced(
+            WriteBatch::default(),
+            StepResult::Refused {
                 reason: format!("step {step} of saga {saga} was already compensated"),
             },
-        });
+        )));
     }
     let xkey = execute_key(saga, step);
     if let Some(rec) = read_barrier(store, &xkey)? {
@@ -105,13 +93,10 @@ pub fn execute(
             },
             _ => StepResult::Failed { reason: rec.reason },
         };
-        return Ok(ExecuteStep::Done {
-            batch: None,
-            result,
-        });
+        return Ok(Attempt::Ready(Step::forced(WriteBatch::default(), result)));
     }
     if let Some(holder) = core.lock_conflict(ops) {
-        return Ok(ExecuteStep::Blocked { holder });
+        return Ok(Attempt::Blocked { holder });
     }
     let mut batch = WriteBatch::default();
     match evaluate(ops, store)? {
@@ -123,10 +108,7 @@ pub fn execute(
                 ..Default::default()
             };
             batch.put(xkey, record::encode(&rec));
-            Ok(ExecuteStep::Done {
-                batch: Some(batch),
-                result: StepResult::Failed { reason },
-            })
+            Ok(Attempt::Ready(Step::forced(batch, StepResult::Failed { reason })))
         }
         Ok((writes, reads)) => {
             let mut undo = Vec::new();
@@ -175,16 +157,10 @@ pub fn execute(
                 };
                 let mut batch = WriteBatch::default();
                 batch.put(xkey, record::encode(&failed));
-                return Ok(ExecuteStep::Done {
-                    batch: Some(batch),
-                    result: StepResult::Failed { reason },
-                });
+                return Ok(Attempt::Ready(Step::forced(batch, StepResult::Failed { reason })));
             }
             batch.put(xkey, record::encode(&rec));
-            Ok(ExecuteStep::Done {
-                batch: Some(batch),
-                result: StepResult::Succeeded { reads },
-            })
+            Ok(Attempt::Ready(Step::forced(batch, StepResult::Succeeded { reads })))
         }
     }
 }
@@ -203,10 +179,7 @@ pub fn compensate(
             BarrierKind::Compensated => Compensation::Applied,
             _ => Compensation::Null,
         };
-        return Ok(CompensateStep::Done {
-            batch: None,
-            compensation,
-        });
+        return Ok(Attempt::Ready(Step::forced(WriteBatch::default(), compensation)));
     }
     let mut batch = WriteBatch::default();
     let executed = read_barrier(store, &execute_key(saga, step))?
@@ -220,14 +193,11 @@ pub fn compensate(
             ..Default::default()
         };
         batch.put(ckey, record::encode(&rec));
-        return Ok(CompensateStep::Done {
-            batch: Some(batch),
-            compensation: Compensation::Null,
-        });
+        return Ok(Attempt::Ready(Step::forced(batch, Compensation::Null)));
     };
     let keys: Vec<Vec<u8>> = executed.undo.iter().map(|u| u.key.clone()).collect();
     if let Some(holder) = core.lock_conflict_keys(&keys) {
-        return Ok(CompensateStep::Blocked { holder });
+        return Ok(Attempt::Blocked { holder });
     }
     for u in &executed.undo {
         match &u.kind {
@@ -250,10 +220,7 @@ pub fn compensate(
         ..Default::default()
     };
     batch.put(ckey, record::encode(&rec));
-    Ok(CompensateStep::Done {
-        batch: Some(batch),
-        compensation: Compensation::Applied,
-    })
+    Ok(Attempt::Ready(Step::forced(batch, Compensation::Applied)))
 }
 
 /// Every barrier record, as (saga, step, action 'x' or 'c', kind): the checker's evidence of
@@ -294,27 +261,19 @@ mod tests {
     }
 
     fn apply(store: &MemStore, step: ExecuteStep) -> StepResult {
-        let ExecuteStep::Done { batch, result } = step else {
+        let Attempt::Ready(step) = step else {
             panic!("blocked")
         };
-        if let Some(b) = batch {
-            store.apply(b).unwrap();
-        }
-        result
+        store.apply(step.write).unwrap();
+        step.answer
     }
 
     fn apply_c(store: &MemStore, step: CompensateStep) -> Compensation {
-        let CompensateStep::Done {
-            batch,
-            compensation,
-        } = step
-        else {
+        let Attempt::Ready(step) = step else {
             panic!("blocked")
         };
-        if let Some(b) = batch {
-            store.apply(b).unwrap();
-        }
-        compensation
+        store.apply(step.write).unwrap();
+        step.answer
     }
 
     fn balance(store: &MemStore, key: &str) -> i64 {

@@ -11,11 +11,15 @@
 //! - [`disk`]: the disk guard that refuses new Prepares when the disk is full or read-only.
 //! - [`error`]: the participant's errors and their gRPC status codes.
 //! - [`node`]: the driver that runs the core against a store with group commit.
+//! - [`resolver`]: asks the coordinator, then the peers, about txns left in doubt.
+//! - [`housekeeping`]: the outcome sweeper, the disk guard's verdict, stats, operator views.
 //! - [`service`]: gRPC conversion.
 //! - [`server`]: process wiring (flags, health, shutdown) used by the `participant` binary.
 
 pub mod disk;
 pub mod error;
+pub mod housekeeping;
 pub mod node;
+pub mod resolver;
 pub mod server;
 pub mod service;

@@ -18,7 +18,8 @@ use txn_server::net::{AdminAuth, ClientTls};
 use txn_storage::SledStore;
 use txn_types::types::{MAX_MESSAGE_BYTES, ParticipantId, Resolution, TxnId};
 
-use crate::node::{NodeConfig, Participant, ResolveTransport, TransportError, failpoints};
+use crate::node::{NodeConfig, Participant, failpoints};
+use crate::resolver::{ResolveTransport, TransportError};
 use crate::service::{ParticipantService, state_from_pb};
 use txn_participant_core::core::TxnStatus;
 

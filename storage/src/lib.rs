@@ -8,9 +8,12 @@
 //! - [`sled_store`]: [`SledStore`], sled made durable by `flush()` + `fdatasync`.
 //! - [`durable`]: [`GroupCommit`], one flusher thread whose every sync covers all the writers
 //!   waiting on it.
+//! - [`fail_stop`]: [`FailStop`], the one policy for storage errors in both services.
 
 pub mod durable;
+pub mod fail_stop;
 pub mod sled_store;
 
 pub use durable::{GroupCommit, Ticket};
+pub use fail_stop::FailStop;
 pub use sled_store::{SEGMENT_SIZE, SledStore};

@@ -13,7 +13,9 @@
 //! - [`record`]: checksummed encoding of durable records; a record that fails its checksum
 //!   is an error, never "absent".
 //! - [`store`]: the [`store::Store`] trait, write batches, and [`store::MemStore`].
+//! - [`backoff`]: the retry schedule of every retry loop.
 
+pub mod backoff;
 pub mod rec;
 pub mod record;
 pub mod store;

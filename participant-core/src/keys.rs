@@ -1,0 +1,159 @@
+//! The participant's storage layout and the records that answer questions about past txns.
+//!
+//! One keyspace, so one batch is atomic: `d/<key>` committed data, `p/<txn>` prepared records,
+//! `o/<txn>` outcomes and abort tombstones, `x/<at><txn>` the expiry index of outcomes that
+//! only have to outlive the messages that can still ask about them.
+//!
+//! A record that fails its checksum or names an unknown kind is an error, never "absent":
+//! reading garbage as "no outcome" would let a peer's question turn a commit into an abort.
+
+use txn_types::rec::{OutcomeKind, OutcomeRecord};
+use txn_types::record;
+use txn_types::store::{Store, StoreError, WriteBatch};
+use txn_types::types::TxnId;
+
+use crate::core::TxnStatus;
+
+pub const DATA_PREFIX: &[u8] = b"d/";
+pub const PREPARED_PREFIX: &[u8] = b"p/";
+pub const OUTCOME_PREFIX: &[u8] = b"o/";
+/// Index of the outcomes that expire by age: `x/<at_unix_ms, 8 bytes big-endian><txn>`.
+pub const EXPIRY_PREFIX: &[u8] = b"x/";
+/// Expired outcome index entries one sweep step handles (bounds one write batch).
+pub const OUTCOME_SWEEP_PAGE: usize = 1_000;
+
+pub fn data_key(key: &[u8]) -> Vec<u8> {
+    [DATA_PREFIX, key].concat()
+}
+
+pub fn prepared_key(txn: &TxnId) -> Vec<u8> {
+    [PREPARED_PREFIX, txn.as_str().as_bytes()].concat()
+}
+
+pub fn outcome_key(txn: &TxnId) -> Vec<u8> {
+    [OUTCOME_PREFIX, txn.as_str().as_bytes()].concat()
+}
+
+fn expiry_key(at_unix_ms: u64, txn: &TxnId) -> Vec<u8> {
+    [
+        EXPIRY_PREFIX,
+        &at_unix_ms.to_be_bytes(),
+        txn.as_str().as_bytes(),
+    ]
+    .concat()
+}
+
+/// Records `txn`'s outcome. `expires`: the record only has to outlive the messages that can
+/// still ask about it (aborts and tombstones: a Prepare, at most the coordinator's prepare
+/// deadline; one-phase commits: the coordinator's settling), so [`sweep_expired`] may drop it
+/// after the retention; otherwise it stays until the coordinator says the txn has ended.
+pub(crate) fn put_outcome(
+    batch: &mut WriteBatch,
+    txn: &TxnId,
+    kind: OutcomeKind,
+    now_unix_ms: u64,
+    expires: bool,
+) {
+    batch.put(outcome_key(txn), outcome(kind, now_unix_ms));
+    if expires {
+        batch.put(expiry_key(now_unix_ms, txn), Vec::new());
+    }
+}
+
+/// Drops the outcomes indexed for expiry that were recorded before `cutoff_unix_ms`, at most
+/// `limit` index entries. Returns the batch and whether more entries may be due.
+pub fn sweep_expired(
+    store: &dyn Store,
+    cutoff_unix_ms: u64,
+    limit: usize,
+) -> Result<(WriteBatch, bool), StoreError> {
+    let mut batch = WriteBatch::default();
+    let page = store.scan_page(EXPIRY_PREFIX, EXPIRY_PREFIX, limit)?;
+    let full = page.len() == limit;
+    for (key, _) in page {
+        let rest = &key[EXPIRY_PREFIX.len()..];
+        let corrupt = |problem: &str| {
+            StoreError::Corrupt(record::CorruptRecord {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                problem: problem.to_owned(),
+            })
+        };
+        let (at, txn) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("expiry key too short"))?;
+        let at = u64::from_be_bytes(*at);
+        if at >= cutoff_unix_ms {
+            return Ok((batch, false));
+        }
+        let txn = std::str::from_utf8(txn)
+            .ok()
+            .and_then(|t| TxnId::parse("txn", t).ok())
+            .ok_or_else(|| corrupt("expiry key names no valid txn id"))?;
+        // Only the record this entry was written with: a newer one has its own entry.
+        let okey = outcome_key(&txn);
+        if let Some(bytes) = store.get(&okey)? {
+            let rec: OutcomeRecord = record::decode(&okey, &bytes)?;
+            if rec.at_unix_ms == at {
+                batch.delete(okey);
+            }
+        }
+        batch.delete(key);
+    }
+    Ok((batch, full))
+}
+
+
+fn outcome(kind: OutcomeKind, at_unix_ms: u64) -> Vec<u8> {
+    record::encode(&OutcomeRecord {
+        kind: kind as i32,
+        at_unix_ms,
+        participants: Vec::new(),
+    })
+}
+
+/// Recorded outcomes with txn ids after `start_after`, at most `limit`, in id order.
+pub fn list_outcomes(
+    store: &dyn Store,
+    start_after: &str,
+    limit: usize,
+) -> Result<Vec<(String, TxnStatus, Vec<String>)>, StoreError> {
+    let mut out = Vec::new();
+    // Strictly after `start_after`: the smallest key greater than it appends a zero byte.
+    let start = [OUTCOME_PREFIX, start_after.as_bytes(), b"\0"].concat();
+    let start = if start_after.is_empty() {
+        OUTCOME_PREFIX.to_vec()
+    } else {
+        start
+    };
+    for (key, bytes) in store.scan_page(OUTCOME_PREFIX, &start, limit)? {
+        let id = String::from_utf8_lossy(&key[OUTCOME_PREFIX.len()..]).into_owned();
+        let rec: OutcomeRecord = record::decode(&key, &bytes)?;
+        let status = match OutcomeKind::try_from(rec.kind) {
+            Ok(OutcomeKind::Committed) => TxnStatus::Committed,
+            Ok(OutcomeKind::Aborted) => TxnStatus::Aborted,
+            _ => {
+                return Err(StoreError::Corrupt(record::CorruptRecord {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    problem: format!("outcome kind {} is not committed or aborted", rec.kind),
+                }));
+            }
+        };
+        out.push((id, status, rec.participants));
+    }
+    Ok(out)
+}
+
+pub(crate) fn read_outcome(store: &dyn Store, txn: &TxnId) -> Result<Option<OutcomeKind>, StoreError> {
+    let key = outcome_key(txn);
+    let Some(bytes) = store.get(&key)? else {
+        return Ok(None);
+    };
+    let rec: OutcomeRecord = record::decode(&key, &bytes)?;
+    match OutcomeKind::try_from(rec.kind) {
+        Ok(k @ (OutcomeKind::Committed | OutcomeKind::Aborted)) => Ok(Some(k)),
+        _ => Err(StoreError::Corrupt(record::CorruptRecord {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            problem: format!("outcome kind {} is not committed or aborted", rec.kind),
+        })),
+    }
+}

@@ -1,0 +1,395 @@
+//! Unit tests of the participant's rules, message by message, over the in-memory store.
+
+use txn_types::store::{MemStore, Store};
+use txn_types::types::{Decision, Op, ParticipantId, TxnId, Vote, decode_counter, encode_counter};
+
+use crate::core::*;
+use crate::keys::{data_key, outcome_key, prepared_key};
+use crate::one_phase::OnePhaseAnswer;
+use crate::resolve::{Resolved, peer_verdict};
+use crate::step::{Attempt, Durability, Step};
+
+fn txn(s: &str) -> TxnId {
+    TxnId::parse("t", s).unwrap()
+}
+
+fn req(t: &str, ops: Vec<Op>) -> PrepareRequest {
+    PrepareRequest {
+        txn: txn(t),
+        coordinator_epoch: 1,
+        participants: vec![ParticipantId::parse("p", "p1").unwrap()],
+        ops,
+    }
+}
+
+fn add(key: &str, delta: i64) -> Op {
+    Op::Add {
+        key: key.into(),
+        delta,
+        min: Some(0),
+        max: None,
+    }
+}
+
+fn ready<A: std::fmt::Debug>(a: Attempt<Step<A>>) -> Step<A> {
+    match a {
+        Attempt::Ready(s) => s,
+        Attempt::Blocked { holder } => panic!("blocked by {holder}"),
+    }
+}
+
+/// Applies a step's write as the driver does, and syncs where the step says so.
+fn apply<A>(store: &MemStore, step: Step<A>) -> A {
+    store.apply(step.write).unwrap();
+    if step.durability == Durability::Forced {
+        store.sync().unwrap();
+    }
+    step.answer
+}
+
+fn balance(store: &MemStore, key: &str) -> i64 {
+    decode_counter(store.get(&data_key(key.as_bytes())).unwrap().as_deref()).unwrap()
+}
+
+fn prepare(core: &mut ParticipantCore, store: &MemStore, t: &str, ops: Vec<Op>) -> Vote {
+    let answer = apply(store, ready(core.prepare(&req(t, ops), store, 0).unwrap()));
+    core.confirm_vote(&txn(t), answer)
+}
+
+fn one_phase(core: &ParticipantCore, store: &MemStore, t: &str, ops: &[Op]) -> OnePhaseAnswer {
+    apply(store, ready(core.commit_one_phase(&txn(t), ops, store, 0).unwrap()))
+}
+
+fn abort(core: &mut ParticipantCore, store: &MemStore, t: &str, by: AbortSource) -> AbortAnswer {
+    apply(store, core.abort(&txn(t), by, store, 0).unwrap())
+}
+
+#[test]
+fn prepare_vote_yes_commit_applies_once() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let step = ready(core.prepare(&req("1", vec![add("a", 10)]), &store, 0).unwrap());
+    // A YES waits for its record to be durable.
+    assert_eq!(step.durability, Durability::Forced);
+    let answer = apply(&store, step);
+    assert!(matches!(core.confirm_vote(&txn("1"), answer), Vote::Yes { .. }));
+    // A duplicate Prepare re-votes without taking anything twice.
+    assert!(matches!(prepare(&mut core, &store, "1", vec![add("a", 10)]), Vote::Yes { .. }));
+    assert_eq!(
+        apply(&store, core.commit(&txn("1"), &store, 0).unwrap()),
+        CommitAnswer::Committed
+    );
+    assert_eq!(balance(&store, "a"), 10);
+    let again = core.commit(&txn("1"), &store, 0).unwrap();
+    assert_eq!(again.durability, Durability::Forced);
+    assert_eq!(apply(&store, again), CommitAnswer::AlreadyCommitted);
+    assert_eq!(balance(&store, "a"), 10);
+    assert_eq!(core.locked_keys(), 0);
+    assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Committed);
+}
+
+#[test]
+fn a_yes_is_withdrawn_if_the_txn_was_aborted_while_it_became_durable() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let step = ready(core.prepare(&req("1", vec![add("a", 1)]), &store, 0).unwrap());
+    store.apply(step.write.clone()).unwrap();
+    // An Abort overtakes the vote before the record is durable.
+    assert_eq!(abort(&mut core, &store, "1", AbortSource::Coordinator), AbortAnswer::Aborted);
+    store.sync().unwrap();
+    assert!(matches!(core.confirm_vote(&txn("1"), step.answer), Vote::No { .. }));
+}
+
+#[test]
+fn bound_violation_votes_no_lazily_and_holds_nothing() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let step = ready(core.prepare(&req("1", vec![add("a", -5)]), &store, 0).unwrap());
+    assert_eq!(step.durability, Durability::Lazy);
+    let Vote::No { reason } = core.confirm_vote(&txn("1"), apply(&store, step)) else {
+        panic!("expected NO")
+    };
+    assert!(reason.contains("below the minimum 0"), "{reason}");
+    assert_eq!(core.locked_keys(), 0);
+    assert_eq!(core.in_doubt(), 0);
+    assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Aborted);
+}
+
+#[test]
+fn conflicting_prepare_is_blocked_until_decision() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "1", vec![add("a", 1)]);
+    assert_eq!(
+        core.prepare(&req("2", vec![add("a", 1)]), &store, 0).unwrap(),
+        Attempt::Blocked { holder: txn("1") }
+    );
+    assert!(core.check_readable(&[b"a".to_vec()]).is_err());
+    let over = core.prepare_lock_wait_over(&txn("1"), 50);
+    let Vote::No { reason } = core.confirm_vote(&txn("2"), apply(&store, over)) else {
+        panic!("a blocked Prepare votes NO");
+    };
+    assert!(reason.contains("lock conflict with txn 1 (waited 50 ms)"), "{reason}");
+    let step = core.abort(&txn("1"), AbortSource::Coordinator, &store, 0).unwrap();
+    // Presumed abort: discarding a prepared state needs nothing durable, but frees locks.
+    assert_eq!(step.durability, Durability::Lazy);
+    assert!(step.released);
+    apply(&store, step);
+    assert!(matches!(prepare(&mut core, &store, "2", vec![add("a", 1)]), Vote::Yes { .. }));
+    // The aborted txn stays aborted: Commit is refused, a late Prepare votes NO.
+    assert!(matches!(
+        apply(&store, core.commit(&txn("1"), &store, 0).unwrap()),
+        CommitAnswer::Refused(Refusal::Conflict(_))
+    ));
+    assert!(matches!(prepare(&mut core, &store, "1", vec![add("b", 1)]), Vote::No { .. }));
+}
+
+#[test]
+fn an_abort_for_a_txn_never_prepared_is_forced_when_asked_over_the_wire() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let step = core.abort(&txn("9"), AbortSource::Coordinator, &store, 0).unwrap();
+    assert_eq!(step.durability, Durability::Forced);
+    assert_eq!(apply(&store, step), AbortAnswer::Aborted);
+    assert!(matches!(prepare(&mut core, &store, "9", vec![add("a", 1)]), Vote::No { .. }));
+    let again = core.abort(&txn("9"), AbortSource::Coordinator, &store, 0).unwrap();
+    assert_eq!((again.durability, again.answer), (Durability::Forced, AbortAnswer::AlreadyAborted));
+    // The resolver's own tombstone needs no fsync: nobody is promised anything.
+    let mine = core.abort(&txn("10"), AbortSource::Resolver, &store, 0).unwrap();
+    assert_eq!(mine.durability, Durability::Lazy);
+    assert!(matches!(
+        apply(&store, core.commit(&txn("11"), &store, 0).unwrap()),
+        CommitAnswer::Refused(Refusal::Unknown)
+    ));
+}
+
+#[test]
+fn a_refusal_because_it_committed_is_forced() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "1", vec![add("a", 1)]);
+    store.apply(core.commit(&txn("1"), &store, 0).unwrap().write).unwrap();
+    let step = core.abort(&txn("1"), AbortSource::Coordinator, &store, 0).unwrap();
+    assert_eq!(step.durability, Durability::Forced);
+    assert!(matches!(step.answer, AbortAnswer::Refused(Refusal::Conflict(_))));
+}
+
+#[test]
+fn only_an_operator_overrides_a_hold() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "1", vec![add("a", 1)]);
+    let held = core.hold(&txn("1"), &store).unwrap();
+    assert_eq!((held.durability, held.answer), (Durability::Forced, TxnStatus::Prepared));
+    assert_eq!(abort(&mut core, &store, "1", AbortSource::Resolver), AbortAnswer::LeftHeld);
+    assert!(matches!(
+        abort(&mut core, &store, "1", AbortSource::Coordinator),
+        AbortAnswer::Refused(Refusal::Conflict(_))
+    ));
+    assert!(core.is_prepared(&txn("1")));
+    assert_eq!(abort(&mut core, &store, "1", AbortSource::Operator), AbortAnswer::Aborted);
+    assert!(!core.is_held(&txn("1")));
+    // Release undoes a hold and says where the txn stands.
+    prepare(&mut core, &store, "2", vec![add("b", 1)]);
+    core.hold(&txn("2"), &store).unwrap();
+    assert_eq!(core.release(&txn("2"), &store).unwrap(), TxnStatus::Prepared);
+    assert_eq!(abort(&mut core, &store, "2", AbortSource::Resolver), AbortAnswer::Aborted);
+}
+
+#[test]
+fn a_peer_asking_about_a_txn_never_prepared_gets_a_durable_tombstone() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let step = core.query_peer(&txn("1"), &store, 0).unwrap();
+    assert_eq!(step.durability, Durability::Forced);
+    assert_eq!(apply(&store, step), TxnStatus::Aborted);
+    store.crash();
+    assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Aborted);
+    assert!(matches!(prepare(&mut core, &store, "1", vec![add("a", 1)]), Vote::No { .. }));
+    prepare(&mut core, &store, "2", vec![add("a", 1)]);
+    assert_eq!(apply(&store, core.query_peer(&txn("2"), &store, 0).unwrap()), TxnStatus::Prepared);
+}
+
+#[test]
+fn cooperative_termination_verdicts() {
+    assert_eq!(peer_verdict(TxnStatus::Committed), Some(Decision::Commit));
+    assert_eq!(peer_verdict(TxnStatus::Aborted), Some(Decision::Abort));
+    assert_eq!(peer_verdict(TxnStatus::Unknown), Some(Decision::Abort));
+    assert_eq!(peer_verdict(TxnStatus::Prepared), None);
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "1", vec![add("a", 1)]);
+    let step = core.resolve(&txn("1"), Decision::Commit, &store, 0).unwrap();
+    assert_eq!(apply(&store, step), Resolved::Applied);
+    assert_eq!(balance(&store, "a"), 1);
+    assert!(matches!(
+        apply(&store, core.resolve(&txn("1"), Decision::Abort, &store, 0).unwrap()),
+        Resolved::Refused(_)
+    ));
+}
+
+#[test]
+fn commit_batch_commits_each_once_and_forgets_when_told() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "1", vec![add("a", 1)]);
+    prepare(&mut core, &store, "2", vec![add("b", 1)]);
+    let step = core
+        .commit_batch(&[txn("1"), txn("1"), txn("2"), txn("3")], &[], true, &store, 0)
+        .unwrap();
+    assert!(step.released);
+    let answer = apply(&store, step);
+    assert_eq!(answer.committed.len(), 2);
+    assert_eq!(answer.refused, vec![(txn("3"), Refusal::Unknown)]);
+    assert_eq!((balance(&store, "a"), balance(&store, "b")), (1, 1));
+    // Forget makes the commit expire (an expiry index entry), unless outcomes are kept.
+    let kept = core.commit_batch(&[], &[txn("1")], false, &store, 5).unwrap();
+    assert!(kept.write.is_empty());
+    let forgotten = core.commit_batch(&[], &[txn("1")], true, &store, 5).unwrap();
+    assert!(!forgotten.write.is_empty());
+}
+
+#[test]
+fn one_phase_applies_once_and_a_duplicate_changes_nothing() {
+    let store = MemStore::new();
+    let core = ParticipantCore::new();
+    assert!(matches!(
+        one_phase(&core, &store, "1", &[add("a", 10)]),
+        OnePhaseAnswer::Committed { .. }
+    ));
+    assert_eq!(balance(&store, "a"), 10);
+    assert_eq!(one_phase(&core, &store, "1", &[add("a", 10)]), OnePhaseAnswer::AlreadyCommitted);
+    assert_eq!(balance(&store, "a"), 10);
+    assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Committed);
+    assert_eq!(core.locked_keys(), 0);
+    assert_eq!(core.in_doubt(), 0);
+}
+
+#[test]
+fn one_phase_refuses_after_an_abort_and_on_a_failed_check() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    // An Abort that overtakes the one-phase call leaves a tombstone; the call refuses.
+    abort(&mut core, &store, "1", AbortSource::Coordinator);
+    assert!(matches!(
+        one_phase(&core, &store, "1", &[add("a", 10)]),
+        OnePhaseAnswer::Refused { .. }
+    ));
+    // A check that fails (balance below min) refuses, durably, and records the abort.
+    let step = ready(core.commit_one_phase(&txn("2"), &[add("a", -1)], &store, 0).unwrap());
+    assert_eq!(step.durability, Durability::Forced);
+    let OnePhaseAnswer::Refused { reason } = apply(&store, step) else {
+        panic!("expected a refusal");
+    };
+    assert!(reason.contains("below"), "{reason}");
+    assert_eq!(core.status(&txn("2"), &store).unwrap(), TxnStatus::Aborted);
+    assert_eq!(store.get(&data_key(b"a")).unwrap(), None);
+    // And an Abort after a one-phase commit is refused: the outcome is fixed.
+    one_phase(&core, &store, "3", &[add("a", 1)]);
+    assert!(matches!(
+        abort(&mut core, &store, "3", AbortSource::Coordinator),
+        AbortAnswer::Refused(Refusal::Conflict(_))
+    ));
+}
+
+#[test]
+fn one_phase_waits_for_a_prepared_txn_and_refuses_durably_when_the_wait_is_over() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "1", vec![add("a", 10)]);
+    assert_eq!(
+        core.commit_one_phase(&txn("2"), &[add("a", 1)], &store, 0).unwrap(),
+        Attempt::Blocked { holder: txn("1") }
+    );
+    // The prepared txn's own id cannot be committed in one phase.
+    assert!(matches!(
+        one_phase(&core, &store, "1", &[add("a", 1)]),
+        OnePhaseAnswer::Refused { .. }
+    ));
+    let over = core
+        .one_phase_lock_wait_over(&txn("2"), &txn("1"), 50, &store, 0)
+        .unwrap()
+        .expect("a refusal");
+    assert_eq!(over.durability, Durability::Forced);
+    apply(&store, over);
+    store.crash();
+    // The tombstone survives a crash: a redelivered call cannot commit any more.
+    assert!(matches!(
+        one_phase(&core, &store, "2", &[add("a", 1)]),
+        OnePhaseAnswer::Refused { .. }
+    ));
+    // A txn that committed meanwhile: look again instead of refusing.
+    apply(&store, core.commit(&txn("1"), &store, 0).unwrap());
+    one_phase(&core, &store, "3", &[add("a", 1)]);
+    assert_eq!(core.one_phase_lock_wait_over(&txn("3"), &txn("1"), 50, &store, 0).unwrap(), None);
+    assert_eq!(balance(&store, "a"), 11);
+}
+
+#[test]
+fn recovery_after_crash_keeps_durable_prepared_records_and_their_locks() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "1", vec![add("a", 1)]);
+    let step = ready(core.prepare(&req("2", vec![add("b", 1)]), &store, 0).unwrap());
+    store.apply(step.write).unwrap(); // applied, never synced: lost in the crash (no YES sent)
+    store.crash();
+    let mut core = ParticipantCore::new();
+    assert_eq!(core.recover(&store).unwrap(), vec![txn("1")]);
+    assert!(core.check_readable(&[b"a".to_vec()]).is_err());
+    assert!(core.check_readable(&[b"b".to_vec()]).is_ok());
+    apply(&store, core.commit(&txn("1"), &store, 0).unwrap());
+    assert_eq!(balance(&store, "a"), 1);
+}
+
+#[test]
+fn reads_checks_and_puts_in_one_branch() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let ops = vec![
+        Op::Check {
+            key: b"k".to_vec(),
+            expected: None,
+        },
+        Op::Put {
+            key: b"k".to_vec(),
+            value: b"v1".to_vec(),
+        },
+        Op::Read { key: b"k".to_vec() },
+        Op::Add {
+            key: b"n".to_vec(),
+            delta: i64::MAX,
+            min: None,
+            max: None,
+        },
+    ];
+    let Vote::Yes { reads } = prepare(&mut core, &store, "1", ops) else {
+        panic!("expected YES")
+    };
+    assert_eq!(reads[0].value.as_deref(), Some(&b"v1"[..]));
+    let overflow = vec![
+        Op::Put {
+            key: b"m".to_vec(),
+            value: encode_counter(i64::MAX),
+        },
+        Op::Add {
+            key: b"m".to_vec(),
+            delta: 1,
+            min: None,
+            max: None,
+        },
+    ];
+    let Vote::No { reason } = prepare(&mut core, &store, "2", overflow) else {
+        panic!("expected NO")
+    };
+    assert!(reason.contains("overflows"), "{reason}");
+}
+
+#[test]
+fn corrupt_outcome_is_an_error_not_absent() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    store.corrupt(&outcome_key(&txn("1")), b"garbage!".to_vec());
+    assert!(matches!(core.commit(&txn("1"), &store, 0), Err(txn_types::store::StoreError::Corrupt(_))));
+    store.corrupt(&prepared_key(&txn("2")), b"garbage!".to_vec());
+    assert!(core.recover(&store).is_err());
+}
