@@ -51,14 +51,21 @@ pub enum HoldAnswer {
 impl CoordinatorCore {
     /// Decides a forced ABORT of `txn`, and applies it to the core when the txn is still
     /// collecting votes, in one step (so no last YES can slip in between).
-    pub fn force_abort_decision(&mut self, txn: &TxnId, logged: bool, heuristic: bool) -> ForceAbort {
+    pub fn force_abort_decision(
+        &mut self,
+        txn: &TxnId,
+        logged: bool,
+        heuristic: bool,
+    ) -> ForceAbort {
         let refused = |why: &str| {
             ForceAbort::Refused(format!(
                 "txn_id {txn}: {why}. Use --heuristic to force it anyway"
             ))
         };
         match self.view(txn) {
-            Some(TxnView::Preparing) => ForceAbort::Aborted(self.force_abort(txn).unwrap_or_default()),
+            Some(TxnView::Preparing) => {
+                ForceAbort::Aborted(self.force_abort(txn).unwrap_or_default())
+            }
             Some(TxnView::Deciding) => ForceAbort::Refused(format!(
                 "txn_id {txn}: every participant voted YES and the commit decision is being written; try again in a moment"
             )),
@@ -143,22 +150,39 @@ mod tests {
     fn the_abort_table() {
         let mut c = CoordinatorCore::new(2);
         let t = c.begin(vec![p("p1"), p("p2")], u64::MAX);
-        assert!(matches!(c.force_abort_decision(&t, false, false), ForceAbort::Aborted(e) if e.len() == 2));
+        assert!(
+            matches!(c.force_abort_decision(&t, false, false), ForceAbort::Aborted(e) if e.len() == 2)
+        );
         let t = c.begin(vec![p("p1")], u64::MAX);
         c.on_vote(&t, 0, VoteResult::Yes, 0, 0);
-        assert!(matches!(c.force_abort_decision(&t, false, false), ForceAbort::Refused(m) if m.contains("being written")));
+        assert!(
+            matches!(c.force_abort_decision(&t, false, false), ForceAbort::Refused(m) if m.contains("being written"))
+        );
         c.on_decision_durable(&t);
-        assert!(matches!(c.force_abort_decision(&t, true, false), ForceAbort::Refused(m) if m.contains("--heuristic")));
+        assert!(
+            matches!(c.force_abort_decision(&t, true, false), ForceAbort::Refused(m) if m.contains("--heuristic"))
+        );
         assert_eq!(
             c.force_abort_decision(&t, true, true),
-            ForceAbort::AbortEverywhere { delete_decision: true }
+            ForceAbort::AbortEverywhere {
+                delete_decision: true
+            }
         );
-        assert_eq!(c.view(&t), None, "a heuristic outcome ends the coordinator's part");
+        assert_eq!(
+            c.view(&t),
+            None,
+            "a heuristic outcome ends the coordinator's part"
+        );
         let old = TxnId::generated(1, 7);
-        assert!(matches!(c.force_abort_decision(&old, true, false), ForceAbort::Refused(_)));
+        assert!(matches!(
+            c.force_abort_decision(&old, true, false),
+            ForceAbort::Refused(_)
+        ));
         assert_eq!(
             c.force_abort_decision(&old, false, false),
-            ForceAbort::AbortEverywhere { delete_decision: false }
+            ForceAbort::AbortEverywhere {
+                delete_decision: false
+            }
         );
     }
 
@@ -166,13 +190,26 @@ mod tests {
     fn the_commit_table() {
         let mut c = CoordinatorCore::new(2);
         let mine = c.begin(vec![p("p1")], u64::MAX);
-        assert!(matches!(c.force_commit_decision(&mine, false, false), ForceCommit::Refused(m) if m.contains("preparing")));
+        assert!(
+            matches!(c.force_commit_decision(&mine, false, false), ForceCommit::Refused(m) if m.contains("preparing"))
+        );
         c.on_vote(&mine, 0, VoteResult::No { reason: "x".into() }, 0, 0);
-        assert!(matches!(c.force_commit_decision(&mine, false, false), ForceCommit::Refused(m) if m.contains("presumed abort")));
-        assert_eq!(c.force_commit_decision(&mine, false, true), ForceCommit::HoldEverywhere);
+        assert!(
+            matches!(c.force_commit_decision(&mine, false, false), ForceCommit::Refused(m) if m.contains("presumed abort"))
+        );
+        assert_eq!(
+            c.force_commit_decision(&mine, false, true),
+            ForceCommit::HoldEverywhere
+        );
         let old = TxnId::generated(1, 3);
-        assert_eq!(c.force_commit_decision(&old, true, false), ForceCommit::RetryCommits);
-        assert_eq!(c.force_commit_decision(&old, false, false), ForceCommit::HoldEverywhere);
+        assert_eq!(
+            c.force_commit_decision(&old, true, false),
+            ForceCommit::RetryCommits
+        );
+        assert_eq!(
+            c.force_commit_decision(&old, false, false),
+            ForceCommit::HoldEverywhere
+        );
         let answers = vec![
             (p("p1"), HoldAnswer::Prepared, "Prepared".into()),
             (p("p2"), HoldAnswer::Other, "unreachable".into()),

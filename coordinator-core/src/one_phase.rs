@@ -67,10 +67,18 @@ pub enum OnePhaseAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnePhaseOutcome {
     /// Committed. `settled`: learned by settling, so the reads went with the lost answer.
-    Committed { reads: Vec<KeyValue>, settled: bool },
-    Aborted { reason: String, settled: bool },
+    Committed {
+        reads: Vec<KeyValue>,
+        settled: bool,
+    },
+    Aborted {
+        reason: String,
+        settled: bool,
+    },
     /// The participant stayed silent through every settling call.
-    Unknown { message: String },
+    Unknown {
+        message: String,
+    },
 }
 
 /// Where a one-phase commit stands.
@@ -178,7 +186,9 @@ impl OnePhase {
             // Refused, yet not committed there: not an answer; try again.
             (Phase::Confirming { attempt }, E::StateIs { committed: false })
             | (Phase::Confirming { attempt }, E::SettleFailed { .. })
-            | (Phase::Settling { attempt }, E::SettleFailed { .. }) => Some(self.pause(attempt, jitter)),
+            | (Phase::Settling { attempt }, E::SettleFailed { .. }) => {
+                Some(self.pause(attempt, jitter))
+            }
             (Phase::Pausing { attempt }, E::RetryDue) => {
                 self.phase = Phase::Settling {
                     attempt: attempt + 1,
@@ -257,7 +267,10 @@ mod tests {
     #[test]
     fn a_lost_answer_is_settled_by_an_abort_and_a_refusal_is_confirmed() {
         let mut c = call(3);
-        assert_eq!(c.on(failed(), 0.0), Some(OnePhaseAction::SendAbort { attempt: 1 }));
+        assert_eq!(
+            c.on(failed(), 0.0),
+            Some(OnePhaseAction::SendAbort { attempt: 1 })
+        );
         let refused = OnePhaseEvent::SettleRefused {
             message: "committed here".into(),
         };
@@ -305,6 +318,9 @@ mod tests {
         };
         assert!(message.contains("did not answer 2 calls"), "{message}");
         let mut c = call(3);
-        assert_eq!(c.on(OnePhaseEvent::Unimplemented, 0.0), Some(OnePhaseAction::FallBack));
+        assert_eq!(
+            c.on(OnePhaseEvent::Unimplemented, 0.0),
+            Some(OnePhaseAction::FallBack)
+        );
     }
 }

@@ -17,7 +17,8 @@
 //! then forgotten by a sweeper: a request sent again after that runs as a new one. Keys of
 //! sagas still running are kept whatever their age.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
@@ -28,11 +29,11 @@ use txn_proto::pb::v1 as pb;
 use txn_types::rec::{ClientTxnRecord, SagaRecord, SagaState};
 use txn_types::record;
 use txn_types::store::WriteBatch;
-use txn_types::types::{MAX_RECORD_BYTES, TxnId, TxnRequest};
+use txn_types::types::{MAX_RECORD_BYTES, TxnId};
 use txn_types::unix_ms;
 
+use crate::context::Context;
 use crate::error::CoordError;
-use crate::node::{Coordinator, TxnOutcome};
 
 /// Prefix of client key records: `k/KEY`.
 pub const CLIENT_PREFIX: &[u8] = b"k/";
@@ -75,30 +76,6 @@ pub fn tag_request(req: &mut pb::TransactRequest) -> Result<Option<ClientTag>, C
     Ok(Some(ClientTag { id, request_sha256 }))
 }
 
-impl TxnOutcome {
-    /// The client's answer.
-    pub fn to_pb(&self) -> pb::TransactResponse {
-        pb::TransactResponse {
-            txn_id: self.txn.to_string(),
-            outcome: if self.committed {
-                pb::Outcome::Committed
-            } else {
-                pb::Outcome::Aborted
-            } as i32,
-            reason: self.reason.clone(),
-            failed_branch: self.failed_branch.map(|i| i as u32),
-            results: self
-                .reads
-                .iter()
-                .map(|(p, reads)| pb::BranchResult {
-                    participant: p.to_string(),
-                    reads: reads.iter().cloned().map(Into::into).collect(),
-                })
-                .collect(),
-        }
-    }
-}
-
 /// The encoded key record. A response too big for one record is kept without its reads.
 pub(crate) fn client_record(
     tag: &ClientTag,
@@ -135,70 +112,70 @@ fn mismatch(tag: &ClientTag, txn: &str) -> CoordError {
     ))
 }
 
-impl Coordinator {
-    /// Runs `req` once per idempotency key (see the module docs).
-    pub async fn transact_once(
-        self: &Arc<Self>,
-        req: TxnRequest,
-        tag: ClientTag,
-    ) -> Result<pb::TransactResponse, CoordError> {
-        let first = {
-            let mut running = self.client_txns.lock().expect("client txns");
-            match running.get(tag.id.as_str()) {
-                Some(r) if r.request_sha256 != tag.request_sha256 => {
-                    return Err(mismatch(&tag, "still running"));
-                }
-                Some(r) => Err(r.done.clone()),
-                None => {
-                    if let Some(answer) = self.recorded_answer(&tag)? {
-                        return Ok(answer);
-                    }
-                    let (tx, rx) = watch::channel(None);
-                    running.insert(
-                        tag.id.as_str().to_owned(),
-                        Running {
-                            request_sha256: tag.request_sha256.clone(),
-                            done: rx,
-                        },
-                    );
-                    Ok(tx)
-                }
+/// What a request under a key gets when it arrives.
+pub(crate) enum Claim {
+    /// The key was used before: its recorded answer.
+    Answered(pb::TransactResponse),
+    /// The same request runs now: wait for its answer.
+    Wait(watch::Receiver<Option<Shared>>),
+    /// This request runs; send its answer here, then [`ClientKeys::release`].
+    Run(watch::Sender<Option<Shared>>),
+}
+
+/// The client-key component: the requests running under a key, and the key records.
+pub struct ClientKeys {
+    ctx: Arc<Context>,
+    /// Requests running under a client key right now (bounded by the admission limit).
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl std::ops::Deref for ClientKeys {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
+}
+
+impl ClientKeys {
+    pub(crate) fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a request under `tag`, or says what it gets instead of running.
+    pub(crate) fn claim(&self, tag: &ClientTag) -> Result<Claim, CoordError> {
+        let mut running = self.running.lock().expect("client txns");
+        match running.get(tag.id.as_str()) {
+            Some(r) if r.request_sha256 != tag.request_sha256 => {
+                Err(mismatch(tag, "still running"))
             }
-        };
-        let sender = match first {
-            Ok(tx) => tx,
-            Err(mut done) => {
-                // The same request is running: wait for its answer.
-                let answer = done
-                    .wait_for(Option::is_some)
-                    .await
-                    .map_err(|_| CoordError::Unavailable("the first attempt was lost".into()))?
-                    .clone()
-                    .expect("waited for Some");
-                return answer.map_err(|(code, msg)| CoordError::Replayed(code, msg));
-            }
-        };
-        // In its own task, so that the key is released and waiters are answered even if
-        // this caller goes away (deadline, cancel) while the txn runs.
-        let node = self.clone();
-        let run = tokio::spawn(async move {
-            let shared: Shared = match node.transact_tagged(req, Some(tag.clone())).await {
-                Ok(o) => Ok(o.to_pb()),
-                Err(e) => {
-                    let status = tonic::Status::from(e);
-                    Err((status.code(), status.message().to_owned()))
+            Some(r) => Ok(Claim::Wait(r.done.clone())),
+            None => {
+                if let Some(answer) = self.recorded_answer(tag)? {
+                    return Ok(Claim::Answered(answer));
                 }
-            };
-            node.client_txns
-                .lock()
-                .expect("client txns")
-                .remove(tag.id.as_str());
-            let _ = sender.send(Some(shared.clone()));
-            shared
-        });
-        run.await
-            .map_err(|e| CoordError::Unavailable(format!("txn task failed: {e}")))?
-            .map_err(|(code, msg)| CoordError::Replayed(code, msg))
+                let (tx, rx) = watch::channel(None);
+                running.insert(
+                    tag.id.as_str().to_owned(),
+                    Running {
+                        request_sha256: tag.request_sha256.clone(),
+                        done: rx,
+                    },
+                );
+                Ok(Claim::Run(tx))
+            }
+        }
+    }
+
+    /// The request under `tag` is over: later ones read its key record.
+    pub(crate) fn release(&self, tag: &ClientTag) {
+        self.running
+            .lock()
+            .expect("client txns")
+            .remove(tag.id.as_str());
     }
 
     /// The stored answer for `tag`, if the key was used before.
@@ -261,12 +238,7 @@ impl Coordinator {
                     continue;
                 }
                 let id = String::from_utf8_lossy(&key[CLIENT_PREFIX.len()..]).into_owned();
-                if self
-                    .client_txns
-                    .lock()
-                    .expect("client txns")
-                    .contains_key(&id)
-                {
+                if self.running.lock().expect("client txns").contains_key(&id) {
                     continue;
                 }
                 let ended = rec.response.is_some() || {
@@ -294,7 +266,7 @@ impl Coordinator {
         }
     }
 
-    /// Runs [`Coordinator::sweep_client_keys`] every minute (or every half retention, if that
+    /// Runs [`ClientKeys::sweep_client_keys`] every minute (or every half retention, if that
     /// is shorter) until the process stops.
     pub async fn run_client_key_sweeper(self: Arc<Self>, retention: Duration) {
         let every = (retention / 2).clamp(Duration::from_millis(100), CLIENT_KEY_SWEEP_INTERVAL);
@@ -309,7 +281,7 @@ impl Coordinator {
     }
 
     /// Adds the key record for a finished request to a batch.
-    pub(crate) fn put_client_record(
+    pub(crate) fn put_record(
         batch: &mut WriteBatch,
         tag: &ClientTag,
         txn: &TxnId,

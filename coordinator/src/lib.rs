@@ -5,21 +5,31 @@
 //! effects against sled and the participants.
 //!
 //! Layout:
-//! - [`admin`]: the operator's `Admin` service.
+//! - [`admin`]: the operator's `Admin` service and its views (status, txns, sagas).
+//! - [`admin_force`]: operator actions: retries now and forced outcomes.
+//! - [`context`]: what every component shares: the core, the log, the participant links.
 //! - [`commit_batch`]: batches the Commits bound for one participant.
+//! - [`commit_phase`]: forcing the decision, sending Commits until acked, ending it.
 //! - [`dedup`]: client idempotency keys, so a retried request never runs twice.
 //! - [`error`]: the coordinator's errors and their gRPC status codes.
-//! - [`node`]: the driver that runs the core against the decision log and the participants.
+//! - [`node`]: the two-phase driver: runs the core against the decision log and the
+//!   participants; owns the components.
+//! - [`one_phase`]: runs the core's one-phase commit machine over gRPC.
+//! - [`outcome`]: what the client is told.
 //! - [`saga_driver`]: runs sagas from their durable log.
 //! - [`service`]: gRPC conversion.
 //! - [`server`]: process wiring (flags, health, shutdown) used by the `coordinator` binary.
 
 pub mod admin;
+pub mod admin_force;
 pub mod commit_batch;
+pub mod commit_phase;
+pub mod context;
 pub mod dedup;
 pub mod error;
 pub mod node;
 pub mod one_phase;
+pub mod outcome;
 pub mod saga_driver;
 pub mod server;
 pub mod service;

@@ -15,7 +15,8 @@ use txn_proto::pb::v1 as pb;
 use txn_types::types::{ParticipantId, TxnId, TxnRequest};
 
 use crate::error::CoordError;
-use crate::node::{Coordinator, TxnOutcome, count_txn};
+use crate::node::Coordinator;
+use crate::outcome::{TxnOutcome, count_txn};
 
 impl Coordinator {
     /// Commits a single-branch txn in one call: the participant checks, applies and records
@@ -133,11 +134,9 @@ impl Coordinator {
         request.set_timeout(self.config.rpc_timeout);
         match client.abort(request).await {
             Ok(_) => OnePhaseEvent::SettleAborted,
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                OnePhaseEvent::SettleRefused {
-                    message: s.message().to_owned(),
-                }
-            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => OnePhaseEvent::SettleRefused {
+                message: s.message().to_owned(),
+            },
             Err(s) => {
                 debug!(participant = %to, error = %s.message(), "settling Abort not answered; retrying");
                 OnePhaseEvent::SettleFailed {
@@ -153,7 +152,11 @@ impl Coordinator {
             txn_id: txn.as_str().to_owned(),
         });
         request.set_timeout(self.config.rpc_timeout);
-        match client.get_txn_state(request).await.map(|r| r.into_inner().state()) {
+        match client
+            .get_txn_state(request)
+            .await
+            .map(|r| r.into_inner().state())
+        {
             Ok(state) => {
                 if state != pb::TxnState::Committed {
                     warn!(participant = %to, ?state,

@@ -2,10 +2,9 @@
 //! transition, compensates in reverse on failure, resumes unfinished sagas after a restart,
 //! and parks compensations that keep failing until an operator retries them.
 
-use crate::dedup::ClientTag;
-use crate::node::count_txn;
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use txn_metrics::{OutcomeLabel, ProtocolLabel, RetryKind};
 use txn_proto::convert::ToWire;
@@ -20,8 +19,10 @@ use txn_types::store::WriteBatch;
 use txn_types::types::{KeyValue, ParticipantId, TxnId, TxnRequest};
 use txn_types::unix_ms;
 
+use crate::context::Context;
+use crate::dedup::{ClientKeys, ClientTag};
 use crate::error::CoordError;
-use crate::node::{Coordinator, TxnOutcome};
+use crate::outcome::{TxnOutcome, count_txn};
 use txn_coordinator_core::saga::{Next, SAGA_PREFIX, Saga, saga_key};
 
 /// Crash points of the saga orchestrator.
@@ -53,13 +54,40 @@ fn transient(code: tonic::Code) -> bool {
     )
 }
 
-impl Coordinator {
+/// The saga component: which sagas a task drives right now, and the driving.
+pub struct SagaDriver {
+    ctx: Arc<Context>,
+    /// Sagas a task is driving right now, so a retry never drives one twice.
+    active: Mutex<HashSet<TxnId>>,
+}
+
+impl std::ops::Deref for SagaDriver {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
+}
+
+impl SagaDriver {
+    pub(crate) fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            active: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Sagas running or compensating under a driver now.
+    pub fn active(&self) -> usize {
+        self.active.lock().expect("active sagas").len()
+    }
+
     /// The retry schedule of one saga's Execute and Compensate calls.
     fn saga_backoff(&self) -> Backoff {
         Backoff::new(self.config.saga_retry_base, self.config.saga_retry_max)
     }
 
-    pub(crate) async fn transact_saga(
+    pub(crate) async fn transact(
         self: &Arc<Self>,
         req: TxnRequest,
         tag: Option<ClientTag>,
@@ -95,21 +123,18 @@ impl Coordinator {
             let mut batch = WriteBatch::default();
             batch.put(saga_key(&id), record::encode(saga.record()));
             if let Some(tag) = &tag {
-                Self::put_client_record(&mut batch, tag, &id, pb::Protocol::Saga, None);
+                ClientKeys::put_record(&mut batch, tag, &id, pb::Protocol::Saga, None);
             }
             self.check(self.gc.write_durable(batch).await)?;
-            self.active_sagas
-                .lock()
-                .expect("active sagas")
-                .insert(id.clone());
+            self.active.lock().expect("active sagas").insert(id.clone());
             let result = self.drive_saga(saga).await;
-            self.active_sagas.lock().expect("active sagas").remove(&id);
+            self.active.lock().expect("active sagas").remove(&id);
             let (saga, reads) = result?;
             let outcome = self.saga_outcome(&id, &saga, reads);
             if let Some(tag) = &tag {
                 // Lazy: the saga log already holds the outcome; this adds the reads.
                 let mut batch = WriteBatch::default();
-                Self::put_client_record(
+                ClientKeys::put_record(
                     &mut batch,
                     tag,
                     &id,
@@ -330,7 +355,7 @@ impl Coordinator {
     }
 
     /// Resumes every saga that was running or compensating when the coordinator stopped.
-    pub(crate) fn resume_sagas(self: &Arc<Self>) -> Result<(), CoordError> {
+    pub(crate) fn resume(self: &Arc<Self>) -> Result<(), CoordError> {
         let mut resumed = 0;
         for (key, bytes) in self.check(self.gc.store().scan_prefix(SAGA_PREFIX))? {
             let rec: SagaRecord = self.check(record::decode(&key, &bytes).map_err(Into::into))?;
@@ -357,14 +382,11 @@ impl Coordinator {
     }
 
     fn claim_saga(&self, id: &TxnId) -> bool {
-        self.active_sagas
-            .lock()
-            .expect("active sagas")
-            .insert(id.clone())
+        self.active.lock().expect("active sagas").insert(id.clone())
     }
 
     fn release_saga(&self, id: &TxnId) {
-        self.active_sagas.lock().expect("active sagas").remove(id);
+        self.active.lock().expect("active sagas").remove(id);
     }
 
     /// Drives `saga`, whose id the caller has already claimed in `active_sagas`.
@@ -382,19 +404,8 @@ impl Coordinator {
         );
     }
 
-    /// Reads a saga's log record.
-    pub fn saga(&self, id: &TxnId) -> Result<Option<SagaRecord>, CoordError> {
-        let key = saga_key(id);
-        match self.check(self.gc.store().get(&key))? {
-            Some(bytes) => Ok(Some(
-                self.check(record::decode(&key, &bytes).map_err(Into::into))?,
-            )),
-            None => Ok(None),
-        }
-    }
-
     /// An operator's retry of a parked saga: compensation resumes now with a fresh budget.
-    pub async fn retry_saga(self: &Arc<Self>, id: &TxnId) -> Result<(), CoordError> {
+    pub async fn retry(self: &Arc<Self>, id: &TxnId) -> Result<(), CoordError> {
         let rec = self
             .saga(id)?
             .ok_or_else(|| CoordError::NotFound(format!("saga_id {id}: no such saga")))?;
@@ -421,5 +432,3 @@ impl Coordinator {
         Ok(())
     }
 }
-
-

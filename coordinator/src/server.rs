@@ -144,7 +144,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     node.set_admin_token(bearer);
     if args.client_key_retention_secs > 0 {
         tokio::spawn(
-            node.clone()
+            node.keys
+                .clone()
                 .run_client_key_sweeper(Duration::from_secs(args.client_key_retention_secs)),
         );
     }

@@ -39,10 +39,16 @@ pub struct PrepareRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PrepareAnswer {
     /// Freshly prepared: YES, if the txn is still prepared once its record is durable.
-    Yes { reads: Vec<KeyValue> },
+    Yes {
+        reads: Vec<KeyValue>,
+    },
     /// A duplicate of a Prepare already voted YES (or already committed): YES again.
-    Revote { reads: Vec<KeyValue> },
-    No { reason: String },
+    Revote {
+        reads: Vec<KeyValue>,
+    },
+    No {
+        reason: String,
+    },
 }
 
 /// The answer to a Commit.
@@ -104,7 +110,10 @@ pub enum TxnStatus {
 pub(crate) enum AbortRecord {
     /// Discarded a prepared state (locks released) or wrote a tombstone for a txn never
     /// prepared here.
-    Written { batch: WriteBatch, was_prepared: bool },
+    Written {
+        batch: WriteBatch,
+        was_prepared: bool,
+    },
     AlreadyAborted,
     Committed,
 }
@@ -205,7 +214,13 @@ impl ParticipantCore {
                 // this txn can only abort. Lazily: the coordinator's abort is final whatever
                 // this participant says later, so losing the tombstone is harmless.
                 let mut batch = WriteBatch::default();
-                put_outcome(&mut batch, &req.txn, OutcomeKind::Aborted, now_unix_ms, true);
+                put_outcome(
+                    &mut batch,
+                    &req.txn,
+                    OutcomeKind::Aborted,
+                    now_unix_ms,
+                    true,
+                );
                 return Ok(Attempt::Ready(Step::lazy(
                     batch,
                     PrepareAnswer::No { reason },

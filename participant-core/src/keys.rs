@@ -102,7 +102,6 @@ pub fn sweep_expired(
     Ok((batch, full))
 }
 
-
 fn outcome(kind: OutcomeKind, at_unix_ms: u64) -> Vec<u8> {
     record::encode(&OutcomeRecord {
         kind: kind as i32,
@@ -143,7 +142,10 @@ pub fn list_outcomes(
     Ok(out)
 }
 
-pub(crate) fn read_outcome(store: &dyn Store, txn: &TxnId) -> Result<Option<OutcomeKind>, StoreError> {
+pub(crate) fn read_outcome(
+    store: &dyn Store,
+    txn: &TxnId,
+) -> Result<Option<OutcomeKind>, StoreError> {
     let key = outcome_key(txn);
     let Some(bytes) = store.get(&key)? else {
         return Ok(None);

@@ -12,7 +12,9 @@
 use txn_types::store::{Store, StoreError, WriteBatch};
 use txn_types::types::{Decision, TxnId};
 
-use crate::core::{AbortAnswer, AbortRecord, AbortSource, CommitAnswer, ParticipantCore, Refusal, TxnStatus};
+use crate::core::{
+    AbortAnswer, AbortRecord, AbortSource, CommitAnswer, ParticipantCore, Refusal, TxnStatus,
+};
 use crate::step::Step;
 
 /// What a peer's answer tells an in-doubt participant: the decision, if it settles the txn.

@@ -108,7 +108,10 @@ pub fn execute(
                 ..Default::default()
             };
             batch.put(xkey, record::encode(&rec));
-            Ok(Attempt::Ready(Step::forced(batch, StepResult::Failed { reason })))
+            Ok(Attempt::Ready(Step::forced(
+                batch,
+                StepResult::Failed { reason },
+            )))
         }
         Ok((writes, reads)) => {
             let mut undo = Vec::new();
@@ -157,10 +160,16 @@ pub fn execute(
                 };
                 let mut batch = WriteBatch::default();
                 batch.put(xkey, record::encode(&failed));
-                return Ok(Attempt::Ready(Step::forced(batch, StepResult::Failed { reason })));
+                return Ok(Attempt::Ready(Step::forced(
+                    batch,
+                    StepResult::Failed { reason },
+                )));
             }
             batch.put(xkey, record::encode(&rec));
-            Ok(Attempt::Ready(Step::forced(batch, StepResult::Succeeded { reads })))
+            Ok(Attempt::Ready(Step::forced(
+                batch,
+                StepResult::Succeeded { reads },
+            )))
         }
     }
 }
@@ -179,7 +188,10 @@ pub fn compensate(
             BarrierKind::Compensated => Compensation::Applied,
             _ => Compensation::Null,
         };
-        return Ok(Attempt::Ready(Step::forced(WriteBatch::default(), compensation)));
+        return Ok(Attempt::Ready(Step::forced(
+            WriteBatch::default(),
+            compensation,
+        )));
     }
     let mut batch = WriteBatch::default();
     let executed = read_barrier(store, &execute_key(saga, step))?

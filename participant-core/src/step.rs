@@ -83,6 +83,8 @@ impl<A> Step<A> {
 pub enum Attempt<S> {
     /// A prepared txn holds a conflicting lock. Wait for a release, then try again; once the
     /// lock wait is over, ask the core what the request's answer is.
-    Blocked { holder: TxnId },
+    Blocked {
+        holder: TxnId,
+    },
     Ready(S),
 }

@@ -57,7 +57,10 @@ fn prepare(core: &mut ParticipantCore, store: &MemStore, t: &str, ops: Vec<Op>) 
 }
 
 fn one_phase(core: &ParticipantCore, store: &MemStore, t: &str, ops: &[Op]) -> OnePhaseAnswer {
-    apply(store, ready(core.commit_one_phase(&txn(t), ops, store, 0).unwrap()))
+    apply(
+        store,
+        ready(core.commit_one_phase(&txn(t), ops, store, 0).unwrap()),
+    )
 }
 
 fn abort(core: &mut ParticipantCore, store: &MemStore, t: &str, by: AbortSource) -> AbortAnswer {
@@ -68,13 +71,22 @@ fn abort(core: &mut ParticipantCore, store: &MemStore, t: &str, by: AbortSource)
 fn prepare_vote_yes_commit_applies_once() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
-    let step = ready(core.prepare(&req("1", vec![add("a", 10)]), &store, 0).unwrap());
+    let step = ready(
+        core.prepare(&req("1", vec![add("a", 10)]), &store, 0)
+            .unwrap(),
+    );
     // A YES waits for its record to be durable.
     assert_eq!(step.durability, Durability::Forced);
     let answer = apply(&store, step);
-    assert!(matches!(core.confirm_vote(&txn("1"), answer), Vote::Yes { .. }));
+    assert!(matches!(
+        core.confirm_vote(&txn("1"), answer),
+        Vote::Yes { .. }
+    ));
     // A duplicate Prepare re-votes without taking anything twice.
-    assert!(matches!(prepare(&mut core, &store, "1", vec![add("a", 10)]), Vote::Yes { .. }));
+    assert!(matches!(
+        prepare(&mut core, &store, "1", vec![add("a", 10)]),
+        Vote::Yes { .. }
+    ));
     assert_eq!(
         apply(&store, core.commit(&txn("1"), &store, 0).unwrap()),
         CommitAnswer::Committed
@@ -85,26 +97,41 @@ fn prepare_vote_yes_commit_applies_once() {
     assert_eq!(apply(&store, again), CommitAnswer::AlreadyCommitted);
     assert_eq!(balance(&store, "a"), 10);
     assert_eq!(core.locked_keys(), 0);
-    assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Committed);
+    assert_eq!(
+        core.status(&txn("1"), &store).unwrap(),
+        TxnStatus::Committed
+    );
 }
 
 #[test]
 fn a_yes_is_withdrawn_if_the_txn_was_aborted_while_it_became_durable() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
-    let step = ready(core.prepare(&req("1", vec![add("a", 1)]), &store, 0).unwrap());
+    let step = ready(
+        core.prepare(&req("1", vec![add("a", 1)]), &store, 0)
+            .unwrap(),
+    );
     store.apply(step.write.clone()).unwrap();
     // An Abort overtakes the vote before the record is durable.
-    assert_eq!(abort(&mut core, &store, "1", AbortSource::Coordinator), AbortAnswer::Aborted);
+    assert_eq!(
+        abort(&mut core, &store, "1", AbortSource::Coordinator),
+        AbortAnswer::Aborted
+    );
     store.sync().unwrap();
-    assert!(matches!(core.confirm_vote(&txn("1"), step.answer), Vote::No { .. }));
+    assert!(matches!(
+        core.confirm_vote(&txn("1"), step.answer),
+        Vote::No { .. }
+    ));
 }
 
 #[test]
 fn bound_violation_votes_no_lazily_and_holds_nothing() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
-    let step = ready(core.prepare(&req("1", vec![add("a", -5)]), &store, 0).unwrap());
+    let step = ready(
+        core.prepare(&req("1", vec![add("a", -5)]), &store, 0)
+            .unwrap(),
+    );
     assert_eq!(step.durability, Durability::Lazy);
     let Vote::No { reason } = core.confirm_vote(&txn("1"), apply(&store, step)) else {
         panic!("expected NO")
@@ -121,7 +148,8 @@ fn conflicting_prepare_is_blocked_until_decision() {
     let mut core = ParticipantCore::new();
     prepare(&mut core, &store, "1", vec![add("a", 1)]);
     assert_eq!(
-        core.prepare(&req("2", vec![add("a", 1)]), &store, 0).unwrap(),
+        core.prepare(&req("2", vec![add("a", 1)]), &store, 0)
+            .unwrap(),
         Attempt::Blocked { holder: txn("1") }
     );
     assert!(core.check_readable(&[b"a".to_vec()]).is_err());
@@ -129,33 +157,56 @@ fn conflicting_prepare_is_blocked_until_decision() {
     let Vote::No { reason } = core.confirm_vote(&txn("2"), apply(&store, over)) else {
         panic!("a blocked Prepare votes NO");
     };
-    assert!(reason.contains("lock conflict with txn 1 (waited 50 ms)"), "{reason}");
-    let step = core.abort(&txn("1"), AbortSource::Coordinator, &store, 0).unwrap();
+    assert!(
+        reason.contains("lock conflict with txn 1 (waited 50 ms)"),
+        "{reason}"
+    );
+    let step = core
+        .abort(&txn("1"), AbortSource::Coordinator, &store, 0)
+        .unwrap();
     // Presumed abort: discarding a prepared state needs nothing durable, but frees locks.
     assert_eq!(step.durability, Durability::Lazy);
     assert!(step.released);
     apply(&store, step);
-    assert!(matches!(prepare(&mut core, &store, "2", vec![add("a", 1)]), Vote::Yes { .. }));
+    assert!(matches!(
+        prepare(&mut core, &store, "2", vec![add("a", 1)]),
+        Vote::Yes { .. }
+    ));
     // The aborted txn stays aborted: Commit is refused, a late Prepare votes NO.
     assert!(matches!(
         apply(&store, core.commit(&txn("1"), &store, 0).unwrap()),
         CommitAnswer::Refused(Refusal::Conflict(_))
     ));
-    assert!(matches!(prepare(&mut core, &store, "1", vec![add("b", 1)]), Vote::No { .. }));
+    assert!(matches!(
+        prepare(&mut core, &store, "1", vec![add("b", 1)]),
+        Vote::No { .. }
+    ));
 }
 
 #[test]
 fn an_abort_for_a_txn_never_prepared_is_forced_when_asked_over_the_wire() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
-    let step = core.abort(&txn("9"), AbortSource::Coordinator, &store, 0).unwrap();
+    let step = core
+        .abort(&txn("9"), AbortSource::Coordinator, &store, 0)
+        .unwrap();
     assert_eq!(step.durability, Durability::Forced);
     assert_eq!(apply(&store, step), AbortAnswer::Aborted);
-    assert!(matches!(prepare(&mut core, &store, "9", vec![add("a", 1)]), Vote::No { .. }));
-    let again = core.abort(&txn("9"), AbortSource::Coordinator, &store, 0).unwrap();
-    assert_eq!((again.durability, again.answer), (Durability::Forced, AbortAnswer::AlreadyAborted));
+    assert!(matches!(
+        prepare(&mut core, &store, "9", vec![add("a", 1)]),
+        Vote::No { .. }
+    ));
+    let again = core
+        .abort(&txn("9"), AbortSource::Coordinator, &store, 0)
+        .unwrap();
+    assert_eq!(
+        (again.durability, again.answer),
+        (Durability::Forced, AbortAnswer::AlreadyAborted)
+    );
     // The resolver's own tombstone needs no fsync: nobody is promised anything.
-    let mine = core.abort(&txn("10"), AbortSource::Resolver, &store, 0).unwrap();
+    let mine = core
+        .abort(&txn("10"), AbortSource::Resolver, &store, 0)
+        .unwrap();
     assert_eq!(mine.durability, Durability::Lazy);
     assert!(matches!(
         apply(&store, core.commit(&txn("11"), &store, 0).unwrap()),
@@ -168,10 +219,17 @@ fn a_refusal_because_it_committed_is_forced() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
     prepare(&mut core, &store, "1", vec![add("a", 1)]);
-    store.apply(core.commit(&txn("1"), &store, 0).unwrap().write).unwrap();
-    let step = core.abort(&txn("1"), AbortSource::Coordinator, &store, 0).unwrap();
+    store
+        .apply(core.commit(&txn("1"), &store, 0).unwrap().write)
+        .unwrap();
+    let step = core
+        .abort(&txn("1"), AbortSource::Coordinator, &store, 0)
+        .unwrap();
     assert_eq!(step.durability, Durability::Forced);
-    assert!(matches!(step.answer, AbortAnswer::Refused(Refusal::Conflict(_))));
+    assert!(matches!(
+        step.answer,
+        AbortAnswer::Refused(Refusal::Conflict(_))
+    ));
 }
 
 #[test]
@@ -180,20 +238,35 @@ fn only_an_operator_overrides_a_hold() {
     let mut core = ParticipantCore::new();
     prepare(&mut core, &store, "1", vec![add("a", 1)]);
     let held = core.hold(&txn("1"), &store).unwrap();
-    assert_eq!((held.durability, held.answer), (Durability::Forced, TxnStatus::Prepared));
-    assert_eq!(abort(&mut core, &store, "1", AbortSource::Resolver), AbortAnswer::LeftHeld);
+    assert_eq!(
+        (held.durability, held.answer),
+        (Durability::Forced, TxnStatus::Prepared)
+    );
+    assert_eq!(
+        abort(&mut core, &store, "1", AbortSource::Resolver),
+        AbortAnswer::LeftHeld
+    );
     assert!(matches!(
         abort(&mut core, &store, "1", AbortSource::Coordinator),
         AbortAnswer::Refused(Refusal::Conflict(_))
     ));
     assert!(core.is_prepared(&txn("1")));
-    assert_eq!(abort(&mut core, &store, "1", AbortSource::Operator), AbortAnswer::Aborted);
+    assert_eq!(
+        abort(&mut core, &store, "1", AbortSource::Operator),
+        AbortAnswer::Aborted
+    );
     assert!(!core.is_held(&txn("1")));
     // Release undoes a hold and says where the txn stands.
     prepare(&mut core, &store, "2", vec![add("b", 1)]);
     core.hold(&txn("2"), &store).unwrap();
-    assert_eq!(core.release(&txn("2"), &store).unwrap(), TxnStatus::Prepared);
-    assert_eq!(abort(&mut core, &store, "2", AbortSource::Resolver), AbortAnswer::Aborted);
+    assert_eq!(
+        core.release(&txn("2"), &store).unwrap(),
+        TxnStatus::Prepared
+    );
+    assert_eq!(
+        abort(&mut core, &store, "2", AbortSource::Resolver),
+        AbortAnswer::Aborted
+    );
 }
 
 #[test]
@@ -205,9 +278,15 @@ fn a_peer_asking_about_a_txn_never_prepared_gets_a_durable_tombstone() {
     assert_eq!(apply(&store, step), TxnStatus::Aborted);
     store.crash();
     assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Aborted);
-    assert!(matches!(prepare(&mut core, &store, "1", vec![add("a", 1)]), Vote::No { .. }));
+    assert!(matches!(
+        prepare(&mut core, &store, "1", vec![add("a", 1)]),
+        Vote::No { .. }
+    ));
     prepare(&mut core, &store, "2", vec![add("a", 1)]);
-    assert_eq!(apply(&store, core.query_peer(&txn("2"), &store, 0).unwrap()), TxnStatus::Prepared);
+    assert_eq!(
+        apply(&store, core.query_peer(&txn("2"), &store, 0).unwrap()),
+        TxnStatus::Prepared
+    );
 }
 
 #[test]
@@ -219,11 +298,16 @@ fn cooperative_termination_verdicts() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
     prepare(&mut core, &store, "1", vec![add("a", 1)]);
-    let step = core.resolve(&txn("1"), Decision::Commit, &store, 0).unwrap();
+    let step = core
+        .resolve(&txn("1"), Decision::Commit, &store, 0)
+        .unwrap();
     assert_eq!(apply(&store, step), Resolved::Applied);
     assert_eq!(balance(&store, "a"), 1);
     assert!(matches!(
-        apply(&store, core.resolve(&txn("1"), Decision::Abort, &store, 0).unwrap()),
+        apply(
+            &store,
+            core.resolve(&txn("1"), Decision::Abort, &store, 0).unwrap()
+        ),
         Resolved::Refused(_)
     ));
 }
@@ -235,7 +319,13 @@ fn commit_batch_commits_each_once_and_forgets_when_told() {
     prepare(&mut core, &store, "1", vec![add("a", 1)]);
     prepare(&mut core, &store, "2", vec![add("b", 1)]);
     let step = core
-        .commit_batch(&[txn("1"), txn("1"), txn("2"), txn("3")], &[], true, &store, 0)
+        .commit_batch(
+            &[txn("1"), txn("1"), txn("2"), txn("3")],
+            &[],
+            true,
+            &store,
+            0,
+        )
         .unwrap();
     assert!(step.released);
     let answer = apply(&store, step);
@@ -243,9 +333,13 @@ fn commit_batch_commits_each_once_and_forgets_when_told() {
     assert_eq!(answer.refused, vec![(txn("3"), Refusal::Unknown)]);
     assert_eq!((balance(&store, "a"), balance(&store, "b")), (1, 1));
     // Forget makes the commit expire (an expiry index entry), unless outcomes are kept.
-    let kept = core.commit_batch(&[], &[txn("1")], false, &store, 5).unwrap();
+    let kept = core
+        .commit_batch(&[], &[txn("1")], false, &store, 5)
+        .unwrap();
     assert!(kept.write.is_empty());
-    let forgotten = core.commit_batch(&[], &[txn("1")], true, &store, 5).unwrap();
+    let forgotten = core
+        .commit_batch(&[], &[txn("1")], true, &store, 5)
+        .unwrap();
     assert!(!forgotten.write.is_empty());
 }
 
@@ -258,9 +352,15 @@ fn one_phase_applies_once_and_a_duplicate_changes_nothing() {
         OnePhaseAnswer::Committed { .. }
     ));
     assert_eq!(balance(&store, "a"), 10);
-    assert_eq!(one_phase(&core, &store, "1", &[add("a", 10)]), OnePhaseAnswer::AlreadyCommitted);
+    assert_eq!(
+        one_phase(&core, &store, "1", &[add("a", 10)]),
+        OnePhaseAnswer::AlreadyCommitted
+    );
     assert_eq!(balance(&store, "a"), 10);
-    assert_eq!(core.status(&txn("1"), &store).unwrap(), TxnStatus::Committed);
+    assert_eq!(
+        core.status(&txn("1"), &store).unwrap(),
+        TxnStatus::Committed
+    );
     assert_eq!(core.locked_keys(), 0);
     assert_eq!(core.in_doubt(), 0);
 }
@@ -276,7 +376,10 @@ fn one_phase_refuses_after_an_abort_and_on_a_failed_check() {
         OnePhaseAnswer::Refused { .. }
     ));
     // A check that fails (balance below min) refuses, durably, and records the abort.
-    let step = ready(core.commit_one_phase(&txn("2"), &[add("a", -1)], &store, 0).unwrap());
+    let step = ready(
+        core.commit_one_phase(&txn("2"), &[add("a", -1)], &store, 0)
+            .unwrap(),
+    );
     assert_eq!(step.durability, Durability::Forced);
     let OnePhaseAnswer::Refused { reason } = apply(&store, step) else {
         panic!("expected a refusal");
@@ -298,7 +401,8 @@ fn one_phase_waits_for_a_prepared_txn_and_refuses_durably_when_the_wait_is_over(
     let mut core = ParticipantCore::new();
     prepare(&mut core, &store, "1", vec![add("a", 10)]);
     assert_eq!(
-        core.commit_one_phase(&txn("2"), &[add("a", 1)], &store, 0).unwrap(),
+        core.commit_one_phase(&txn("2"), &[add("a", 1)], &store, 0)
+            .unwrap(),
         Attempt::Blocked { holder: txn("1") }
     );
     // The prepared txn's own id cannot be committed in one phase.
@@ -321,7 +425,11 @@ fn one_phase_waits_for_a_prepared_txn_and_refuses_durably_when_the_wait_is_over(
     // A txn that committed meanwhile: look again instead of refusing.
     apply(&store, core.commit(&txn("1"), &store, 0).unwrap());
     one_phase(&core, &store, "3", &[add("a", 1)]);
-    assert_eq!(core.one_phase_lock_wait_over(&txn("3"), &txn("1"), 50, &store, 0).unwrap(), None);
+    assert_eq!(
+        core.one_phase_lock_wait_over(&txn("3"), &txn("1"), 50, &store, 0)
+            .unwrap(),
+        None
+    );
     assert_eq!(balance(&store, "a"), 11);
 }
 
@@ -330,7 +438,10 @@ fn recovery_after_crash_keeps_durable_prepared_records_and_their_locks() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
     prepare(&mut core, &store, "1", vec![add("a", 1)]);
-    let step = ready(core.prepare(&req("2", vec![add("b", 1)]), &store, 0).unwrap());
+    let step = ready(
+        core.prepare(&req("2", vec![add("b", 1)]), &store, 0)
+            .unwrap(),
+    );
     store.apply(step.write).unwrap(); // applied, never synced: lost in the crash (no YES sent)
     store.crash();
     let mut core = ParticipantCore::new();
@@ -389,7 +500,10 @@ fn corrupt_outcome_is_an_error_not_absent() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
     store.corrupt(&outcome_key(&txn("1")), b"garbage!".to_vec());
-    assert!(matches!(core.commit(&txn("1"), &store, 0), Err(txn_types::store::StoreError::Corrupt(_))));
+    assert!(matches!(
+        core.commit(&txn("1"), &store, 0),
+        Err(txn_types::store::StoreError::Corrupt(_))
+    ));
     store.corrupt(&prepared_key(&txn("2")), b"garbage!".to_vec());
     assert!(core.recover(&store).is_err());
 }

@@ -46,7 +46,6 @@ pub struct InDoubtTxn {
 }
 
 impl Participant {
-
     /// Refuses new work that writes (a Prepare, a saga Execute) while the disk guard says so.
     pub(crate) fn refuse_if_disk_degraded(&self) -> Result<(), ParticipantError> {
         if !self.disk_degraded.load(Ordering::Relaxed) {
@@ -66,7 +65,6 @@ impl Participant {
         }
     }
 
-
     /// Records the disk guard's verdict, logging each change.
     pub fn set_disk_state(&self, refusal: Option<DiskRefusal>) {
         let mut cur = self.disk.lock().expect("disk state");
@@ -83,7 +81,6 @@ impl Participant {
         *cur = refusal;
     }
 
-
     /// Watches the file system of `dir` and refuses new Prepares while it is full (below
     /// `reserve_bytes` free) or read-only. Runs until the process exits.
     pub async fn run_disk_guard(self: Arc<Self>, dir: std::path::PathBuf, reserve_bytes: u64) {
@@ -97,7 +94,6 @@ impl Participant {
             tokio::time::sleep(crate::disk::DISK_CHECK_INTERVAL).await;
         }
     }
-
 
     /// Drops the expiring outcomes recorded before `now - retention` (see
     /// [`txn_participant_core::keys::sweep_expired`]). Each page is applied under the core lock, lazily: a
@@ -128,7 +124,6 @@ impl Participant {
         }
     }
 
-
     /// Runs [`Participant::sweep_outcomes`] until the process stops, when outcomes expire at all.
     pub async fn run_outcome_sweeper(self: Arc<Self>) {
         let Some(retention) = self.config.outcome_retention else {
@@ -145,14 +140,12 @@ impl Participant {
         }
     }
 
-
     /// Sets the state gauges of the metrics.
     pub fn refresh_metrics(&self) {
         txn_metrics::metrics()
             .in_doubt
             .set(self.core().in_doubt() as i64);
     }
-
 
     /// Prepared txns with their age, participants, locked keys, epoch and hold flag.
     pub fn in_doubt_detail(&self) -> Vec<InDoubtTxn> {
@@ -178,7 +171,6 @@ impl Participant {
         out
     }
 
-
     /// One page of saga barrier records, from `start` (a barrier key) on.
     pub fn list_barriers(
         &self,
@@ -186,9 +178,12 @@ impl Participant {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, txn_types::rec::BarrierRecord)>, ParticipantError> {
         let limit = limit.clamp(1, MAX_OUTCOMES_PAGE);
-        self.check(txn_participant_core::saga::list_barriers(self.store(), start, limit))
+        self.check(txn_participant_core::saga::list_barriers(
+            self.store(),
+            start,
+            limit,
+        ))
     }
-
 
     /// One page of recorded outcomes, after `start_after`.
     pub fn list_outcomes(
@@ -203,7 +198,6 @@ impl Participant {
             limit,
         ))
     }
-
 
     pub fn stats(&self) -> NodeStats {
         let f = self.gc.stats();
@@ -229,7 +223,6 @@ impl Participant {
             oldest_in_doubt_ms,
         }
     }
-
 
     /// Prepared txns, with the participants of each.
     pub fn in_doubt(&self) -> Vec<(TxnId, Vec<String>)> {

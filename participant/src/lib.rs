@@ -10,6 +10,7 @@
 //! Layout:
 //! - [`disk`]: the disk guard that refuses new Prepares when the disk is full or read-only.
 //! - [`error`]: the participant's errors and their gRPC status codes.
+//! - [`exec`]: how a core's step is carried out: apply, wait for durability, wake waiters.
 //! - [`node`]: the driver that runs the core against a store with group commit.
 //! - [`resolver`]: asks the coordinator, then the peers, about txns left in doubt.
 //! - [`housekeeping`]: the outcome sweeper, the disk guard's verdict, stats, operator views.
@@ -18,6 +19,7 @@
 
 pub mod disk;
 pub mod error;
+pub mod exec;
 pub mod housekeeping;
 pub mod node;
 pub mod resolver;

@@ -17,15 +17,14 @@ use txn_participant_core::core::{
 use txn_participant_core::one_phase::OnePhaseAnswer;
 use txn_participant_core::resolve::Resolved;
 use txn_participant_core::saga::{self, Compensation, StepResult};
-use txn_participant_core::step::{Attempt, Durability, Step};
-use txn_server::failpoint;
-use txn_storage::{FailStop, GroupCommit, Ticket};
+use txn_storage::{FailStop, GroupCommit};
 use txn_types::store::{Store, StoreError};
 use txn_types::types::{KeyValue, Op, TxnId, Vote};
 use txn_types::unix_ms;
 
 use crate::disk::DiskRefusal;
 use crate::error::ParticipantError;
+use crate::exec::{CrashPoints, busy};
 
 /// Crash points (see `txn_server::failpoint`).
 pub mod failpoints {
@@ -103,25 +102,11 @@ pub(crate) struct Counters {
     pub(crate) max_in_doubt_ms: AtomicU64,
 }
 
-/// Crash points around the durable wait of one step.
-#[derive(Clone, Copy, Default)]
-struct CrashPoints {
-    before_durable: Option<&'static str>,
-    after_durable: Option<&'static str>,
-}
-
-/// A step whose write is applied; what is left is waiting and answering.
-struct Applied<A> {
-    wait_for: Option<Ticket>,
-    released: bool,
-    answer: A,
-}
-
 pub struct Participant {
     core: Mutex<ParticipantCore>,
     pub(crate) gc: GroupCommit,
     /// Woken whenever locks are released, so blocked requests try again.
-    released: Notify,
+    pub(crate) released: Notify,
     pub(crate) config: NodeConfig,
     pub(crate) counters: Counters,
     pub(crate) fail_stop: FailStop,
@@ -177,102 +162,6 @@ impl Participant {
     /// Passes a storage result through the fail-stop policy.
     pub(crate) fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, ParticipantError> {
         Ok(self.fail_stop.check(r)?)
-    }
-
-    /// Applies a step's write; the caller holds the core's lock.
-    fn apply<A>(&self, step: Step<A>) -> Result<Applied<A>, ParticipantError> {
-        let written = if step.write.is_empty() {
-            None
-        } else {
-            Some(self.check(self.gc.write_lazy(step.write))?)
-        };
-        let wait_for = match step.durability {
-            Durability::Lazy => None,
-            // Everything applied so far: a step with no write of its own answers on the
-            // strength of earlier ones (a duplicate, a status).
-            Durability::Forced => Some(written.unwrap_or_else(|| self.gc.current())),
-        };
-        Ok(Applied {
-            wait_for,
-            released: step.released,
-            answer: step.answer,
-        })
-    }
-
-    /// Wakes whoever waits for locks, waits for durability, and returns the answer.
-    async fn finish<A>(&self, applied: Applied<A>, crash: CrashPoints) -> Result<A, ParticipantError> {
-        if applied.released {
-            self.released.notify_waiters();
-        }
-        if let Some(ticket) = applied.wait_for {
-            crash.before_durable.map(failpoint::hit);
-            self.check(self.gc.wait(ticket).await)?;
-            crash.after_durable.map(failpoint::hit);
-        }
-        Ok(applied.answer)
-    }
-
-    /// One step with no lock wait: computed and applied under the core's lock, then finished.
-    async fn run<A>(
-        &self,
-        crash: CrashPoints,
-        step: impl FnOnce(&mut ParticipantCore, &dyn Store) -> Result<Step<A>, StoreError>,
-    ) -> Result<A, ParticipantError> {
-        let applied = {
-            let mut core = self.core();
-            let step = self.check(step(&mut core, self.store()))?;
-            self.apply(step)?
-        };
-        self.finish(applied, crash).await
-    }
-
-    /// A request that may meet prepared txns' locks: tries `attempt` until it is not blocked,
-    /// waiting for lock releases up to the lock wait; then `wait_over` (a protocol rule of the
-    /// core, or a busy error) says what the request gets. `wait_over` returning None means
-    /// "look again" (the outcome changed meanwhile).
-    async fn run_unblocked<A>(
-        &self,
-        crash: CrashPoints,
-        mut attempt: impl FnMut(
-            &mut ParticipantCore,
-            &dyn Store,
-        ) -> Result<Attempt<Step<A>>, StoreError>,
-        mut wait_over: impl FnMut(
-            &mut ParticipantCore,
-            &dyn Store,
-            &TxnId,
-        ) -> Result<Option<Step<A>>, ParticipantError>,
-    ) -> Result<A, ParticipantError> {
-        let deadline = tokio::time::Instant::now() + self.config.lock_wait;
-        loop {
-            // Register for the wake-up before looking, so a release between the look and the
-            // wait is not missed.
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            let applied = {
-                let mut core = self.core();
-                match self.check(attempt(&mut core, self.store()))? {
-                    Attempt::Ready(step) => Ok(self.apply(step)?),
-                    Attempt::Blocked { holder } => Err(holder),
-                }
-            };
-            let holder = match applied {
-                Ok(applied) => return self.finish(applied, crash).await,
-                Err(holder) => holder,
-            };
-            if tokio::time::timeout_at(deadline, released).await.is_ok() {
-                continue;
-            }
-            let applied = {
-                let mut core = self.core();
-                match wait_over(&mut core, self.store(), &holder)? {
-                    Some(step) => self.apply(step)?,
-                    None => continue,
-                }
-            };
-            return self.finish(applied, crash).await;
-        }
     }
 
     fn waited_ms(&self) -> u64 {
@@ -331,7 +220,13 @@ impl Participant {
                 crash,
                 |core, store| core.commit_one_phase(txn, ops, store, unix_ms()),
                 |core, store, holder| {
-                    self.check(core.one_phase_lock_wait_over(txn, holder, waited_ms, store, unix_ms()))
+                    self.check(core.one_phase_lock_wait_over(
+                        txn,
+                        holder,
+                        waited_ms,
+                        store,
+                        unix_ms(),
+                    ))
                 },
             )
             .instrument(span.clone())
@@ -583,7 +478,8 @@ impl Participant {
         }
         keys.iter()
             .map(|k| {
-                let value = self.check(self.store().get(&txn_participant_core::keys::data_key(k)))?;
+                let value =
+                    self.check(self.store().get(&txn_participant_core::keys::data_key(k)))?;
                 Ok(KeyValue {
                     key: k.clone(),
                     value,
@@ -602,18 +498,6 @@ impl Participant {
     pub async fn sync(&self) -> Result<(), ParticipantError> {
         self.check(self.gc.sync_all().await)
     }
-}
-
-/// A saga step still blocked when its lock wait is over fails with a retryable error: the
-/// orchestrator retries it within the saga's deadline.
-fn busy<A>(
-    _: &mut ParticipantCore,
-    _: &dyn Store,
-    holder: &TxnId,
-) -> Result<Option<Step<A>>, ParticipantError> {
-    Err(ParticipantError::Busy {
-        holder: holder.clone(),
-    })
 }
 
 pub(crate) fn refusal(txn: &TxnId, r: Refusal) -> ParticipantError {

@@ -84,7 +84,9 @@ impl Participant {
             next_try: first_try,
             backoff: Backoff::new(
                 self.config.resolve_interval,
-                self.config.resolve_backoff_max.max(self.config.resolve_interval),
+                self.config
+                    .resolve_backoff_max
+                    .max(self.config.resolve_interval),
             ),
         }
     }
@@ -114,9 +116,7 @@ impl Participant {
         let Some(decision) = decision else {
             return false;
         };
-        let resolved = self
-            .run_resolution(txn, decision)
-            .await;
+        let resolved = self.run_resolution(txn, decision).await;
         match resolved {
             Ok(Resolved::Applied) => {
                 info!(?decision, "in-doubt txn resolved");
@@ -127,7 +127,11 @@ impl Participant {
                 false
             }
             Ok(Resolved::Refused(r)) => {
-                warn!(?r, ?decision, "the resolved decision meets the other outcome here");
+                warn!(
+                    ?r,
+                    ?decision,
+                    "the resolved decision meets the other outcome here"
+                );
                 false
             }
             Err(e) => {

@@ -1,0 +1,177 @@
+//! Unit tests of the 2PC core, event by event.
+use super::*;
+
+fn p(s: &str) -> ParticipantId {
+    ParticipantId::parse("p", s).unwrap()
+}
+
+fn two() -> (CoordinatorCore, TxnId) {
+    let mut c = CoordinatorCore::new(3);
+    let t = c.begin(vec![p("p1"), p("p2")], 100);
+    (c, t)
+}
+
+#[test]
+fn ids_carry_the_epoch_and_never_repeat() {
+    let mut c = CoordinatorCore::new(3);
+    let a = c.begin(vec![p("p1")], u64::MAX);
+    let b = c.begin(vec![p("p1")], u64::MAX);
+    assert_ne!(a, b);
+    assert!(a.as_str().starts_with("3."));
+}
+
+#[test]
+fn all_yes_forces_decision_before_reply_and_commits() {
+    let (mut c, t) = two();
+    assert!(c.on_vote(&t, 0, VoteResult::Yes, 0, 10).is_empty());
+    assert_eq!(c.resolve_with(&t, false), Resolution::Pending);
+    let e = c.on_vote(&t, 1, VoteResult::Yes, 0, 10);
+    assert!(matches!(e.as_slice(), [Effect::PersistDecision { .. }]));
+    // Not durable yet: Resolve must not say COMMIT, and certainly not ABORT.
+    assert_eq!(c.resolve_with(&t, false), Resolution::Pending);
+    let e = c.on_decision_durable(&t);
+    assert_eq!(e[0], Effect::ReplyCommitted);
+    assert_eq!(e.len(), 3);
+    assert_eq!(
+        c.resolve_with(&t, true),
+        Resolution::Decided(Decision::Commit)
+    );
+    assert!(c.on_commit_ack(&t, &p("p1")).is_empty());
+    // A duplicate ack changes nothing.
+    assert!(c.on_commit_ack(&t, &p("p1")).is_empty());
+    let e = c.on_commit_ack(&t, &p("p2"));
+    assert!(matches!(e.as_slice(), [Effect::EndDecision { .. }]));
+    assert_eq!(c.committing(), 0);
+}
+
+#[test]
+fn a_no_vote_aborts_and_tells_everyone() {
+    let (mut c, t) = two();
+    c.on_vote(&t, 0, VoteResult::Yes, 0, 0);
+    let e = c.on_vote(
+        &t,
+        1,
+        VoteResult::No {
+            reason: "below the minimum".into(),
+        },
+        0,
+        0,
+    );
+    let Effect::ReplyAborted {
+        reason,
+        failed_branch,
+    } = &e[0]
+    else {
+        panic!()
+    };
+    assert!(reason.contains("p2 voted NO"));
+    assert_eq!(*failed_branch, Some(1));
+    assert_eq!(e.len(), 3);
+    // Late and duplicate messages after the abort do nothing.
+    assert!(c.on_vote(&t, 1, VoteResult::Yes, 0, 0).is_empty());
+    assert!(c.on_prepare_timeout(&t).is_empty());
+    assert_eq!(
+        c.resolve_with(&t, false),
+        Resolution::Decided(Decision::Abort)
+    );
+}
+
+#[test]
+fn timeout_aborts_while_preparing_only() {
+    let (mut c, t) = two();
+    c.on_vote(&t, 0, VoteResult::Yes, 0, 0);
+    let e = c.on_prepare_timeout(&t);
+    let Effect::ReplyAborted { reason, .. } = &e[0] else {
+        panic!()
+    };
+    assert!(reason.contains("p2"), "{reason}");
+    let (mut c, t) = two();
+    c.on_vote(&t, 0, VoteResult::Yes, 0, 0);
+    c.on_vote(&t, 1, VoteResult::Yes, 0, 0);
+    assert!(c.on_prepare_timeout(&t).is_empty(), "no abort once decided");
+}
+
+#[test]
+fn recovered_decisions_resend_commit() {
+    let mut c = CoordinatorCore::new(4);
+    let t = TxnId::generated(3, 9);
+    let out = c.recover(vec![(t.clone(), vec![p("p1"), p("p2")], 0)]);
+    assert_eq!(out[0].1.len(), 2);
+    assert_eq!(
+        c.resolve_with(&t, true),
+        Resolution::Decided(Decision::Commit)
+    );
+    c.on_commit_ack(&t, &p("p1"));
+    assert_eq!(
+        c.view(&t),
+        Some(TxnView::Committing {
+            unacked: vec![p("p2")]
+        })
+    );
+}
+
+#[test]
+fn unknown_txn_resolves_abort_unless_logged() {
+    let c = CoordinatorCore::new(1);
+    let t = TxnId::generated(0, 1);
+    assert_eq!(
+        c.resolve_with(&t, false),
+        Resolution::Decided(Decision::Abort)
+    );
+    assert_eq!(
+        c.resolve_with(&t, true),
+        Resolution::Decided(Decision::Commit)
+    );
+}
+
+#[test]
+fn a_vote_after_the_deadline_counts_as_a_timeout() {
+    let (mut c, t) = two();
+    c.on_vote(&t, 0, VoteResult::Yes, 10, 0);
+    let e = c.on_vote(&t, 1, VoteResult::Yes, 100, 0);
+    assert!(
+        matches!(&e[0], Effect::ReplyAborted { reason, .. } if reason.contains("deadline")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn an_operator_pin_makes_resolve_wait_and_an_operator_abort_reaches_the_client() {
+    let (mut c, t) = two();
+    assert!(c.pin(&t));
+    assert!(!c.pin(&t), "one operator action at a time");
+    assert_eq!(c.resolve_with(&t, true), Resolution::Pending);
+    c.unpin(&t);
+    assert!(c.force_abort(&t).is_some());
+    let e = c.on_vote(&t, 0, VoteResult::Yes, 0, 0);
+    assert!(
+        matches!(&e[..], [Effect::ReplyAborted { reason, .. }] if reason == OPERATOR_ABORT_REASON)
+    );
+    assert!(c.on_prepare_timeout(&t).is_empty(), "told once");
+}
+
+#[test]
+fn open_bumps_the_epoch_and_reloads_unended_decisions() {
+    use txn_types::store::MemStore;
+    let store = MemStore::new();
+    let first = CoordinatorCore::open(&store).unwrap();
+    assert_eq!(first.core.epoch(), 1);
+    store.apply(first.epoch_write).unwrap();
+    let mut b = WriteBatch::default();
+    let rec = DecisionRecord {
+        txn_id: "1.4".into(),
+        participants: vec!["p1".into()],
+        decided_at_unix_ms: 5,
+    };
+    b.put(decision_key(&TxnId::generated(1, 4)), record::encode(&rec));
+    store.apply(b).unwrap();
+    let again = CoordinatorCore::open(&store).unwrap();
+    assert_eq!(again.core.epoch(), 2);
+    assert_eq!(again.resend.len(), 1);
+    assert_eq!(
+        again.core.resolve(&TxnId::generated(1, 4), &store).unwrap(),
+        Resolution::Decided(Decision::Commit)
+    );
+    store.corrupt(&decision_key(&TxnId::generated(1, 5)), b"garbage".to_vec());
+    assert!(CoordinatorCore::open(&store).is_err());
+}

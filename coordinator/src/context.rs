@@ -1,0 +1,152 @@
+//! What every component of the coordinator shares: the 2PC core (behind one lock, held only
+//! for in-memory steps), the decision log with group commit, the links to the participants,
+//! the configuration, the counters, and the one fail-stop switch for storage errors.
+//!
+//! The components ([`crate::node::Coordinator`], [`crate::dedup::ClientKeys`],
+//! [`crate::saga_driver::SagaDriver`], [`crate::admin::AdminService`]) each own their state
+//! and hold this context; none of them reaches into another's state.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard};
+
+use tonic::transport::Channel;
+use txn_coordinator_core::core::CoordinatorCore;
+use txn_coordinator_core::saga::saga_key;
+use txn_proto::pb::v1 as pb;
+use txn_proto::pb::v1::participant_client::ParticipantClient;
+use txn_server::net::{AuthChannel, BearerToken};
+use txn_storage::{FailStop, GroupCommit};
+use txn_types::backoff::Backoff;
+use txn_types::rec::SagaRecord;
+use txn_types::record;
+use txn_types::store::StoreError;
+use txn_types::types::{MAX_MESSAGE_BYTES, ParticipantId, TxnId};
+
+use crate::commit_batch::CommitQueue;
+use crate::error::CoordError;
+use crate::node::CoordConfig;
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) committed: AtomicU64,
+    pub(crate) aborted: AtomicU64,
+    pub(crate) sagas_completed: AtomicU64,
+    pub(crate) sagas_compensated: AtomicU64,
+}
+
+pub struct Context {
+    core: Mutex<CoordinatorCore>,
+    pub(crate) gc: GroupCommit,
+    pub(crate) config: CoordConfig,
+    pub(crate) counters: Counters,
+    fail_stop: FailStop,
+    pub(crate) started: std::time::Instant,
+    /// A client of each participant's protocol service.
+    pub(crate) participants: HashMap<ParticipantId, ParticipantClient<Channel>>,
+    /// Each participant's URL, for operators, and a channel for admin calls.
+    pub(crate) participant_urls: HashMap<ParticipantId, String>,
+    pub(crate) channels: HashMap<ParticipantId, Channel>,
+    /// One Commit batching queue per participant.
+    pub(crate) commit_queues: HashMap<ParticipantId, CommitQueue>,
+    /// Sent with the coordinator's calls to the participants' admin service.
+    admin_token: std::sync::OnceLock<BearerToken>,
+}
+
+impl Context {
+    pub(crate) fn new(
+        core: CoordinatorCore,
+        gc: GroupCommit,
+        participants: HashMap<ParticipantId, (String, Channel)>,
+        config: CoordConfig,
+    ) -> Self {
+        let client = |ch: &Channel| {
+            ParticipantClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
+        };
+        Self {
+            core: Mutex::new(core),
+            gc,
+            counters: Counters::default(),
+            fail_stop: FailStop::new(),
+            started: std::time::Instant::now(),
+            participants: participants
+                .iter()
+                .map(|(id, (_, ch))| (id.clone(), client(ch)))
+                .collect(),
+            participant_urls: participants
+                .iter()
+                .map(|(id, (url, _))| (id.clone(), url.clone()))
+                .collect(),
+            channels: participants
+                .iter()
+                .map(|(id, (_, ch))| (id.clone(), ch.clone()))
+                .collect(),
+            commit_queues: participants
+                .iter()
+                .map(|(id, (_, ch))| {
+                    let queue = CommitQueue::start(id.to_string(), client(ch), config.rpc_timeout);
+                    (id.clone(), queue)
+                })
+                .collect(),
+            admin_token: std::sync::OnceLock::new(),
+            config,
+        }
+    }
+
+    pub(crate) fn core(&self) -> MutexGuard<'_, CoordinatorCore> {
+        self.core.lock().expect("coordinator core lock poisoned")
+    }
+
+    pub fn fatal(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.fail_stop.subscribe()
+    }
+
+    /// Passes a storage result through the fail-stop policy (see [`FailStop`]).
+    pub(crate) fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, CoordError> {
+        Ok(self.fail_stop.check(r)?)
+    }
+
+    /// Milliseconds on the monotonic clock since this coordinator started: the clock of the
+    /// core's prepare deadlines.
+    pub(crate) fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The retry schedule of Commits and settling calls.
+    pub(crate) fn commit_backoff(&self) -> Backoff {
+        Backoff::new(self.config.commit_retry_base, self.config.commit_retry_max)
+    }
+
+    pub fn participant_ids(&self) -> Vec<ParticipantId> {
+        let mut ids: Vec<_> = self.participants.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Reads a saga's log record.
+    pub fn saga(&self, id: &TxnId) -> Result<Option<SagaRecord>, CoordError> {
+        let key = saga_key(id);
+        match self.check(self.gc.store().get(&key))? {
+            Some(bytes) => Ok(Some(
+                self.check(record::decode(&key, &bytes).map_err(Into::into))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets the bearer token sent to the participants' admin service (once, at startup).
+    pub fn set_admin_token(&self, token: BearerToken) {
+        let _ = self.admin_token.set(token);
+    }
+
+    /// A client of a participant's admin service, carrying the admin token.
+    pub(crate) fn participant_admin(
+        &self,
+        ch: Channel,
+    ) -> pb::participant_admin_client::ParticipantAdminClient<AuthChannel> {
+        pb::participant_admin_client::ParticipantAdminClient::with_interceptor(
+            ch,
+            self.admin_token.get().cloned().unwrap_or_default(),
+        )
+    }
+}
