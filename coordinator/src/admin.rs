@@ -12,9 +12,10 @@ use txn_proto::convert::OrInvalidArgument;
 use txn_proto::pb::v1 as pb;
 use txn_types::rec::{DecisionRecord, SagaRecord, SagaState};
 use txn_types::record;
-use txn_types::types::{InvalidInput, ParticipantId, TxnId};
+use txn_types::types::{ParticipantId, TxnId};
 use txn_types::unix_ms;
 
+use crate::admin_filter::{SagaFilter, TxnFilter, TxnKind, saga_state_name};
 use crate::error::CoordError;
 use crate::node::Coordinator;
 use txn_coordinator_core::core::{TxnView, decision_key};
@@ -42,28 +43,17 @@ pub(crate) fn timed<T>(msg: T) -> Request<T> {
 }
 
 pub(crate) fn view_name(v: &TxnView) -> &'static str {
-    match v {
-        TxnView::Preparing => "preparing",
-        TxnView::Deciding => "deciding",
-        TxnView::Committing { .. } => "committing",
-    }
+    TxnKind::of(v).name()
 }
 
-fn saga_state_name(s: i32) -> &'static str {
-    match SagaState::try_from(s).unwrap_or(SagaState::Unspecified) {
-        SagaState::Running => "running",
-        SagaState::Compensating => "compensating",
-        SagaState::Completed => "completed",
-        SagaState::Compensated => "compensated",
-        SagaState::Parked => "parked",
-        SagaState::Unspecified => "unknown",
-    }
+fn saga_state(r: &SagaRecord) -> SagaState {
+    SagaState::try_from(r.state).unwrap_or(SagaState::Unspecified)
 }
 
 fn saga_summary(r: &SagaRecord) -> pb::SagaSummary {
     pb::SagaSummary {
         saga_id: r.saga_id.clone(),
-        state: saga_state_name(r.state).into(),
+        state: saga_state_name(saga_state(r)).into(),
         steps: r.branches.len() as u32,
         next_step: r.next_step,
         failed_step: r.failed_step,
@@ -196,17 +186,9 @@ impl AdminService {
 
     pub async fn admin_list_txns(
         &self,
-        state: &str,
+        filter: TxnFilter,
         limit: usize,
     ) -> Result<Vec<pb::TxnSummary>, CoordError> {
-        const STATES: &[&str] = &["", "preparing", "deciding", "committing", "in-doubt"];
-        if !STATES.contains(&state) {
-            return Err(InvalidInput::new(
-                "state",
-                format!("{state:?} is not one of preparing, deciding, committing, in-doubt"),
-            )
-            .into());
-        }
         let limit = if limit == 0 {
             DEFAULT_LIST
         } else {
@@ -216,26 +198,27 @@ impl AdminService {
         let known = self.core().list();
         let known_ids: HashSet<String> = known.iter().map(|(t, ..)| t.to_string()).collect();
         for (txn, view, participants, age) in known {
-            out.push(pb::TxnSummary {
-                txn_id: txn.to_string(),
-                state: view_name(&view).into(),
-                participants: participants.iter().map(|p| p.to_string()).collect(),
-                age_ms: age.as_millis() as u64,
-            });
+            if filter.admits(TxnKind::of(&view)) {
+                out.push(pb::TxnSummary {
+                    txn_id: txn.to_string(),
+                    state: view_name(&view).into(),
+                    participants: participants.iter().map(|p| p.to_string()).collect(),
+                    age_ms: age.as_millis() as u64,
+                });
+            }
         }
-        if state.is_empty() || state == "in-doubt" {
+        if filter.wants_in_doubt() {
             for (txn, (participants, age, _)) in self.in_doubt_everywhere().await {
                 if !known_ids.contains(&txn) {
                     out.push(pb::TxnSummary {
                         txn_id: txn,
-                        state: "in-doubt".into(),
+                        state: TxnKind::InDoubt.name().into(),
                         participants,
                         age_ms: age,
                     });
                 }
             }
         }
-        out.retain(|t| state.is_empty() || t.state == state);
         out.sort_by_key(|t| std::cmp::Reverse(t.age_ms));
         out.truncate(limit);
         Ok(out)
@@ -379,26 +362,9 @@ impl AdminService {
 
     pub fn admin_list_sagas(
         &self,
-        state: &str,
+        filter: SagaFilter,
         limit: usize,
     ) -> Result<Vec<pb::SagaSummary>, CoordError> {
-        const STATES: &[&str] = &[
-            "",
-            "running",
-            "compensating",
-            "completed",
-            "compensated",
-            "parked",
-        ];
-        if !STATES.contains(&state) {
-            return Err(InvalidInput::new(
-                "state",
-                format!(
-                    "{state:?} is not one of running, compensating, completed, compensated, parked"
-                ),
-            )
-            .into());
-        }
         let limit = if limit == 0 {
             DEFAULT_LIST
         } else {
@@ -407,8 +373,8 @@ impl AdminService {
         let mut out: Vec<pb::SagaSummary> = self
             .sagas()?
             .iter()
+            .filter(|r| filter.admits(saga_state(r)))
             .map(saga_summary)
-            .filter(|s| state.is_empty() || s.state == state)
             .collect();
         out.sort_by_key(|s| std::cmp::Reverse(s.updated_at_unix_ms));
         out.truncate(limit);
@@ -448,7 +414,8 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::ListTxnsRequest>,
     ) -> Result<Response<pb::ListTxnsResponse>, Status> {
         let r = r.into_inner();
-        let txns = self.admin_list_txns(&r.state, r.limit as usize).await?;
+        let filter = TxnFilter::parse(&r.state).or_invalid()?;
+        let txns = self.admin_list_txns(filter, r.limit as usize).await?;
         Ok(Response::new(pb::ListTxnsResponse { txns }))
     }
 
@@ -487,7 +454,8 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::ListSagasRequest>,
     ) -> Result<Response<pb::ListSagasResponse>, Status> {
         let r = r.into_inner();
-        let sagas = self.admin_list_sagas(&r.state, r.limit as usize)?;
+        let filter = SagaFilter::parse(&r.state).or_invalid()?;
+        let sagas = self.admin_list_sagas(filter, r.limit as usize)?;
         Ok(Response::new(pb::ListSagasResponse { sagas }))
     }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tracing::{info, warn};
+
 use txn_proto::pb::v1 as pb;
 use txn_types::rec::{ClientTxnRecord, SagaRecord, SagaState};
 use txn_types::record;
@@ -269,15 +269,11 @@ impl ClientKeys {
     /// Runs [`ClientKeys::sweep_client_keys`] every minute (or every half retention, if that
     /// is shorter) until the process stops.
     pub async fn run_client_key_sweeper(self: Arc<Self>, retention: Duration) {
-        let every = (retention / 2).clamp(Duration::from_millis(100), CLIENT_KEY_SWEEP_INTERVAL);
-        loop {
-            tokio::time::sleep(every).await;
-            match self.sweep_client_keys(retention, unix_ms()) {
-                Ok(0) => {}
-                Ok(n) => info!(forgotten = n, "client keys past their retention forgotten"),
-                Err(e) => warn!(error = %e, "sweeping client keys failed; will retry"),
-            }
-        }
+        let every = txn_server::serve::sweep_every(retention, CLIENT_KEY_SWEEP_INTERVAL);
+        txn_server::serve::run_sweeper("sweeping client keys", every, || {
+            self.sweep_client_keys(retention, unix_ms())
+        })
+        .await
     }
 
     /// Adds the key record for a finished request to a batch.

@@ -6,6 +6,7 @@
 //!
 //! Layout:
 //! - [`admin`]: the operator's `Admin` service and its views (status, txns, sagas).
+//! - [`admin_filter`]: the list filters, parsed once into enums.
 //! - [`admin_force`]: operator actions: retries now and forced outcomes.
 //! - [`context`]: what every component shares: the core, the log, the participant links.
 //! - [`commit_batch`]: batches the Commits bound for one participant.
@@ -21,6 +22,7 @@
 //! - [`server`]: process wiring (flags, health, shutdown) used by the `coordinator` binary.
 
 pub mod admin;
+pub mod admin_filter;
 pub mod admin_force;
 pub mod commit_batch;
 pub mod commit_phase;

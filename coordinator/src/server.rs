@@ -10,9 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use tonic::transport::Endpoint;
-use tracing::{error, info};
+use tracing::info;
 use txn_proto::pb::v1 as pb;
 use txn_server::net::{AdminAuth, BearerToken, ClientTls};
+use txn_server::serve::StatsService;
 use txn_storage::SledStore;
 use txn_types::types::{MAX_MESSAGE_BYTES, ParticipantId};
 
@@ -166,37 +167,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let refresh: txn_metrics::Refresh = Arc::new(move || n.refresh_metrics());
         txn_server::metrics_endpoint::serve(addr, txn_metrics::Role::Coordinator, refresh).await?;
     }
-    let (reflection_v1, reflection_v1alpha) = txn_server::net::reflection()?;
-
-    let shutdown = txn_server::process::stop_requested(node.fatal());
-    let mut server = server;
-    server
-        .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            pb::coordinator_server::CoordinatorServer::new(svc.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(pb::stats_server::StatsServer::new(svc))
-        .add_service(pb::admin_server::AdminServer::with_interceptor(
-            crate::admin::AdminService::new(node.clone()),
-            auth.clone(),
-        ))
-        .add_service(pb::failpoints_server::FailpointsServer::with_interceptor(
-            txn_server::failpoint::FailpointService::new(ALL_FAILPOINTS),
-            auth,
-        ))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .context("serving gRPC")?;
-    if let Some(reason) = node.fatal().borrow().clone() {
-        error!(%reason, "stopped on a fatal storage error");
-        bail!("fatal storage error: {reason}");
-    }
+    let stats = {
+        let n = node.clone();
+        StatsService::new(Arc::new(move || crate::service::stats_to_pb(&n.stats())))
+    };
+    let mut builder = server;
+    let router = txn_server::serve::base(
+        &mut builder,
+        health_svc,
+        stats,
+        ALL_FAILPOINTS,
+        auth.clone(),
+    )?
+    .add_service(
+        pb::coordinator_server::CoordinatorServer::new(svc)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(pb::admin_server::AdminServer::with_interceptor(
+        crate::admin::AdminService::new(node.clone()),
+        auth,
+    ));
+    txn_server::serve::serve(router, listener, node.fatal()).await?;
     node.sync().await.context("final sync")?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use txn_proto::pb::v1 as pb;
 use txn_types::types::{TxnId, TxnRequest};
 
 use crate::dedup::tag_request;
-use crate::node::Coordinator;
+use crate::node::{CoordStats, Coordinator};
 
 #[derive(Clone)]
 pub struct CoordinatorService {
@@ -49,24 +49,18 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     }
 }
 
-#[tonic::async_trait]
-impl pb::stats_server::Stats for CoordinatorService {
-    async fn get_stats(
-        &self,
-        _request: Request<pb::StatsRequest>,
-    ) -> Result<Response<pb::StatsResponse>, Status> {
-        let s = self.node.stats();
-        Ok(Response::new(pb::StatsResponse {
-            fsyncs: s.fsyncs,
-            durable_writes: s.durable_writes,
-            committed: s.committed,
-            aborted: s.aborted,
-            in_doubt: s.in_doubt,
-            epoch: s.epoch,
-            sagas_active: s.sagas_active,
-            sagas_completed: s.sagas_completed,
-            sagas_compensated: s.sagas_compensated,
-            ..Default::default()
-        }))
+/// The coordinator's statistics on the wire.
+pub fn stats_to_pb(s: &CoordStats) -> pb::StatsResponse {
+    pb::StatsResponse {
+        fsyncs: s.fsyncs,
+        durable_writes: s.durable_writes,
+        committed: s.committed,
+        aborted: s.aborted,
+        in_doubt: s.in_doubt,
+        epoch: s.epoch,
+        sagas_active: s.sagas_active,
+        sagas_completed: s.sagas_completed,
+        sagas_compensated: s.sagas_compensated,
+        ..Default::default()
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use txn_metrics::RefusalLabels;
 use txn_participant_core::core::TxnStatus;
 use txn_participant_core::keys::OUTCOME_SWEEP_PAGE;
@@ -129,15 +129,11 @@ impl Participant {
         let Some(retention) = self.config.outcome_retention else {
             return;
         };
-        let every = (retention / 2).clamp(Duration::from_millis(100), OUTCOME_SWEEP_INTERVAL);
-        loop {
-            tokio::time::sleep(every).await;
-            match self.sweep_outcomes(retention, unix_ms()) {
-                Ok(0) => {}
-                Ok(n) => debug!(writes = n, "expired outcomes dropped"),
-                Err(e) => warn!(error = %e, "sweeping expired outcomes failed; will retry"),
-            }
-        }
+        let every = txn_server::serve::sweep_every(retention, OUTCOME_SWEEP_INTERVAL);
+        txn_server::serve::run_sweeper("sweeping expired outcomes", every, || {
+            self.sweep_outcomes(retention, unix_ms())
+        })
+        .await
     }
 
     /// Sets the state gauges of the metrics.

@@ -11,10 +11,11 @@ use anyhow::Context;
 use clap::Parser;
 use futures::future::BoxFuture;
 use tonic::transport::Channel;
-use tracing::{error, info};
+use tracing::info;
 use txn_proto::convert::FromWire;
 use txn_proto::pb::v1 as pb;
 use txn_server::net::{AdminAuth, ClientTls};
+use txn_server::serve::StatsService;
 use txn_storage::SledStore;
 use txn_types::types::{MAX_MESSAGE_BYTES, ParticipantId, Resolution, TxnId};
 
@@ -189,40 +190,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let refresh: txn_metrics::Refresh = Arc::new(move || n.refresh_metrics());
         txn_server::metrics_endpoint::serve(addr, txn_metrics::Role::Participant, refresh).await?;
     }
-    let (reflection_v1, reflection_v1alpha) = txn_server::net::reflection()?;
-
-    let shutdown = txn_server::process::stop_requested(node.fatal());
-    let mut server = server;
-    server
-        .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            pb::participant_server::ParticipantServer::new(svc.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(pb::stats_server::StatsServer::new(svc.clone()))
-        .add_service(
-            pb::participant_admin_server::ParticipantAdminServer::with_interceptor(
-                svc,
-                auth.clone(),
-            ),
-        )
-        .add_service(pb::failpoints_server::FailpointsServer::with_interceptor(
-            txn_server::failpoint::FailpointService::new(KNOWN_FAILPOINTS),
-            auth,
-        ))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .context("serving gRPC")?;
+    let stats = {
+        let n = node.clone();
+        StatsService::new(Arc::new(move || crate::service::stats_to_pb(&n.stats())))
+    };
+    let mut builder = server;
+    let router = txn_server::serve::base(
+        &mut builder,
+        health_svc,
+        stats,
+        KNOWN_FAILPOINTS,
+        auth.clone(),
+    )?
+    .add_service(
+        pb::participant_server::ParticipantServer::new(svc.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(pb::participant_admin_server::ParticipantAdminServer::with_interceptor(svc, auth));
+    let served = txn_server::serve::serve(router, listener, node.fatal()).await;
     resolver.abort();
-    if let Some(reason) = node.fatal().borrow().clone() {
-        error!(%reason, "stopped on a fatal storage error");
-        anyhow::bail!("fatal storage error: {reason}");
-    }
+    served?;
     node.sync().await.context("final sync")?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use txn_proto::convert::{OrInvalidArgument, ToWire, invalid_argument};
 use txn_proto::pb::v1 as pb;
 use txn_types::types::{InvalidInput, TxnId};
 
+use crate::housekeeping::NodeStats;
 use crate::node::{MAX_OUTCOMES_PAGE, MAX_READ_KEYS, Participant};
 use txn_participant_core::core::{PrepareRequest, TxnStatus};
 use txn_participant_core::saga::{Compensation, StepResult};
@@ -311,23 +312,17 @@ pub fn state_from_pb(raw: i32) -> Result<TxnStatus, InvalidInput> {
     }
 }
 
-#[tonic::async_trait]
-impl pb::stats_server::Stats for ParticipantService {
-    async fn get_stats(
-        &self,
-        _request: Request<pb::StatsRequest>,
-    ) -> Result<Response<pb::StatsResponse>, Status> {
-        let s = self.node.stats();
-        Ok(Response::new(pb::StatsResponse {
-            fsyncs: s.fsyncs,
-            durable_writes: s.durable_writes,
-            committed: s.committed,
-            aborted: s.aborted,
-            in_doubt: s.in_doubt,
-            max_in_doubt_ms: s.max_in_doubt_ms,
-            oldest_in_doubt_ms: s.oldest_in_doubt_ms,
-            ..Default::default()
-        }))
+/// The participant's statistics on the wire.
+pub fn stats_to_pb(s: &NodeStats) -> pb::StatsResponse {
+    pb::StatsResponse {
+        fsyncs: s.fsyncs,
+        durable_writes: s.durable_writes,
+        committed: s.committed,
+        aborted: s.aborted,
+        in_doubt: s.in_doubt,
+        max_in_doubt_ms: s.max_in_doubt_ms,
+        oldest_in_doubt_ms: s.oldest_in_doubt_ms,
+        ..Default::default()
     }
 }
 

@@ -40,13 +40,51 @@ fn crash(name: &str) -> ! {
     std::process::abort()
 }
 
-/// Turns our `crash` action into the `fail` crate's `return`, which [`hit`] treats as a crash.
-fn to_fail_action(action: &str) -> String {
-    action.replace("crash", "return")
+/// What an armed failpoint does, parsed once from its text (`off`, `crash`, or one of the
+/// `fail` crate's actions, where `crash` stands for its `return`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Disarmed.
+    Off,
+    /// Kill the process on the spot (kill -9), every time it is reached.
+    Crash,
+    /// Any other `fail` crate action, in its own syntax with `crash` for `return`: a count or
+    /// probability (`1*crash`, `50%crash`), `sleep(MS)`, `pause`, `panic`, `print(MSG)`...
+    Fail(String),
 }
 
-fn from_fail_action(action: &str) -> String {
-    action.replace("return", "crash")
+impl Action {
+    pub fn parse(raw: &str) -> Self {
+        match raw.trim() {
+            "" | "off" => Action::Off,
+            "crash" => Action::Crash,
+            other => Action::Fail(other.to_owned()),
+        }
+    }
+
+    /// The `fail` crate's text for it; None when disarmed.
+    fn to_fail(&self) -> Option<String> {
+        match self {
+            Action::Off => None,
+            Action::Crash => Some("return".into()),
+            Action::Fail(spec) => Some(spec.replace("crash", "return")),
+        }
+    }
+
+    /// Reads back the `fail` crate's text of an armed failpoint.
+    fn from_fail(spec: &str) -> Self {
+        Self::parse(&spec.replace("return", "crash"))
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Off => f.write_str("off"),
+            Action::Crash => f.write_str("crash"),
+            Action::Fail(spec) => f.write_str(spec),
+        }
+    }
 }
 
 /// Arms one failpoint. `known` lists the names the binary has.
@@ -62,13 +100,16 @@ pub fn set(known: &[&str], name: &str, action: &str) -> Result<(), Status> {
             known.join(", ")
         )));
     }
-    let action = action.trim();
-    if action.is_empty() || action == "off" {
-        fail::remove(name);
-        return Ok(());
+    let action = Action::parse(action);
+    match action.to_fail() {
+        None => {
+            fail::remove(name);
+            Ok(())
+        }
+        Some(spec) => fail::cfg(name, &spec).map_err(|e| {
+            Status::invalid_argument(format!("action: {:?}: {e}", action.to_string()))
+        }),
     }
-    fail::cfg(name, &to_fail_action(action))
-        .map_err(|e| Status::invalid_argument(format!("action: {action:?}: {e}")))
 }
 
 /// Arms the failpoints named in `TXN_FAILPOINTS`. Errors name the bad entry.
@@ -121,10 +162,29 @@ impl pb::failpoints_server::Failpoints for FailpointService {
                 name: (*name).to_owned(),
                 action: armed
                     .get(*name)
-                    .map(|a| from_fail_action(a))
-                    .unwrap_or_else(|| "off".into()),
+                    .map(|a| Action::from_fail(a))
+                    .unwrap_or(Action::Off)
+                    .to_string(),
             })
             .collect();
         Ok(Response::new(pb::ListFailpointsResponse { failpoints }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_read_back_as_they_were_written() {
+        assert_eq!(Action::parse(" off "), Action::Off);
+        assert_eq!(Action::parse(""), Action::Off);
+        assert_eq!(Action::parse("crash"), Action::Crash);
+        assert_eq!(Action::Crash.to_fail().as_deref(), Some("return"));
+        let counted = Action::parse("1*crash");
+        assert_eq!(counted.to_fail().as_deref(), Some("1*return"));
+        assert_eq!(Action::from_fail("1*return"), counted);
+        assert_eq!(Action::from_fail("return"), Action::Crash);
+        assert_eq!(Action::parse("sleep(100)").to_string(), "sleep(100)");
     }
 }

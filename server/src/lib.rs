@@ -8,11 +8,13 @@
 //! - [`metrics_endpoint`]: `GET /metrics` on `--metrics-addr`.
 //! - [`process`]: shutdown signals, fail-stop on a fatal error, logging, the runtime.
 //! - [`failpoint`]: named crash points, armed at start or over gRPC, for fault tests.
+//! - [`serve`]: the services and serving loop both binaries share, and the sweeper loop.
 
 pub mod failpoint;
 pub mod metrics_endpoint;
 pub mod net;
 pub mod process;
+pub mod serve;
 
 /// Most connections waiting to be accepted by a server.
 const LISTEN_BACKLOG: u32 = 1024;
