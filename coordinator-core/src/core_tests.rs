@@ -175,3 +175,34 @@ fn open_bumps_the_epoch_and_reloads_unended_decisions() {
     store.corrupt(&decision_key(&TxnId::generated(1, 5)), b"garbage".to_vec());
     assert!(CoordinatorCore::open(&store).is_err());
 }
+
+#[test]
+fn an_operator_s_forced_commit_is_driven_like_any_other() {
+    let mut c = CoordinatorCore::new(5);
+    let t = TxnId::generated(4, 2);
+    assert!(c.pin(&t));
+    c.unpin(&t);
+    assert_eq!(
+        c.resolve_with(&t, false),
+        Resolution::Decided(Decision::Abort)
+    );
+    let e = c.adopt_commit(&t, vec![p("p1"), p("p2")], 9);
+    assert_eq!(e.len(), 2, "a Commit to each participant: {e:?}");
+    assert_eq!(c.decided_at_unix_ms(&t), Some(9));
+    assert_eq!(c.participants_of(&t), Some(vec![p("p1"), p("p2")]));
+    assert_eq!(
+        c.resolve_with(&t, false),
+        Resolution::Decided(Decision::Commit)
+    );
+}
+
+#[test]
+fn the_operators_view_of_the_table() {
+    let (mut c, t) = two();
+    let u = c.begin(vec![p("p1")], u64::MAX);
+    c.on_vote(&u, 0, VoteResult::Yes, 0, 0);
+    c.on_decision_durable(&u);
+    assert_eq!((c.in_flight(), c.committing()), (1, 1));
+    let listed: Vec<TxnId> = c.list().into_iter().map(|(id, ..)| id).collect();
+    assert!(listed.contains(&t) && listed.contains(&u), "{listed:?}");
+}

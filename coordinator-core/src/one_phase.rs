@@ -122,10 +122,6 @@ impl OnePhase {
         }
     }
 
-    pub fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -259,7 +255,7 @@ mod tests {
             Some(OnePhaseAction::Reply(OnePhaseOutcome::Aborted { ref reason, settled: false }))
                 if reason == "p1 voted NO: below 0"
         ));
-        assert!(c.is_done());
+        assert_eq!(c.phase(), Phase::Done);
         // A late event changes nothing.
         assert_eq!(c.on(OnePhaseEvent::SettleAborted, 0.0), None);
     }

@@ -287,5 +287,38 @@ mod tests {
         let mut rec = saga(1).record().clone();
         rec.state = 99;
         assert!(Saga::from_record(b"s/x", rec).is_err());
+        let mut rec = saga(1).record().clone();
+        rec.state = SagaState::Unspecified as i32;
+        assert!(Saga::from_record(b"s/x", rec).is_err());
+        // next_step may reach the number of steps (every step done), not pass it.
+        let mut rec = saga(2).record().clone();
+        rec.next_step = 2;
+        assert!(Saga::from_record(b"s/x", rec).is_ok());
+        let mut rec = saga(0).record().clone();
+        assert!(
+            Saga::from_record(b"s/x", rec.clone()).is_err(),
+            "running without steps"
+        );
+        rec.state = SagaState::Completed as i32;
+        assert!(Saga::from_record(b"s/x", rec).is_ok());
+        // A sound record comes back as it was written.
+        let s = saga(2);
+        let back = Saga::from_record(b"s/x", s.record().clone()).unwrap();
+        assert_eq!(
+            (back.id(), back.deadline_unix_ms()),
+            (s.id(), s.deadline_unix_ms())
+        );
+    }
+
+    #[test]
+    fn saga_keys_are_per_saga_and_transitions_are_stamped() {
+        assert_ne!(
+            saga_key(&TxnId::generated(1, 1)),
+            saga_key(&TxnId::generated(1, 2))
+        );
+        let mut s = saga(2);
+        s.on_executed(0, 42);
+        assert_eq!(s.record().updated_at_unix_ms, 42);
+        assert_eq!(s.branch(1).participant, "p2");
     }
 }

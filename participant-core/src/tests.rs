@@ -4,9 +4,10 @@ use txn_types::store::{MemStore, Store};
 use txn_types::types::{Decision, Op, ParticipantId, TxnId, Vote, decode_counter, encode_counter};
 
 use crate::core::*;
-use crate::keys::{data_key, outcome_key, prepared_key};
+use crate::keys::{data_key, list_outcomes, outcome_key, prepared_key, sweep_expired};
 use crate::one_phase::OnePhaseAnswer;
 use crate::resolve::{Resolved, peer_verdict};
+use crate::saga::{self, Compensation, StepResult};
 use crate::step::{Attempt, Durability, Step};
 
 fn txn(s: &str) -> TxnId {
@@ -506,4 +507,216 @@ fn corrupt_outcome_is_an_error_not_absent() {
     ));
     store.corrupt(&prepared_key(&txn("2")), b"garbage!".to_vec());
     assert!(core.recover(&store).is_err());
+}
+
+#[test]
+fn a_prepare_after_the_commit_is_a_revote_not_a_second_prepare() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "1", vec![add("a", 5)]);
+    apply(&store, core.commit(&txn("1"), &store, 0).unwrap());
+    let step = ready(
+        core.prepare(&req("1", vec![add("a", 5)]), &store, 0)
+            .unwrap(),
+    );
+    assert!(step.write.is_empty(), "nothing prepared again");
+    assert!(matches!(step.answer, PrepareAnswer::Revote { .. }));
+    assert_eq!(core.in_doubt(), 0);
+    assert_eq!(core.locked_keys(), 0);
+    assert_eq!(balance(&store, "a"), 5);
+}
+
+#[test]
+fn a_branch_whose_record_is_too_large_votes_no() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let value = vec![b'v'; txn_types::types::MAX_VALUE_LEN];
+    let ops: Vec<Op> = (0..70)
+        .map(|i| Op::Put {
+            key: format!("k{i}").into_bytes(),
+            value: value.clone(),
+        })
+        .collect();
+    let Vote::No { reason } = prepare(&mut core, &store, "1", ops) else {
+        panic!("a record over MAX_RECORD_BYTES cannot be made durable safely");
+    };
+    assert!(reason.contains("the limit is"), "{reason}");
+    assert_eq!(core.locked_keys(), 0);
+}
+
+#[test]
+fn locks_writers_exclusive_readers_shared() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let read = |k: &str| Op::Read { key: k.into() };
+    // A branch that reads and writes one key holds one exclusive lock on it.
+    prepare(
+        &mut core,
+        &store,
+        "1",
+        vec![read("a"), add("a", 1), read("r")],
+    );
+    assert_eq!(core.locked_keys(), 2);
+    // Readers share: another reader of r goes ahead, a reader of a waits, a writer of r waits.
+    assert!(matches!(
+        prepare(&mut core, &store, "2", vec![read("r")]),
+        Vote::Yes { .. }
+    ));
+    assert!(matches!(
+        core.prepare(&req("3", vec![read("a")]), &store, 0).unwrap(),
+        Attempt::Blocked { .. }
+    ));
+    assert!(matches!(
+        core.prepare(&req("4", vec![add("r", 1)]), &store, 0)
+            .unwrap(),
+        Attempt::Blocked { .. }
+    ));
+    // Saga steps and one-phase commits take no locks, but wait for prepared txns' locks.
+    assert_eq!(core.lock_conflict(&[read("a")]), Some(txn("1")));
+    assert_eq!(core.lock_conflict(&[read("r")]), None);
+    assert!(core.lock_conflict(&[add("r", 1)]).is_some());
+    assert_eq!(core.lock_conflict_keys(&[b"a".to_vec()]), Some(txn("1")));
+    assert_eq!(core.lock_conflict_keys(&[b"z".to_vec()]), None);
+    let ex = saga::execute(&core, &txn("9"), 0, &[add("a", 1)], &store, 0).unwrap();
+    assert_eq!(ex, Attempt::Blocked { holder: txn("1") });
+}
+
+#[test]
+fn counter_bounds_are_inclusive() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let bounded = |delta, min, max| Op::Add {
+        key: b"n".to_vec(),
+        delta,
+        min,
+        max,
+    };
+    assert!(matches!(
+        prepare(&mut core, &store, "1", vec![bounded(0, Some(0), Some(0))]),
+        Vote::Yes { .. }
+    ));
+    apply(&store, core.commit(&txn("1"), &store, 0).unwrap());
+    assert!(matches!(
+        prepare(&mut core, &store, "2", vec![bounded(5, None, Some(5))]),
+        Vote::Yes { .. }
+    ));
+    apply(&store, core.commit(&txn("2"), &store, 0).unwrap());
+    let Vote::No { reason } = prepare(&mut core, &store, "3", vec![bounded(1, None, Some(5))])
+    else {
+        panic!("6 is above the maximum 5");
+    };
+    assert!(reason.contains("above the maximum 5"), "{reason}");
+    // 5 - 7 = -2 is below the minimum -1; 5 - 6 = -1 is on it.
+    assert!(matches!(
+        prepare(&mut core, &store, "4", vec![bounded(-7, Some(-1), None)]),
+        Vote::No { .. }
+    ));
+    assert!(matches!(
+        prepare(&mut core, &store, "6", vec![bounded(-6, Some(-1), None)]),
+        Vote::Yes { .. }
+    ));
+    // A branch sees its own earlier writes.
+    let ops = vec![
+        Op::Put {
+            key: b"m".to_vec(),
+            value: b"7".to_vec(),
+        },
+        Op::Check {
+            key: b"m".to_vec(),
+            expected: Some(b"7".to_vec()),
+        },
+    ];
+    assert!(matches!(
+        prepare(&mut core, &store, "5", ops),
+        Vote::Yes { .. }
+    ));
+}
+
+#[test]
+fn expired_outcomes_are_swept_after_their_cutoff_only() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    for (t, at) in [("1", 100), ("2", 200), ("3", 300)] {
+        apply(
+            &store,
+            core.abort(&txn(t), AbortSource::Coordinator, &store, at)
+                .unwrap(),
+        );
+    }
+    assert_eq!(list_outcomes(&store, "", 10).unwrap().len(), 3);
+    let (batch, more) = sweep_expired(&store, 250, 10).unwrap();
+    assert!(!more);
+    store.apply(batch).unwrap();
+    let left: Vec<String> = list_outcomes(&store, "", 10)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.0)
+        .collect();
+    assert_eq!(left, vec!["3".to_owned()]);
+    // A page that fills up says more may be due.
+    apply(
+        &store,
+        core.abort(&txn("4"), AbortSource::Coordinator, &store, 400)
+            .unwrap(),
+    );
+    let (batch, more) = sweep_expired(&store, 1_000, 1).unwrap();
+    assert!(more);
+    store.apply(batch).unwrap();
+    assert_eq!(list_outcomes(&store, "", 10).unwrap().len(), 1);
+    // A record rewritten after its index entry (a forgotten commit) keeps its newer entry.
+    prepare(&mut core, &store, "5", vec![add("a", 1)]);
+    apply(&store, core.commit(&txn("5"), &store, 0).unwrap());
+    let forget = core.forget(&txn("5"), &store, 500).unwrap().unwrap();
+    store.apply(forget).unwrap();
+    let (batch, _) = sweep_expired(&store, 450, 10).unwrap();
+    store.apply(batch).unwrap();
+    assert_eq!(
+        core.status(&txn("5"), &store).unwrap(),
+        TxnStatus::Committed
+    );
+    let listed = list_outcomes(&store, "4", 10).unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|o| (o.0.as_str(), o.1))
+            .collect::<Vec<_>>(),
+        vec![("5", TxnStatus::Committed)]
+    );
+}
+
+#[test]
+fn barriers_are_per_step_and_keep_their_answers() {
+    let store = MemStore::new();
+    let core = ParticipantCore::new();
+    let saga_id = txn("7");
+    let run = |step: Step<StepResult>| apply(&store, step);
+    // Compensating step 0 refuses step 0's late Execute, not step 1's.
+    let c = apply(
+        &store,
+        ready(saga::compensate(&core, &saga_id, 0, &store, 0).unwrap()),
+    );
+    assert_eq!(c, Compensation::Null);
+    let late = run(ready(
+        saga::execute(&core, &saga_id, 0, &[add("a", 1)], &store, 0).unwrap(),
+    ));
+    assert!(matches!(late, StepResult::Refused { .. }));
+    let other = run(ready(
+        saga::execute(&core, &saga_id, 1, &[add("a", 1)], &store, 0).unwrap(),
+    ));
+    assert!(matches!(other, StepResult::Succeeded { .. }));
+    // A failed step answers the same failure, reason included, when asked again.
+    let failed = run(ready(
+        saga::execute(&core, &saga_id, 2, &[add("a", -5)], &store, 0).unwrap(),
+    ));
+    let again = run(ready(
+        saga::execute(&core, &saga_id, 2, &[add("a", -5)], &store, 0).unwrap(),
+    ));
+    assert_eq!(failed, again);
+    let StepResult::Failed { reason } = again else {
+        panic!("expected the recorded failure");
+    };
+    assert!(reason.contains("below the minimum"), "{reason}");
+    let barriers = saga::list_barriers(&store, b"", 10).unwrap();
+    assert_eq!(barriers.len(), 3);
+    assert!(barriers.iter().all(|(k, _)| k.starts_with(b"b/7/")));
 }

@@ -2,11 +2,17 @@
 //! built binaries, each on its own loopback port with its own data directory and log file.
 //! Tests and the harness use it to kill, restart and inspect processes the way an operator
 //! would.
+//!
+//! Layout: this file starts a [`Cluster`] and reaches its nodes. Each node is a [`Proc`]
+//! (`process`: start, health check, signals, logs); `binaries` finds or builds the service
+//! binaries, and `metrics` reads a node's Prometheus endpoint.
 
-use std::fs::OpenOptions;
+mod binaries;
+mod metrics;
+mod process;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -14,245 +20,16 @@ use tonic::transport::{Channel, Endpoint};
 use txn_proto::pb::v1 as pb;
 use txn_server::net::{BearerToken, ClientTls, TlsArgs};
 
-/// How long a started process may take to answer its health check.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// Pause between health probes while waiting for a process.
-const READY_POLL: Duration = Duration::from_millis(20);
+pub use binaries::{bin_dir, ensure_binaries};
+pub use metrics::{metric, scrape_metrics};
+pub use process::{Proc, READY_TIMEOUT};
 
-/// Directory holding the `coordinator` and `participant` binaries: `TXN_BIN_DIR` if set, else
-/// the cargo target directory this executable was built into.
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    if let Ok(dir) = std::env::var("TXN_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let mut dir = exe
-        .parent()
-        .context("executable has no parent directory")?
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    Ok(dir)
-}
-
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let path = bin_dir()?.join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found; build the binaries first with `cargo build --workspace --bins` \
-             (`cargo test --workspace` does this) or set TXN_BIN_DIR",
-            path.display()
-        );
-    }
-    Ok(path)
-}
+use binaries::binary;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
-}
-
-/// One process of the cluster.
-pub struct Proc {
-    pub name: String,
-    pub addr: SocketAddr,
-    bin: PathBuf,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
-    /// TLS settings of the health probe.
-    tls: ClientTls,
-    /// Where the node serves Prometheus metrics, when the cluster was started with them.
-    pub metrics_addr: Option<SocketAddr>,
-}
-
-impl Proc {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// Sets an environment variable for the next start.
-    pub fn set_env(&mut self, key: &str, value: &str) {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.into(), value.into()));
-    }
-
-    pub fn clear_env(&mut self, key: &str) {
-        self.env.retain(|(k, _)| k != key);
-    }
-
-    /// Starts the process and waits until it answers its health check.
-    pub async fn start(&mut self) -> anyhow::Result<()> {
-        if self.is_running() {
-            bail!("{} is already running", self.name);
-        }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        // If the test or harness dies without cleaning up (ctrl-c, a timeout's SIGKILL), its
-        // cluster must not outlive it.
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on the child; it is
-            // async-signal-safe, as pre_exec requires.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        self.child = Some(child);
-        self.wait_ready().await
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if !self.is_running() {
-                bail!(
-                    "{} exited during start; log:\n{}",
-                    self.name,
-                    self.log_tail(20)
-                );
-            }
-            if health_ok(&self.url(), &self.tls).await {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "{} did not pass its health check within {:?}; log:\n{}",
-                    self.name,
-                    READY_TIMEOUT,
-                    self.log_tail(20)
-                );
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-    }
-
-    /// SIGSTOP: the process stays alive but answers nothing.
-    pub fn pause(&mut self) -> anyhow::Result<()> {
-        signal(self.pid().context("process is not running")?, "STOP")
-    }
-
-    /// SIGCONT after [`Proc::pause`].
-    pub fn resume(&mut self) -> anyhow::Result<()> {
-        signal(self.pid().context("process is not running")?, "CONT")
-    }
-
-    /// SIGKILL, like a crash: nothing is flushed, nothing cleaned up.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then wait for a clean exit; returns the exit status.
-    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut c = self.child.take().context("process is not running")?;
-        signal(c.id(), "TERM")?;
-        Ok(c.wait()?)
-    }
-
-    /// Waits for the process to exit on its own (e.g. after a crash failpoint).
-    pub async fn wait_exit(
-        &mut self,
-        timeout: Duration,
-    ) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(c) = &mut self.child
-                && let Some(status) = c.try_wait()?
-            {
-                self.child = None;
-                return Ok(status);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("{} still running after {timeout:?}", self.name);
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-    }
-
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        self.start().await
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .context("running kill")?;
-    if !status.success() {
-        bail!("kill -{sig} {pid} failed");
-    }
-    Ok(())
-}
-
-async fn health_ok(url: &str, tls: &ClientTls) -> bool {
-    let Ok(ep) = tls.endpoint("url", url, Duration::from_millis(200)) else {
-        return false;
-    };
-    let Ok(channel) = ep.connect().await else {
-        return false;
-    };
-    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-    let req = tonic_health::pb::HealthCheckRequest {
-        service: String::new(),
-    };
-    matches!(
-        client.check(req).await.map(|r| r.into_inner().status),
-        Ok(s) if s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    )
 }
 
 /// Options for [`Cluster::start`].
@@ -609,46 +386,6 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-/// Builds the `coordinator` and `participant` binaries with the profile of the running
-/// executable, when it was started by `cargo run` (which sets `CARGO`); otherwise the binaries
-/// must already be in [`bin_dir`]. Not for use inside `cargo test`, which holds the build lock.
-pub fn ensure_binaries() -> anyhow::Result<()> {
-    let Ok(cargo) = std::env::var("CARGO") else {
-        return Ok(());
-    };
-    if std::env::var_os("TXN_BIN_DIR").is_some() {
-        return Ok(());
-    }
-    let release = bin_dir()?.ends_with("release");
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "--bins",
-        "-p",
-        "txn-coordinator",
-        "-p",
-        "txn-participant",
-    ])
-    .args([
-        "--features",
-        "txn-coordinator/failpoints,txn-participant/failpoints",
-    ])
-    .arg("--manifest-path")
-    .arg(manifest);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd
-        .status()
-        .context("running cargo build for the service binaries")?;
-    if !status.success() {
-        bail!("building the coordinator and participant binaries failed");
-    }
-    Ok(())
-}
-
 /// The value `read` gives once it has stayed the same for `quiet_for` (polled every 100 ms,
 /// for at most 10 s): a way to wait until background writes of earlier work have settled
 /// before counting the writes of the work under test.
@@ -675,32 +412,4 @@ where
         }
     }
     bail!("still changing after 10 s: {last:?}")
-}
-
-/// Fetches the Prometheus text of a node started with metrics.
-pub async fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to the metrics endpoint {addr}"))?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: harness\r\n\r\n")
-        .await?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).await?;
-    if !text.starts_with("HTTP/1.1 200") {
-        bail!(
-            "metrics endpoint {addr} answered: {}",
-            text.lines().next().unwrap_or("")
-        );
-    }
-    Ok(text)
-}
-
-/// The value of one sample (name with labels, exactly as exposed) in Prometheus text.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|v| v.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
 }

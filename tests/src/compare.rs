@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::coordinator_client::CoordinatorClient;
 
-use crate::bank::{self, Account, Outcome, Protocol, Workload};
+use crate::bank::{self, Account, Outcome, Protocol, Violation, Workload};
 use crate::cluster::{Cluster, ClusterOptions};
 
 /// Every scenario, in report order.
@@ -103,7 +103,7 @@ pub struct RunReport {
     pub bucket_ms: u64,
     /// Committed transfers per bucket.
     pub timeline: Vec<u64>,
-    pub problems: Vec<String>,
+    pub problems: Vec<Violation>,
 }
 
 impl RunReport {
@@ -254,7 +254,7 @@ pub async fn run_one(
             .min()
             .map(|at| at - heal)
     });
-    let count = |needle: &str| problems.iter().filter(|p| p.contains(needle)).count();
+    let count = |kind: fn(&Violation) -> bool| problems.iter().filter(|p| kind(p)).count();
     let elapsed = history.iter().map(|r| r.at).max().unwrap_or(cfg.duration);
     Ok(RunReport {
         scenario: scenario.to_string(),
@@ -265,12 +265,8 @@ pub async fn run_one(
         committed: tally.committed,
         aborted: tally.aborted,
         unknown: tally.unknown,
-        atomicity_violations: count("atomicity violation")
-            + count("executed but not compensated")
-            + count("never executed")
-            + count("executed after an earlier step failed")
-            + count("were not compensated"),
-        lost_acknowledged: count("lost: client saw COMMITTED"),
+        atomicity_violations: count(Violation::breaks_atomicity),
+        lost_acknowledged: count(Violation::loses_acknowledged),
         total_before: total,
         total_after: observed.balances.iter().sum(),
         total_conserved: observed.balances.iter().sum::<i64>() == total,

@@ -1,5 +1,20 @@
 //! Test support shared by the integration tests and the `harness` binary: a cluster of real
 //! processes ([`cluster`]) and the bank workload with its checks ([`bank`]).
+//!
+//! # Layout
+//!
+//! - [`cluster`]: starts a local cluster and reaches its nodes. `cluster::process` is one
+//!   node's process (start, health check, signals, log), `cluster::binaries` finds or builds
+//!   the service binaries, `cluster::metrics` reads a node's Prometheus endpoint.
+//! - [`bank`]: the bank workload and its clients. `bank::observe` reads what the
+//!   participants hold once the system is quiet, `bank::check` judges a history against that,
+//!   and `bank::violation` names each kind of finding ([`bank::Violation`]).
+//! - [`compare`]: one run of `harness compare`, a fault scenario under one protocol.
+//! - [`report`]: renders the comparison as a table, report.json, report.md and a chart.
+//! - [`proxy`]: the fault-injecting TCP proxy a cluster can put on one link.
+//!
+//! The `harness` binary (`src/bin/harness/`) has one module per command: `run`, `compare`
+//! and `bench`.
 
 pub mod bank;
 pub mod cluster;

@@ -40,6 +40,7 @@ async fn concurrent_transfers_are_atomic() -> anyhow::Result<()> {
     let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
     let initial = vec![balance; accounts.len()];
     let problems = bank::check(&initial, &history, &observed);
+    let problems = bank::to_strings(&problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     cluster.shutdown()?;
     Ok(())

@@ -111,6 +111,7 @@ async fn crash_and_recover_with(
     assert_eq!(left, 0, "txns still in doubt after recovery");
     let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
     let problems = bank::check(&vec![BALANCE; accounts.len()], &history, &observed);
+    let problems = bank::to_strings(&problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(
         tally.committed > 0,
@@ -214,6 +215,7 @@ async fn random_kill_9_keeps_every_txn_atomic() -> anyhow::Result<()> {
     assert_eq!(left, 0, "txns still in doubt after every process is back");
     let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
     let problems = bank::check(&vec![BALANCE; accounts.len()], &history, &observed);
+    let problems = bank::to_strings(&problems);
     assert!(problems.is_empty(), "seed {seed}:\n{}", problems.join("\n"));
     cluster.shutdown()?;
     Ok(())

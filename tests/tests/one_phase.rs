@@ -63,6 +63,7 @@ async fn run_checked(
     assert_eq!(left, 0, "txns in doubt after the run");
     let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
     let problems = bank::check(&vec![BALANCE; accounts.len()], &history, &observed);
+    let problems = bank::to_strings(&problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     Ok((cluster, history, written))
 }
@@ -191,6 +192,7 @@ async fn lost_answers_on_a_lossy_link_are_settled() -> anyhow::Result<()> {
     assert_eq!(left, 0, "txns in doubt after the link healed");
     let observed = bank::observe(&cluster, &accounts, &history, bank::Protocol::TwoPhase).await?;
     let problems = bank::check(&vec![BALANCE; accounts.len()], &history, &observed);
+    let problems = bank::to_strings(&problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     let log = std::fs::read_to_string(cluster.node("coordinator").log_path())?;
     let settled = log.matches("settling it with an Abort").count();

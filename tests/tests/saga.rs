@@ -33,6 +33,7 @@ async fn run_and_check(
         "the participants recorded no saga step at all"
     );
     let problems = bank::check(&vec![BALANCE; accounts.len()], history, &observed);
+    let problems = bank::to_strings(&problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
 }

@@ -1,0 +1,177 @@
+//! The operator commands that go through the coordinator's Admin service (txns and sagas:
+//! list, show, retry, force an outcome) and through a node's Failpoints service. A participant
+//! is named as the coordinator knows it, and its address is asked of the coordinator.
+
+use serde_json::{Value, json};
+use txn_proto::pb::v1 as pb;
+
+use crate::Res;
+use crate::cli::{FailpointCmd, SagaCmd, TxnCmd};
+use crate::conn::{Ch, connect, status_err};
+use crate::output::{detail_json, saga_json};
+
+pub async fn txn(c: TxnCmd, ch: Ch) -> Res<Value> {
+    let mut admin = pb::admin_client::AdminClient::new(ch);
+    let force =
+        |id: String, decision: pb::Decision, reason: String, heuristic: bool| pb::ForceTxnRequest {
+            txn_id: id,
+            decision: decision as i32,
+            reason,
+            heuristic,
+        };
+    Ok(match c {
+        TxnCmd::List { state, limit } => {
+            let r = admin
+                .list_txns(pb::ListTxnsRequest {
+                    state: state.unwrap_or_default(),
+                    limit,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            Value::Array(
+                r.txns
+                    .iter()
+                    .map(|t| json!({"txn_id": t.txn_id, "state": t.state, "participants": t.participants.join(","), "age_ms": t.age_ms}))
+                    .collect(),
+            )
+        }
+        TxnCmd::Show { id } => detail_json(
+            &admin
+                .show_txn(pb::TxnIdRequest { txn_id: id })
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        TxnCmd::Retry { id } => {
+            let r = admin
+                .retry_txn(pb::TxnIdRequest { txn_id: id.clone() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            json!({"txn_id": id, "action": r.action})
+        }
+        TxnCmd::Abort {
+            id,
+            reason,
+            heuristic,
+        } => detail_json(
+            &admin
+                .force_txn(force(id, pb::Decision::Abort, reason, heuristic))
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        TxnCmd::Commit {
+            id,
+            reason,
+            heuristic,
+        } => detail_json(
+            &admin
+                .force_txn(force(id, pb::Decision::Commit, reason, heuristic))
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+    })
+}
+
+pub async fn saga(c: SagaCmd, ch: Ch) -> Res<Value> {
+    let mut admin = pb::admin_client::AdminClient::new(ch);
+    Ok(match c {
+        SagaCmd::List { state, limit } => {
+            let r = admin
+                .list_sagas(pb::ListSagasRequest {
+                    state: state.unwrap_or_default(),
+                    limit,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            Value::Array(r.sagas.iter().map(saga_json).collect())
+        }
+        SagaCmd::Show { id } => saga_json(
+            &admin
+                .show_saga(pb::TxnIdRequest { txn_id: id })
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        SagaCmd::Retry { id } => saga_json(
+            &admin
+                .retry_saga(pb::TxnIdRequest { txn_id: id })
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+    })
+}
+
+pub async fn participant_url(ch: Ch, name: &str) -> Res<String> {
+    let r = pb::admin_client::AdminClient::new(ch)
+        .list_participants(pb::ListParticipantsRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    r.participants
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.url.clone())
+        .ok_or_else(|| {
+            format!(
+                "unknown participant {name:?}; the coordinator knows: {}",
+                r.participants
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+pub async fn failpoint(c: FailpointCmd, coordinator: &str) -> Res<Value> {
+    let node = match &c {
+        FailpointCmd::Set { node, .. }
+        | FailpointCmd::Clear { node, .. }
+        | FailpointCmd::List { node } => node.clone(),
+    };
+    let url = if node == "coordinator" {
+        coordinator.to_owned()
+    } else {
+        participant_url(connect("the coordinator", coordinator).await?, &node).await?
+    };
+    let mut fp = pb::failpoints_client::FailpointsClient::new(connect(&node, &url).await?);
+    Ok(match c {
+        FailpointCmd::Set { name, action, .. } => {
+            fp.set_failpoint(pb::SetFailpointRequest {
+                name: name.clone(),
+                action: action.clone(),
+            })
+            .await
+            .map_err(status_err)?;
+            json!({"node": node, "failpoint": name, "action": action})
+        }
+        FailpointCmd::Clear { name, .. } => {
+            fp.set_failpoint(pb::SetFailpointRequest {
+                name: name.clone(),
+                action: "off".into(),
+            })
+            .await
+            .map_err(status_err)?;
+            json!({"node": node, "failpoint": name, "action": "off"})
+        }
+        FailpointCmd::List { .. } => {
+            let r = fp
+                .list_failpoints(pb::ListFailpointsRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            Value::Array(
+                r.failpoints
+                    .iter()
+                    .map(|f| json!({"failpoint": f.name, "action": f.action}))
+                    .collect(),
+            )
+        }
+    })
+}

@@ -1,0 +1,167 @@
+//! The command line of txnctl: every command, its subcommands and flags, as clap parses them.
+//! The help text of each command is its documentation, so the words here are what an
+//! operator reads in `txnctl --help`.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "txnctl",
+    version,
+    about = "Operate a txnkit coordinator and its participants"
+)]
+pub struct Cli {
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "TXNCTL_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Bearer token for operator calls, when the services require one.
+    #[arg(long, global = true, env = "TXNCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signed the services' certificates: turns TLS on.
+    #[arg(long, global = true, env = "TXNCTL_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for services that demand one (mutual TLS).
+    #[arg(long, global = true, env = "TXNCTL_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "TXNCTL_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Coordinator epoch and uptime, participants and their health, txn and saga counts.
+    Status,
+    /// Two-phase commit transactions: find, inspect, retry and settle stuck ones.
+    #[command(subcommand)]
+    Txn(TxnCmd),
+    /// Sagas: list, inspect, retry parked compensations.
+    #[command(subcommand)]
+    Saga(SagaCmd),
+    /// Participants, and the transactions each holds in doubt.
+    #[command(subcommand)]
+    Participant(ParticipantCmd),
+    /// Move an amount between two accounts (accounts that do not exist yet hold 0).
+    Transfer {
+        /// Source account as PARTICIPANT/KEY, e.g. p1/alice.
+        #[arg(long)]
+        from: String,
+        /// Destination account as PARTICIPANT/KEY.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: i64,
+        /// 2pc or saga.
+        #[arg(long, default_value = "2pc")]
+        protocol: String,
+        /// Let the source go below zero (by default an overdraft aborts).
+        #[arg(long)]
+        allow_negative: bool,
+        /// Idempotency key: running the same transfer again with the same key returns the
+        /// first outcome instead of moving the money twice.
+        #[arg(long)]
+        client_txn_id: Option<String>,
+    },
+    /// Read accounts atomically through the coordinator (PARTICIPANT/KEY ...).
+    Read {
+        #[arg(required = true)]
+        accounts: Vec<String>,
+    },
+    /// Run a transaction described as JSON, from FILE or - for standard input.
+    Submit { file: String },
+    /// Failpoints of services built with them (tests and the harness).
+    #[command(subcommand)]
+    Failpoint(FailpointCmd),
+    /// Generate a throwaway CA and one certificate per node, for running a cluster with
+    /// mutual TLS (not for production keys).
+    Certs {
+        /// Directory to write ca.pem and NAME.pem / NAME.key into.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Node names (each certificate is valid for localhost and 127.0.0.1, as server and
+        /// client).
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TxnCmd {
+    /// Transactions in flight, committing, or in doubt at a participant.
+    List {
+        /// preparing, deciding, committing or in-doubt.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Decision, each participant's state and ack, retries and last error, forced outcome.
+    Show { id: String },
+    /// Re-drive now: re-send Commit, or Abort a txn the coordinator has no decision for.
+    Retry { id: String },
+    /// Force ABORT; refused after a durable commit decision unless --heuristic.
+    Abort {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        heuristic: bool,
+    },
+    /// Force COMMIT; refused unless every participant voted YES, unless --heuristic.
+    Commit {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        heuristic: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SagaCmd {
+    /// Sagas, most recently updated first.
+    List {
+        /// running, compensating, completed, compensated or parked.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One saga's state, failed step, compensation attempts and last error.
+    Show { id: String },
+    /// Resume a parked saga's compensation now, with a fresh retry budget.
+    Retry { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum ParticipantCmd {
+    /// Every participant with its address, health and in-doubt count.
+    List,
+    /// Prepared txns a participant holds: age, participants, locks. NAME may also be the
+    /// participant's URL, which works while the coordinator is down.
+    InDoubt { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum FailpointCmd {
+    /// Arm a failpoint on NODE (coordinator, p1, ...): ACTION is crash, sleep(MS), pause, ...
+    Set {
+        node: String,
+        name: String,
+        action: String,
+    },
+    /// Disarm a failpoint.
+    Clear { node: String, name: String },
+    /// The failpoints of NODE and their actions.
+    List { node: String },
+}

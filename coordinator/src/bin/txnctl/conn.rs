@@ -1,0 +1,94 @@
+//! How txnctl reaches the services: one set of TLS settings and one admin token, taken from the
+//! flags once, for every channel; a bounded connect and call deadline; and the translation of
+//! a failed call into one line that says what went wrong (and, where it can tell, what to try),
+//! instead of a gRPC status dump.
+
+use std::time::Duration;
+
+use txn_server::net::{AuthChannel, BearerToken, ClientTls, TlsArgs};
+
+use crate::Res;
+use crate::cli::Cli;
+
+/// Time allowed to connect to a service.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of one call (a forced outcome asks every participant, so it gets room).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A channel to a service; every call carries the admin token when one is given.
+pub type Ch = AuthChannel;
+
+/// How txnctl reaches services: TLS settings and token, set once from the flags.
+static CONN: std::sync::OnceLock<(ClientTls, BearerToken)> = std::sync::OnceLock::new();
+
+pub fn setup_connections(cli: &Cli) -> Res<()> {
+    if cli.tls_cert.is_some() != cli.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
+    if cli.tls_cert.is_some() && cli.tls_ca.is_none() {
+        return Err("--tls-cert needs --tls-ca (the CA that signed the services)".into());
+    }
+    let tls = ClientTls::load(&TlsArgs {
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+        tls_ca: cli.tls_ca.clone(),
+    })
+    .map_err(|e| format!("{e:#}"))?;
+    let token = BearerToken::new(cli.token.as_deref().map(str::trim))
+        .map_err(|e| format!("--token: {e}"))?;
+    let _ = CONN.set((tls, token));
+    Ok(())
+}
+
+pub async fn connect(what: &str, url: &str) -> Res<Ch> {
+    let (tls, token) = CONN.get_or_init(Default::default);
+    let ep = tls
+        .endpoint(what, url, CONNECT_TIMEOUT)
+        .map_err(|_| {
+            format!("{what}: {url:?} is not a valid URL (expected e.g. http://127.0.0.1:50051)")
+        })?
+        .timeout(CALL_TIMEOUT);
+    let ch = ep
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {what} at {url}: {}", root_cause(&e)))?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        ch,
+        token.clone(),
+    ))
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+pub fn status_err(s: tonic::Status) -> String {
+    if s.code() == tonic::Code::Internal && s.message().contains("h2 protocol error") {
+        return "the service did not answer in plaintext gRPC: does it need TLS (--tls-ca, \
+                TXNCTL_TLS_CA)?"
+            .into();
+    }
+    if s.code() == tonic::Code::Unknown && s.message().contains("transport error") {
+        return "the connection broke mid-call (did the service crash?): the outcome is unknown; \
+                check with txnctl txn list"
+            .into();
+    }
+    let code = match s.code() {
+        tonic::Code::NotFound => "not found",
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::FailedPrecondition => "refused",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DeadlineExceeded => "timed out",
+        tonic::Code::Unimplemented => "not supported",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::ResourceExhausted => "overloaded",
+        tonic::Code::AlreadyExists => "already exists",
+        _ => "error",
+    };
+    format!("{code}: {}", s.message().lines().next().unwrap_or(""))
+}

@@ -1,0 +1,242 @@
+//! txnctl: the operator's command line for the coordinator and its participants. Finds stuck
+//! transactions, shows why they are stuck, forces outcomes safely, retries on demand, and runs
+//! transfers, reads and whole transactions by hand.
+//!
+//! Exit status: 0 on success, 2 for usage errors, 1 for everything else (one line on stderr).
+//!
+//! Layout: this file dispatches each command and holds the requests it builds itself
+//! (transfers, reads). `cli` declares the commands and flags, `conn` connects to the services
+//! and turns their errors into one line, `admin` runs the operator commands for txns, sagas
+//! and failpoints, `submit` reads a transaction written as JSON, `certs` writes throwaway
+//! certificates, and `output` prints results as tables or JSON.
+
+mod admin;
+mod certs;
+mod cli;
+mod conn;
+mod output;
+mod submit;
+
+use clap::Parser;
+use serde_json::{Value, json};
+use txn_proto::pb::v1 as pb;
+
+use admin::{failpoint, participant_url, saga, txn};
+use certs::make_certs;
+use cli::{Cli, Cmd, ParticipantCmd};
+use conn::{Ch, connect, setup_connections, status_err};
+use output::{participant_json, print, status_json};
+use submit::{parse_submit, read_input};
+
+type Res<T> = Result<T, String>;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("txnctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Res<()> {
+    setup_connections(&cli)?;
+    let coord = || connect("the coordinator", &cli.coordinator);
+    let out = match cli.command {
+        Cmd::Status => {
+            let s = pb::admin_client::AdminClient::new(coord().await?)
+                .status(pb::AdminStatusRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            status_json(&s)
+        }
+        Cmd::Txn(c) => txn(c, coord().await?).await?,
+        Cmd::Saga(c) => saga(c, coord().await?).await?,
+        Cmd::Participant(ParticipantCmd::List) => {
+            let r = pb::admin_client::AdminClient::new(coord().await?)
+                .list_participants(pb::ListParticipantsRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            Value::Array(r.participants.iter().map(participant_json).collect())
+        }
+        Cmd::Participant(ParticipantCmd::InDoubt { name }) => {
+            let url = if name.starts_with("http://") || name.starts_with("https://") {
+                name.clone()
+            } else {
+                participant_url(coord().await?, &name).await?
+            };
+            let r = pb::participant_admin_client::ParticipantAdminClient::new(
+                connect(&name, &url).await?,
+            )
+            .in_doubt(pb::InDoubtRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner();
+            Value::Array(
+                r.txns
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "txn_id": t.txn_id,
+                            "age_ms": t.age_ms,
+                            "participants": t.participants.join(","),
+                            "locks": t.locked_keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>().join(","),
+                            "coordinator_epoch": t.coordinator_epoch,
+                            "held": t.held,
+                        })
+                    })
+                    .collect(),
+            )
+        }
+        Cmd::Transfer {
+            from,
+            to,
+            amount,
+            protocol,
+            allow_negative,
+            client_txn_id,
+        } => {
+            let (fp, fk) = account(&from, "--from")?;
+            let (tp, tk) = account(&to, "--to")?;
+            if amount <= 0 {
+                return Err(format!("--amount: must be positive, got {amount}"));
+            }
+            let add = |key: &str, delta: i64, min: Option<i64>| pb::Op {
+                kind: Some(pb::op::Kind::Add(pb::AddOp {
+                    key: key.as_bytes().to_vec(),
+                    delta,
+                    min,
+                    max: None,
+                })),
+            };
+            let mut branches = vec![pb::Branch {
+                participant: fp.clone(),
+                ops: vec![add(&fk, -amount, (!allow_negative).then_some(0))],
+            }];
+            if tp == fp {
+                branches[0].ops.push(add(&tk, amount, None));
+            } else {
+                branches.push(pb::Branch {
+                    participant: tp,
+                    ops: vec![add(&tk, amount, None)],
+                });
+            }
+            let req = pb::TransactRequest {
+                protocol: protocol_of(&protocol)? as i32,
+                branches,
+                prepare_timeout_ms: 0,
+                client_txn_id: client_txn_id.unwrap_or_default(),
+            };
+            transact(coord().await?, req).await?
+        }
+        Cmd::Read { accounts } => {
+            let mut branches: Vec<pb::Branch> = Vec::new();
+            for a in &accounts {
+                let (p, k) = account(a, "account")?;
+                let op = pb::Op {
+                    kind: Some(pb::op::Kind::Read(pb::ReadOp {
+                        key: k.into_bytes(),
+                    })),
+                };
+                match branches.iter_mut().find(|b| b.participant == p) {
+                    Some(b) => b.ops.push(op),
+                    None => branches.push(pb::Branch {
+                        participant: p,
+                        ops: vec![op],
+                    }),
+                }
+            }
+            let req = pb::TransactRequest {
+                protocol: pb::Protocol::TwoPhase as i32,
+                branches,
+                prepare_timeout_ms: 0,
+                client_txn_id: String::new(),
+            };
+            let r = pb::coordinator_client::CoordinatorClient::new(coord().await?)
+                .transact(req)
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if r.outcome != pb::Outcome::Committed as i32 {
+                return Err(format!("the read aborted: {}", r.reason));
+            }
+            let mut rows = Vec::new();
+            for b in &r.results {
+                for kv in &b.reads {
+                    rows.push(json!({
+                        "account": format!("{}/{}", b.participant, String::from_utf8_lossy(&kv.key)),
+                        "value": kv.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                    }));
+                }
+            }
+            Value::Array(rows)
+        }
+        Cmd::Submit { file } => {
+            let text = read_input(&file)?;
+            let req = parse_submit(&text).map_err(|e| format!("{file}: {e}"))?;
+            transact(coord().await?, req).await?
+        }
+        Cmd::Failpoint(c) => failpoint(c, &cli.coordinator).await?,
+        Cmd::Certs { dir, nodes } => make_certs(&dir, &nodes)?,
+    };
+    print(&out, cli.json);
+    Ok(())
+}
+
+fn account(raw: &str, field: &str) -> Res<(String, String)> {
+    match raw.split_once('/') {
+        Some((p, k)) if !p.is_empty() && !k.is_empty() => Ok((p.to_owned(), k.to_owned())),
+        _ => Err(format!(
+            "{field}: {raw:?} is not PARTICIPANT/KEY (e.g. p1/alice)"
+        )),
+    }
+}
+
+fn protocol_of(raw: &str) -> Res<pb::Protocol> {
+    match raw {
+        "2pc" | "two-phase" => Ok(pb::Protocol::TwoPhase),
+        "saga" => Ok(pb::Protocol::Saga),
+        other => Err(format!("--protocol: {other:?} is not 2pc or saga")),
+    }
+}
+
+async fn transact(ch: Ch, req: pb::TransactRequest) -> Res<Value> {
+    let r = pb::coordinator_client::CoordinatorClient::new(ch)
+        .transact(req)
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let outcome = match pb::Outcome::try_from(r.outcome) {
+        Ok(pb::Outcome::Committed) => "committed",
+        Ok(pb::Outcome::Aborted) => "aborted",
+        _ => "unknown",
+    };
+    let reads: Vec<Value> = r
+        .results
+        .iter()
+        .flat_map(|b| {
+            b.reads.iter().map(move |kv| {
+                json!({
+                    "account": format!("{}/{}", b.participant, String::from_utf8_lossy(&kv.key)),
+                    "value": kv.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                })
+            })
+        })
+        .collect();
+    let mut v = json!({ "txn_id": r.txn_id, "outcome": outcome });
+    if !r.reason.is_empty() {
+        v["reason"] = json!(r.reason);
+    }
+    if let Some(b) = r.failed_branch {
+        v["failed_branch"] = json!(b);
+    }
+    if !reads.is_empty() {
+        v["reads"] = Value::Array(reads);
+    }
+    Ok(v)
+}

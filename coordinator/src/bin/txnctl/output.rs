@@ -1,0 +1,152 @@
+//! How txnctl prints: every command's result is one JSON value, printed as pretty JSON with
+//! `--json`, or else as a table (nested objects and lists of objects become nested tables).
+//! Answers that several commands show (the coordinator's status, a participant, a txn's
+//! detail, a saga) are turned into that value here, once, so every command shows them alike.
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::{Value, json};
+use txn_proto::pb::v1 as pb;
+
+pub fn participant_json(p: &pb::ParticipantInfo) -> Value {
+    json!({"name": p.name, "url": p.url, "healthy": p.healthy, "in_doubt": p.in_doubt})
+}
+
+pub fn status_json(s: &pb::AdminStatusResponse) -> Value {
+    json!({
+        "epoch": s.epoch,
+        "uptime_s": s.uptime_ms / 1000,
+        "participants": s.participants.iter().map(participant_json).collect::<Vec<_>>(),
+        "txns_in_flight": s.txns_in_flight,
+        "txns_committed": s.txns_committed,
+        "txns_aborted": s.txns_aborted,
+        "txns_committing": s.txns_committing,
+        "txns_in_doubt": s.txns_in_doubt,
+        "sagas_running": s.sagas_running,
+        "sagas_compensating": s.sagas_compensating,
+        "sagas_parked": s.sagas_parked,
+        "sagas_completed": s.sagas_completed,
+        "sagas_compensated": s.sagas_compensated,
+    })
+}
+
+fn decision_name(d: i32) -> &'static str {
+    match pb::Decision::try_from(d) {
+        Ok(pb::Decision::Commit) => "COMMIT",
+        Ok(pb::Decision::Abort) => "ABORT",
+        Ok(pb::Decision::Pending) => "PENDING",
+        _ => "UNKNOWN",
+    }
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::TxnState::try_from(s) {
+        Ok(pb::TxnState::Prepared) => "prepared",
+        Ok(pb::TxnState::Committed) => "committed",
+        Ok(pb::TxnState::Aborted) => "aborted",
+        Ok(pb::TxnState::Unknown) => "no record",
+        _ => "?",
+    }
+}
+
+pub fn detail_json(d: &pb::TxnDetail) -> Value {
+    let mut v = json!({
+        "txn_id": d.txn_id,
+        "coordinator_state": d.coordinator_state,
+        "decision": decision_name(d.decision),
+        "decided_at_unix_ms": (d.decided_at_unix_ms > 0).then_some(d.decided_at_unix_ms),
+        "branches": d.branches.iter().map(|b| json!({
+            "participant": b.participant,
+            "state": if b.reachable { state_name(b.state) } else { "unreachable" },
+            "acked": b.acked,
+            "commit_attempts": b.commit_attempts,
+            "last_error": b.last_error,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(f) = &d.forced {
+        v["forced"] = json!({
+            "decision": decision_name(f.decision),
+            "reason": f.reason,
+            "heuristic": f.heuristic,
+            "at_unix_ms": f.at_unix_ms,
+        });
+    }
+    v
+}
+
+pub fn saga_json(s: &pb::SagaSummary) -> Value {
+    json!({
+        "saga_id": s.saga_id,
+        "state": s.state,
+        "steps": s.steps,
+        "next_step": s.next_step,
+        "failed_step": s.failed_step,
+        "reason": s.reason,
+        "compensation_attempts": s.compensation_attempts,
+        "last_error": s.last_error,
+        "participants": s.participants.join(","),
+    })
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(|i| i.is_object()) => {
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED);
+            table_rows(&mut t, items);
+            t.to_string()
+        }
+        Value::Object(_) => {
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED);
+            kv_rows(&mut t, v);
+            t.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn table_rows(t: &mut Table, items: &[Value]) {
+    if let Some(Value::Object(first)) = items.first() {
+        t.set_header(first.keys().cloned().collect::<Vec<_>>());
+        for item in items {
+            if let Value::Object(m) = item {
+                t.add_row(m.values().map(cell).collect::<Vec<_>>());
+            }
+        }
+    }
+}
+
+fn kv_rows(t: &mut Table, v: &Value) {
+    if let Value::Object(m) = v {
+        for (k, val) in m {
+            t.add_row(vec![k.clone(), cell(val)]);
+        }
+    }
+}
+
+pub fn print(v: &Value, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).expect("JSON values serialize")
+        );
+        return;
+    }
+    match v {
+        Value::Array(items) if items.is_empty() => println!("(none)"),
+        Value::Array(items) => {
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED);
+            table_rows(&mut t, items);
+            println!("{t}");
+        }
+        other => {
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED);
+            kv_rows(&mut t, other);
+            println!("{t}");
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The checks that prove what a bank history kept: the total conserved, every 2PC txn atomic
+//! at its participants, every saga completed or compensated, nothing acknowledged lost, and no
+//! lost update. Each judges the clients' history against what the participants recorded
+//! ([`Observed`]) and returns the [`Violation`]s it found, empty when all hold.
+
+use txn_proto::pb::v1 as pb;
+
+use super::violation::Violation;
+use super::{Observed, Outcome, Protocol, Record};
+
+/// Saga checks from the participants' barrier records: every saga ended completed (each of its
+/// `steps` executed, nothing compensated) or compensated (every executed step undone), with at
+/// most one record per (saga, step, action).
+pub fn check_sagas(observed: &Observed, steps: u32) -> Vec<Violation> {
+    use pb::{BarrierAction as A, BarrierOutcome as O};
+    let mut problems = Vec::new();
+    let mut sagas: Vec<_> = observed.barriers.iter().collect();
+    sagas.sort_by(|a, b| a.0.cmp(b.0));
+    for (saga, records) in sagas {
+        let find = |step: u32, action: A| -> Vec<O> {
+            records
+                .iter()
+                .filter(|(_, b)| b.step == step && b.action == action as i32)
+                .map(|(_, b)| O::try_from(b.outcome).unwrap_or(O::Unspecified))
+                .collect()
+        };
+        let compensating = records
+            .iter()
+            .any(|(_, b)| b.action == A::Compensate as i32);
+        for step in 0..steps {
+            let x = find(step, A::Execute);
+            let c = find(step, A::Compensate);
+            if x.len() > 1 || c.len() > 1 {
+                problems.push(Violation::StepRecordedTwice {
+                    saga: saga.clone(),
+                    step,
+                });
+            }
+            let executed = x.first() == Some(&O::Executed);
+            if compensating {
+                if executed && c.first() != Some(&O::Compensated) {
+                    problems.push(Violation::StepNotCompensated {
+                        saga: saga.clone(),
+                        step,
+                        compensations: c,
+                    });
+                }
+            } else if !executed && !x.contains(&O::ExecuteFailed) {
+                // No compensation anywhere: either every step ran, or the first failed one
+                // ended it (a failure at step 0 needs no compensation).
+                let failed_before =
+                    (0..step).any(|s| find(s, A::Execute).contains(&O::ExecuteFailed));
+                if !failed_before {
+                    problems.push(Violation::StepNeverExecuted {
+                        saga: saga.clone(),
+                        step,
+                    });
+                }
+            } else if executed && (0..step).any(|s| find(s, A::Execute).contains(&O::ExecuteFailed))
+            {
+                problems.push(Violation::StepAfterFailure {
+                    saga: saga.clone(),
+                    step,
+                });
+            }
+        }
+        if !compensating
+            && (0..steps).any(|s| find(s, A::Execute).contains(&O::ExecuteFailed))
+            && (0..steps).any(|s| find(s, A::Execute).contains(&O::Executed))
+        {
+            problems.push(Violation::FailedSagaNotCompensated { saga: saga.clone() });
+        }
+    }
+    problems
+}
+
+/// Atomicity from the participants' own records, whatever the clients were told: a txn
+/// committed anywhere must be committed at every one of its participants.
+pub fn check_outcomes(observed: &Observed) -> Vec<Violation> {
+    let mut problems = Vec::new();
+    let mut txns: Vec<_> = observed.outcomes.iter().collect();
+    txns.sort_by(|a, b| a.0.cmp(b.0));
+    for (txn, records) in txns {
+        let Some((_, _, members)) = records
+            .iter()
+            .find(|(_, s, m)| *s == pb::TxnState::Committed && !m.is_empty())
+        else {
+            continue;
+        };
+        for member in members {
+            let state = records
+                .iter()
+                .find(|(p, _, _)| p == member)
+                .map(|(_, s, _)| *s)
+                .unwrap_or(pb::TxnState::Unknown);
+            if state != pb::TxnState::Committed {
+                problems.push(Violation::PartialCommit {
+                    txn: txn.clone(),
+                    state,
+                    member: member.clone(),
+                });
+            }
+        }
+    }
+    problems
+}
+
+/// Every invariant that failed; empty when all hold.
+pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<Violation> {
+    use pb::TxnState::{Committed, Prepared};
+    let mut problems = Vec::new();
+    let total_before: i64 = initial.iter().sum();
+    let total_after: i64 = observed.balances.iter().sum();
+    if total_before != total_after {
+        problems.push(Violation::TotalNotConserved {
+            before: total_before,
+            after: total_after,
+        });
+    }
+    if observed.in_doubt > 0 {
+        problems.push(Violation::InDoubt {
+            txns: observed.in_doubt,
+        });
+    }
+    problems.extend(check_outcomes(observed));
+    if observed.protocol == Some(Protocol::Saga) {
+        problems.extend(check_sagas(observed, 2));
+    }
+    let mut expected = initial.to_vec();
+    for r in history {
+        let (txn, client_committed) = match &r.outcome {
+            Outcome::Committed { txn } => (txn, true),
+            Outcome::Aborted { txn, .. } => (txn, false),
+            Outcome::Unknown { .. } => continue,
+        };
+        if observed.protocol == Some(Protocol::Saga) {
+            let records = observed.barriers.get(txn).map(Vec::as_slice).unwrap_or(&[]);
+            let compensated = records
+                .iter()
+                .any(|(_, b)| b.action == pb::BarrierAction::Compensate as i32);
+            let executed = records
+                .iter()
+                .filter(|(_, b)| b.outcome == pb::BarrierOutcome::Executed as i32)
+                .count();
+            if client_committed && (compensated || executed < 2) {
+                problems.push(Violation::AcknowledgedSagaLost {
+                    saga: txn.clone(),
+                    executed,
+                    compensated,
+                });
+            }
+            if !client_committed && executed > 0 && !compensated {
+                problems.push(Violation::AbortedSagaApplied {
+                    saga: txn.clone(),
+                    executed,
+                });
+            }
+            if client_committed {
+                expected[r.transfer.from] -= r.transfer.amount;
+                expected[r.transfer.to] += r.transfer.amount;
+            }
+            continue;
+        }
+        let Some(&(a, b)) = observed.states.get(txn) else {
+            problems.push(Violation::NoStateObserved { txn: txn.clone() });
+            continue;
+        };
+        if a == Prepared || b == Prepared {
+            problems.push(Violation::StillPrepared {
+                txn: txn.clone(),
+                from: a,
+                to: b,
+            });
+        }
+        if (a == Committed) != (b == Committed) {
+            problems.push(Violation::CommittedAtOneParticipant {
+                txn: txn.clone(),
+                from: a,
+                to: b,
+            });
+        }
+        if client_committed && !(a == Committed && b == Committed) {
+            problems.push(Violation::AcknowledgedTxnLost {
+                txn: txn.clone(),
+                from: a,
+                to: b,
+            });
+        }
+        if !client_committed && (a == Committed || b == Committed) {
+            problems.push(Violation::AbortedTxnApplied {
+                txn: txn.clone(),
+                from: a,
+                to: b,
+            });
+        }
+        if client_committed {
+            expected[r.transfer.from] -= r.transfer.amount;
+            expected[r.transfer.to] += r.transfer.amount;
+        }
+    }
+    if let Some(n) = lost_updates(initial, history, observed)
+        && n > 0
+    {
+        for (i, (want, got)) in expected.iter().zip(&observed.balances).enumerate() {
+            if want != got {
+                problems.push(Violation::LostUpdate {
+                    account: i,
+                    holds: *got,
+                    expected: *want,
+                });
+            }
+        }
+    }
+    problems
+}
+
+/// Accounts whose final balance differs from what the acknowledged transfers give. `None`
+/// when some call had no answer, so the expected balances are not known.
+pub fn lost_updates(initial: &[i64], history: &[Record], observed: &Observed) -> Option<usize> {
+    if history
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Unknown { .. }))
+    {
+        return None;
+    }
+    let mut expected = initial.to_vec();
+    for r in history {
+        if matches!(r.outcome, Outcome::Committed { .. }) {
+            expected[r.transfer.from] -= r.transfer.amount;
+            expected[r.transfer.to] += r.transfer.amount;
+        }
+    }
+    Some(
+        expected
+            .iter()
+            .zip(&observed.balances)
+            .filter(|(want, got)| want != got)
+            .count(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bank::{Transfer, to_strings};
+    use pb::TxnState::{Aborted, Committed, Prepared};
+
+    fn rec(from: usize, to: usize, amount: i64, outcome: Outcome) -> Record {
+        Record {
+            transfer: Transfer { from, to, amount },
+            outcome,
+            latency: Duration::ZERO,
+            at: Duration::ZERO,
+        }
+    }
+
+    fn committed(t: &str) -> Outcome {
+        Outcome::Committed { txn: t.into() }
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let history = vec![
+            rec(0, 1, 10, committed("1.1")),
+            rec(
+                1,
+                0,
+                500,
+                Outcome::Aborted {
+                    txn: "1.2".into(),
+                    reason: "NO".into(),
+                },
+            ),
+        ];
+        let observed = Observed {
+            balances: vec![90, 110],
+            states: [
+                ("1.1".into(), (Committed, Committed)),
+                ("1.2".into(), (Aborted, Aborted)),
+            ]
+            .into_iter()
+            .collect(),
+            in_doubt: 0,
+            outcomes: HashMap::new(),
+            ..Default::default()
+        };
+        assert_eq!(
+            to_strings(&check(&[100, 100], &history, &observed)),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn planted_faults_are_caught() {
+        let history = vec![
+            rec(0, 1, 10, committed("1.1")),
+            rec(0, 1, 5, committed("1.2")),
+        ];
+        let observed = Observed {
+            // 1.2 committed at p1 only: money vanished.
+            balances: vec![85, 110],
+            states: [
+                ("1.1".into(), (Committed, Committed)),
+                ("1.2".into(), (Committed, Prepared)),
+            ]
+            .into_iter()
+            .collect(),
+            in_doubt: 1,
+            outcomes: HashMap::new(),
+            ..Default::default()
+        };
+        let problems = to_strings(&check(&[100, 100], &history, &observed)).join("\n");
+        assert!(problems.contains("not conserved"), "{problems}");
+        assert!(
+            problems.contains("atomicity violation: txn 1.2"),
+            "{problems}"
+        );
+        assert!(problems.contains("acknowledged txn 1.2 lost"), "{problems}");
+        assert!(problems.contains("still prepared"), "{problems}");
+        assert!(problems.contains("lost update"), "{problems}");
+    }
+
+    #[test]
+    fn outcome_records_reveal_a_half_commit_the_client_never_saw() {
+        let both = vec!["p1".to_string(), "p2".to_string()];
+        let mut outcomes = HashMap::new();
+        outcomes.insert(
+            "2.7".to_string(),
+            vec![
+                ("p1".to_string(), Committed, both.clone()),
+                ("p2".to_string(), Aborted, vec![]),
+            ],
+        );
+        outcomes.insert(
+            "2.8".to_string(),
+            vec![("p1".to_string(), Committed, both.clone())],
+        );
+        outcomes.insert(
+            "2.9".to_string(),
+            vec![
+                ("p1".to_string(), Committed, both.clone()),
+                ("p2".to_string(), Committed, both),
+            ],
+        );
+        let observed = Observed {
+            outcomes,
+            ..Default::default()
+        };
+        let problems = to_strings(&check_outcomes(&observed));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("2.7") && problems[0].contains("Aborted at p2"));
+        assert!(problems[1].contains("2.8") && problems[1].contains("Unknown at p2"));
+    }
+}

@@ -1,0 +1,181 @@
+//! What the participants hold once the system is quiet, read directly from them rather than
+//! from the coordinator: balances, each txn's state at its participants, every outcome and
+//! saga barrier they durably recorded, and the in-doubt counts. The checks judge a history
+//! only against this, so a coordinator that lied to its clients cannot hide it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use txn_proto::pb::v1 as pb;
+use txn_types::types::decode_counter;
+
+use super::{Account, Outcome, Protocol, Record};
+
+/// What the participants hold once the system is quiet.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Committed balance of each account, by index.
+    pub balances: Vec<i64>,
+    /// Each txn's state at each of its two participants (from, to).
+    pub states: HashMap<String, (pb::TxnState, pb::TxnState)>,
+    /// Prepared txns still held by any participant.
+    pub in_doubt: u64,
+    /// Every outcome each participant durably recorded: txn -> [(participant, state, the
+    /// txn's participants as recorded with a commit)].
+    pub outcomes: HashMap<String, Vec<(String, pb::TxnState, Vec<String>)>>,
+    /// Saga barrier records: saga -> [(participant, barrier)].
+    pub barriers: HashMap<String, Vec<(String, pb::Barrier)>>,
+    /// The protocol the history ran under (None: checks that need it are skipped).
+    pub protocol: Option<Protocol>,
+}
+
+/// Reads balances, txn states and in-doubt counts directly from the participants.
+pub async fn observe(
+    cluster: &crate::cluster::Cluster,
+    accounts: &[Account],
+    history: &[Record],
+    protocol: Protocol,
+) -> anyhow::Result<Observed> {
+    let mut clients = HashMap::new();
+    let mut in_doubt = 0;
+    for p in &cluster.participants {
+        clients.insert(p.name.clone(), cluster.participant_client(&p.name).await?);
+        let s = cluster
+            .stats_client(&p.name)
+            .await?
+            .get_stats(pb::StatsRequest {})
+            .await?;
+        in_doubt += s.into_inner().in_doubt;
+    }
+    let mut balances = Vec::with_capacity(accounts.len());
+    for a in accounts {
+        let c = clients
+            .get_mut(&a.participant)
+            .context("unknown participant")?;
+        let r = c
+            .read(pb::ReadRequest {
+                keys: vec![a.key.as_bytes().to_vec()],
+            })
+            .await
+            .with_context(|| format!("reading {}/{}", a.participant, a.key))?
+            .into_inner();
+        let v = r.values.first().and_then(|kv| kv.value.clone());
+        balances.push(decode_counter(v.as_deref()).map_err(anyhow::Error::msg)?);
+    }
+    let mut states = HashMap::new();
+    for r in history.iter().filter(|_| protocol == Protocol::TwoPhase) {
+        let txn = match &r.outcome {
+            Outcome::Committed { txn } | Outcome::Aborted { txn, .. } => txn.clone(),
+            Outcome::Unknown { .. } => continue,
+        };
+        let mut state_at = |idx: usize| {
+            let p = accounts[idx].participant.clone();
+            let txn = txn.clone();
+            let c = clients.get_mut(&p).cloned();
+            async move {
+                let mut c = c.context("unknown participant")?;
+                let s = c
+                    .get_txn_state(pb::TxnStateRequest { txn_id: txn })
+                    .await?
+                    .into_inner()
+                    .state;
+                anyhow::Ok(pb::TxnState::try_from(s).unwrap_or(pb::TxnState::Unspecified))
+            }
+        };
+        let a = state_at(r.transfer.from).await?;
+        let b = state_at(r.transfer.to).await?;
+        states.insert(txn, (a, b));
+    }
+    let mut outcomes: HashMap<String, Vec<(String, pb::TxnState, Vec<String>)>> = HashMap::new();
+    for (name, c) in clients.iter_mut() {
+        let mut start_after = String::new();
+        loop {
+            let page = c
+                .list_outcomes(pb::ListOutcomesRequest {
+                    start_after: start_after.clone(),
+                    limit: 0,
+                })
+                .await
+                .with_context(|| format!("listing outcomes at {name}"))?
+                .into_inner();
+            for o in page.outcomes {
+                let state = pb::TxnState::try_from(o.state).unwrap_or(pb::TxnState::Unspecified);
+                outcomes
+                    .entry(o.txn_id)
+                    .or_default()
+                    .push((name.clone(), state, o.participants));
+            }
+            if page.next.is_empty() {
+                break;
+            }
+            start_after = page.next;
+        }
+    }
+    let mut barriers: HashMap<String, Vec<(String, pb::Barrier)>> = HashMap::new();
+    for (name, c) in clients.iter_mut() {
+        let mut start_after = Vec::new();
+        loop {
+            let page = c
+                .list_barriers(pb::ListBarriersRequest {
+                    start_after: start_after.clone(),
+                    limit: 0,
+                })
+                .await
+                .with_context(|| format!("listing saga barriers at {name}"))?
+                .into_inner();
+            for b in page.barriers {
+                barriers
+                    .entry(b.saga_id.clone())
+                    .or_default()
+                    .push((name.clone(), b));
+            }
+            if page.next.is_empty() {
+                break;
+            }
+            start_after = page.next;
+        }
+    }
+    Ok(Observed {
+        balances,
+        states,
+        in_doubt,
+        outcomes,
+        barriers,
+        protocol: Some(protocol),
+    })
+}
+
+/// Waits until no participant holds a prepared txn, the coordinator has no commit decision
+/// waiting for acks and drives no saga, or `timeout` passes. Returns what is left.
+pub async fn wait_quiet(
+    cluster: &crate::cluster::Cluster,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut in_doubt = 0;
+        for p in &cluster.participants {
+            let s = cluster
+                .stats_client(&p.name)
+                .await?
+                .get_stats(pb::StatsRequest {})
+                .await?;
+            in_doubt += s.into_inner().in_doubt;
+        }
+        let c = cluster
+            .stats_client("coordinator")
+            .await?
+            .get_stats(pb::StatsRequest {})
+            .await?
+            .into_inner();
+        in_doubt += c.in_doubt + c.sagas_active;
+        if std::env::var_os("HARNESS_DEBUG").is_some() {
+            eprintln!("wait_quiet: total {in_doubt}; coordinator {c:?}");
+        }
+        if in_doubt == 0 || Instant::now() > deadline {
+            return Ok(in_doubt);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

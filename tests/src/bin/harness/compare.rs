@@ -1,0 +1,132 @@
+//! `harness compare`: the command-line side of the comparison of 2PC and sagas under faults.
+//! It checks the flags, runs every scenario under both protocols and writes the reports; the
+//! runs themselves are `txn_tests::compare`. It fails only on runs that broke a guarantee their
+//! protocol must keep, not on every finding.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use txn_tests::bank;
+use txn_tests::cluster;
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// Scenarios to run, comma-separated, or "all": none, coordinator-crash,
+    /// participant-crash, crash-after-decision, crash-after-prepare, partition, pause,
+    /// message-loss.
+    #[arg(long, default_value = "all")]
+    scenarios: String,
+    /// Seconds of workload per run (each scenario runs once per protocol).
+    #[arg(long, default_value_t = 6)]
+    duration: u64,
+    /// Concurrent closed-loop transfer clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Auditor clients taking atomic reads of every balance.
+    #[arg(long, default_value_t = 2)]
+    auditors: usize,
+    /// Number of participants (p1..pN).
+    #[arg(long, default_value_t = 3)]
+    participants: usize,
+    /// Number of accounts, dealt over the participants.
+    #[arg(long, default_value_t = 60)]
+    accounts: usize,
+    /// Seed of the workload and of the fault schedule (printed, so a run can be replayed).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Directory for report.json, report.md and throughput.svg.
+    #[arg(long, default_value = "compare-report")]
+    out: std::path::PathBuf,
+}
+
+pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
+    use txn_tests::compare::{self, CompareConfig, SCENARIOS};
+    let scenarios: Vec<String> = if args.scenarios == "all" {
+        SCENARIOS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.scenarios
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    for s in &scenarios {
+        anyhow::ensure!(
+            SCENARIOS.contains(&s.as_str()),
+            "--scenarios: unknown scenario {s:?}; known: {}",
+            SCENARIOS.join(", ")
+        );
+    }
+    anyhow::ensure!(
+        args.participants >= 2,
+        "--participants: transfers need at least 2"
+    );
+    anyhow::ensure!(
+        args.duration >= 2,
+        "--duration: at least 2 seconds, so faults fit in the run"
+    );
+    anyhow::ensure!(
+        args.accounts >= args.participants
+            && args.accounts <= args.participants * bank::MAX_ACCOUNTS_PER_PARTICIPANT,
+        "--accounts: must be between {} and {}",
+        args.participants,
+        args.participants * bank::MAX_ACCOUNTS_PER_PARTICIPANT
+    );
+    cluster::ensure_binaries()?;
+    let cfg = CompareConfig {
+        duration: Duration::from_secs(args.duration),
+        clients: args.clients.max(1),
+        auditors: args.auditors,
+        participants: args.participants,
+        accounts: args.accounts,
+        overdraft_share: 0.1,
+        seed: args.seed,
+    };
+    println!(
+        "harness compare: {} scenarios x 2 protocols, {} s each, {} clients, seed {} (replay with --seed {})",
+        scenarios.len(),
+        args.duration,
+        cfg.clients,
+        cfg.seed,
+        cfg.seed
+    );
+    let bar = indicatif::ProgressBar::new((scenarios.len() * 2) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} runs, {elapsed} elapsed  {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut runs = Vec::new();
+    for scenario in &scenarios {
+        for protocol in [bank::Protocol::TwoPhase, bank::Protocol::Saga] {
+            bar.set_message(format!("{scenario} / {}", protocol.name()));
+            let report = compare::run_one(scenario, protocol, &cfg)
+                .await
+                .with_context(|| format!("scenario {scenario} under {}", protocol.name()))?;
+            bar.inc(1);
+            runs.push(report);
+        }
+    }
+    bar.finish_and_clear();
+    println!("{}", txn_tests::report::table(&runs));
+    txn_tests::report::write_all(&args.out, &runs, &cfg)?;
+    println!(
+        "wrote {0}/report.json, {0}/report.md and {0}/throughput.svg",
+        args.out.display()
+    );
+    let failures: Vec<_> = runs.iter().filter(|r| r.is_failure()).collect();
+    if failures.is_empty() {
+        println!(
+            "no run broke a guarantee it must keep (2PC: atomicity, no lost acks, nothing unresolved; both: total conserved)"
+        );
+        Ok(true)
+    } else {
+        for r in failures {
+            println!("FAILED {} / {}:", r.scenario, r.protocol);
+            for p in &r.problems {
+                println!("  {p}");
+            }
+        }
+        Ok(false)
+    }
+}
