@@ -245,6 +245,14 @@ impl CoordinatorCore {
         txn
     }
 
+    /// Starts the prepare window of `txn` again, to end at `deadline_ms` (a single-branch txn
+    /// that tried one phase first and falls back to two).
+    pub fn restart_deadline(&mut self, txn: &TxnId, deadline_ms: u64) {
+        if let Some(state) = self.txns.get_mut(txn) {
+            state.deadline_ms = deadline_ms;
+        }
+    }
+
     /// An operator aborts a txn that is still collecting votes. Returns the Abort sends, or
     /// None if the txn is not in that phase.
     pub fn force_abort(&mut self, txn: &TxnId) -> Option<Vec<Effect>> {
@@ -297,6 +305,7 @@ impl CoordinatorCore {
     /// Drops a txn whatever its phase (a heuristic outcome); its commit retries stop.
     pub fn forget(&mut self, txn: &TxnId) {
         self.txns.remove(txn);
+        self.operator_aborted.remove(txn);
     }
 
     /// Every txn held in memory: id, view, participants, age.

@@ -83,9 +83,17 @@ pub(crate) fn client_record(
     protocol: pb::Protocol,
     response: Option<pb::TransactResponse>,
 ) -> Vec<u8> {
+    let record = |response: &Option<pb::TransactResponse>| ClientTxnRecord {
+        request_sha256: tag.request_sha256.clone(),
+        txn_id: txn.to_string(),
+        protocol: protocol as i32,
+        response: response.as_ref().map(|r| r.encode_to_vec()),
+        at_unix_ms: unix_ms(),
+    };
     let mut response = response;
-    if let Some(r) = response.as_mut()
-        && r.encoded_len() + tag.request_sha256.len() + txn.as_str().len() > MAX_RECORD_BYTES
+    let mut rec = record(&response);
+    if rec.encoded_len() > MAX_RECORD_BYTES
+        && let Some(r) = response.as_mut()
     {
         r.results.clear();
         r.reason = format!(
@@ -93,14 +101,8 @@ pub(crate) fn client_record(
             r.reason,
             if r.reason.is_empty() { "" } else { "; " }
         );
+        rec = record(&response);
     }
-    let rec = ClientTxnRecord {
-        request_sha256: tag.request_sha256.clone(),
-        txn_id: txn.to_string(),
-        protocol: protocol as i32,
-        response: response.map(|r| r.encode_to_vec()),
-        at_unix_ms: unix_ms(),
-    };
     record::encode(&rec)
 }
 

@@ -302,7 +302,12 @@ impl Coordinator {
         let timeout = self.prepare_timeout(&req);
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
-        let epoch = self.core().epoch();
+        let epoch = {
+            let mut core = self.core();
+            // The vote window starts now, also after a one-phase attempt that fell back.
+            core.restart_deadline(&txn, self.clock_ms() + timeout.as_millis() as u64);
+            core.epoch()
+        };
         let names: Vec<String> = participants.iter().map(|p| p.as_str().to_owned()).collect();
         let mut votes = FuturesUnordered::new();
         for (i, b) in req.branches.into_iter().enumerate() {

@@ -13,11 +13,22 @@ use txn_types::types::TxnId;
 use crate::error::ParticipantError;
 use crate::node::Participant;
 
-/// Crash points around the durable wait of one step.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct CrashPoints {
+/// Crash points around the durable wait of one step, for the answers they are named after
+/// (`on`: a YES vote, an applied commit), not for every answer the same call can give.
+pub(crate) struct CrashPoints<A> {
     pub(crate) before_durable: Option<&'static str>,
     pub(crate) after_durable: Option<&'static str>,
+    pub(crate) on: fn(&A) -> bool,
+}
+
+impl<A> Default for CrashPoints<A> {
+    fn default() -> Self {
+        Self {
+            before_durable: None,
+            after_durable: None,
+            on: |_| false,
+        }
+    }
 }
 
 /// A step whose write is applied; what is left is waiting and answering.
@@ -52,15 +63,20 @@ impl Participant {
     async fn finish<A>(
         &self,
         applied: Applied<A>,
-        crash: CrashPoints,
+        crash: CrashPoints<A>,
     ) -> Result<A, ParticipantError> {
         if applied.released {
             self.released.notify_waiters();
         }
         if let Some(ticket) = applied.wait_for {
-            crash.before_durable.map(failpoint::hit);
+            let armed = (crash.on)(&applied.answer);
+            if armed {
+                crash.before_durable.map(failpoint::hit);
+            }
             self.check(self.gc.wait(ticket).await)?;
-            crash.after_durable.map(failpoint::hit);
+            if armed {
+                crash.after_durable.map(failpoint::hit);
+            }
         }
         Ok(applied.answer)
     }
@@ -68,7 +84,7 @@ impl Participant {
     /// One step with no lock wait: computed and applied under the core's lock, then finished.
     pub(crate) async fn run<A>(
         &self,
-        crash: CrashPoints,
+        crash: CrashPoints<A>,
         step: impl FnOnce(&mut ParticipantCore, &dyn Store) -> Result<Step<A>, StoreError>,
     ) -> Result<A, ParticipantError> {
         let applied = {
@@ -85,7 +101,7 @@ impl Participant {
     /// "look again" (the outcome changed meanwhile).
     pub(crate) async fn run_unblocked<A>(
         &self,
-        crash: CrashPoints,
+        crash: CrashPoints<A>,
         mut attempt: impl FnMut(
             &mut ParticipantCore,
             &dyn Store,

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_participant_core::core::{
-    AbortAnswer, AbortSource, CommitAnswer, ParticipantCore, PrepareRequest, Refusal, TxnStatus,
+    AbortAnswer, AbortSource, CommitAnswer, ParticipantCore, PrepareAnswer, PrepareRequest,
+    Refusal, TxnStatus,
 };
 use txn_participant_core::one_phase::OnePhaseAnswer;
 use txn_participant_core::resolve::Resolved;
@@ -175,6 +176,7 @@ impl Participant {
         let crash = CrashPoints {
             before_durable: Some(failpoints::BEFORE_PREPARE_DURABLE),
             after_durable: Some(failpoints::AFTER_PREPARE_DURABLE),
+            on: |a| matches!(a, PrepareAnswer::Yes { .. }),
         };
         let waited_ms = self.waited_ms();
         let answer = self
@@ -184,19 +186,22 @@ impl Participant {
                 |core, _, holder| Ok(Some(core.prepare_lock_wait_over(holder, waited_ms))),
             )
             .instrument(span.clone())
-            .await?;
+            .await;
+        txn_metrics::metrics()
+            .prepare_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let answer = answer?;
+        // A NO of its own counts as an abort here; a YES withdrawn because the txn was aborted
+        // meanwhile was counted by that abort.
+        if matches!(answer, PrepareAnswer::No { .. }) {
+            self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+        }
         let vote = self.core().confirm_vote(&req.txn, answer);
         let _entered = span.enter();
         match &vote {
             Vote::Yes { .. } => debug!("voted YES"),
-            Vote::No { reason } => {
-                self.counters.aborted.fetch_add(1, Ordering::Relaxed);
-                debug!(%reason, "voted NO");
-            }
+            Vote::No { reason } => debug!(%reason, "voted NO"),
         }
-        txn_metrics::metrics()
-            .prepare_seconds
-            .observe(started.elapsed().as_secs_f64());
         Ok(vote)
     }
 
@@ -213,6 +218,7 @@ impl Participant {
         let crash = CrashPoints {
             before_durable: Some(failpoints::BEFORE_ONE_PHASE_DURABLE),
             after_durable: Some(failpoints::AFTER_ONE_PHASE_DURABLE),
+            on: |a| matches!(a, OnePhaseAnswer::Committed { .. }),
         };
         let waited_ms = self.waited_ms();
         let answer = self
@@ -256,6 +262,7 @@ impl Participant {
         let started = Instant::now();
         let crash = CrashPoints {
             after_durable: Some(failpoints::AFTER_COMMIT_APPLY),
+            on: |a| !matches!(a, CommitAnswer::Refused(_)),
             ..CrashPoints::default()
         };
         let answer = self
@@ -296,6 +303,7 @@ impl Participant {
         let started = Instant::now();
         let crash = CrashPoints {
             after_durable: Some(failpoints::AFTER_COMMIT_APPLY),
+            on: |_| true,
             ..CrashPoints::default()
         };
         let obey_forget = self.config.outcome_retention.is_some();
@@ -369,6 +377,11 @@ impl Participant {
     ) -> Result<Resolved, ParticipantError> {
         let crash = CrashPoints {
             after_durable: Some(failpoints::AFTER_COMMIT_APPLY),
+            on: if decision == txn_types::types::Decision::Commit {
+                |a: &Resolved| *a == Resolved::Applied
+            } else {
+                |_: &Resolved| false
+            },
             ..CrashPoints::default()
         };
         self.run(crash, |core, store| {
@@ -430,6 +443,7 @@ impl Participant {
         self.refuse_if_disk_degraded()?;
         let crash = CrashPoints {
             after_durable: Some(failpoints::AFTER_STEP_EXECUTED),
+            on: |_| true,
             ..CrashPoints::default()
         };
         self.run_unblocked(

@@ -124,6 +124,8 @@ fn options(scenario: &str, participants: usize) -> ClusterOptions {
         coordinator_args: vec![
             "--commit-retry-max-ms".into(),
             "200".into(),
+            "--saga-retry-max-ms".into(),
+            "200".into(),
             "--prepare-timeout-ms".into(),
             "1000".into(),
             "--rpc-timeout-ms".into(),

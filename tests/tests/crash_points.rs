@@ -23,6 +23,8 @@ fn options() -> ClusterOptions {
         coordinator_args: vec![
             "--commit-retry-max-ms".into(),
             "200".into(),
+            "--saga-retry-max-ms".into(),
+            "200".into(),
             "--prepare-timeout-ms".into(),
             "1000".into(),
         ],

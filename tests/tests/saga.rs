@@ -15,7 +15,12 @@ const QUIET_TIMEOUT: Duration = Duration::from_secs(60);
 fn options() -> ClusterOptions {
     ClusterOptions {
         participants: 3,
-        coordinator_args: vec!["--commit-retry-max-ms".into(), "100".into()],
+        coordinator_args: vec![
+            "--commit-retry-max-ms".into(),
+            "100".into(),
+            "--saga-retry-max-ms".into(),
+            "100".into(),
+        ],
         ..Default::default()
     }
 }
