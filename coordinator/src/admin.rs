@@ -15,7 +15,7 @@ use txn_types::record;
 use txn_types::types::{ParticipantId, TxnId};
 use txn_types::unix_ms;
 
-use crate::admin_filter::{SagaFilter, TxnFilter, TxnKind, saga_state_name};
+use crate::admin_filter::{SagaFilter, TxnFilter, TxnKind, saga_phase};
 use crate::error::CoordError;
 use crate::node::Coordinator;
 use txn_coordinator_core::core::{TxnView, decision_key};
@@ -53,7 +53,7 @@ fn saga_state(r: &SagaRecord) -> SagaState {
 fn saga_summary(r: &SagaRecord) -> pb::SagaSummary {
     pb::SagaSummary {
         saga_id: r.saga_id.clone(),
-        state: saga_state_name(saga_state(r)).into(),
+        state: saga_phase(saga_state(r)) as i32,
         steps: r.branches.len() as u32,
         next_step: r.next_step,
         failed_step: r.failed_step,
@@ -201,7 +201,7 @@ impl AdminService {
             if filter.admits(TxnKind::of(&view)) {
                 out.push(pb::TxnSummary {
                     txn_id: txn.to_string(),
-                    state: view_name(&view).into(),
+                    state: TxnKind::of(&view).to_wire() as i32,
                     participants: participants.iter().map(|p| p.to_string()).collect(),
                     age_ms: age.as_millis() as u64,
                 });
@@ -212,7 +212,7 @@ impl AdminService {
                 if !known_ids.contains(&txn) {
                     out.push(pb::TxnSummary {
                         txn_id: txn,
-                        state: TxnKind::InDoubt.name().into(),
+                        state: TxnKind::InDoubt.to_wire() as i32,
                         participants,
                         age_ms: age,
                     });
@@ -329,26 +329,28 @@ impl AdminService {
             )));
         }
         let (coordinator_state, decision) = match (&view, &logged) {
-            (Some(TxnView::Preparing), _) => ("preparing", pb::Decision::Pending),
-            (Some(TxnView::Deciding), _) => ("deciding", pb::Decision::Pending),
+            (Some(TxnView::Preparing), _) => (pb::TxnPhase::Preparing, pb::Decision::Pending),
+            (Some(TxnView::Deciding), _) => (pb::TxnPhase::Deciding, pb::Decision::Pending),
             (Some(TxnView::Committing { .. }), _) | (None, Some(_)) => {
-                ("committing", pb::Decision::Commit)
+                (pb::TxnPhase::Committing, pb::Decision::Commit)
             }
             (None, None) => match forced.as_ref().map(|f| f.decision) {
-                Some(d) if d == pb::Decision::Commit as i32 => ("forced", pb::Decision::Commit),
-                Some(_) => ("forced", pb::Decision::Abort),
+                Some(d) if d == pb::Decision::Commit as i32 => {
+                    (pb::TxnPhase::Forced, pb::Decision::Commit)
+                }
+                Some(_) => (pb::TxnPhase::Forced, pb::Decision::Abort),
                 None if branches
                     .iter()
                     .all(|b| b.state == pb::TxnState::Committed as i32) =>
                 {
-                    ("committed", pb::Decision::Commit)
+                    (pb::TxnPhase::Committed, pb::Decision::Commit)
                 }
-                None => ("unknown", pb::Decision::Abort),
+                None => (pb::TxnPhase::Unknown, pb::Decision::Abort),
             },
         };
         Ok(pb::TxnDetail {
             txn_id: txn.to_string(),
-            coordinator_state: coordinator_state.into(),
+            coordinator_state: coordinator_state as i32,
             decision: decision as i32,
             decided_at_unix_ms: self
                 .core()
@@ -414,7 +416,7 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::ListTxnsRequest>,
     ) -> Result<Response<pb::ListTxnsResponse>, Status> {
         let r = r.into_inner();
-        let filter = TxnFilter::parse(&r.state).or_invalid()?;
+        let filter = TxnFilter::from_wire(r.state).or_invalid()?;
         let txns = self.admin_list_txns(filter, r.limit as usize).await?;
         Ok(Response::new(pb::ListTxnsResponse { txns }))
     }
@@ -454,7 +456,7 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::ListSagasRequest>,
     ) -> Result<Response<pb::ListSagasResponse>, Status> {
         let r = r.into_inner();
-        let filter = SagaFilter::parse(&r.state).or_invalid()?;
+        let filter = SagaFilter::from_wire(r.state).or_invalid()?;
         let sagas = self.admin_list_sagas(filter, r.limit as usize)?;
         Ok(Response::new(pb::ListSagasResponse { sagas }))
     }

@@ -1,8 +1,10 @@
-//! The operators' list filters, parsed once at the service's edge into enums: a txn filter
-//! (by the coordinator's phase, or in doubt at a participant) and a saga filter (by the saga
-//! log's state). The wire carries their names; everything behind the edge uses the enums.
+//! The operators' list filters and state names, converted once at the service's edge between
+//! the wire's enums (`TxnPhase`, `SagaPhase`) and the coordinator's own: a txn filter (by the
+//! coordinator's phase, or in doubt at a participant) and a saga filter (by the saga log's
+//! state). An enum value this build does not know is refused, naming the field.
 
 use txn_coordinator_core::core::TxnView;
+use txn_proto::pb::v1 as pb;
 use txn_types::rec::SagaState;
 use txn_types::types::InvalidInput;
 
@@ -10,11 +12,8 @@ use txn_types::types::InvalidInput;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnFilter {
     All,
-    Preparing,
-    Deciding,
-    Committing,
-    /// Prepared at a participant, whatever the coordinator holds.
-    InDoubt,
+    /// Only txns of this kind.
+    Only(TxnKind),
 }
 
 /// What a listed txn is, as operators read it.
@@ -23,6 +22,7 @@ pub enum TxnKind {
     Preparing,
     Deciding,
     Committing,
+    /// Prepared at a participant, whatever the coordinator holds.
     InDoubt,
 }
 
@@ -35,6 +35,7 @@ impl TxnKind {
         }
     }
 
+    /// The operators' name, as in log lines and messages.
     pub fn name(self) -> &'static str {
         match self {
             TxnKind::Preparing => "preparing",
@@ -43,39 +44,56 @@ impl TxnKind {
             TxnKind::InDoubt => "in-doubt",
         }
     }
+
+    pub fn to_wire(self) -> pb::TxnPhase {
+        match self {
+            TxnKind::Preparing => pb::TxnPhase::Preparing,
+            TxnKind::Deciding => pb::TxnPhase::Deciding,
+            TxnKind::Committing => pb::TxnPhase::Committing,
+            TxnKind::InDoubt => pb::TxnPhase::InDoubt,
+        }
+    }
 }
 
 impl TxnFilter {
-    /// The wire's `state` field; empty means every txn.
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        Ok(match raw {
-            "" => TxnFilter::All,
-            "preparing" => TxnFilter::Preparing,
-            "deciding" => TxnFilter::Deciding,
-            "committing" => TxnFilter::Committing,
-            "in-doubt" => TxnFilter::InDoubt,
-            other => {
+    /// The wire's `state` field; UNSPECIFIED means every txn. The phases only ShowTxn reports
+    /// (committed, forced, unknown) name txns no list holds, so they are refused.
+    pub fn from_wire(raw: i32) -> Result<Self, InvalidInput> {
+        let kind = match pb::TxnPhase::try_from(raw) {
+            Ok(pb::TxnPhase::Unspecified) => return Ok(TxnFilter::All),
+            Ok(pb::TxnPhase::Preparing) => TxnKind::Preparing,
+            Ok(pb::TxnPhase::Deciding) => TxnKind::Deciding,
+            Ok(pb::TxnPhase::Committing) => TxnKind::Committing,
+            Ok(pb::TxnPhase::InDoubt) => TxnKind::InDoubt,
+            Ok(other) => {
                 return Err(InvalidInput::new(
                     "state",
-                    format!("{other:?} is not one of preparing, deciding, committing, in-doubt"),
+                    format!(
+                        "{} is not a listable phase (PREPARING, DECIDING, COMMITTING, IN_DOUBT)",
+                        other.as_str_name()
+                    ),
                 ));
             }
-        })
+            Err(_) => {
+                return Err(InvalidInput::new(
+                    "state",
+                    format!("{raw} is not a TxnPhase"),
+                ));
+            }
+        };
+        Ok(TxnFilter::Only(kind))
     }
 
     pub fn admits(self, kind: TxnKind) -> bool {
         match self {
             TxnFilter::All => true,
-            TxnFilter::Preparing => kind == TxnKind::Preparing,
-            TxnFilter::Deciding => kind == TxnKind::Deciding,
-            TxnFilter::Committing => kind == TxnKind::Committing,
-            TxnFilter::InDoubt => kind == TxnKind::InDoubt,
+            TxnFilter::Only(k) => k == kind,
         }
     }
 
     /// Whether the participants' in-doubt txns are wanted.
     pub fn wants_in_doubt(self) -> bool {
-        matches!(self, TxnFilter::All | TxnFilter::InDoubt)
+        self.admits(TxnKind::InDoubt)
     }
 }
 
@@ -83,43 +101,35 @@ impl TxnFilter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SagaFilter(Option<SagaState>);
 
-/// The operators' name of a saga state.
-pub fn saga_state_name(state: SagaState) -> &'static str {
+/// The wire's name of a saga log state.
+pub fn saga_phase(state: SagaState) -> pb::SagaPhase {
     match state {
-        SagaState::Running => "running",
-        SagaState::Compensating => "compensating",
-        SagaState::Completed => "completed",
-        SagaState::Compensated => "compensated",
-        SagaState::Parked => "parked",
-        SagaState::Unspecified => "unknown",
+        SagaState::Running => pb::SagaPhase::Running,
+        SagaState::Compensating => pb::SagaPhase::Compensating,
+        SagaState::Completed => pb::SagaPhase::Completed,
+        SagaState::Compensated => pb::SagaPhase::Compensated,
+        SagaState::Parked => pb::SagaPhase::Parked,
+        SagaState::Unspecified => pb::SagaPhase::Unspecified,
     }
 }
 
 impl SagaFilter {
-    /// The wire's `state` field; empty means every saga.
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        const STATES: [SagaState; 5] = [
-            SagaState::Running,
-            SagaState::Compensating,
-            SagaState::Completed,
-            SagaState::Compensated,
-            SagaState::Parked,
-        ];
-        if raw.is_empty() {
-            return Ok(SagaFilter(None));
-        }
-        STATES
-            .into_iter()
-            .find(|s| saga_state_name(*s) == raw)
-            .map(|s| SagaFilter(Some(s)))
-            .ok_or_else(|| {
-                InvalidInput::new(
+    /// The wire's `state` field; UNSPECIFIED means every saga.
+    pub fn from_wire(raw: i32) -> Result<Self, InvalidInput> {
+        Ok(SagaFilter(match pb::SagaPhase::try_from(raw) {
+            Ok(pb::SagaPhase::Unspecified) => None,
+            Ok(pb::SagaPhase::Running) => Some(SagaState::Running),
+            Ok(pb::SagaPhase::Compensating) => Some(SagaState::Compensating),
+            Ok(pb::SagaPhase::Completed) => Some(SagaState::Completed),
+            Ok(pb::SagaPhase::Compensated) => Some(SagaState::Compensated),
+            Ok(pb::SagaPhase::Parked) => Some(SagaState::Parked),
+            Err(_) => {
+                return Err(InvalidInput::new(
                     "state",
-                    format!(
-                        "{raw:?} is not one of running, compensating, completed, compensated, parked"
-                    ),
-                )
-            })
+                    format!("{raw} is not a SagaPhase"),
+                ));
+            }
+        }))
     }
 
     pub fn admits(self, state: SagaState) -> bool {
@@ -132,19 +142,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filters_parse_their_names_and_refuse_others_naming_the_field() {
-        assert_eq!(TxnFilter::parse("").unwrap(), TxnFilter::All);
-        let f = TxnFilter::parse("in-doubt").unwrap();
+    fn filters_convert_the_wire_enums_and_refuse_others_naming_the_field() {
+        assert_eq!(TxnFilter::from_wire(0).unwrap(), TxnFilter::All);
+        let f = TxnFilter::from_wire(pb::TxnPhase::InDoubt as i32).unwrap();
         assert!(f.admits(TxnKind::InDoubt) && !f.admits(TxnKind::Committing));
-        assert!(
-            TxnFilter::parse("committing")
-                .unwrap()
-                .admits(TxnKind::Committing)
+        assert!(f.wants_in_doubt());
+        let c = TxnFilter::from_wire(pb::TxnPhase::Committing as i32).unwrap();
+        assert!(c.admits(TxnKind::Committing) && !c.wants_in_doubt());
+        assert_eq!(TxnFilter::from_wire(99).unwrap_err().field, "state");
+        assert_eq!(
+            TxnFilter::from_wire(pb::TxnPhase::Committed as i32)
+                .unwrap_err()
+                .field,
+            "state"
         );
-        assert_eq!(TxnFilter::parse("done").unwrap_err().field, "state");
-        let s = SagaFilter::parse("parked").unwrap();
+        for k in [
+            TxnKind::Preparing,
+            TxnKind::Deciding,
+            TxnKind::Committing,
+            TxnKind::InDoubt,
+        ] {
+            let back = TxnFilter::from_wire(k.to_wire() as i32).unwrap();
+            assert_eq!(back, TxnFilter::Only(k));
+        }
+        let s = SagaFilter::from_wire(pb::SagaPhase::Parked as i32).unwrap();
         assert!(s.admits(SagaState::Parked) && !s.admits(SagaState::Running));
-        assert!(SagaFilter::parse("").unwrap().admits(SagaState::Completed));
-        assert_eq!(SagaFilter::parse("stuck").unwrap_err().field, "state");
+        assert!(
+            SagaFilter::from_wire(0)
+                .unwrap()
+                .admits(SagaState::Completed)
+        );
+        assert_eq!(SagaFilter::from_wire(42).unwrap_err().field, "state");
+        for st in [
+            SagaState::Running,
+            SagaState::Compensating,
+            SagaState::Completed,
+            SagaState::Compensated,
+            SagaState::Parked,
+        ] {
+            let f = SagaFilter::from_wire(saga_phase(st) as i32).unwrap();
+            assert_eq!(f, SagaFilter(Some(st)));
+        }
     }
 }

@@ -216,7 +216,7 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
     assert_eq!(vote.vote, pb::Vote::Yes as i32, "{}", vote.reason);
     let listed = admin(Some(TOKEN))
         .list_txns(pb::ListTxnsRequest {
-            state: "in-doubt".into(),
+            state: pb::TxnPhase::InDoubt as i32,
             limit: 0,
         })
         .await

@@ -302,6 +302,8 @@ async fn find_show_and_settle_stuck_transactions() -> anyhow::Result<()> {
         .output()?;
     assert!(fails(out, 1).contains("is not a valid URL"));
     fails(txnctl(&cluster, &["txn", "frobnicate"]), 2);
+    let err = fails(txnctl(&cluster, &["txn", "list", "--state", "done"]), 2);
+    assert!(err.contains("in-doubt"), "names the states it takes: {err}");
     let err = fails(
         txnctl(
             &cluster,

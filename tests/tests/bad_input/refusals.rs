@@ -298,7 +298,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
         "ListTxns with an unknown state",
         admin
             .list_txns(pb::ListTxnsRequest {
-                state: "bogus".into(),
+                state: 99,
                 limit: 0,
             })
             .await,

@@ -8,7 +8,7 @@ use txn_proto::pb::v1 as pb;
 use crate::Res;
 use crate::cli::{FailpointCmd, SagaCmd, TxnCmd};
 use crate::conn::{Ch, connect, status_err};
-use crate::output::{detail_json, saga_json};
+use crate::output::{detail_json, phase_name, saga_json};
 
 pub async fn txn(c: TxnCmd, ch: Ch) -> Res<Value> {
     let mut admin = pb::admin_client::AdminClient::new(ch);
@@ -23,7 +23,7 @@ pub async fn txn(c: TxnCmd, ch: Ch) -> Res<Value> {
         TxnCmd::List { state, limit } => {
             let r = admin
                 .list_txns(pb::ListTxnsRequest {
-                    state: state.unwrap_or_default(),
+                    state: state.map_or(pb::TxnPhase::Unspecified, |s| s.to_wire()) as i32,
                     limit,
                 })
                 .await
@@ -32,7 +32,7 @@ pub async fn txn(c: TxnCmd, ch: Ch) -> Res<Value> {
             Value::Array(
                 r.txns
                     .iter()
-                    .map(|t| json!({"txn_id": t.txn_id, "state": t.state, "participants": t.participants.join(","), "age_ms": t.age_ms}))
+                    .map(|t| json!({"txn_id": t.txn_id, "state": phase_name(t.state), "participants": t.participants.join(","), "age_ms": t.age_ms}))
                     .collect(),
             )
         }
@@ -82,7 +82,7 @@ pub async fn saga(c: SagaCmd, ch: Ch) -> Res<Value> {
         SagaCmd::List { state, limit } => {
             let r = admin
                 .list_sagas(pb::ListSagasRequest {
-                    state: state.unwrap_or_default(),
+                    state: state.map_or(pb::SagaPhase::Unspecified, |s| s.to_wire()) as i32,
                     limit,
                 })
                 .await

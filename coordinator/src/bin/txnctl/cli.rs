@@ -3,6 +3,7 @@
 //! operator reads in `txnctl --help`.
 
 use clap::{Parser, Subcommand};
+use txn_proto::pb::v1 as pb;
 
 #[derive(Parser)]
 #[command(
@@ -95,13 +96,59 @@ pub enum Cmd {
     },
 }
 
+/// The txn phases `txn list --state` can ask for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum TxnListState {
+    /// Asking for votes.
+    Preparing,
+    /// Every vote in, the decision being logged.
+    Deciding,
+    /// Commit decision logged, acks pending.
+    Committing,
+    /// Prepared at a participant, no decision at the coordinator.
+    InDoubt,
+}
+
+impl TxnListState {
+    pub fn to_wire(self) -> pb::TxnPhase {
+        match self {
+            TxnListState::Preparing => pb::TxnPhase::Preparing,
+            TxnListState::Deciding => pb::TxnPhase::Deciding,
+            TxnListState::Committing => pb::TxnPhase::Committing,
+            TxnListState::InDoubt => pb::TxnPhase::InDoubt,
+        }
+    }
+}
+
+/// The saga states `saga list --state` can ask for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SagaListState {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    /// Compensation gave up; waiting for `saga retry`.
+    Parked,
+}
+
+impl SagaListState {
+    pub fn to_wire(self) -> pb::SagaPhase {
+        match self {
+            SagaListState::Running => pb::SagaPhase::Running,
+            SagaListState::Compensating => pb::SagaPhase::Compensating,
+            SagaListState::Completed => pb::SagaPhase::Completed,
+            SagaListState::Compensated => pb::SagaPhase::Compensated,
+            SagaListState::Parked => pb::SagaPhase::Parked,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum TxnCmd {
     /// Transactions in flight, committing, or in doubt at a participant.
     List {
-        /// preparing, deciding, committing or in-doubt.
-        #[arg(long)]
-        state: Option<String>,
+        #[arg(long, value_enum)]
+        state: Option<TxnListState>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -131,9 +178,8 @@ pub enum TxnCmd {
 pub enum SagaCmd {
     /// Sagas, most recently updated first.
     List {
-        /// running, compensating, completed, compensated or parked.
-        #[arg(long)]
-        state: Option<String>,
+        #[arg(long, value_enum)]
+        state: Option<SagaListState>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },

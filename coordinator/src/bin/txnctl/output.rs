@@ -38,6 +38,32 @@ fn decision_name(d: i32) -> &'static str {
     }
 }
 
+/// The operators' name of a txn phase, as `txn list --state` spells it.
+pub fn phase_name(p: i32) -> &'static str {
+    match pb::TxnPhase::try_from(p) {
+        Ok(pb::TxnPhase::Preparing) => "preparing",
+        Ok(pb::TxnPhase::Deciding) => "deciding",
+        Ok(pb::TxnPhase::Committing) => "committing",
+        Ok(pb::TxnPhase::InDoubt) => "in-doubt",
+        Ok(pb::TxnPhase::Committed) => "committed",
+        Ok(pb::TxnPhase::Forced) => "forced",
+        Ok(pb::TxnPhase::Unknown) => "unknown",
+        _ => "?",
+    }
+}
+
+/// The operators' name of a saga state, as `saga list --state` spells it.
+fn saga_phase_name(p: i32) -> &'static str {
+    match pb::SagaPhase::try_from(p) {
+        Ok(pb::SagaPhase::Running) => "running",
+        Ok(pb::SagaPhase::Compensating) => "compensating",
+        Ok(pb::SagaPhase::Completed) => "completed",
+        Ok(pb::SagaPhase::Compensated) => "compensated",
+        Ok(pb::SagaPhase::Parked) => "parked",
+        _ => "?",
+    }
+}
+
 fn state_name(s: i32) -> &'static str {
     match pb::TxnState::try_from(s) {
         Ok(pb::TxnState::Prepared) => "prepared",
@@ -51,7 +77,7 @@ fn state_name(s: i32) -> &'static str {
 pub fn detail_json(d: &pb::TxnDetail) -> Value {
     let mut v = json!({
         "txn_id": d.txn_id,
-        "coordinator_state": d.coordinator_state,
+        "coordinator_state": phase_name(d.coordinator_state),
         "decision": decision_name(d.decision),
         "decided_at_unix_ms": (d.decided_at_unix_ms > 0).then_some(d.decided_at_unix_ms),
         "branches": d.branches.iter().map(|b| json!({
@@ -76,7 +102,7 @@ pub fn detail_json(d: &pb::TxnDetail) -> Value {
 pub fn saga_json(s: &pb::SagaSummary) -> Value {
     json!({
         "saga_id": s.saga_id,
-        "state": s.state,
+        "state": saga_phase_name(s.state),
         "steps": s.steps,
         "next_step": s.next_step,
         "failed_step": s.failed_step,
