@@ -70,7 +70,10 @@ fn two_participants_dropping_outcomes() {
     };
     let mut cluster = Cluster::dropping_outcomes(2);
     cluster.resolvers = vec![false, true];
-    assert_eq!(check(bounds, cluster), 152_708);
+    // 152,708 before outcome records named their txn's members, writes and prepare time:
+    // records written by different paths (a NO vote's tombstone, an abort of a prepared txn,
+    // a tombstone for a txn never seen) now differ, so fewer states coincide.
+    assert_eq!(check(bounds, cluster), 172_152);
 }
 
 /// Not a violation of any property, but a behaviour of the service worth knowing (asked for

@@ -22,7 +22,10 @@ use txn_types::store::{Store, StoreError, WriteBatch};
 use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, ParticipantId, TxnId, Vote};
 
 use crate::eval::{evaluate, lock_sets};
-use crate::keys::{PREPARED_PREFIX, data_key, prepared_key, put_outcome, read_outcome};
+use crate::keys::{
+    OutcomeFacts, PREPARED_PREFIX, data_key, prepared_key, put_abort, put_outcome, read_outcome,
+    read_outcome_facts,
+};
 use crate::locks::LockTable;
 use crate::step::{Attempt, Durability, Step};
 
@@ -214,13 +217,11 @@ impl ParticipantCore {
                 // this txn can only abort. Lazily: the coordinator's abort is final whatever
                 // this participant says later, so losing the tombstone is harmless.
                 let mut batch = WriteBatch::default();
-                put_outcome(
-                    &mut batch,
-                    &req.txn,
-                    OutcomeKind::Aborted,
-                    now_unix_ms,
-                    true,
-                );
+                let facts = OutcomeFacts {
+                    participants: req.participants.iter().map(|p| p.to_string()).collect(),
+                    ..OutcomeFacts::unknown()
+                };
+                put_abort(&mut batch, &req.txn, now_unix_ms, facts);
                 return Ok(Attempt::Ready(Step::lazy(
                     batch,
                     PrepareAnswer::No { reason },
@@ -296,6 +297,7 @@ impl ParticipantCore {
             self.held.remove(txn);
             self.locks
                 .release_all(txn, &rec.exclusive_keys, &rec.shared_keys);
+            let facts = OutcomeFacts::of_prepared(&rec);
             let mut batch = WriteBatch::default();
             for w in rec.writes {
                 match w.value {
@@ -306,7 +308,14 @@ impl ParticipantCore {
             batch.delete(prepared_key(txn));
             // Kept until the coordinator says the txn has ended (see `forget`): a peer in doubt
             // may still ask, and must hear "committed".
-            put_outcome(&mut batch, txn, OutcomeKind::Committed, now_unix_ms, false);
+            put_outcome(
+                &mut batch,
+                txn,
+                OutcomeKind::Committed,
+                now_unix_ms,
+                false,
+                facts,
+            );
             return Ok(Step::forced(batch, CommitAnswer::Committed).releasing());
         }
         Ok(match read_outcome(store, txn)? {
@@ -431,7 +440,8 @@ impl ParticipantCore {
             self.locks
                 .release_all(txn, &rec.exclusive_keys, &rec.shared_keys);
             batch.delete(prepared_key(txn));
-            put_outcome(&mut batch, txn, OutcomeKind::Aborted, now_unix_ms, true);
+            let facts = OutcomeFacts::of_prepared(&rec);
+            put_abort(&mut batch, txn, now_unix_ms, facts);
             return Ok(AbortRecord::Written {
                 batch,
                 was_prepared: true,
@@ -441,7 +451,8 @@ impl ParticipantCore {
             Some(OutcomeKind::Aborted) => AbortRecord::AlreadyAborted,
             Some(OutcomeKind::Committed) => AbortRecord::Committed,
             _ => {
-                put_outcome(&mut batch, txn, OutcomeKind::Aborted, now_unix_ms, true);
+                let facts = OutcomeFacts::unknown();
+                put_abort(&mut batch, txn, now_unix_ms, facts);
                 AbortRecord::Written {
                     batch,
                     was_prepared: false,
@@ -465,10 +476,17 @@ impl ParticipantCore {
         if self.prepared.contains_key(txn) {
             return Ok(None);
         }
-        Ok(match read_outcome(store, txn)? {
-            Some(OutcomeKind::Committed) => {
+        Ok(match read_outcome_facts(store, txn)? {
+            Some((OutcomeKind::Committed, facts)) => {
                 let mut batch = WriteBatch::default();
-                put_outcome(&mut batch, txn, OutcomeKind::Committed, now_unix_ms, true);
+                put_outcome(
+                    &mut batch,
+                    txn,
+                    OutcomeKind::Committed,
+                    now_unix_ms,
+                    true,
+                    facts,
+                );
                 Some(batch)
             }
             _ => None,

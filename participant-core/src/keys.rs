@@ -53,11 +53,22 @@ pub(crate) fn put_outcome(
     kind: OutcomeKind,
     now_unix_ms: u64,
     expires: bool,
+    facts: OutcomeFacts,
 ) {
-    batch.put(outcome_key(txn), outcome(kind, now_unix_ms));
+    batch.put(outcome_key(txn), outcome(kind, now_unix_ms, facts));
     if expires {
         batch.put(expiry_key(now_unix_ms, txn), Vec::new());
     }
+}
+
+/// Records an abort (or an abort tombstone), which expires after the retention.
+pub(crate) fn put_abort(
+    batch: &mut WriteBatch,
+    txn: &TxnId,
+    now_unix_ms: u64,
+    facts: OutcomeFacts,
+) {
+    put_outcome(batch, txn, OutcomeKind::Aborted, now_unix_ms, true, facts);
 }
 
 /// Drops the outcomes indexed for expiry that were recorded before `cutoff_unix_ms`, at most
@@ -102,11 +113,51 @@ pub fn sweep_expired(
     Ok((batch, full))
 }
 
-fn outcome(kind: OutcomeKind, at_unix_ms: u64) -> Vec<u8> {
+/// What an outcome record says about the txn besides its outcome: its members and how much
+/// it wrote here. Operators and checkers read them; no protocol rule does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutcomeFacts {
+    /// Every participant of the txn; empty when this participant was its only one, or when
+    /// the txn never prepared here (a tombstone).
+    pub participants: Vec<String>,
+    /// Keys the txn wrote here.
+    pub writes: u32,
+    /// When it was prepared here (0: never).
+    pub prepared_at_unix_ms: u64,
+}
+
+impl OutcomeFacts {
+    /// A tombstone's: nothing is known of the txn.
+    pub fn unknown() -> Self {
+        Self::default()
+    }
+
+    /// A prepared txn's, from its prepared record.
+    pub fn of_prepared(rec: &txn_types::rec::PreparedRecord) -> Self {
+        Self {
+            participants: rec.participants.clone(),
+            writes: rec.writes.len() as u32,
+            prepared_at_unix_ms: rec.prepared_at_unix_ms,
+        }
+    }
+}
+
+/// One recorded outcome, as [`list_outcomes`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedOutcome {
+    pub txn_id: String,
+    pub status: TxnStatus,
+    pub at_unix_ms: u64,
+    pub facts: OutcomeFacts,
+}
+
+fn outcome(kind: OutcomeKind, at_unix_ms: u64, facts: OutcomeFacts) -> Vec<u8> {
     record::encode(&OutcomeRecord {
         kind: kind as i32,
         at_unix_ms,
-        participants: Vec::new(),
+        participants: facts.participants,
+        writes: facts.writes,
+        prepared_at_unix_ms: facts.prepared_at_unix_ms,
     })
 }
 
@@ -115,7 +166,7 @@ pub fn list_outcomes(
     store: &dyn Store,
     start_after: &str,
     limit: usize,
-) -> Result<Vec<(String, TxnStatus, Vec<String>)>, StoreError> {
+) -> Result<Vec<ListedOutcome>, StoreError> {
     let mut out = Vec::new();
     // Strictly after `start_after`: the smallest key greater than it appends a zero byte.
     let start = [OUTCOME_PREFIX, start_after.as_bytes(), b"\0"].concat();
@@ -137,7 +188,16 @@ pub fn list_outcomes(
                 }));
             }
         };
-        out.push((id, status, rec.participants));
+        out.push(ListedOutcome {
+            txn_id: id,
+            status,
+            at_unix_ms: rec.at_unix_ms,
+            facts: OutcomeFacts {
+                participants: rec.participants,
+                writes: rec.writes,
+                prepared_at_unix_ms: rec.prepared_at_unix_ms,
+            },
+        });
     }
     Ok(out)
 }
@@ -146,13 +206,26 @@ pub(crate) fn read_outcome(
     store: &dyn Store,
     txn: &TxnId,
 ) -> Result<Option<OutcomeKind>, StoreError> {
+    Ok(read_outcome_facts(store, txn)?.map(|(k, _)| k))
+}
+
+/// `txn`'s recorded outcome with what the record says about the txn.
+pub(crate) fn read_outcome_facts(
+    store: &dyn Store,
+    txn: &TxnId,
+) -> Result<Option<(OutcomeKind, OutcomeFacts)>, StoreError> {
     let key = outcome_key(txn);
     let Some(bytes) = store.get(&key)? else {
         return Ok(None);
     };
     let rec: OutcomeRecord = record::decode(&key, &bytes)?;
+    let facts = OutcomeFacts {
+        participants: rec.participants,
+        writes: rec.writes,
+        prepared_at_unix_ms: rec.prepared_at_unix_ms,
+    };
     match OutcomeKind::try_from(rec.kind) {
-        Ok(k @ (OutcomeKind::Committed | OutcomeKind::Aborted)) => Ok(Some(k)),
+        Ok(k @ (OutcomeKind::Committed | OutcomeKind::Aborted)) => Ok(Some((k, facts))),
         _ => Err(StoreError::Corrupt(record::CorruptRecord {
             key: String::from_utf8_lossy(&key).into_owned(),
             problem: format!("outcome kind {} is not committed or aborted", rec.kind),

@@ -15,7 +15,7 @@ use txn_types::types::{KeyValue, Op, TxnId};
 
 use crate::core::{AbortRecord, ParticipantCore};
 use crate::eval::{evaluate, lock_sets};
-use crate::keys::{data_key, put_outcome, read_outcome};
+use crate::keys::{OutcomeFacts, data_key, put_abort, put_outcome, read_outcome};
 use crate::step::{Attempt, Step};
 
 /// The answer to a one-phase commit.
@@ -67,10 +67,16 @@ impl ParticipantCore {
         let mut batch = WriteBatch::default();
         Ok(Attempt::Ready(match evaluate(ops, store)? {
             Err(reason) => {
-                put_outcome(&mut batch, txn, OutcomeKind::Aborted, now_unix_ms, true);
+                let facts = OutcomeFacts::unknown();
+                put_abort(&mut batch, txn, now_unix_ms, facts);
                 Step::forced(batch, OnePhaseAnswer::Refused { reason })
             }
             Ok((writes, reads)) => {
+                // This participant is the txn's only one: an empty member list says so.
+                let facts = OutcomeFacts {
+                    writes: writes.len() as u32,
+                    ..OutcomeFacts::unknown()
+                };
                 for w in writes {
                     match w.value {
                         Some(v) => batch.put(data_key(&w.key), v),
@@ -78,7 +84,14 @@ impl ParticipantCore {
                     };
                 }
                 // Needed only while the coordinator may still settle the call.
-                put_outcome(&mut batch, txn, OutcomeKind::Committed, now_unix_ms, true);
+                put_outcome(
+                    &mut batch,
+                    txn,
+                    OutcomeKind::Committed,
+                    now_unix_ms,
+                    true,
+                    facts,
+                );
                 Step::forced(batch, OnePhaseAnswer::Committed { reads })
             }
         }))

@@ -650,7 +650,7 @@ fn expired_outcomes_are_swept_after_their_cutoff_only() {
     let left: Vec<String> = list_outcomes(&store, "", 10)
         .unwrap()
         .into_iter()
-        .map(|o| o.0)
+        .map(|o| o.txn_id)
         .collect();
     assert_eq!(left, vec!["3".to_owned()]);
     // A page that fills up says more may be due.
@@ -678,7 +678,7 @@ fn expired_outcomes_are_swept_after_their_cutoff_only() {
     assert_eq!(
         listed
             .iter()
-            .map(|o| (o.0.as_str(), o.1))
+            .map(|o| (o.txn_id.as_str(), o.status))
             .collect::<Vec<_>>(),
         vec![("5", TxnStatus::Committed)]
     );
@@ -719,4 +719,75 @@ fn barriers_are_per_step_and_keep_their_answers() {
     let barriers = saga::list_barriers(&store, b"", 10).unwrap();
     assert_eq!(barriers.len(), 3);
     assert!(barriers.iter().all(|(k, _)| k.starts_with(b"b/7/")));
+}
+
+#[test]
+fn outcome_records_name_the_members_and_the_writes_and_keep_them_when_forgotten() {
+    use crate::keys::OutcomeFacts;
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let facts = |t: &str| {
+        list_outcomes(&store, "", 100)
+            .unwrap()
+            .into_iter()
+            .find(|o| o.txn_id == t)
+            .map(|o| (o.status, o.facts))
+    };
+    let p1 = vec!["p1".to_owned()];
+    prepare(&mut core, &store, "1", vec![add("a", 5), add("b", 5)]);
+    apply(&store, core.commit(&txn("1"), &store, 0).unwrap());
+    let committed = OutcomeFacts {
+        participants: p1.clone(),
+        writes: 2,
+        prepared_at_unix_ms: 0,
+    };
+    assert_eq!(facts("1"), Some((TxnStatus::Committed, committed.clone())));
+    store
+        .apply(core.forget(&txn("1"), &store, 10).unwrap().unwrap())
+        .unwrap();
+    assert_eq!(facts("1"), Some((TxnStatus::Committed, committed)));
+    prepare(&mut core, &store, "2", vec![add("a", 1)]);
+    abort(&mut core, &store, "2", AbortSource::Coordinator);
+    assert_eq!(
+        facts("2"),
+        Some((
+            TxnStatus::Aborted,
+            OutcomeFacts {
+                participants: p1.clone(),
+                writes: 1,
+                prepared_at_unix_ms: 0,
+            }
+        ))
+    );
+    abort(&mut core, &store, "3", AbortSource::Coordinator);
+    assert_eq!(
+        facts("3"),
+        Some((TxnStatus::Aborted, OutcomeFacts::unknown()))
+    );
+    // An overdraft votes NO: the members are known, nothing was written.
+    assert!(matches!(
+        prepare(&mut core, &store, "4", vec![add("z", -1)]),
+        Vote::No { .. }
+    ));
+    assert_eq!(
+        facts("4"),
+        Some((
+            TxnStatus::Aborted,
+            OutcomeFacts {
+                participants: p1,
+                ..OutcomeFacts::unknown()
+            }
+        ))
+    );
+    one_phase(&core, &store, "5", &[add("c", 3)]);
+    assert_eq!(
+        facts("5"),
+        Some((
+            TxnStatus::Committed,
+            OutcomeFacts {
+                writes: 1,
+                ..OutcomeFacts::unknown()
+            }
+        ))
+    );
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 use txn_metrics::RefusalLabels;
-use txn_participant_core::core::TxnStatus;
 use txn_participant_core::keys::OUTCOME_SWEEP_PAGE;
 use txn_types::types::TxnId;
 use txn_types::unix_ms;
@@ -186,7 +185,7 @@ impl Participant {
         &self,
         start_after: &str,
         limit: usize,
-    ) -> Result<Vec<(String, TxnStatus, Vec<String>)>, ParticipantError> {
+    ) -> Result<Vec<txn_participant_core::keys::ListedOutcome>, ParticipantError> {
         let limit = limit.clamp(1, MAX_OUTCOMES_PAGE);
         self.check(txn_participant_core::keys::list_outcomes(
             self.store(),

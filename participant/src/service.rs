@@ -242,6 +242,7 @@ impl pb::participant_server::Participant for ParticipantService {
                 step,
                 action: action as i32,
                 outcome: outcome as i32,
+                at_unix_ms: rec.at_unix_ms,
             });
         }
         Ok(Response::new(pb::ListBarriersResponse { barriers, next }))
@@ -259,17 +260,20 @@ impl pb::participant_server::Participant for ParticipantService {
         };
         let page = self.node.list_outcomes(&r.start_after, limit)?;
         let next = if page.len() >= limit.min(MAX_OUTCOMES_PAGE) {
-            page.last().map(|(id, _, _)| id.clone()).unwrap_or_default()
+            page.last().map(|o| o.txn_id.clone()).unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(pb::ListOutcomesResponse {
             outcomes: page
                 .into_iter()
-                .map(|(txn_id, state, participants)| pb::TxnOutcome {
-                    txn_id,
-                    state: state_to_pb(state) as i32,
-                    participants,
+                .map(|o| pb::TxnOutcome {
+                    txn_id: o.txn_id,
+                    state: state_to_pb(o.status) as i32,
+                    participants: o.facts.participants,
+                    writes: o.facts.writes,
+                    at_unix_ms: o.at_unix_ms,
+                    prepared_at_unix_ms: o.facts.prepared_at_unix_ms,
                 })
                 .collect(),
             next,

@@ -9,6 +9,7 @@
 
 mod check;
 mod observe;
+mod timing;
 mod violation;
 
 use std::time::{Duration, Instant};
@@ -21,8 +22,12 @@ use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::coordinator_client::CoordinatorClient;
 use txn_types::types::encode_counter;
 
-pub use check::{check, check_outcomes, check_sagas, lost_updates};
-pub use observe::{Observed, observe, wait_quiet};
+pub use check::{
+    UnknownResolved, check, check_outcomes, check_sagas, lost_updates, resolve_unknown,
+    txns_checked,
+};
+pub use observe::{Observed, Recorded, observe, wait_quiet};
+pub use timing::{longest_in_doubt_ms, longest_in_flight_ms, settled_after_ms};
 pub use violation::{Violation, to_strings};
 
 /// Most accounts a bank may have: the seeding txn puts every account of a participant in one
@@ -75,22 +80,24 @@ fn by_participant(accounts: &[Account], op: impl Fn(&Account) -> pb::Op) -> Vec<
 
 /// Gives every account `balance`: in one txn per [`MAX_ACCOUNTS_PER_PARTICIPANT`] accounts
 /// (accounts are dealt round-robin, so no branch gets more ops than a branch may hold).
+/// Returns the seeding txns' ids: they are in no client's history.
 pub async fn seed(
     client: &mut CoordinatorClient<Channel>,
     accounts: &[Account],
     balance: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
+    let mut txns = Vec::new();
     for chunk in accounts.chunks(MAX_ACCOUNTS_PER_PARTICIPANT) {
-        seed_chunk(client, chunk, balance).await?;
+        txns.push(seed_chunk(client, chunk, balance).await?);
     }
-    Ok(())
+    Ok(txns)
 }
 
 async fn seed_chunk(
     client: &mut CoordinatorClient<Channel>,
     accounts: &[Account],
     balance: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let branches = by_participant(accounts, |a| pb::Op {
         kind: Some(pb::op::Kind::Put(pb::PutOp {
             key: a.key.as_bytes().to_vec(),
@@ -110,7 +117,7 @@ async fn seed_chunk(
     if resp.outcome != pb::Outcome::Committed as i32 {
         bail!("seeding the bank aborted: {}", resp.reason);
     }
-    Ok(())
+    Ok(resp.txn_id)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,10 +137,29 @@ pub enum Outcome {
         txn: String,
         reason: String,
     },
-    /// The call failed: the txn may or may not have committed.
+    /// The call failed after it may have reached a live coordinator: the txn may or may not
+    /// have committed.
     Unknown {
         error: String,
     },
+    /// The call was refused before any coordinator ran it (no connection, or refused at
+    /// admission): it certainly did not run.
+    NotStarted {
+        error: String,
+    },
+}
+
+/// Whether a failed call certainly never ran: the connection was refused (the coordinator
+/// was down), or the coordinator refused it at admission. Anything else may have run.
+pub fn never_started(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::ResourceExhausted => true,
+        tonic::Code::Unavailable => {
+            let text = format!("{} {:?}", s.message(), std::error::Error::source(s));
+            text.contains("tcp connect error") || text.contains("Connection refused")
+        }
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +242,9 @@ pub async fn transfer(
                 }
             }
         }
+        Err(s) if never_started(&s) => Outcome::NotStarted {
+            error: format!("{:?}: {}", s.code(), s.message()),
+        },
         Err(s) => Outcome::Unknown {
             error: format!("{:?}: {}", s.code(), s.message()),
         },
@@ -262,7 +291,10 @@ pub async fn run(
                 let t = pick(&mut rng, &accounts, balance, w.overdraft_share, w.local);
                 let t0 = Instant::now();
                 let outcome = transfer(&mut client, &accounts, t, w.protocol).await;
-                if matches!(outcome, Outcome::Unknown { .. }) {
+                if matches!(
+                    outcome,
+                    Outcome::Unknown { .. } | Outcome::NotStarted { .. }
+                ) {
                     // Like a real client: do not hammer a coordinator that is not answering.
                     tokio::time::sleep(UNKNOWN_BACKOFF).await;
                 }
@@ -312,6 +344,7 @@ pub struct Tally {
     pub committed: usize,
     pub aborted: usize,
     pub unknown: usize,
+    pub not_started: usize,
 }
 
 pub fn tally(history: &[Record]) -> Tally {
@@ -321,6 +354,7 @@ pub fn tally(history: &[Record]) -> Tally {
             Outcome::Committed { .. } => t.committed += 1,
             Outcome::Aborted { .. } => t.aborted += 1,
             Outcome::Unknown { .. } => t.unknown += 1,
+            Outcome::NotStarted { .. } => t.not_started += 1,
         }
     }
     t

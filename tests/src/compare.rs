@@ -16,6 +16,7 @@ use txn_proto::pb::v1::coordinator_client::CoordinatorClient;
 
 use crate::bank::{self, Account, Outcome, Protocol, Violation, Workload};
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::plant::Plant;
 
 /// Every scenario, in report order.
 pub const SCENARIOS: &[&str] = &[
@@ -55,6 +56,8 @@ pub struct CompareConfig {
     pub accounts: usize,
     pub overdraft_share: f64,
     pub seed: u64,
+    /// A violation to plant once the run is quiet, to test that the checks catch it.
+    pub plant: Option<Plant>,
 }
 
 /// One fault, from its start to its heal, in milliseconds from the start of the workload.
@@ -75,46 +78,68 @@ pub struct RunReport {
     pub clients: usize,
     pub committed: usize,
     pub aborted: usize,
+    /// Calls with no answer that may have run.
     pub unknown: usize,
+    /// Calls refused before a live coordinator ran them (connection refused while it was
+    /// down, or refused at admission): certainly not run.
+    pub not_started: usize,
+    /// What became of the `unknown` calls, from the participants' records.
+    pub unknown_resolved: bank::UnknownResolved,
+    /// Txns judged all-or-none from the participants' own outcome records (every recorded
+    /// txn but the auditors' reads), whatever their clients heard.
+    pub txns_checked_at_participants: usize,
     pub atomicity_violations: usize,
     pub lost_acknowledged: usize,
     pub total_before: i64,
     pub total_after: i64,
     pub total_conserved: bool,
-    /// Audits attempted, audits that read every balance (the rest aborted, mostly on lock
-    /// conflicts with transfers: under 2PC, readers wait for writers), and those whose total
-    /// was off.
-    pub audits_attempted: u64,
-    pub audits: u64,
-    pub audits_off: u64,
+    /// Audits tried, audits that read every balance (the rest aborted on lock waits), and
+    /// those whose total was off (a reader saw money in flight).
+    pub audits_tried: u64,
+    pub audits_completed: u64,
+    pub audits_inconsistent: u64,
+    /// Latency of the completed audits.
+    pub audit_p50_ms: f64,
+    pub audit_p99_ms: f64,
     /// Accounts whose final balance differs from the acknowledged transfers; null when some
     /// call had no answer, so that is unknowable.
     pub lost_updates: Option<usize>,
-    pub max_in_doubt_ms: u64,
+    /// 2PC: longest a participant held a transfer prepared (prepared to decided, from its
+    /// records). Auditors left out.
+    pub longest_in_doubt_ms: Option<u64>,
+    /// Sagas: longest from a saga's first step executed to its end (from the barrier
+    /// records).
+    pub longest_in_flight_ms: Option<u64>,
     pub unresolved_at_end: u64,
     pub tps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
-    /// From the last heal to the first transfer committed after it.
+    /// From the last heal until committed throughput is back at 80% of its rate before the
+    /// first fault (whole 250 ms buckets); null with no fault, or if it never came back.
     pub recovery_ms: Option<u64>,
+    /// From the last heal until every transfer begun by then was settled at its participants
+    /// (nothing in doubt or in flight); null with no fault.
+    pub settled_ms: Option<u64>,
     /// From the end of the workload until nothing was in doubt or running.
     pub quiet_ms: u64,
     pub faults: Vec<FaultWindow>,
     pub bucket_ms: u64,
     /// Committed transfers per bucket.
     pub timeline: Vec<u64>,
+    /// Broken guarantees: any one fails the run.
     pub problems: Vec<Violation>,
+    /// Findings that are the price of the protocol (sagas' before-image lost updates):
+    /// counted and labelled, not failures.
+    pub prices: Vec<Violation>,
 }
 
 impl RunReport {
-    /// A result that is a bug, not a finding: the harness exits non-zero. For 2PC that is any
-    /// broken guarantee; for sagas, intermediate states are findings, but a saga left half
-    /// done, a lost acknowledgement, or a broken total at the end are bugs too.
+    /// Whether the run broke a guarantee its protocol must keep: the harness then exits
+    /// non-zero. That is every finding but the protocol's price (atomicity, an ABORTED txn
+    /// applied, a COMMITTED one not applied everywhere, a saga step recorded twice or left
+    /// half done, a phantom commit, a broken total), and anything still unresolved.
     pub fn is_failure(&self) -> bool {
-        !self.total_conserved
-            || self.atomicity_violations > 0
-            || self.lost_acknowledged > 0
-            || self.unresolved_at_end > 0
+        !self.problems.is_empty() || !self.total_conserved || self.unresolved_at_end > 0
     }
 }
 
@@ -160,13 +185,11 @@ pub async fn run_one(
         .context("starting the cluster")?;
     let mut client = cluster.coordinator_client().await?;
     let accounts = bank::accounts(cfg.participants, cfg.accounts);
-    bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
+    let seeding = bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
     let total = INITIAL_BALANCE * accounts.len() as i64;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let audits = Arc::new(AtomicU64::new(0));
-    let audits_off = Arc::new(AtomicU64::new(0));
-    let audits_attempted = Arc::new(AtomicU64::new(0));
+    let audits = Arc::new(Audits::new()?);
     let mut auditors = Vec::new();
     for _ in 0..cfg.auditors {
         auditors.push(tokio::spawn(audit_loop(
@@ -174,15 +197,9 @@ pub async fn run_one(
             accounts.clone(),
             total,
             stop.clone(),
-            [audits_attempted.clone(), audits.clone(), audits_off.clone()],
+            audits.clone(),
         )));
     }
-    let max_in_doubt = Arc::new(AtomicU64::new(0));
-    let sampler = tokio::spawn(sample_in_doubt(
-        participant_urls(&cluster),
-        stop.clone(),
-        max_in_doubt.clone(),
-    ));
 
     let workload = Workload {
         clients: cfg.clients,
@@ -194,6 +211,7 @@ pub async fn run_one(
         local: false,
     };
     let started = Instant::now();
+    let started_unix_ms = txn_types::unix_ms();
     let runner = {
         let client = client.clone();
         let accounts = accounts.clone();
@@ -218,18 +236,18 @@ pub async fn run_one(
     let quiet_started = Instant::now();
     let unresolved_at_end = bank::wait_quiet(&cluster, QUIET_TIMEOUT).await?;
     let quiet_ms = quiet_started.elapsed().as_millis() as u64;
-    let _ = sampler.await;
-    for p in &cluster.participants {
-        if let Ok(mut c) = cluster.stats_client(&p.name).await
-            && let Ok(s) = c.get_stats(pb::StatsRequest {}).await
-        {
-            max_in_doubt.fetch_max(s.into_inner().max_in_doubt_ms, Ordering::Relaxed);
-        }
+    if let Some(what) = cfg.plant {
+        let txn = crate::plant::plant(&mut cluster, what, &accounts, &history).await?;
+        eprintln!("planted {what:?} into txn {txn}");
     }
 
     let observed = bank::observe(&cluster, &accounts, &history, protocol).await?;
     let initial = vec![INITIAL_BALANCE; accounts.len()];
-    let problems = bank::check(&initial, &history, &observed);
+    let (unknown_resolved, phantoms) = bank::resolve_unknown(&history, &observed, &seeding);
+    let (prices, problems): (Vec<_>, Vec<_>) = bank::check(&initial, &history, &observed)
+        .into_iter()
+        .chain(phantoms)
+        .partition(|v| v.is_price(protocol));
     cluster.shutdown()?;
 
     let tally = bank::tally(&history);
@@ -246,16 +264,18 @@ pub async fn run_one(
             }
         }
     }
-    let last_heal = faults.iter().map(|f| f.end_ms).max();
-    let recovery_ms = last_heal.and_then(|heal| {
-        history
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Committed { .. }))
-            .map(|r| r.at.as_millis() as u64)
-            .filter(|at| *at >= heal)
-            .min()
-            .map(|at| at - heal)
-    });
+    let last_heal = faults
+        .iter()
+        .filter(|f| f.end_ms > f.start_ms)
+        .map(|f| f.end_ms)
+        .max();
+    let first_fault = faults.iter().map(|f| f.start_ms).min();
+    let recovery_ms = match (first_fault, last_heal) {
+        (Some(start), Some(heal)) => back_to_rate(&timeline, start, heal),
+        _ => None,
+    };
+    let settled_ms =
+        last_heal.map(|heal| bank::settled_after_ms(&observed, protocol, started_unix_ms + heal));
     let count = |kind: fn(&Violation) -> bool| problems.iter().filter(|p| kind(p)).count();
     let elapsed = history.iter().map(|r| r.at).max().unwrap_or(cfg.duration);
     Ok(RunReport {
@@ -267,37 +287,97 @@ pub async fn run_one(
         committed: tally.committed,
         aborted: tally.aborted,
         unknown: tally.unknown,
+        not_started: tally.not_started,
+        unknown_resolved,
+        txns_checked_at_participants: match protocol {
+            Protocol::TwoPhase => bank::txns_checked(&observed),
+            Protocol::Saga => observed.barriers.len(),
+        },
         atomicity_violations: count(Violation::breaks_atomicity),
         lost_acknowledged: count(Violation::loses_acknowledged),
         total_before: total,
         total_after: observed.balances.iter().sum(),
         total_conserved: observed.balances.iter().sum::<i64>() == total,
-        audits_attempted: audits_attempted.load(Ordering::Relaxed),
-        audits: audits.load(Ordering::Relaxed),
-        audits_off: audits_off.load(Ordering::Relaxed),
+        audits_tried: audits.tried.load(Ordering::Relaxed),
+        audits_completed: audits.completed.load(Ordering::Relaxed),
+        audits_inconsistent: audits.inconsistent.load(Ordering::Relaxed),
+        audit_p50_ms: audits.quantile_ms(0.5),
+        audit_p99_ms: audits.quantile_ms(0.99),
         lost_updates: bank::lost_updates(&initial, &history, &observed),
-        max_in_doubt_ms: max_in_doubt.load(Ordering::Relaxed),
+        longest_in_doubt_ms: (protocol == Protocol::TwoPhase)
+            .then(|| bank::longest_in_doubt_ms(&observed)),
+        longest_in_flight_ms: (protocol == Protocol::Saga)
+            .then(|| bank::longest_in_flight_ms(&observed)),
         unresolved_at_end,
         tps: tally.committed as f64 / elapsed.as_secs_f64().max(0.001),
         p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         recovery_ms,
+        settled_ms,
         quiet_ms,
         faults,
         bucket_ms: BUCKET.as_millis() as u64,
         timeline,
         problems,
+        prices,
     })
+}
+
+/// Share of the pre-fault rate that counts as recovered.
+const RECOVERED_SHARE: f64 = 0.8;
+
+/// From `heal_ms` until the first whole bucket after it whose committed count is back at
+/// [`RECOVERED_SHARE`] of the mean before `fault_ms`. None without a pre-fault bucket, or if
+/// throughput never came back within the run.
+fn back_to_rate(timeline: &[u64], fault_ms: u64, heal_ms: u64) -> Option<u64> {
+    let bucket = BUCKET.as_millis() as u64;
+    let before = (fault_ms / bucket) as usize;
+    if before == 0 {
+        return None;
+    }
+    let rate = timeline[..before.min(timeline.len())].iter().sum::<u64>() as f64 / before as f64;
+    let first = heal_ms.div_ceil(bucket) as usize;
+    timeline
+        .iter()
+        .enumerate()
+        .skip(first)
+        .find(|(_, n)| **n as f64 >= RECOVERED_SHARE * rate)
+        .map(|(i, _)| (i as u64 * bucket).saturating_sub(heal_ms))
+}
+
+/// What the auditors saw: how many atomic reads they tried, completed, and found off, and
+/// how long the completed ones took.
+struct Audits {
+    tried: AtomicU64,
+    completed: AtomicU64,
+    inconsistent: AtomicU64,
+    latency_us: std::sync::Mutex<Histogram<u64>>,
+}
+
+impl Audits {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            tried: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            inconsistent: AtomicU64::new(0),
+            latency_us: std::sync::Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        })
+    }
+
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let h = self.latency_us.lock().expect("audit histogram");
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1000.0
+        }
+    }
 }
 
 fn scenario_salt(scenario: &str) -> u64 {
     scenario.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
-}
-
-fn participant_urls(cluster: &Cluster) -> Vec<String> {
-    cluster.participants.iter().map(|p| p.url()).collect()
 }
 
 /// Reads every balance in one atomic multi-participant read and counts totals that are off.
@@ -308,7 +388,7 @@ async fn audit_loop(
     accounts: Vec<Account>,
     total: i64,
     stop: Arc<AtomicBool>,
-    [attempted, audits, off]: [Arc<AtomicU64>; 3],
+    audits: Arc<Audits>,
 ) {
     let mut branches: Vec<pb::Branch> = Vec::new();
     for a in &accounts {
@@ -332,7 +412,8 @@ async fn audit_loop(
             prepare_timeout_ms: 0,
             client_txn_id: String::new(),
         };
-        attempted.fetch_add(1, Ordering::Relaxed);
+        audits.tried.fetch_add(1, Ordering::Relaxed);
+        let t0 = Instant::now();
         let res = client.transact(req).await;
         if std::env::var_os("HARNESS_DEBUG").is_some() {
             eprintln!(
@@ -350,34 +431,19 @@ async fn audit_loop(
                     .flat_map(|b| &b.reads)
                     .map(|kv| txn_types::types::decode_counter(kv.value.as_deref()).unwrap_or(0))
                     .sum();
-                audits.fetch_add(1, Ordering::Relaxed);
+                audits.completed.fetch_add(1, Ordering::Relaxed);
+                let us = t0.elapsed().as_micros().max(1) as u64;
+                let _ = audits
+                    .latency_us
+                    .lock()
+                    .expect("audit histogram")
+                    .record(us);
                 if sum != total {
-                    off.fetch_add(1, Ordering::Relaxed);
+                    audits.inconsistent.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         tokio::time::sleep(AUDIT_PAUSE).await;
-    }
-}
-
-/// Polls the participants for the oldest prepared txn, keeping the largest age seen.
-async fn sample_in_doubt(urls: Vec<String>, stop: Arc<AtomicBool>, max: Arc<AtomicU64>) {
-    while !stop.load(Ordering::Relaxed) {
-        for url in &urls {
-            if let Ok(ch) = crate::cluster::connect(url).await {
-                let mut c = pb::stats_client::StatsClient::new(ch);
-                let mut req = tonic::Request::new(pb::StatsRequest {});
-                req.set_timeout(Duration::from_millis(200));
-                if let Ok(s) = c.get_stats(req).await {
-                    let s = s.into_inner();
-                    max.fetch_max(
-                        s.oldest_in_doubt_ms.max(s.max_in_doubt_ms),
-                        Ordering::Relaxed,
-                    );
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`compare`]: one run of `harness compare`, a fault scenario under one protocol.
 //! - [`report`]: renders the comparison as a table, report.json, report.md and a chart.
 //! - [`proxy`]: the fault-injecting TCP proxy a cluster can put on one link.
+//! - [`plant`]: planted violations in a participant's own database, to test the checker.
 //!
 //! The `harness` binary (`src/bin/harness/`) has one module per command: `run`, `compare`
 //! and `bench`.
@@ -19,5 +20,6 @@
 pub mod bank;
 pub mod cluster;
 pub mod compare;
+pub mod plant;
 pub mod proxy;
 pub mod report;

@@ -21,7 +21,9 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "protocol",
         "committed",
         "aborted",
-        "unknown",
+        "unknown (applied)",
+        "not started",
+        "checked at parts.",
         "txn/s",
         "p50 ms",
         "p99 ms",
@@ -29,10 +31,13 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "lost acks",
         "total kept",
         "audits off/ok/tried",
+        "audit p50/p99 ms",
         "lost updates",
-        "max in doubt ms",
+        "longest in doubt / in flight ms",
         "unresolved",
         "recovery ms",
+        "settled ms",
+        "result",
     ];
     let rows = runs
         .iter()
@@ -42,7 +47,9 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 r.protocol.clone(),
                 r.committed.to_string(),
                 r.aborted.to_string(),
-                r.unknown.to_string(),
+                format!("{} ({})", r.unknown, r.unknown_resolved.committed),
+                r.not_started.to_string(),
+                r.txns_checked_at_participants.to_string(),
                 format!("{:.0}", r.tps),
                 format!("{:.1}", r.p50_ms),
                 format!("{:.1}", r.p99_ms),
@@ -53,13 +60,25 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 } else {
                     "NO".into()
                 },
-                format!("{}/{}/{}", r.audits_off, r.audits, r.audits_attempted),
-                r.lost_updates
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "n/a".into()),
-                r.max_in_doubt_ms.to_string(),
+                format!(
+                    "{}/{}/{}",
+                    r.audits_inconsistent, r.audits_completed, r.audits_tried
+                ),
+                format!("{:.0}/{:.0}", r.audit_p50_ms, r.audit_p99_ms),
+                match (r.lost_updates, r.prices.is_empty()) {
+                    (Some(n), true) => n.to_string(),
+                    (Some(n), false) => format!("{n} (price)"),
+                    (None, _) => "n/a".into(),
+                },
+                opt(r.longest_in_doubt_ms.or(r.longest_in_flight_ms)),
                 r.unresolved_at_end.to_string(),
                 opt(r.recovery_ms),
+                opt(r.settled_ms),
+                if r.is_failure() {
+                    "FAILED".into()
+                } else {
+                    "ok".into()
+                },
             ]
         })
         .collect();
@@ -98,16 +117,26 @@ pub fn markdown(runs: &[RunReport], cfg: &CompareConfig) -> String {
         md.push_str(&format!("| {} |\n", r.join(" | ")));
     }
     md.push_str(
-        "\nColumns: *unknown* calls had no answer (the client cannot tell whether they \
-         committed); *atomicity viol.* counts txns applied at some participants and not others \
-         (2PC) or sagas left half-done (saga), from the participants' durable records; \
-         *lost acks* are transfers the client saw committed that are not fully applied; \
-         *audits off/ok/tried*: atomic reads of every balance tried, those that completed, and \
-         those whose total was not the bank's (intermediate states; under 2PC most audits abort \
-         on lock conflicts with transfers: readers wait for writers); *lost updates* counts accounts whose balance differs from the \
-         acknowledged transfers (n/a when some call had no answer); *max in doubt* is the \
-         longest a participant held a prepared txn (2PC's blocking); *recovery* is from the \
-         last heal to the next commit.\n\n",
+        "\nColumns: *unknown* calls had no answer after they may have reached a live \
+         coordinator, and in brackets how many of them the participants' records show applied; \
+         *not started* calls were refused before any coordinator ran them (connection refused \
+         while it was down); *checked at parts.* counts the txns (2PC) or sagas judged \
+         all-or-none from the participants' own durable records, whatever their clients heard; \
+         *atomicity viol.* counts txns applied at some participants and not others (2PC) or \
+         sagas left half-done (saga); *lost acks* are transfers the client saw committed that \
+         are not fully applied; *audits off/ok/tried*: atomic reads of every balance tried, \
+         those that completed, and those whose total was not the bank's (a reader saw money in \
+         flight); *audit p50/p99*: how long a completed audit took (2PC's readers wait for \
+         writers); *lost updates* counts accounts whose balance differs from the acknowledged \
+         transfers (n/a when some call had no answer; under sagas a before-image compensation \
+         can lose an update, the protocol's price, labelled and not a failure); *longest in \
+         doubt* (2PC) is the longest a participant held a transfer prepared, and *in flight* \
+         (saga) the longest from a saga's first step to its end, both from the participants' \
+         records, auditors left out; *recovery* is from the last heal until committed \
+         throughput is back at 80% of its pre-fault rate; *settled* from the last heal until \
+         every transfer begun by then was settled at its participants; *result* is FAILED when \
+         the run broke a guarantee its protocol must keep, which also fails `harness \
+         compare`.\n\n",
     );
     md.push_str("## Faults injected\n\n");
     for r in runs {
@@ -124,6 +153,12 @@ pub fn markdown(runs: &[RunReport], cfg: &CompareConfig) -> String {
             r.problems
                 .iter()
                 .map(move |p| format!("- {} / {}: {p}", r.scenario, r.protocol))
+                .chain(r.prices.iter().map(move |p| {
+                    format!(
+                        "- {} / {}: {p} (the protocol's price)",
+                        r.scenario, r.protocol
+                    )
+                }))
         })
         .collect();
     if !problems.is_empty() {

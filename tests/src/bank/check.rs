@@ -3,6 +3,8 @@
 //! lost update. Each judges the clients' history against what the participants recorded
 //! ([`Observed`]) and returns the [`Violation`]s it found, empty when all hold.
 
+use std::collections::{BTreeSet, HashSet};
+
 use txn_proto::pb::v1 as pb;
 
 use super::violation::Violation;
@@ -74,35 +76,123 @@ pub fn check_sagas(observed: &Observed, steps: u32) -> Vec<Violation> {
     problems
 }
 
-/// Atomicity from the participants' own records, whatever the clients were told: a txn
-/// committed anywhere must be committed at every one of its participants.
+/// Atomicity from the participants' own records, for every txn they recorded, whatever the
+/// clients were told (or not told): a txn committed anywhere must be committed at every one of
+/// its participants. The members are those any of its records names (every prepared record
+/// names them all); a commit that names none is a one-phase commit, atomic by itself.
 pub fn check_outcomes(observed: &Observed) -> Vec<Violation> {
     let mut problems = Vec::new();
     let mut txns: Vec<_> = observed.outcomes.iter().collect();
     txns.sort_by(|a, b| a.0.cmp(b.0));
     for (txn, records) in txns {
-        let Some((_, _, members)) = records
-            .iter()
-            .find(|(_, s, m)| *s == pb::TxnState::Committed && !m.is_empty())
-        else {
+        if !records.iter().any(|r| r.state == pb::TxnState::Committed) {
             continue;
-        };
+        }
+        let members: BTreeSet<&str> = records
+            .iter()
+            .flat_map(|r| r.members.iter().map(String::as_str))
+            .collect();
         for member in members {
             let state = records
                 .iter()
-                .find(|(p, _, _)| p == member)
-                .map(|(_, s, _)| *s)
+                .find(|r| r.participant == member)
+                .map(|r| r.state)
                 .unwrap_or(pb::TxnState::Unknown);
             if state != pb::TxnState::Committed {
                 problems.push(Violation::PartialCommit {
                     txn: txn.clone(),
                     state,
-                    member: member.clone(),
+                    member: member.to_string(),
                 });
             }
         }
     }
     problems
+}
+
+/// How many txns the participants' records let [`check_outcomes`] judge: every txn with an
+/// outcome recorded anywhere, except committed txns that wrote nothing (the audits' reads).
+pub fn txns_checked(observed: &Observed) -> usize {
+    observed
+        .outcomes
+        .values()
+        .filter(|records| {
+            !records
+                .iter()
+                .all(|r| r.state == pb::TxnState::Committed && r.writes == 0)
+        })
+        .count()
+}
+
+/// What became of the calls whose client got no answer, from the participants' records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UnknownResolved {
+    /// Applied everywhere: a 2PC txn committed at its participants, or a saga that ran every
+    /// step and compensated none.
+    pub committed: usize,
+    /// Left no effect: aborted, compensated, or never reached a participant.
+    pub not_applied: usize,
+}
+
+/// Matches the unanswered calls against the transfers the participants applied that no
+/// client heard of (`setup`: txns outside the history, such as the bank's seeding). More of
+/// those than unanswered calls means a request ran twice.
+pub fn resolve_unknown(
+    history: &[Record],
+    observed: &Observed,
+    setup: &[String],
+) -> (UnknownResolved, Vec<Violation>) {
+    let known: HashSet<&str> = history
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Committed { txn } | Outcome::Aborted { txn, .. } => Some(txn.as_str()),
+            Outcome::Unknown { .. } | Outcome::NotStarted { .. } => None,
+        })
+        .chain(setup.iter().map(String::as_str))
+        .collect();
+    let unknown = history
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Unknown { .. }))
+        .count();
+    let committed = if observed.protocol == Some(Protocol::Saga) {
+        observed
+            .barriers
+            .iter()
+            .filter(|(saga, _)| !known.contains(saga.as_str()))
+            .filter(|(_, records)| {
+                let executed = records
+                    .iter()
+                    .filter(|(_, b)| b.outcome == pb::BarrierOutcome::Executed as i32)
+                    .count();
+                let compensated = records
+                    .iter()
+                    .any(|(_, b)| b.action == pb::BarrierAction::Compensate as i32);
+                executed > 0 && !compensated
+            })
+            .count()
+    } else {
+        observed
+            .outcomes
+            .iter()
+            .filter(|(txn, _)| !known.contains(txn.as_str()))
+            .filter(|(_, records)| {
+                records
+                    .iter()
+                    .any(|r| r.state == pb::TxnState::Committed && r.writes > 0)
+            })
+            .count()
+    };
+    let mut problems = Vec::new();
+    if committed > unknown {
+        problems.push(Violation::PhantomCommits { committed, unknown });
+    }
+    (
+        UnknownResolved {
+            committed,
+            not_applied: unknown.saturating_sub(committed),
+        },
+        problems,
+    )
 }
 
 /// Every invariant that failed; empty when all hold.
@@ -131,7 +221,7 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<Vi
         let (txn, client_committed) = match &r.outcome {
             Outcome::Committed { txn } => (txn, true),
             Outcome::Aborted { txn, .. } => (txn, false),
-            Outcome::Unknown { .. } => continue,
+            Outcome::Unknown { .. } | Outcome::NotStarted { .. } => continue,
         };
         if observed.protocol == Some(Protocol::Saga) {
             let records = observed.barriers.get(txn).map(Vec::as_slice).unwrap_or(&[]);
@@ -245,6 +335,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::bank::observe::Recorded;
     use crate::bank::{Transfer, to_strings};
     use pb::TxnState::{Aborted, Committed, Prepared};
 
@@ -325,24 +416,44 @@ mod tests {
 
     #[test]
     fn outcome_records_reveal_a_half_commit_the_client_never_saw() {
-        let both = vec!["p1".to_string(), "p2".to_string()];
+        let both = ["p1", "p2"];
         let mut outcomes = HashMap::new();
         outcomes.insert(
             "2.7".to_string(),
             vec![
-                ("p1".to_string(), Committed, both.clone()),
-                ("p2".to_string(), Aborted, vec![]),
+                Recorded::new("p1", Committed, &both, 1),
+                Recorded::new("p2", Aborted, &[], 0),
             ],
         );
         outcomes.insert(
             "2.8".to_string(),
-            vec![("p1".to_string(), Committed, both.clone())],
+            vec![Recorded::new("p1", Committed, &both, 1)],
         );
         outcomes.insert(
             "2.9".to_string(),
             vec![
-                ("p1".to_string(), Committed, both.clone()),
-                ("p2".to_string(), Committed, both),
+                Recorded::new("p1", Committed, &both, 1),
+                Recorded::new("p2", Committed, &both, 1),
+            ],
+        );
+        // The commit names no members, but the other record does.
+        outcomes.insert(
+            "3.1".to_string(),
+            vec![
+                Recorded::new("p1", Committed, &[], 1),
+                Recorded::new("p2", Aborted, &both, 1),
+            ],
+        );
+        // A one-phase commit, and an audit's read-only commit.
+        outcomes.insert(
+            "3.2".to_string(),
+            vec![Recorded::new("p2", Committed, &[], 2)],
+        );
+        outcomes.insert(
+            "3.3".to_string(),
+            vec![
+                Recorded::new("p1", Committed, &both, 0),
+                Recorded::new("p2", Committed, &both, 0),
             ],
         );
         let observed = Observed {
@@ -350,8 +461,73 @@ mod tests {
             ..Default::default()
         };
         let problems = to_strings(&check_outcomes(&observed));
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("2.7") && problems[0].contains("Aborted at p2"));
         assert!(problems[1].contains("2.8") && problems[1].contains("Unknown at p2"));
+        assert!(problems[2].contains("3.1") && problems[2].contains("Aborted at p2"));
+        assert_eq!(txns_checked(&observed), 5, "every txn but the audit");
+    }
+
+    #[test]
+    fn unanswered_calls_are_matched_to_what_the_participants_applied() {
+        let both = ["p1", "p2"];
+        let unknown = || Outcome::Unknown {
+            error: "Unavailable".into(),
+        };
+        let history = vec![
+            rec(0, 1, 10, committed("1.1")),
+            rec(0, 1, 10, unknown()),
+            rec(0, 1, 10, unknown()),
+        ];
+        let mut outcomes = HashMap::new();
+        for t in ["1.1", "1.5"] {
+            outcomes.insert(
+                t.to_string(),
+                vec![
+                    Recorded::new("p1", Committed, &both, 1),
+                    Recorded::new("p2", Committed, &both, 1),
+                ],
+            );
+        }
+        outcomes.insert(
+            "1.6".to_string(),
+            vec![Recorded::new("p1", Aborted, &both, 1)],
+        );
+        let mut observed = Observed {
+            outcomes,
+            protocol: Some(Protocol::TwoPhase),
+            ..Default::default()
+        };
+        let seed = vec!["1.0".to_string()];
+        observed.outcomes.insert(
+            "1.0".to_string(),
+            vec![Recorded::new("p1", Committed, &both, 20)],
+        );
+        let (resolved, problems) = resolve_unknown(&history, &observed, &seed);
+        assert_eq!(
+            resolved,
+            UnknownResolved {
+                committed: 1,
+                not_applied: 1
+            }
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        // A third committed transfer nobody heard of: one call ran twice.
+        observed.outcomes.insert(
+            "1.7".to_string(),
+            vec![Recorded::new("p2", Committed, &[], 2)],
+        );
+        observed.outcomes.insert(
+            "1.8".to_string(),
+            vec![Recorded::new("p2", Committed, &[], 2)],
+        );
+        let (_, problems) = resolve_unknown(&history, &observed, &seed);
+        assert_eq!(
+            problems,
+            vec![Violation::PhantomCommits {
+                committed: 3,
+                unknown: 2
+            }]
+        );
     }
 }

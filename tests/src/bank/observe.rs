@@ -21,13 +21,41 @@ pub struct Observed {
     pub states: HashMap<String, (pb::TxnState, pb::TxnState)>,
     /// Prepared txns still held by any participant.
     pub in_doubt: u64,
-    /// Every outcome each participant durably recorded: txn -> [(participant, state, the
-    /// txn's participants as recorded with a commit)].
-    pub outcomes: HashMap<String, Vec<(String, pb::TxnState, Vec<String>)>>,
+    /// Every outcome each participant durably recorded, by txn.
+    pub outcomes: HashMap<String, Vec<Recorded>>,
     /// Saga barrier records: saga -> [(participant, barrier)].
     pub barriers: HashMap<String, Vec<(String, pb::Barrier)>>,
     /// The protocol the history ran under (None: checks that need it are skipped).
     pub protocol: Option<Protocol>,
+}
+
+/// One participant's durable outcome record of a txn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub participant: String,
+    pub state: pb::TxnState,
+    /// The txn's participants as this one prepared it; empty for a one-phase commit (this
+    /// participant alone) and for a tombstone (never prepared here).
+    pub members: Vec<String>,
+    /// Keys the txn wrote here.
+    pub writes: u32,
+    /// When the outcome was recorded, and when this participant voted YES (0: never), in
+    /// Unix milliseconds.
+    pub at_unix_ms: u64,
+    pub prepared_at_unix_ms: u64,
+}
+
+impl Recorded {
+    pub fn new(participant: &str, state: pb::TxnState, members: &[&str], writes: u32) -> Self {
+        Self {
+            participant: participant.into(),
+            state,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            writes,
+            at_unix_ms: 0,
+            prepared_at_unix_ms: 0,
+        }
+    }
 }
 
 /// Reads balances, txn states and in-doubt counts directly from the participants.
@@ -67,7 +95,7 @@ pub async fn observe(
     for r in history.iter().filter(|_| protocol == Protocol::TwoPhase) {
         let txn = match &r.outcome {
             Outcome::Committed { txn } | Outcome::Aborted { txn, .. } => txn.clone(),
-            Outcome::Unknown { .. } => continue,
+            Outcome::Unknown { .. } | Outcome::NotStarted { .. } => continue,
         };
         let mut state_at = |idx: usize| {
             let p = accounts[idx].participant.clone();
@@ -87,7 +115,7 @@ pub async fn observe(
         let b = state_at(r.transfer.to).await?;
         states.insert(txn, (a, b));
     }
-    let mut outcomes: HashMap<String, Vec<(String, pb::TxnState, Vec<String>)>> = HashMap::new();
+    let mut outcomes: HashMap<String, Vec<Recorded>> = HashMap::new();
     for (name, c) in clients.iter_mut() {
         let mut start_after = String::new();
         loop {
@@ -101,10 +129,14 @@ pub async fn observe(
                 .into_inner();
             for o in page.outcomes {
                 let state = pb::TxnState::try_from(o.state).unwrap_or(pb::TxnState::Unspecified);
-                outcomes
-                    .entry(o.txn_id)
-                    .or_default()
-                    .push((name.clone(), state, o.participants));
+                outcomes.entry(o.txn_id).or_default().push(Recorded {
+                    participant: name.clone(),
+                    state,
+                    members: o.participants,
+                    writes: o.writes,
+                    at_unix_ms: o.at_unix_ms,
+                    prepared_at_unix_ms: o.prepared_at_unix_ms,
+                });
             }
             if page.next.is_empty() {
                 break;

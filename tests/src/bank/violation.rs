@@ -90,6 +90,9 @@ pub enum Violation {
         holds: i64,
         expected: i64,
     },
+    /// The participants hold more committed transfers that no client heard of than there were
+    /// calls with no answer: some request ran more than once.
+    PhantomCommits { committed: usize, unknown: usize },
 }
 
 impl Violation {
@@ -104,6 +107,16 @@ impl Violation {
                 | Violation::StepNeverExecuted { .. }
                 | Violation::StepAfterFailure { .. }
                 | Violation::FailedSagaNotCompensated { .. }
+        )
+    }
+
+    /// A finding that is the price of the protocol that ran, counted and labelled but not a
+    /// failure: under sagas, the lost update of a before-image compensation. Every other
+    /// finding is a broken guarantee, and fails the run.
+    pub fn is_price(&self, protocol: super::Protocol) -> bool {
+        matches!(
+            (self, protocol),
+            (Violation::LostUpdate { .. }, super::Protocol::Saga)
         )
     }
 
@@ -191,6 +204,10 @@ impl fmt::Display for Violation {
             } => write!(
                 f,
                 "lost update: account #{account} holds {holds}, but the committed transfers give {expected}"
+            ),
+            Violation::PhantomCommits { committed, unknown } => write!(
+                f,
+                "{committed} committed transfers no client heard of, from only {unknown} calls with no answer"
             ),
         }
     }
@@ -338,6 +355,13 @@ mod tests {
                     expected: 100,
                 },
                 "lost update: account #3 holds 90, but the committed transfers give 100",
+            ),
+            (
+                Violation::PhantomCommits {
+                    committed: 3,
+                    unknown: 2,
+                },
+                "3 committed transfers no client heard of, from only 2 calls with no answer",
             ),
         ]
     }

@@ -37,6 +37,13 @@ pub struct CompareArgs {
     /// Directory for report.json, report.md and throughput.svg.
     #[arg(long, default_value = "compare-report")]
     out: std::path::PathBuf,
+    /// Protocols to run, comma-separated: 2pc, saga.
+    #[arg(long, default_value = "2pc,saga")]
+    protocols: String,
+    /// Test the checker: plant this violation into a participant's database once each run
+    /// is quiet, before the checks (the run must then fail).
+    #[arg(long, value_enum, hide = true)]
+    plant: Option<txn_tests::plant::Plant>,
 }
 
 pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
@@ -80,16 +87,26 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         accounts: args.accounts,
         overdraft_share: 0.1,
         seed: args.seed,
+        plant: args.plant,
     };
+    let mut protocols = Vec::new();
+    for p in args.protocols.split(',').map(str::trim) {
+        protocols.push(match p {
+            "2pc" => bank::Protocol::TwoPhase,
+            "saga" => bank::Protocol::Saga,
+            other => anyhow::bail!("--protocols: unknown protocol {other:?}; known: 2pc, saga"),
+        });
+    }
     println!(
-        "harness compare: {} scenarios x 2 protocols, {} s each, {} clients, seed {} (replay with --seed {})",
+        "harness compare: {} scenarios x {} protocols, {} s each, {} clients, seed {} (replay with --seed {})",
         scenarios.len(),
+        protocols.len(),
         args.duration,
         cfg.clients,
         cfg.seed,
         cfg.seed
     );
-    let bar = indicatif::ProgressBar::new((scenarios.len() * 2) as u64);
+    let bar = indicatif::ProgressBar::new((scenarios.len() * protocols.len()) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} runs, {elapsed} elapsed  {msg}",
@@ -98,7 +115,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     );
     let mut runs = Vec::new();
     for scenario in &scenarios {
-        for protocol in [bank::Protocol::TwoPhase, bank::Protocol::Saga] {
+        for &protocol in &protocols {
             bar.set_message(format!("{scenario} / {}", protocol.name()));
             let report = compare::run_one(scenario, protocol, &cfg)
                 .await
@@ -117,7 +134,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let failures: Vec<_> = runs.iter().filter(|r| r.is_failure()).collect();
     if failures.is_empty() {
         println!(
-            "no run broke a guarantee it must keep (2PC: atomicity, no lost acks, nothing unresolved; both: total conserved)"
+            "no run broke a guarantee it must keep (atomicity at every participant, nothing acknowledged lost, no aborted txn applied, one effect per saga step, nothing unresolved, total conserved)"
         );
         Ok(true)
     } else {
@@ -125,6 +142,12 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             println!("FAILED {} / {}:", r.scenario, r.protocol);
             for p in &r.problems {
                 println!("  {p}");
+            }
+            if r.unresolved_at_end > 0 {
+                println!(
+                    "  {} txns or sagas unresolved at the end",
+                    r.unresolved_at_end
+                );
             }
         }
         Ok(false)
