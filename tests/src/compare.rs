@@ -126,18 +126,19 @@ pub struct RunReport {
     pub bucket_ms: u64,
     /// Committed transfers per bucket.
     pub timeline: Vec<u64>,
-    /// Broken guarantees: any one fails the run.
+    /// Broken guarantees: any one fails the run. The protocols' prices are not findings but
+    /// counts: sagas' intermediate states are `audits_inconsistent`, 2PC's blocking is
+    /// `longest_in_doubt_ms`. The bank's compensations are additive (Add undone by Add), so a
+    /// lost update is a bug under either protocol here; only a before-image compensation
+    /// (Put or Delete restored) could lose one by design, and the bank runs none.
     pub problems: Vec<Violation>,
-    /// Findings that are the price of the protocol (sagas' before-image lost updates):
-    /// counted and labelled, not failures.
-    pub prices: Vec<Violation>,
 }
 
 impl RunReport {
     /// Whether the run broke a guarantee its protocol must keep: the harness then exits
-    /// non-zero. That is every finding but the protocol's price (atomicity, an ABORTED txn
-    /// applied, a COMMITTED one not applied everywhere, a saga step recorded twice or left
-    /// half done, a phantom commit, a broken total), and anything still unresolved.
+    /// non-zero. That is every finding (atomicity, an ABORTED txn applied, a COMMITTED one not
+    /// applied everywhere, a saga step recorded twice or left half done, a lost update, a
+    /// phantom commit, a broken total), and anything still unresolved.
     pub fn is_failure(&self) -> bool {
         !self.problems.is_empty() || !self.total_conserved || self.unresolved_at_end > 0
     }
@@ -244,10 +245,8 @@ pub async fn run_one(
     let observed = bank::observe(&cluster, &accounts, &history, protocol).await?;
     let initial = vec![INITIAL_BALANCE; accounts.len()];
     let (unknown_resolved, phantoms) = bank::resolve_unknown(&history, &observed, &seeding);
-    let (prices, problems): (Vec<_>, Vec<_>) = bank::check(&initial, &history, &observed)
-        .into_iter()
-        .chain(phantoms)
-        .partition(|v| v.is_price(protocol));
+    let mut problems = bank::check(&initial, &history, &observed);
+    problems.extend(phantoms);
     cluster.shutdown()?;
 
     let tally = bank::tally(&history);
@@ -319,15 +318,14 @@ pub async fn run_one(
         bucket_ms: BUCKET.as_millis() as u64,
         timeline,
         problems,
-        prices,
     })
 }
 
 /// Share of the pre-fault rate that counts as recovered.
 const RECOVERED_SHARE: f64 = 0.8;
 
-/// From `heal_ms` until the first whole bucket after it whose committed count is back at
-/// [`RECOVERED_SHARE`] of the mean before `fault_ms`. None without a pre-fault bucket, or if
+/// From `heal_ms` until the end of the first whole bucket after it whose committed count is
+/// back at [`RECOVERED_SHARE`] of the mean before `fault_ms`. None without a pre-fault bucket, or if
 /// throughput never came back within the run.
 fn back_to_rate(timeline: &[u64], fault_ms: u64, heal_ms: u64) -> Option<u64> {
     let bucket = BUCKET.as_millis() as u64;
@@ -342,7 +340,8 @@ fn back_to_rate(timeline: &[u64], fault_ms: u64, heal_ms: u64) -> Option<u64> {
         .enumerate()
         .skip(first)
         .find(|(_, n)| **n as f64 >= RECOVERED_SHARE * rate)
-        .map(|(i, _)| (i as u64 * bucket).saturating_sub(heal_ms))
+        // The rate is known at the end of the bucket that shows it.
+        .map(|(i, _)| ((i as u64 + 1) * bucket).saturating_sub(heal_ms))
 }
 
 /// What the auditors saw: how many atomic reads they tried, completed, and found off, and
@@ -606,4 +605,20 @@ async fn heal(cluster: &mut Cluster) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::back_to_rate;
+
+    #[test]
+    fn recovery_ends_with_the_first_bucket_back_at_the_pre_fault_rate() {
+        // Four buckets at 4 before the fault at 1 s; healed at 1.5 s; bucket 6 (1.5-1.75 s)
+        // holds 1, bucket 7 (1.75-2 s) is back at 4: recovered at 2 s, 500 ms after the heal.
+        let timeline = [4, 4, 4, 4, 0, 0, 1, 4, 4];
+        assert_eq!(back_to_rate(&timeline, 1_000, 1_500), Some(500));
+        // No whole bucket before the fault, or never back: unknown.
+        assert_eq!(back_to_rate(&timeline, 100, 1_500), None);
+        assert_eq!(back_to_rate(&[4, 4, 0, 0], 500, 600), None);
+    }
 }

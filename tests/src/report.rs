@@ -65,11 +65,9 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                     r.audits_inconsistent, r.audits_completed, r.audits_tried
                 ),
                 format!("{:.0}/{:.0}", r.audit_p50_ms, r.audit_p99_ms),
-                match (r.lost_updates, r.prices.is_empty()) {
-                    (Some(n), true) => n.to_string(),
-                    (Some(n), false) => format!("{n} (price)"),
-                    (None, _) => "n/a".into(),
-                },
+                r.lost_updates
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "n/a".into()),
                 opt(r.longest_in_doubt_ms.or(r.longest_in_flight_ms)),
                 r.unresolved_at_end.to_string(),
                 opt(r.recovery_ms),
@@ -128,8 +126,8 @@ pub fn markdown(runs: &[RunReport], cfg: &CompareConfig) -> String {
          those that completed, and those whose total was not the bank's (a reader saw money in \
          flight); *audit p50/p99*: how long a completed audit took (2PC's readers wait for \
          writers); *lost updates* counts accounts whose balance differs from the acknowledged \
-         transfers (n/a when some call had no answer; under sagas a before-image compensation \
-         can lose an update, the protocol's price, labelled and not a failure); *longest in \
+         transfers (n/a when some call had no answer; the bank's compensations are additive, so \
+         a lost update is a bug under either protocol); *longest in \
          doubt* (2PC) is the longest a participant held a transfer prepared, and *in flight* \
          (saga) the longest from a saga's first step to its end, both from the participants' \
          records, auditors left out; *recovery* is from the last heal until committed \
@@ -153,12 +151,6 @@ pub fn markdown(runs: &[RunReport], cfg: &CompareConfig) -> String {
             r.problems
                 .iter()
                 .map(move |p| format!("- {} / {}: {p}", r.scenario, r.protocol))
-                .chain(r.prices.iter().map(move |p| {
-                    format!(
-                        "- {} / {}: {p} (the protocol's price)",
-                        r.scenario, r.protocol
-                    )
-                }))
         })
         .collect();
     if !problems.is_empty() {

@@ -12,7 +12,12 @@ use serde_json::Value;
 /// report.json).
 fn compare_with(protocol: &str, plant: &str) -> (bool, String, Value) {
     let out_dir = tempfile::tempdir().expect("temp dir");
+    // The service binaries cargo test built: without this, a harness started under cargo
+    // would run `cargo build` itself, and could replace binaries other tests are running.
+    let bins = txn_tests::cluster::bin_dir().expect("the test's target directory");
     let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .env("TXN_BIN_DIR", bins)
+        .env_remove("CARGO")
         .args([
             "compare",
             "--scenarios",

@@ -46,13 +46,19 @@ pub fn longest_in_flight_ms(observed: &Observed) -> u64 {
 /// heal. 0 when nothing was left open at the heal.
 pub fn settled_after_ms(observed: &Observed, protocol: Protocol, heal_unix_ms: u64) -> u64 {
     let last = match protocol {
+        // A transfer begun by the heal: prepared somewhere by then. Settled when its last
+        // participant recorded its outcome.
         Protocol::TwoPhase => observed
             .outcomes
             .values()
-            .flatten()
-            .filter(|r| r.writes > 0 && r.prepared_at_unix_ms > 0)
-            .filter(|r| r.prepared_at_unix_ms <= heal_unix_ms)
-            .map(|r| r.at_unix_ms)
+            .filter(|records| {
+                records.iter().any(|r| {
+                    r.writes > 0
+                        && r.prepared_at_unix_ms > 0
+                        && r.prepared_at_unix_ms <= heal_unix_ms
+                })
+            })
+            .flat_map(|records| records.iter().map(|r| r.at_unix_ms))
             .max(),
         Protocol::Saga => saga_spans(observed)
             .values()

@@ -110,16 +110,6 @@ impl Violation {
         )
     }
 
-    /// A finding that is the price of the protocol that ran, counted and labelled but not a
-    /// failure: under sagas, the lost update of a before-image compensation. Every other
-    /// finding is a broken guarantee, and fails the run.
-    pub fn is_price(&self, protocol: super::Protocol) -> bool {
-        matches!(
-            (self, protocol),
-            (Violation::LostUpdate { .. }, super::Protocol::Saga)
-        )
-    }
-
     /// The client was told COMMITTED, and what it was promised is not all there.
     pub fn loses_acknowledged(&self) -> bool {
         matches!(
