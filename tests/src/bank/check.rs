@@ -158,13 +158,7 @@ pub fn resolve_unknown(
             .iter()
             .filter(|(saga, _)| !known.contains(saga.as_str()))
             .filter(|(_, records)| {
-                let executed = records
-                    .iter()
-                    .filter(|(_, b)| b.outcome == pb::BarrierOutcome::Executed as i32)
-                    .count();
-                let compensated = records
-                    .iter()
-                    .any(|(_, b)| b.action == pb::BarrierAction::Compensate as i32);
+                let (executed, compensated) = saga_progress(records);
                 executed >= SAGA_STEPS && !compensated
             })
             .count()
@@ -196,6 +190,18 @@ pub fn resolve_unknown(
 /// Steps of a bank transfer as a saga: the debit, then the credit.
 const SAGA_STEPS: usize = 2;
 
+/// How far a saga got, from its barrier records: steps executed, and whether it compensated.
+fn saga_progress(records: &[(String, pb::Barrier)]) -> (usize, bool) {
+    let executed = records
+        .iter()
+        .filter(|(_, b)| b.outcome == pb::BarrierOutcome::Executed as i32)
+        .count();
+    let compensated = records
+        .iter()
+        .any(|(_, b)| b.action == pb::BarrierAction::Compensate as i32);
+    (executed, compensated)
+}
+
 /// Every invariant that failed; empty when all hold.
 pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<Violation> {
     use pb::TxnState::{Committed, Prepared};
@@ -226,13 +232,7 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<Vi
         };
         if observed.protocol == Some(Protocol::Saga) {
             let records = observed.barriers.get(txn).map(Vec::as_slice).unwrap_or(&[]);
-            let compensated = records
-                .iter()
-                .any(|(_, b)| b.action == pb::BarrierAction::Compensate as i32);
-            let executed = records
-                .iter()
-                .filter(|(_, b)| b.outcome == pb::BarrierOutcome::Executed as i32)
-                .count();
+            let (executed, compensated) = saga_progress(records);
             if client_committed && (compensated || executed < SAGA_STEPS) {
                 problems.push(Violation::AcknowledgedSagaLost {
                     saga: txn.clone(),

@@ -38,30 +38,30 @@ fn decision_name(d: i32) -> &'static str {
     }
 }
 
-/// The operators' name of a txn phase, as `txn list --state` spells it.
-pub fn phase_name(p: i32) -> &'static str {
-    match pb::TxnPhase::try_from(p) {
-        Ok(pb::TxnPhase::Preparing) => "preparing",
-        Ok(pb::TxnPhase::Deciding) => "deciding",
-        Ok(pb::TxnPhase::Committing) => "committing",
-        Ok(pb::TxnPhase::InDoubt) => "in-doubt",
-        Ok(pb::TxnPhase::Committed) => "committed",
-        Ok(pb::TxnPhase::Forced) => "forced",
-        Ok(pb::TxnPhase::Unknown) => "unknown",
-        _ => "?",
+/// An enum value's wire name as operators spell it (and `--state` takes it): the enum's
+/// prefix dropped, lower case, words joined by `-` (`TXN_PHASE_IN_DOUBT` is `in-doubt`);
+/// `?` for UNSPECIFIED or a value this build does not know.
+fn operator_name(wire: Option<&str>, prefix: &str) -> String {
+    match wire.and_then(|w| w.strip_prefix(prefix)) {
+        Some(name) if name != "UNSPECIFIED" => name.to_lowercase().replace('_', "-"),
+        _ => "?".into(),
     }
 }
 
+/// The operators' name of a txn phase, as `txn list --state` spells it.
+pub fn phase_name(p: i32) -> String {
+    operator_name(
+        pb::TxnPhase::try_from(p).ok().map(|p| p.as_str_name()),
+        "TXN_PHASE_",
+    )
+}
+
 /// The operators' name of a saga state, as `saga list --state` spells it.
-fn saga_phase_name(p: i32) -> &'static str {
-    match pb::SagaPhase::try_from(p) {
-        Ok(pb::SagaPhase::Running) => "running",
-        Ok(pb::SagaPhase::Compensating) => "compensating",
-        Ok(pb::SagaPhase::Completed) => "completed",
-        Ok(pb::SagaPhase::Compensated) => "compensated",
-        Ok(pb::SagaPhase::Parked) => "parked",
-        _ => "?",
-    }
+fn saga_phase_name(p: i32) -> String {
+    operator_name(
+        pb::SagaPhase::try_from(p).ok().map(|p| p.as_str_name()),
+        "SAGA_PHASE_",
+    )
 }
 
 fn state_name(s: i32) -> &'static str {
@@ -174,5 +174,28 @@ pub fn print(v: &Value, as_json: bool) {
             kv_rows(&mut t, other);
             println!("{t}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+    use crate::cli::{SagaListState, TxnListState};
+
+    #[test]
+    fn printed_states_are_spelled_as_state_takes_them() {
+        for s in TxnListState::value_variants() {
+            let clap_name = s.to_possible_value().unwrap().get_name().to_owned();
+            assert_eq!(phase_name(s.to_wire() as i32), clap_name);
+        }
+        for s in SagaListState::value_variants() {
+            let clap_name = s.to_possible_value().unwrap().get_name().to_owned();
+            assert_eq!(saga_phase_name(s.to_wire() as i32), clap_name);
+        }
+        assert_eq!(phase_name(pb::TxnPhase::Unknown as i32), "unknown");
+        assert_eq!(phase_name(0), "?");
+        assert_eq!(phase_name(99), "?");
     }
 }
