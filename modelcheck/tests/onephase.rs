@@ -4,10 +4,9 @@
 //! each durability shortcut the drivers must not take; one of them (a refusal answered before
 //! its tombstone is durable) was a real bug of the participant driver, found by this model.
 
-use std::collections::BTreeSet;
 use std::time::Instant;
 
-use stateright::{Checker, Expectation, HasDiscoveries, Model};
+use stateright::{Checker, Expectation, Model};
 use txn_modelcheck::onephase::{self, Bounds, Setup};
 
 const COMMITTED: &str = "committed";
@@ -49,21 +48,7 @@ fn check(bounds: Bounds, setup: Setup, required: &[&str]) -> usize {
 /// Asserts that the checker finds a counterexample to `property`, prints its path and
 /// returns how many states it took.
 fn counterexample(bounds: Bounds, setup: Setup, property: &'static str) -> usize {
-    let m = onephase::model(&bounds, setup);
-    let checker = m
-        .checker()
-        .finish_when(HasDiscoveries::AnyOf(BTreeSet::from([property])))
-        .spawn_bfs()
-        .join();
-    let path = checker
-        .discovery(property)
-        .unwrap_or_else(|| panic!("the checker missed the bug ({property} holds)"));
-    let states = checker.unique_state_count();
-    println!("counterexample to {property:?}, after {states} states:");
-    for action in path.into_actions() {
-        println!("  {}", checker.model().format_action(&action));
-    }
-    states
+    txn_modelcheck::counterexample(onephase::model(&bounds, setup), property, None)
 }
 
 fn no_crash() -> Bounds {

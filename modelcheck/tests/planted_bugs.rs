@@ -2,28 +2,10 @@
 //! asserts that stateright reports a counterexample to the property it breaks, printing the
 //! path it found and how many states it took.
 
-use std::collections::BTreeSet;
-
-use stateright::{Checker, HasDiscoveries, Model};
 use txn_modelcheck::twopc::{self, Bounds, Cluster};
 
 fn counterexample(bounds: Bounds, cluster: Cluster, property: &'static str) {
-    let m = twopc::model(&bounds, cluster);
-    let checker = m
-        .checker()
-        .finish_when(HasDiscoveries::AnyOf(BTreeSet::from([property])))
-        .spawn_bfs()
-        .join();
-    let path = checker
-        .discovery(property)
-        .unwrap_or_else(|| panic!("the checker missed the planted bug ({property} holds)"));
-    println!(
-        "counterexample to {property:?}, after {} states:",
-        checker.unique_state_count()
-    );
-    for action in path.into_actions() {
-        println!("  {}", checker.model().format_action(&action));
-    }
+    txn_modelcheck::counterexample(twopc::model(&bounds, cluster), property, None);
 }
 
 /// (a) The participant votes YES before its prepared record is durable. A crash then loses

@@ -206,8 +206,11 @@ impl ParticipantCore {
             _ => {}
         }
         let (exclusive, shared) = lock_sets(&req.ops);
-        if let Err(holder) = self.locks.try_lock_all(&req.txn, &exclusive, &shared) {
-            return Ok(Attempt::Blocked { holder });
+        if let Err(blocked) = self.locks.try_lock_all(&req.txn, &exclusive, &shared) {
+            return Ok(Attempt::Blocked {
+                holder: blocked.by,
+                wait: blocked.wait,
+            });
         }
         let (writes, reads) = match evaluate(&req.ops, store)? {
             Ok(evaluated) => evaluated,
@@ -278,10 +281,31 @@ impl ParticipantCore {
     /// A Prepare still blocked when its lock wait is over votes NO, naming the holder, with
     /// nothing written: the wait is bounded so that a distributed deadlock costs at most this
     /// long, and the coordinator's abort is final whatever this participant says later.
-    pub fn prepare_lock_wait_over(&self, holder: &TxnId, waited_ms: u64) -> Step<PrepareAnswer> {
-        Step::reply(PrepareAnswer::No {
+    pub fn prepare_lock_wait_over(
+        &mut self,
+        txn: &TxnId,
+        holder: &TxnId,
+        waited_ms: u64,
+    ) -> Step<PrepareAnswer> {
+        let step = Step::reply(PrepareAnswer::No {
             reason: format!("lock conflict with txn {holder} (waited {waited_ms} ms)"),
-        })
+        });
+        self.leave_lock_queue(txn, step)
+    }
+
+    /// A request of `txn` that waited for locks has gone (its wait is over, its caller went
+    /// away): it leaves the queue, and `step` wakes those behind it if it was there.
+    pub fn leave_lock_queue<A>(&mut self, txn: &TxnId, step: Step<A>) -> Step<A> {
+        if self.locks.abandon(txn) {
+            step.releasing()
+        } else {
+            step
+        }
+    }
+
+    /// Requests waiting for locks here.
+    pub fn lock_waiters(&self) -> usize {
+        self.locks.waiting()
     }
 
     /// A Commit. The locks go with the write, before the fsync (early lock release): the
@@ -402,7 +426,10 @@ impl ParticipantCore {
                 AbortSource::Operator => {}
             }
         }
-        Ok(match self.abort_record(txn, store, now_unix_ms)? {
+        // An Abort that overtakes its own Prepare, still queued for locks, takes it out of the
+        // queue so that the requests behind it need not wait for it to notice.
+        let unqueued = self.locks.abandon(txn);
+        let step = match self.abort_record(txn, store, now_unix_ms)? {
             AbortRecord::Written {
                 batch,
                 was_prepared: true,
@@ -423,7 +450,8 @@ impl ParticipantCore {
                     "txn {txn} was committed here and cannot abort"
                 ))),
             ),
-        })
+        };
+        Ok(if unqueued { step.releasing() } else { step })
     }
 
     /// The record side of an abort: drop the prepared state, or leave a tombstone so that a

@@ -14,7 +14,8 @@
 //! - [`saga`]: saga steps and their barrier (idempotent, null compensation, anti-hanging).
 //! - [`keys`]: the storage layout, outcome records and their expiry.
 //! - [`eval`]: what a branch's operations lock, read and write.
-//! - [`locks`]: the lock table (shared for reads, exclusive for writes, all or nothing).
+//! - [`locks`]: the lock table (shared for reads, exclusive for writes, all or nothing,
+//!   waiters queued in order).
 
 pub mod core;
 pub mod eval;

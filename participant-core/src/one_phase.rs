@@ -16,7 +16,7 @@ use txn_types::types::{KeyValue, Op, TxnId};
 use crate::core::{AbortRecord, ParticipantCore};
 use crate::eval::{evaluate, lock_sets};
 use crate::keys::{OutcomeFacts, data_key, put_abort, put_outcome, read_outcome};
-use crate::step::{Attempt, Step};
+use crate::step::{Attempt, LockWait, Step};
 
 /// The answer to a one-phase commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,10 @@ impl ParticipantCore {
         }
         let (exclusive, shared) = lock_sets(ops);
         if let Some(holder) = self.locks.conflict(None, &exclusive, &shared) {
-            return Ok(Attempt::Blocked { holder });
+            return Ok(Attempt::Blocked {
+                holder,
+                wait: LockWait::Full,
+            });
         }
         let mut batch = WriteBatch::default();
         Ok(Attempt::Ready(match evaluate(ops, store)? {

@@ -19,7 +19,7 @@ use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, TxnId, decode_counter, en
 use crate::core::ParticipantCore;
 use crate::eval::evaluate;
 use crate::keys::data_key;
-use crate::step::{Attempt, Step};
+use crate::step::{Attempt, LockWait, Step};
 
 pub const BARRIER_PREFIX: &[u8] = b"b/";
 
@@ -96,7 +96,10 @@ pub fn execute(
         return Ok(Attempt::Ready(Step::forced(WriteBatch::default(), result)));
     }
     if let Some(holder) = core.lock_conflict(ops) {
-        return Ok(Attempt::Blocked { holder });
+        return Ok(Attempt::Blocked {
+            holder,
+            wait: LockWait::Full,
+        });
     }
     let mut batch = WriteBatch::default();
     match evaluate(ops, store)? {
@@ -209,7 +212,10 @@ pub fn compensate(
     };
     let keys: Vec<Vec<u8>> = executed.undo.iter().map(|u| u.key.clone()).collect();
     if let Some(holder) = core.lock_conflict_keys(&keys) {
-        return Ok(Attempt::Blocked { holder });
+        return Ok(Attempt::Blocked {
+            holder,
+            wait: LockWait::Full,
+        });
     }
     for u in &executed.undo {
         match &u.kind {

@@ -9,6 +9,8 @@
 use txn_types::store::WriteBatch;
 use txn_types::types::TxnId;
 
+pub use crate::locks::LockWait;
+
 /// When an answer may be sent, relative to the writes behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -81,10 +83,12 @@ impl<A> Step<A> {
 /// A request that may have to wait for locks held by prepared txns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attempt<S> {
-    /// A prepared txn holds a conflicting lock. Wait for a release, then try again; once the
-    /// lock wait is over, ask the core what the request's answer is.
+    /// A prepared txn holds a conflicting lock, or an earlier request waits for one. Wait for
+    /// a release, then try again; once the wait `wait` allows is over, ask the core what the
+    /// request's answer is.
     Blocked {
         holder: TxnId,
+        wait: LockWait,
     },
     Ready(S),
 }

@@ -8,7 +8,7 @@ use crate::keys::{data_key, list_outcomes, outcome_key, prepared_key, sweep_expi
 use crate::one_phase::OnePhaseAnswer;
 use crate::resolve::{Resolved, peer_verdict};
 use crate::saga::{self, Compensation, StepResult};
-use crate::step::{Attempt, Durability, Step};
+use crate::step::{Attempt, Durability, LockWait, Step};
 
 fn txn(s: &str) -> TxnId {
     TxnId::parse("t", s).unwrap()
@@ -32,10 +32,14 @@ fn add(key: &str, delta: i64) -> Op {
     }
 }
 
+fn read(key: &str) -> Op {
+    Op::Read { key: key.into() }
+}
+
 fn ready<A: std::fmt::Debug>(a: Attempt<Step<A>>) -> Step<A> {
     match a {
         Attempt::Ready(s) => s,
-        Attempt::Blocked { holder } => panic!("blocked by {holder}"),
+        Attempt::Blocked { holder, .. } => panic!("blocked by {holder}"),
     }
 }
 
@@ -151,10 +155,20 @@ fn conflicting_prepare_is_blocked_until_decision() {
     assert_eq!(
         core.prepare(&req("2", vec![add("a", 1)]), &store, 0)
             .unwrap(),
-        Attempt::Blocked { holder: txn("1") }
+        Attempt::Blocked {
+            holder: txn("1"),
+            wait: LockWait::Full
+        }
     );
+    assert_eq!(core.lock_waiters(), 1, "the blocked Prepare is queued");
     assert!(core.check_readable(&[b"a".to_vec()]).is_err());
-    let over = core.prepare_lock_wait_over(&txn("1"), 50);
+    let over = core.prepare_lock_wait_over(&txn("2"), &txn("1"), 50);
+    assert_eq!(
+        core.lock_waiters(),
+        0,
+        "a Prepare whose wait is over leaves the queue"
+    );
+    assert!(over.released, "and wakes those behind it");
     let Vote::No { reason } = core.confirm_vote(&txn("2"), apply(&store, over)) else {
         panic!("a blocked Prepare votes NO");
     };
@@ -404,7 +418,10 @@ fn one_phase_waits_for_a_prepared_txn_and_refuses_durably_when_the_wait_is_over(
     assert_eq!(
         core.commit_one_phase(&txn("2"), &[add("a", 1)], &store, 0)
             .unwrap(),
-        Attempt::Blocked { holder: txn("1") }
+        Attempt::Blocked {
+            holder: txn("1"),
+            wait: LockWait::Full
+        }
     );
     // The prepared txn's own id cannot be committed in one phase.
     assert!(matches!(
@@ -548,7 +565,6 @@ fn a_branch_whose_record_is_too_large_votes_no() {
 fn locks_writers_exclusive_readers_shared() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
-    let read = |k: &str| Op::Read { key: k.into() };
     // A branch that reads and writes one key holds one exclusive lock on it.
     prepare(
         &mut core,
@@ -578,7 +594,13 @@ fn locks_writers_exclusive_readers_shared() {
     assert_eq!(core.lock_conflict_keys(&[b"a".to_vec()]), Some(txn("1")));
     assert_eq!(core.lock_conflict_keys(&[b"z".to_vec()]), None);
     let ex = saga::execute(&core, &txn("9"), 0, &[add("a", 1)], &store, 0).unwrap();
-    assert_eq!(ex, Attempt::Blocked { holder: txn("1") });
+    assert_eq!(
+        ex,
+        Attempt::Blocked {
+            holder: txn("1"),
+            wait: LockWait::Full
+        }
+    );
 }
 
 #[test]
@@ -790,4 +812,66 @@ fn outcome_records_name_the_members_and_the_writes_and_keep_them_when_forgotten(
             }
         ))
     );
+}
+
+/// A whole-bank read queued behind a prepared writer is not overtaken by a later writer of
+/// another key: that writer is told it waits behind a reader (the short wait), and the reader
+/// gets its locks once the first writer commits.
+#[test]
+fn a_queued_reader_goes_before_later_writers() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "w1", vec![add("a", 1)]);
+    let audit = req("r", vec![read("a"), read("b")]);
+    assert!(matches!(
+        core.prepare(&audit, &store, 0).unwrap(),
+        Attempt::Blocked { .. }
+    ));
+    assert_eq!(
+        core.prepare(&req("w2", vec![add("b", 1)]), &store, 0)
+            .unwrap(),
+        Attempt::Blocked {
+            holder: txn("r"),
+            wait: LockWait::BehindReader
+        }
+    );
+    let step = core.commit(&txn("w1"), &store, 0).unwrap();
+    apply(&store, step);
+    let Attempt::Ready(step) = core.prepare(&audit, &store, 0).unwrap() else {
+        panic!("the reader is first in line once the writer is gone");
+    };
+    assert!(matches!(apply(&store, step), PrepareAnswer::Yes { .. }));
+    assert!(matches!(
+        core.prepare(&req("w2", vec![add("b", 1)]), &store, 0)
+            .unwrap(),
+        Attempt::Blocked { .. }
+    ));
+}
+
+/// An Abort that overtakes a Prepare still queued for locks takes it out of the queue, and
+/// says so, so that the driver wakes the requests behind it.
+#[test]
+fn an_abort_takes_a_queued_prepare_out_of_the_queue() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "1", vec![add("a", 1)]);
+    assert!(matches!(
+        core.prepare(&req("2", vec![add("a", 1)]), &store, 0)
+            .unwrap(),
+        Attempt::Blocked { .. }
+    ));
+    let step = core
+        .abort(&txn("2"), AbortSource::Coordinator, &store, 0)
+        .unwrap();
+    assert!(step.released);
+    assert_eq!(core.lock_waiters(), 0);
+    apply(&store, step);
+    assert!(matches!(
+        core.prepare(&req("2", vec![add("a", 1)]), &store, 0)
+            .unwrap(),
+        Attempt::Ready(Step {
+            answer: PrepareAnswer::No { .. },
+            ..
+        })
+    ));
 }

@@ -3,8 +3,10 @@
 //! of [`Participant`] goes through [`Participant::run`] or [`Participant::run_unblocked`], so
 //! none of them can answer before the durability its step asks for.
 
+use std::time::Duration;
 use txn_participant_core::core::ParticipantCore;
-use txn_participant_core::step::{Attempt, Durability, Step};
+
+use txn_participant_core::step::{Attempt, Durability, LockWait, Step};
 use txn_server::failpoint;
 use txn_storage::Ticket;
 use txn_types::store::{Store, StoreError};
@@ -96,11 +98,15 @@ impl Participant {
     }
 
     /// A request that may meet prepared txns' locks: tries `attempt` until it is not blocked,
-    /// waiting for lock releases up to the lock wait; then `wait_over` (a protocol rule of the
-    /// core, or a busy error) says what the request gets. `wait_over` returning None means
-    /// "look again" (the outcome changed meanwhile).
+    /// waiting for lock releases up to the wait its blocker allows (the lock wait, or the
+    /// shorter reader yield for a write queued behind a reader); then `wait_over` (a protocol
+    /// rule of the core, or a busy error) says what the request gets, given how long it
+    /// waited. `wait_over` returning None means "look again" (the outcome changed meanwhile).
+    /// However this ends, even when the caller goes away mid-wait, `txn` leaves the lock
+    /// queue, so a cancelled request never holds up those behind it.
     pub(crate) async fn run_unblocked<A>(
         &self,
+        txn: &TxnId,
         crash: CrashPoints<A>,
         mut attempt: impl FnMut(
             &mut ParticipantCore,
@@ -110,9 +116,11 @@ impl Participant {
             &mut ParticipantCore,
             &dyn Store,
             &TxnId,
+            u64,
         ) -> Result<Option<Step<A>>, ParticipantError>,
     ) -> Result<A, ParticipantError> {
-        let deadline = tokio::time::Instant::now() + self.config.lock_wait;
+        let _queued = LeavesQueue { node: self, txn };
+        let started = tokio::time::Instant::now();
         loop {
             // Register for the wake-up before looking, so a release between the look and the
             // wait is not missed.
@@ -123,24 +131,54 @@ impl Participant {
                 let mut core = self.core();
                 match self.check(attempt(&mut core, self.store()))? {
                     Attempt::Ready(step) => Ok(self.apply(step)?),
-                    Attempt::Blocked { holder } => Err(holder),
+                    Attempt::Blocked { holder, wait } => Err((holder, wait)),
                 }
             };
-            let holder = match applied {
+            let (holder, wait) = match applied {
                 Ok(applied) => return self.finish(applied, crash).await,
-                Err(holder) => holder,
+                Err(blocked) => blocked,
             };
-            if tokio::time::timeout_at(deadline, released).await.is_ok() {
+            let bound = match wait {
+                LockWait::Full => self.config.lock_wait,
+                LockWait::Reader => self.config.reader_wait,
+                LockWait::BehindReader => self.config.reader_yield.min(self.config.lock_wait),
+                LockWait::None => Duration::ZERO,
+            };
+            if tokio::time::timeout_at(started + bound, released)
+                .await
+                .is_ok()
+            {
                 continue;
             }
+            let waited_ms = started.elapsed().as_millis() as u64;
             let applied = {
                 let mut core = self.core();
-                match wait_over(&mut core, self.store(), &holder)? {
-                    Some(step) => self.apply(step)?,
+                match wait_over(&mut core, self.store(), &holder, waited_ms)? {
+                    Some(step) => self.apply(core.leave_lock_queue(txn, step))?,
                     None => continue,
                 }
             };
             return self.finish(applied, crash).await;
+        }
+    }
+}
+
+/// Takes a request's txn out of the lock queue when the request ends, however it ends: a
+/// caller that goes away drops the wait mid-way, and its place must not block the queue.
+struct LeavesQueue<'a> {
+    node: &'a Participant,
+    txn: &'a TxnId,
+}
+
+impl Drop for LeavesQueue<'_> {
+    fn drop(&mut self) {
+        // Not through `core()`: a poisoned lock must not turn a drop into a second panic.
+        let left = match self.node.core.lock() {
+            Ok(mut core) => core.leave_lock_queue(self.txn, Step::reply(())).released,
+            Err(_) => false,
+        };
+        if left {
+            self.node.released.notify_waiters();
         }
     }
 }
@@ -151,8 +189,110 @@ pub(crate) fn busy<A>(
     _: &mut ParticipantCore,
     _: &dyn Store,
     holder: &TxnId,
+    _waited_ms: u64,
 ) -> Result<Option<Step<A>>, ParticipantError> {
     Err(ParticipantError::Busy {
         holder: holder.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use txn_participant_core::core::PrepareRequest;
+    use txn_types::store::MemStore;
+    use txn_types::types::{Op, ParticipantId, TxnId, Vote};
+
+    use crate::node::{NodeConfig, Participant};
+
+    fn txn(s: &str) -> TxnId {
+        TxnId::parse("t", s).unwrap()
+    }
+
+    fn prepare(t: &str, ops: Vec<Op>) -> PrepareRequest {
+        PrepareRequest {
+            txn: txn(t),
+            coordinator_epoch: 1,
+            participants: vec![ParticipantId::parse("p", "p1").unwrap()],
+            ops,
+        }
+    }
+
+    fn write(key: &str) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: b"1".to_vec(),
+        }
+    }
+
+    fn read(key: &str) -> Op {
+        Op::Read { key: key.into() }
+    }
+
+    fn node(config: NodeConfig) -> Arc<Participant> {
+        Participant::open(Arc::new(MemStore::new()), config).unwrap()
+    }
+
+    /// Waits until `n` requests are queued for locks (by yielding to them, not by sleeping).
+    async fn queued(node: &Participant, n: usize) {
+        while node.core().lock_waiters() != n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A Prepare whose caller goes away while it waits for locks leaves the queue: the writer
+    /// behind it is not held up by a reader that is no longer there.
+    #[tokio::test]
+    async fn a_cancelled_wait_leaves_the_queue() {
+        let p = node(NodeConfig {
+            lock_wait: Duration::from_secs(60),
+            reader_wait: Duration::from_secs(60),
+            reader_yield: Duration::from_secs(60),
+            ..NodeConfig::default()
+        });
+        let vote = p.prepare(prepare("w1", vec![write("a")])).await.unwrap();
+        assert!(matches!(vote, Vote::Yes { .. }));
+        let reader = tokio::spawn({
+            let p = p.clone();
+            async move { p.prepare(prepare("r", vec![read("a"), read("b")])).await }
+        });
+        queued(&p, 1).await;
+        let writer = tokio::spawn({
+            let p = p.clone();
+            async move { p.prepare(prepare("w2", vec![write("b")])).await }
+        });
+        queued(&p, 2).await;
+        reader.abort();
+        assert!(reader.await.unwrap_err().is_cancelled());
+        // w2 was queued behind the reader only: with the reader gone it is granted at once.
+        let vote = writer.await.unwrap().unwrap();
+        assert!(matches!(vote, Vote::Yes { .. }), "{vote:?}");
+        assert_eq!(p.core().lock_waiters(), 0);
+    }
+
+    /// A write queued behind a reader gives way after the reader yield, not the lock wait,
+    /// and its NO names the reader.
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_behind_a_reader_gives_way_after_the_reader_yield() {
+        let p = node(NodeConfig {
+            lock_wait: Duration::from_secs(3600),
+            reader_yield: Duration::from_millis(30),
+            ..NodeConfig::default()
+        });
+        let vote = p.prepare(prepare("r", vec![read("a")])).await.unwrap();
+        assert!(matches!(vote, Vote::Yes { .. }));
+        let started = tokio::time::Instant::now();
+        let Vote::No { reason } = p.prepare(prepare("w", vec![write("a")])).await.unwrap() else {
+            panic!("a writer behind a reader that stays gives way");
+        };
+        assert!(reason.contains("lock conflict with txn r"), "{reason}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(30) && waited < Duration::from_secs(3600),
+            "waited {waited:?}"
+        );
+        assert_eq!(p.core().lock_waiters(), 0);
+    }
 }

@@ -70,6 +70,14 @@ pub struct NodeConfig {
     /// How long a request waits for a conflicting lock before the core says what it gets
     /// instead. Bounded so that a distributed deadlock costs at most this long, never a hang.
     pub lock_wait: Duration,
+    /// How long a write queued behind a reader waits before it gives way (votes NO). Such a
+    /// wait can close a distributed deadlock: the reader holds its shared locks here while it
+    /// waits elsewhere for this very writer. Shorter than `lock_wait`, so the reader, which
+    /// needs every key at once, finishes and writers lose little.
+    pub reader_yield: Duration,
+    /// How long a read-only request waits for writers. Its wait cannot close a deadlock (the
+    /// writers it waits on give way to it), so it may outlast one among writers.
+    pub reader_wait: Duration,
     /// How long a prepared txn may wait for its decision before this participant asks the
     /// coordinator (Resolve).
     pub resolve_after: Duration,
@@ -88,6 +96,8 @@ impl Default for NodeConfig {
         Self {
             name: "p1".into(),
             lock_wait: Duration::from_millis(50),
+            reader_yield: Duration::from_millis(30),
+            reader_wait: Duration::from_millis(150),
             resolve_after: Duration::from_millis(2000),
             resolve_interval: Duration::from_millis(200),
             resolve_backoff_max: Duration::from_millis(2000),
@@ -104,7 +114,7 @@ pub(crate) struct Counters {
 }
 
 pub struct Participant {
-    core: Mutex<ParticipantCore>,
+    pub(crate) core: Mutex<ParticipantCore>,
     pub(crate) gc: GroupCommit,
     /// Woken whenever locks are released, so blocked requests try again.
     pub(crate) released: Notify,
@@ -165,10 +175,6 @@ impl Participant {
         Ok(self.fail_stop.check(r)?)
     }
 
-    fn waited_ms(&self) -> u64 {
-        self.config.lock_wait.as_millis() as u64
-    }
-
     pub async fn prepare(&self, req: PrepareRequest) -> Result<Vote, ParticipantError> {
         let span = info_span!("prepare", txn = %req.txn);
         self.refuse_if_disk_degraded()?;
@@ -178,12 +184,16 @@ impl Participant {
             after_durable: Some(failpoints::AFTER_PREPARE_DURABLE),
             on: |a| matches!(a, PrepareAnswer::Yes { .. }),
         };
-        let waited_ms = self.waited_ms();
         let answer = self
             .run_unblocked(
+                &req.txn,
                 crash,
                 |core, store| core.prepare(&req, store, unix_ms()),
-                |core, _, holder| Ok(Some(core.prepare_lock_wait_over(holder, waited_ms))),
+                |core, _, holder, waited_ms| {
+                    Ok(Some(
+                        core.prepare_lock_wait_over(&req.txn, holder, waited_ms),
+                    ))
+                },
             )
             .instrument(span.clone())
             .await;
@@ -220,12 +230,12 @@ impl Participant {
             after_durable: Some(failpoints::AFTER_ONE_PHASE_DURABLE),
             on: |a| matches!(a, OnePhaseAnswer::Committed { .. }),
         };
-        let waited_ms = self.waited_ms();
         let answer = self
             .run_unblocked(
+                txn,
                 crash,
                 |core, store| core.commit_one_phase(txn, ops, store, unix_ms()),
-                |core, store, holder| {
+                |core, store, holder, waited_ms| {
                     self.check(core.one_phase_lock_wait_over(
                         txn,
                         holder,
@@ -447,6 +457,7 @@ impl Participant {
             ..CrashPoints::default()
         };
         self.run_unblocked(
+            saga,
             crash,
             |core, store| saga::execute(core, saga, step, ops, store, unix_ms()),
             busy,
@@ -463,6 +474,7 @@ impl Participant {
     ) -> Result<Compensation, ParticipantError> {
         let span = info_span!("compensate", saga = %saga, step);
         self.run_unblocked(
+            saga,
             CrashPoints::default(),
             |core, store| saga::compensate(core, saga, step, store, unix_ms()),
             busy,

@@ -46,8 +46,16 @@ pub struct Args {
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
     /// How long a Prepare waits for a conflicting lock before voting NO.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "TXN_LOCK_WAIT_MS", default_value_t = 50)]
     pub lock_wait_ms: u64,
+    /// How long a write queued behind a reader waits before voting NO, so that a reader and a
+    /// writer waiting for each other at two participants cost little (at most --lock-wait-ms).
+    #[arg(long, env = "TXN_READER_YIELD_MS", default_value_t = 30)]
+    pub reader_yield_ms: u64,
+    /// How long a read-only request waits for writers before voting NO (its wait cannot
+    /// close a deadlock, so it may outlast --lock-wait-ms).
+    #[arg(long, env = "TXN_READER_WAIT_MS", default_value_t = 150)]
+    pub reader_wait_ms: u64,
     /// How long a prepared txn waits for its decision before the coordinator is asked.
     #[arg(long, default_value_t = 2000)]
     pub resolve_after_ms: u64,
@@ -150,6 +158,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         name: args.name.clone(),
         resolve_backoff_max: Duration::from_millis(args.resolve_backoff_max_ms.max(1)),
         lock_wait: Duration::from_millis(args.lock_wait_ms),
+        reader_yield: Duration::from_millis(args.reader_yield_ms),
+        reader_wait: Duration::from_millis(args.reader_wait_ms),
         resolve_after: Duration::from_millis(args.resolve_after_ms),
         resolve_interval: Duration::from_millis(args.resolve_interval_ms.max(1)),
         outcome_retention: match args.unsafe_outcome_retention_ms {

@@ -236,6 +236,9 @@ pub async fn transfer(
             if r.outcome == pb::Outcome::Committed as i32 {
                 Outcome::Committed { txn: r.txn_id }
             } else {
+                if std::env::var_os("HARNESS_DEBUG").is_some() {
+                    eprintln!("transfer aborted: {}", r.reason);
+                }
                 Outcome::Aborted {
                     txn: r.txn_id,
                     reason: r.reason,

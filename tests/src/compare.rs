@@ -93,8 +93,9 @@ pub struct RunReport {
     pub total_before: i64,
     pub total_after: i64,
     pub total_conserved: bool,
-    /// Audits tried, audits that read every balance (the rest aborted on lock waits), and
-    /// those whose total was off (a reader saw money in flight).
+    /// Audits tried (refused before reaching a live coordinator: not counted), audits that
+    /// read every balance (the rest aborted on a lock wait or a fault), and those whose total
+    /// was off (a reader saw money in flight).
     pub audits_tried: u64,
     pub audits_completed: u64,
     pub audits_inconsistent: u64,
@@ -411,9 +412,13 @@ async fn audit_loop(
             prepare_timeout_ms: 0,
             client_txn_id: String::new(),
         };
-        audits.tried.fetch_add(1, Ordering::Relaxed);
         let t0 = Instant::now();
         let res = client.transact(req).await;
+        // An audit refused before it reached a live coordinator (it was down) never ran: it
+        // says nothing about readers, so it is not counted as tried.
+        if !matches!(&res, Err(s) if crate::bank::never_started(s)) {
+            audits.tried.fetch_add(1, Ordering::Relaxed);
+        }
         if std::env::var_os("HARNESS_DEBUG").is_some() {
             eprintln!(
                 "audit: {:?}",

@@ -122,8 +122,8 @@ pub fn markdown(runs: &[RunReport], cfg: &CompareConfig) -> String {
          all-or-none from the participants' own durable records, whatever their clients heard; \
          *atomicity viol.* counts txns applied at some participants and not others (2PC) or \
          sagas left half-done (saga); *lost acks* are transfers the client saw committed that \
-         are not fully applied; *audits off/ok/tried*: atomic reads of every balance tried, \
-         those that completed, and those whose total was not the bank's (a reader saw money in \
+         are not fully applied; *audits off/ok/tried*: atomic reads of every balance tried \
+         (those refused while the coordinator was down are not counted), those that completed, and those whose total was not the bank's (a reader saw money in \
          flight); *audit p50/p99*: how long a completed audit took (2PC's readers wait for \
          writers); *lost updates* counts accounts whose balance differs from the acknowledged \
          transfers (n/a when some call had no answer; the bank's compensations are additive, so \

@@ -95,7 +95,7 @@ impl Node {
                 s.blocked = false;
                 self.answer_one_phase(s, txn, step, o);
             }
-            Attempt::Blocked { holder } => {
+            Attempt::Blocked { holder, .. } => {
                 assert_eq!(holder, blocker(), "only the blocker holds locks");
                 s.blocked = true;
             }
