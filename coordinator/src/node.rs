@@ -309,6 +309,10 @@ impl Coordinator {
             core.epoch()
         };
         let names: Vec<String> = participants.iter().map(|p| p.as_str().to_owned()).collect();
+        let read_only = req
+            .branches
+            .iter()
+            .all(|b| b.ops.iter().all(|op| !op.writes()));
         let mut votes = FuturesUnordered::new();
         for (i, b) in req.branches.into_iter().enumerate() {
             let mut client = self.participants[&b.participant].clone();
@@ -317,6 +321,7 @@ impl Coordinator {
                 coordinator_epoch: epoch,
                 participants: names.clone(),
                 ops: b.ops.iter().map(|op| op.to_pb()).collect(),
+                read_only,
             };
             votes.push(async move {
                 let mut request = tonic::Request::new(msg);

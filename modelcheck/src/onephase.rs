@@ -147,6 +147,7 @@ impl Setup {
             coordinator_epoch: 1,
             participants: vec![self.participant.clone()],
             ops: vec![Op::Read { key: KEY.to_vec() }],
+            read_only: true,
         }
     }
 }

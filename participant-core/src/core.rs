@@ -36,6 +36,8 @@ pub struct PrepareRequest {
     pub coordinator_epoch: u64,
     pub participants: Vec<ParticipantId>,
     pub ops: Vec<Op>,
+    /// No branch of the txn writes (the coordinator says so).
+    pub read_only: bool,
 }
 
 /// The answer to a Prepare, before [`ParticipantCore::confirm_vote`] turns it into a vote.
@@ -167,7 +169,7 @@ impl ParticipantCore {
             })?;
             // Locks of recovered txns cannot conflict: they were all held together before.
             self.locks
-                .try_lock_all(&txn, &rec.exclusive_keys, &rec.shared_keys)
+                .try_lock_all(&txn, &rec.exclusive_keys, &rec.shared_keys, false)
                 .expect("prepared txns held their locks together before the restart");
             self.prepared.insert(txn.clone(), rec);
             txns.push(txn);
@@ -206,7 +208,14 @@ impl ParticipantCore {
             _ => {}
         }
         let (exclusive, shared) = lock_sets(&req.ops);
-        if let Err(blocked) = self.locks.try_lock_all(&req.txn, &exclusive, &shared) {
+        // A Prepare that was queued and now votes NO leaves the queue and its locks at once:
+        // its answer must wake those queued behind it.
+        let was_queued = self.locks.is_waiting(&req.txn);
+        let wake = |step: Step<PrepareAnswer>| if was_queued { step.releasing() } else { step };
+        if let Err(blocked) = self
+            .locks
+            .try_lock_all(&req.txn, &exclusive, &shared, req.read_only)
+        {
             return Ok(Attempt::Blocked {
                 holder: blocked.by,
                 wait: blocked.wait,
@@ -225,10 +234,10 @@ impl ParticipantCore {
                     ..OutcomeFacts::unknown()
                 };
                 put_abort(&mut batch, &req.txn, now_unix_ms, facts);
-                return Ok(Attempt::Ready(Step::lazy(
+                return Ok(Attempt::Ready(wake(Step::lazy(
                     batch,
                     PrepareAnswer::No { reason },
-                )));
+                ))));
             }
         };
         let rec = PreparedRecord {
@@ -248,12 +257,12 @@ impl ParticipantCore {
         if rec.encoded_len() > MAX_RECORD_BYTES {
             self.locks
                 .release_all(&req.txn, &rec.exclusive_keys, &rec.shared_keys);
-            return Ok(Attempt::Ready(Step::reply(PrepareAnswer::No {
+            return Ok(Attempt::Ready(wake(Step::reply(PrepareAnswer::No {
                 reason: format!(
                     "the prepared record would be {} bytes, the limit is {MAX_RECORD_BYTES}",
                     rec.encoded_len()
                 ),
-            })));
+            }))));
         }
         let mut batch = WriteBatch::default();
         batch.put(prepared_key(&req.txn), record::encode(&rec));
@@ -426,9 +435,6 @@ impl ParticipantCore {
                 AbortSource::Operator => {}
             }
         }
-        // An Abort that overtakes its own Prepare, still queued for locks, takes it out of the
-        // queue so that the requests behind it need not wait for it to notice.
-        let unqueued = self.locks.abandon(txn);
         let step = match self.abort_record(txn, store, now_unix_ms)? {
             AbortRecord::Written {
                 batch,
@@ -451,7 +457,9 @@ impl ParticipantCore {
                 ))),
             ),
         };
-        Ok(if unqueued { step.releasing() } else { step })
+        // An Abort that overtakes its own Prepare, still queued for locks, takes it out of the
+        // queue so that the requests behind it need not wait for it to notice.
+        Ok(self.leave_lock_queue(txn, step))
     }
 
     /// The record side of an abort: drop the prepared state, or leave a tombstone so that a

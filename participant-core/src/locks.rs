@@ -2,9 +2,10 @@
 //! writes. A txn takes all its locks at once or none of them, so a txn that waits holds
 //! nothing at this participant.
 //!
-//! Waiters queue in order of arrival. A request is granted only when it conflicts with no
+//! Waiters queue in order of arrival. A write is granted only when it conflicts with no
 //! holder and with no earlier waiter, so a request that needs many keys (a whole-bank read)
-//! is not overtaken forever by later ones that each need one. Each wait is bounded by the
+//! is not overtaken forever by later ones that each need one. A request that only reads here
+//! waits for holders only: behind queued writers it would wait for whatever they wait for. Each wait is bounded by the
 //! driver. Queueing adds wait edges between txns, and with them distributed deadlocks: a
 //! reader holding its shared locks here while it waits at another participant for a writer
 //! that, in turn, waits here behind the reader. [`LockWait::BehindReader`] names exactly the
@@ -34,24 +35,17 @@ struct Waiter {
     shared: Vec<Vec<u8>>,
 }
 
-impl Waiter {
-    fn wants_exclusive(&self, key: &[u8]) -> bool {
-        self.exclusive.iter().any(|k| k == key)
-    }
-
-    fn wants(&self, key: &[u8]) -> bool {
-        self.wants_exclusive(key) || self.shared.iter().any(|k| k == key)
-    }
-}
-
 /// How long a blocked request may wait, as a class: the driver maps it to a duration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LockWait {
     /// The ordinary bound (the participant's lock wait).
     Full,
-    /// A read-only request waiting for writers. It can never close a deadlock through its own
-    /// wait (every writer it could be waiting on gives way to it, see `BehindReader`), so it
-    /// may wait longer than a writer: long enough to outlast a deadlock among writers.
+    /// A branch of a read-only txn (one that writes at no participant) waiting for writers.
+    /// It can never close a deadlock through its own wait (every writer it could be waiting
+    /// on gives way to it, see `BehindReader`, and it holds nothing a writer elsewhere waits
+    /// for but shared locks), so it may wait longer than a writer: long enough to outlast a
+    /// deadlock among writers. A branch that only reads here but belongs to a txn that writes
+    /// elsewhere waits as a writer does (`Full`).
     Reader,
     /// A write waiting behind a reader (holding or queued): a wait that can close a
     /// distributed deadlock with that reader, so the writer waits only briefly and gives way.
@@ -73,6 +67,9 @@ pub struct Blocked {
 pub struct LockTable {
     entries: BTreeMap<Vec<u8>, Entry>,
     waiters: BTreeMap<TxnId, Waiter>,
+    /// The same waiters by key, in queue order (seq), each marked exclusive or not: a
+    /// request looks only at the queues of its own keys.
+    queued: BTreeMap<Vec<u8>, BTreeMap<u64, (TxnId, bool)>>,
     next_seq: u64,
 }
 
@@ -133,32 +130,84 @@ impl LockTable {
         shared: &[Vec<u8>],
     ) -> Option<(TxnId, bool)> {
         let mine = self.waiters.get(txn).map(|w| w.seq).unwrap_or(u64::MAX);
+        let ahead = |key: &[u8]| {
+            self.queued
+                .get(key)
+                .into_iter()
+                .flat_map(move |q| q.range(..mine).map(|(_, w)| w))
+        };
         let mut found = None;
-        for (other, w) in &self.waiters {
-            if other == txn || w.seq >= mine {
-                continue;
-            }
-            for key in exclusive {
-                if w.wants_exclusive(key) {
-                    found.get_or_insert((other.clone(), false));
-                } else if w.wants(key) {
+        for key in exclusive {
+            for (other, wants_exclusive) in ahead(key) {
+                if !wants_exclusive {
                     return Some((other.clone(), true));
                 }
-            }
-            if found.is_none() && shared.iter().any(|k| w.wants_exclusive(k)) {
-                found = Some((other.clone(), false));
+                found.get_or_insert((other.clone(), false));
             }
         }
-        found
+        if found.is_some() {
+            return found;
+        }
+        for key in shared {
+            if let Some((other, _)) = ahead(key).find(|(_, x)| *x) {
+                return Some((other.clone(), false));
+            }
+        }
+        None
+    }
+
+    fn enqueue(&mut self, txn: &TxnId, exclusive: &[Vec<u8>], shared: &[Vec<u8>]) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        for (key, x) in exclusive
+            .iter()
+            .map(|k| (k, true))
+            .chain(shared.iter().map(|k| (k, false)))
+        {
+            self.queued
+                .entry(key.clone())
+                .or_default()
+                .entry(seq)
+                .and_modify(|w| w.1 |= x)
+                .or_insert((txn.clone(), x));
+        }
+        self.waiters.insert(
+            txn.clone(),
+            Waiter {
+                seq,
+                exclusive: exclusive.to_vec(),
+                shared: shared.to_vec(),
+            },
+        );
+    }
+
+    fn dequeue(&mut self, txn: &TxnId) -> bool {
+        let Some(w) = self.waiters.remove(txn) else {
+            return false;
+        };
+        for key in w.exclusive.iter().chain(&w.shared) {
+            if let Some(q) = self.queued.get_mut(key) {
+                q.remove(&w.seq);
+                if q.is_empty() {
+                    self.queued.remove(key);
+                }
+            }
+        }
+        if self.waiters.is_empty() {
+            self.next_seq = 0;
+        }
+        true
     }
 
     /// Takes every lock, or none: then `txn` keeps (or takes) its place in the queue and the
-    /// answer names who it waits for and how long it may.
+    /// answer names who it waits for and how long it may. `read_only_txn`: the txn writes at
+    /// no participant.
     pub fn try_lock_all(
         &mut self,
         txn: &TxnId,
         exclusive: &[Vec<u8>],
         shared: &[Vec<u8>],
+        read_only_txn: bool,
     ) -> Result<(), Blocked> {
         let holder = self.holder_conflict(Some(txn), exclusive, shared);
         // A reader waits for holders only: queued writers would make it wait for whatever
@@ -176,7 +225,7 @@ impl LockTable {
         if let Some((by, behind_reader)) = conflict {
             let wait = if behind_reader {
                 LockWait::BehindReader
-            } else if exclusive.is_empty() {
+            } else if exclusive.is_empty() && read_only_txn {
                 LockWait::Reader
             } else {
                 LockWait::Full
@@ -190,22 +239,10 @@ impl LockTable {
                     wait: LockWait::None,
                 });
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.waiters.insert(
-                txn.clone(),
-                Waiter {
-                    seq,
-                    exclusive: exclusive.to_vec(),
-                    shared: shared.to_vec(),
-                },
-            );
+            self.enqueue(txn, exclusive, shared);
             return Err(Blocked { by, wait });
         }
-        self.waiters.remove(txn);
-        if self.waiters.is_empty() {
-            self.next_seq = 0;
-        }
+        self.dequeue(txn);
         for key in exclusive {
             self.entries.entry(key.clone()).or_default().exclusive = Some(txn.clone());
         }
@@ -221,11 +258,7 @@ impl LockTable {
     /// `txn` stops waiting (its wait is over, its request went away, or it was aborted).
     /// True if it was queued: waiters behind it may now be granted.
     pub fn abandon(&mut self, txn: &TxnId) -> bool {
-        let was = self.waiters.remove(txn).is_some();
-        if self.waiters.is_empty() {
-            self.next_seq = 0;
-        }
-        was
+        self.dequeue(txn)
     }
 
     pub fn release_all(&mut self, txn: &TxnId, exclusive: &[Vec<u8>], shared: &[Vec<u8>]) {
@@ -286,21 +319,26 @@ mod tests {
         s.as_bytes().to_vec()
     }
 
+    /// Asks as a txn that writes nowhere else: a pure reader is a read-only txn.
+    fn lock(l: &mut LockTable, txn: &TxnId, x: &[Vec<u8>], s: &[Vec<u8>]) -> Result<(), Blocked> {
+        l.try_lock_all(txn, x, s, x.is_empty())
+    }
+
     #[test]
     fn shared_locks_coexist_exclusive_conflicts() {
         let mut l = LockTable::default();
         let a = vec![k("a")];
-        l.try_lock_all(&t("1"), &[], &a).unwrap();
-        l.try_lock_all(&t("2"), &[], &a).unwrap();
-        let blocked = l.try_lock_all(&t("3"), &a, &[]).unwrap_err();
+        lock(&mut l, &t("1"), &[], &a).unwrap();
+        lock(&mut l, &t("2"), &[], &a).unwrap();
+        let blocked = lock(&mut l, &t("3"), &a, &[]).unwrap_err();
         assert_eq!(blocked.by, t("1"));
         assert_eq!(blocked.wait, LockWait::BehindReader);
         l.release_all(&t("1"), &[], &a);
-        assert_eq!(l.try_lock_all(&t("3"), &a, &[]).unwrap_err().by, t("2"));
+        assert_eq!(lock(&mut l, &t("3"), &a, &[]).unwrap_err().by, t("2"));
         l.release_all(&t("2"), &[], &a);
-        l.try_lock_all(&t("3"), &a, &[]).unwrap();
+        lock(&mut l, &t("3"), &a, &[]).unwrap();
         assert!(!l.is_waiting(&t("3")), "a granted request leaves the queue");
-        let blocked = l.try_lock_all(&t("4"), &[], &a).unwrap_err();
+        let blocked = lock(&mut l, &t("4"), &[], &a).unwrap_err();
         assert_eq!((blocked.by, blocked.wait), (t("3"), LockWait::Reader));
         assert_eq!(l.writer(b"a"), Some(&t("3")));
     }
@@ -308,8 +346,8 @@ mod tests {
     #[test]
     fn all_or_nothing() {
         let mut l = LockTable::default();
-        l.try_lock_all(&t("1"), &[k("b")], &[]).unwrap();
-        let err = l.try_lock_all(&t("2"), &[k("a"), k("b")], &[]);
+        lock(&mut l, &t("1"), &[k("b")], &[]).unwrap();
+        let err = lock(&mut l, &t("2"), &[k("a"), k("b")], &[]);
         assert_eq!(err.unwrap_err().by, t("1"));
         assert!(l.writer(b"a").is_none(), "a refused txn holds nothing");
         l.release_all(&t("1"), &[k("b")], &[]);
@@ -324,26 +362,26 @@ mod tests {
     fn a_waiting_reader_is_not_overtaken() {
         let mut l = LockTable::default();
         let all = [k("a"), k("b"), k("c")];
-        l.try_lock_all(&t("w1"), &[k("a")], &[]).unwrap();
-        assert_eq!(l.try_lock_all(&t("r"), &[], &all).unwrap_err().by, t("w1"));
-        let blocked = l.try_lock_all(&t("w2"), &[k("b")], &[]).unwrap_err();
+        lock(&mut l, &t("w1"), &[k("a")], &[]).unwrap();
+        assert_eq!(lock(&mut l, &t("r"), &[], &all).unwrap_err().by, t("w1"));
+        let blocked = lock(&mut l, &t("w2"), &[k("b")], &[]).unwrap_err();
         assert_eq!((blocked.by, blocked.wait), (t("r"), LockWait::BehindReader));
         assert!(l.writer(b"b").is_none());
         // Keys the reader does not want are not held up.
-        l.try_lock_all(&t("w3"), &[k("d")], &[]).unwrap();
+        lock(&mut l, &t("w3"), &[k("d")], &[]).unwrap();
         l.release_all(&t("w1"), &[k("a")], &[]);
         // Still queued, w2 asks again first: the reader is ahead of it.
         assert_eq!(
-            l.try_lock_all(&t("w2"), &[k("b")], &[]).unwrap_err().by,
+            lock(&mut l, &t("w2"), &[k("b")], &[]).unwrap_err().by,
             t("r")
         );
-        l.try_lock_all(&t("r"), &[], &all).unwrap();
+        lock(&mut l, &t("r"), &[], &all).unwrap();
         assert_eq!(
-            l.try_lock_all(&t("w2"), &[k("b")], &[]).unwrap_err().by,
+            lock(&mut l, &t("w2"), &[k("b")], &[]).unwrap_err().by,
             t("r")
         );
         l.release_all(&t("r"), &[], &all);
-        l.try_lock_all(&t("w2"), &[k("b")], &[]).unwrap();
+        lock(&mut l, &t("w2"), &[k("b")], &[]).unwrap();
     }
 
     /// Readers do not wait for each other, nor for queued writers (only for holders): a
@@ -351,20 +389,18 @@ mod tests {
     #[test]
     fn readers_wait_for_holders_only() {
         let mut l = LockTable::default();
-        l.try_lock_all(&t("w1"), &[k("a")], &[]).unwrap();
-        assert!(l.try_lock_all(&t("w2"), &[k("a"), k("b")], &[]).is_err());
+        lock(&mut l, &t("w1"), &[k("a")], &[]).unwrap();
+        assert!(lock(&mut l, &t("w2"), &[k("a"), k("b")], &[]).is_err());
         // w2 waits for a and wants b: a reader of b goes ahead of it.
-        l.try_lock_all(&t("r"), &[], &[k("b")]).unwrap();
+        lock(&mut l, &t("r"), &[], &[k("b")]).unwrap();
         // A reader of a waits for the holder, with a reader's wait.
-        let blocked = l.try_lock_all(&t("r2"), &[], &[k("a")]).unwrap_err();
+        let blocked = lock(&mut l, &t("r2"), &[], &[k("a")]).unwrap_err();
         assert_eq!((blocked.by, blocked.wait), (t("w1"), LockWait::Reader));
-        l.try_lock_all(&t("r3"), &[], &[k("c")]).unwrap();
-        l.try_lock_all(&t("r4"), &[], &[k("c")]).unwrap();
+        lock(&mut l, &t("r3"), &[], &[k("c")]).unwrap();
+        lock(&mut l, &t("r4"), &[], &[k("c")]).unwrap();
         // w2 now waits behind the reader of b (the short wait).
         l.release_all(&t("w1"), &[k("a")], &[]);
-        let blocked = l
-            .try_lock_all(&t("w2"), &[k("a"), k("b")], &[])
-            .unwrap_err();
+        let blocked = lock(&mut l, &t("w2"), &[k("a"), k("b")], &[]).unwrap_err();
         assert_eq!(blocked.wait, LockWait::BehindReader);
     }
 
@@ -372,12 +408,12 @@ mod tests {
     #[test]
     fn abandoning_a_wait_unblocks_those_behind() {
         let mut l = LockTable::default();
-        l.try_lock_all(&t("w1"), &[k("a")], &[]).unwrap();
-        assert!(l.try_lock_all(&t("r"), &[], &[k("a"), k("b")]).is_err());
-        assert!(l.try_lock_all(&t("w2"), &[k("b")], &[]).is_err());
+        lock(&mut l, &t("w1"), &[k("a")], &[]).unwrap();
+        assert!(lock(&mut l, &t("r"), &[], &[k("a"), k("b")]).is_err());
+        assert!(lock(&mut l, &t("w2"), &[k("b")], &[]).is_err());
         assert!(l.abandon(&t("r")));
         assert!(!l.abandon(&t("r")), "only once");
-        l.try_lock_all(&t("w2"), &[k("b")], &[]).unwrap();
+        lock(&mut l, &t("w2"), &[k("b")], &[]).unwrap();
         assert_eq!(l.waiting(), 0);
         assert_eq!(l.next_seq, 0);
     }
@@ -385,14 +421,12 @@ mod tests {
     #[test]
     fn a_full_queue_refuses_at_once() {
         let mut l = LockTable::default();
-        l.try_lock_all(&t("holder"), &[k("a")], &[]).unwrap();
+        lock(&mut l, &t("holder"), &[k("a")], &[]).unwrap();
         for i in 0..MAX_LOCK_WAITERS {
-            let b = l
-                .try_lock_all(&t(&i.to_string()), &[k("a")], &[])
-                .unwrap_err();
+            let b = lock(&mut l, &t(&i.to_string()), &[k("a")], &[]).unwrap_err();
             assert_eq!(b.wait, LockWait::Full);
         }
-        let b = l.try_lock_all(&t("late"), &[k("a")], &[]).unwrap_err();
+        let b = lock(&mut l, &t("late"), &[k("a")], &[]).unwrap_err();
         assert_eq!(b.wait, LockWait::None);
         assert!(!l.is_waiting(&t("late")));
         assert_eq!(l.waiting(), MAX_LOCK_WAITERS);

@@ -51,11 +51,14 @@ impl ParticipantCore {
         if status != TxnStatus::Unknown {
             return Ok(Step::forced(WriteBatch::default(), status));
         }
-        Ok(match self.abort_record(txn, store, now_unix_ms)? {
+        let step = match self.abort_record(txn, store, now_unix_ms)? {
             AbortRecord::Written { batch, .. } => Step::forced(batch, TxnStatus::Aborted),
             AbortRecord::AlreadyAborted => Step::forced(WriteBatch::default(), TxnStatus::Aborted),
             AbortRecord::Committed => Step::forced(WriteBatch::default(), TxnStatus::Committed),
-        })
+        };
+        // The txn's own Prepare may still be queued here: the tombstone ends it, so it leaves
+        // the queue now rather than when it next looks.
+        Ok(self.leave_lock_queue(txn, step))
     }
 
     /// Applies a decision the resolver learned, from the coordinator or from a peer.

@@ -19,6 +19,7 @@ fn req(t: &str, ops: Vec<Op>) -> PrepareRequest {
         txn: txn(t),
         coordinator_epoch: 1,
         participants: vec![ParticipantId::parse("p", "p1").unwrap()],
+        read_only: ops.iter().all(|op| !op.writes()),
         ops,
     }
 }
@@ -846,6 +847,33 @@ fn a_queued_reader_goes_before_later_writers() {
             .unwrap(),
         Attempt::Blocked { .. }
     ));
+}
+
+/// A queued Prepare that is granted and then votes NO (a failed check) leaves the queue and
+/// its locks in the same step, so its answer must wake the requests queued behind it.
+#[test]
+fn a_queued_prepare_that_votes_no_wakes_those_behind() {
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    prepare(&mut core, &store, "w1", vec![add("a", 1)]);
+    let overdraft = req("t", vec![add("a", -1_000)]);
+    assert!(matches!(
+        core.prepare(&overdraft, &store, 0).unwrap(),
+        Attempt::Blocked { .. }
+    ));
+    let step = core.commit(&txn("w1"), &store, 0).unwrap();
+    apply(&store, step);
+    let step = ready(core.prepare(&overdraft, &store, 0).unwrap());
+    assert!(matches!(step.answer, PrepareAnswer::No { .. }));
+    assert!(step.released, "the NO of a queued Prepare wakes the queue");
+    assert_eq!(core.lock_waiters(), 0);
+    // A Prepare that never queued and votes NO has nobody to wake.
+    let step = ready(
+        core.prepare(&req("u", vec![add("b", -1)]), &store, 0)
+            .unwrap(),
+    );
+    assert!(matches!(step.answer, PrepareAnswer::No { .. }));
+    assert!(!step.released);
 }
 
 /// An Abort that overtakes a Prepare still queued for locks takes it out of the queue, and

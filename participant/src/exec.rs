@@ -216,6 +216,7 @@ mod tests {
             txn: txn(t),
             coordinator_epoch: 1,
             participants: vec![ParticipantId::parse("p", "p1").unwrap()],
+            read_only: ops.iter().all(|op| !op.writes()),
             ops,
         }
     }

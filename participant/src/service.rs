@@ -422,5 +422,6 @@ pub fn prepare_from_pb(
         coordinator_epoch: req.coordinator_epoch,
         participants,
         ops,
+        read_only: req.read_only,
     })
 }

@@ -20,6 +20,7 @@ fn prepare(txn: &str) -> pb::PrepareRequest {
                 max: None,
             })),
         }],
+        read_only: false,
     }
 }
 

@@ -26,6 +26,7 @@ fn prepare(txn: &str, ops: Vec<pb::Op>) -> pb::PrepareRequest {
         coordinator_epoch: 1,
         participants: vec!["p1".into()],
         ops,
+        read_only: false,
     }
 }
 

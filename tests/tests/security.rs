@@ -209,6 +209,7 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
             ops: vec![pb::Op {
                 kind: Some(pb::op::Kind::Read(pb::ReadOp { key: b"x".to_vec() })),
             }],
+            read_only: false,
         })
         .await
         .unwrap()

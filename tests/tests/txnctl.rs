@@ -60,6 +60,7 @@ fn prepare(txn: &str, key: &str) -> pb::PrepareRequest {
                 max: None,
             })),
         }],
+        read_only: false,
     }
 }
 

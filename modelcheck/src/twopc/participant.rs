@@ -90,6 +90,7 @@ impl Node {
             coordinator_epoch: epoch,
             participants: cluster.participants.clone(),
             ops: cluster.ops[self.me()].clone(),
+            read_only: cluster.ops.iter().flatten().all(|op| !op.writes()),
         }
     }
 

@@ -207,6 +207,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
             coordinator_epoch: 1,
             participants: vec!["p1".into()],
             ops: vec![add("a", 1, None, None)],
+            read_only: false,
         })
         .await,
         ia,
@@ -345,6 +346,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
             coordinator_epoch: 1,
             participants: vec!["p1".into(), "p2".into()],
             ops: vec![add("alice", 1, None, None)],
+            read_only: false,
         })
         .await
         .unwrap()
@@ -380,6 +382,7 @@ async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
                 coordinator_epoch: 1,
                 participants: vec!["p1".into()],
                 ops: vec![add(key, 5, None, None)],
+                read_only: false,
             })
             .await
             .unwrap()

@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use txn_tests::bank::{self, Outcome, Workload};
 use txn_tests::cluster::{self, Cluster, ClusterOptions};
 
+use crate::pgpeer;
 use crate::{INITIAL_BALANCE, QUIET_TIMEOUT, total_fsyncs};
 
 #[derive(clap::Args)]
@@ -37,9 +38,22 @@ pub struct BenchArgs {
     /// Also measure single-participant transfers (one branch) as the local baseline.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     local_baseline: bool,
-    /// Write the results as JSON here.
+    /// Also run the same transfers, at each client count and in the same run, against this
+    /// peer: `postgres` starts three throwaway PostgreSQL servers (fsync on) and runs each
+    /// transfer with PREPARE TRANSACTION / COMMIT PREPARED, its client forcing the decision
+    /// to a local file first.
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
+    /// Write the results as JSON here: a list of rows with `system` (2pc, saga, local,
+    /// postgres), `clients`, `tps`, `p50_ms`, `p99_ms`, `fsyncs_per_txn`, `fsync_p50_ms` and
+    /// `rpc_p50_ms`.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Peer {
+    Postgres,
 }
 
 /// Samples for each floor measurement.
@@ -84,6 +98,8 @@ async fn rpc_floor(url: &str) -> anyhow::Result<f64> {
 
 #[derive(serde::Serialize)]
 struct BenchRow {
+    /// What ran: `2pc`, `saga`, `local` (one participant, one phase) or `postgres` (the peer).
+    system: String,
     protocol: String,
     local: bool,
     clients: usize,
@@ -230,13 +246,24 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     let fsync_p50_ms = fsync_floor(cluster.dir())?;
     let rpc_p50_ms = rpc_floor(&cluster.participants[0].url()).await?;
     println!("floor: fsync p50 {fsync_p50_ms:.3} ms, no-op gRPC round trip p50 {rpc_p50_ms:.3} ms");
+    let peer = match args.peer {
+        Some(Peer::Postgres) => {
+            let pg = pgpeer::PgCluster::start().await?;
+            pg.seed(args.accounts, INITIAL_BALANCE).await?;
+            println!("peer: {} PostgreSQL servers seeded", pgpeer::PG_SERVERS);
+            Some(pg)
+        }
+        None => None,
+    };
     let mut rows = Vec::new();
     let mut runs: Vec<(bank::Protocol, bool)> = protocols.iter().map(|p| (*p, false)).collect();
     if args.local_baseline {
         runs.push((bank::Protocol::TwoPhase, true));
     }
-    for (protocol, local) in runs {
-        for &n in &clients {
+    // Each client count runs every system before the next count, so that the machine's
+    // drift over the run falls on all of them alike.
+    for &n in &clients {
+        for &(protocol, local) in &runs {
             let before = total_fsyncs(&cluster).await?;
             let phases_before = Phases::scrape(&cluster).await?;
             let w = Workload {
@@ -264,6 +291,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             }
             let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
             let row = BenchRow {
+                system: if local { "local" } else { protocol.name() }.into(),
                 protocol: protocol.name().into(),
                 local,
                 clients: n,
@@ -277,21 +305,18 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
                 committed: tally.committed,
                 aborted: tally.aborted,
             };
-            println!(
-                "{:<5} {:<6} clients {:>3}: {:>7.0} txn/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms  fsyncs/txn {:.2}  ({} aborted)",
-                row.protocol,
-                if local { "local" } else { "2-part" },
-                n,
-                row.tps,
-                row.p50_ms,
-                row.p99_ms,
-                row.p999_ms,
-                row.fsyncs_per_txn,
-                row.aborted
-            );
+            print_row(&row);
             println!("      {phases}");
             rows.push(row);
         }
+        if let Some(pg) = &peer {
+            let row = peer_run(pg, n, &args, fsync_p50_ms, rpc_p50_ms).await?;
+            print_row(&row);
+            rows.push(row);
+        }
+    }
+    if peer.is_some() {
+        print_against_peer(&rows);
     }
     cluster.shutdown()?;
     if let Some(path) = &args.json {
@@ -300,4 +325,111 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         println!("wrote {}", path.display());
     }
     Ok(true)
+}
+
+fn print_row(row: &BenchRow) {
+    println!(
+        "{:<8} {:<6} clients {:>3}: {:>7.0} txn/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms  fsyncs/txn {:.2}  ({} aborted)",
+        row.system,
+        if row.local { "local" } else { "2-part" },
+        row.clients,
+        row.tps,
+        row.p50_ms,
+        row.p99_ms,
+        row.p999_ms,
+        row.fsyncs_per_txn,
+        row.aborted
+    );
+}
+
+/// The peer's transfers at `n` clients, as a row like ours.
+async fn peer_run(
+    pg: &pgpeer::PgCluster,
+    n: usize,
+    args: &BenchArgs,
+    fsync_p50_ms: f64,
+    rpc_p50_ms: f64,
+) -> anyhow::Result<BenchRow> {
+    let (log, log_syncs) = pgpeer::DecisionLog::open(&pg.log_path)?;
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut per = Vec::new();
+        for i in 0..pgpeer::PG_SERVERS {
+            per.push(pg.connect(i).await?);
+        }
+        conns.push(per);
+    }
+    let wal_before = pg.wal_syncs().await?;
+    let duration = Duration::from_secs(args.duration);
+    let started = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(id, c)| {
+            tokio::spawn(pgpeer::run_client(
+                c,
+                args.accounts,
+                id,
+                n as u64,
+                duration,
+                log.clone(),
+            ))
+        })
+        .collect();
+    drop(log);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut committed, mut aborted) = (0, 0);
+    for t in tasks {
+        let r = t.await??;
+        committed += r.committed;
+        aborted += r.aborted;
+        for us in r.latencies_us {
+            hist.record(us)?;
+        }
+    }
+    let elapsed = started.elapsed();
+    let fsyncs =
+        pg.wal_syncs().await? - wal_before + log_syncs.load(std::sync::atomic::Ordering::Relaxed);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(BenchRow {
+        system: "postgres".into(),
+        protocol: "2pc".into(),
+        local: false,
+        clients: n,
+        tps: committed as f64 / elapsed.as_secs_f64(),
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        fsync_p50_ms,
+        rpc_p50_ms,
+        fsyncs_per_txn: fsyncs as f64 / committed.max(1) as f64,
+        committed,
+        aborted,
+    })
+}
+
+/// Our 2PC against the peer at each client count, as ratios (the targets are: 3x the
+/// peer's txn/s with a lower p99 at 64 clients, p50 at most 0.6x the peer's at one client,
+/// and at most 0.5 fsyncs per txn at 64 clients), and our p50 in units of the floor.
+fn print_against_peer(rows: &[BenchRow]) {
+    println!("2pc against the postgres peer, same run:");
+    for ours in rows.iter().filter(|r| r.system == "2pc") {
+        let Some(peer) = rows
+            .iter()
+            .find(|r| r.system == "postgres" && r.clients == ours.clients)
+        else {
+            continue;
+        };
+        println!(
+            "  clients {:>3}: txn/s {:.2}x the peer's, p50 {:.2}x, p99 {:.2}x; fsyncs/txn {:.2} (peer {:.2}); p50 = {:.1} fsync floors = {:.1} RPC floors",
+            ours.clients,
+            ours.tps / peer.tps.max(f64::MIN_POSITIVE),
+            ours.p50_ms / peer.p50_ms.max(f64::MIN_POSITIVE),
+            ours.p99_ms / peer.p99_ms.max(f64::MIN_POSITIVE),
+            ours.fsyncs_per_txn,
+            peer.fsyncs_per_txn,
+            ours.p50_ms / ours.fsync_p50_ms.max(f64::MIN_POSITIVE),
+            ours.p50_ms / ours.rpc_p50_ms.max(f64::MIN_POSITIVE),
+        );
+    }
 }

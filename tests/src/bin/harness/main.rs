@@ -7,6 +7,7 @@
 
 mod bench;
 mod compare;
+mod pgpeer;
 mod run;
 
 use std::time::Duration;
