@@ -156,11 +156,19 @@ async fn find_show_and_settle_stuck_transactions() -> anyhow::Result<()> {
         "{err}"
     );
     cluster.participant("p2").start().await?;
-    let r = ok_json(&cluster, &["txn", "retry", &txn]);
-    assert!(
-        r["action"].as_str().unwrap().contains("re-sending Commit"),
-        "{r}"
-    );
+    // The coordinator's own commit retry may reach the restarted p2 first and end the txn;
+    // then the operator's retry finds nothing left to do, which it says.
+    let out = txnctl(&cluster, &["txn", "retry", &txn, "--json"]);
+    if out.status.success() {
+        let r: Value = serde_json::from_slice(&out.stdout)?;
+        assert!(
+            r["action"].as_str().unwrap().contains("re-sending Commit"),
+            "{r}"
+        );
+    } else {
+        let err = fails(out, 1);
+        assert!(err.contains("not in flight at the coordinator"), "{err}");
+    }
     wait_for(
         async || {
             ok_json(&cluster, &["txn", "list", "--state", "committing"])
@@ -317,6 +325,68 @@ async fn find_show_and_settle_stuck_transactions() -> anyhow::Result<()> {
     assert!(err.contains("--from"), "{err}");
     let err = fails(txnctl(&cluster, &["participant", "in-doubt", "p9"]), 1);
     assert!(err.contains("unknown participant"), "{err}");
+
+    // --- Exit status by outcome: 3 for an aborted transfer (an overdraft), with the same
+    // outcome in --json, so `txnctl transfer ... && next-step` stops.
+    let overdraft = [
+        "transfer",
+        "--from",
+        "p1/alice",
+        "--to",
+        "p2/bob",
+        "--amount",
+        "1000000000",
+        "--json",
+    ];
+    let out = txnctl(&cluster, &overdraft);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["outcome"], "aborted", "{v}");
+    let out = txnctl(&cluster, &["read", "p1/alice", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a committed read exits 0: {out:?}"
+    );
+    // 4 when the call may have run: the coordinator dies right after logging the decision,
+    // so the client never hears the outcome.
+    ok_json(
+        &cluster,
+        &[
+            "failpoint",
+            "set",
+            "coordinator",
+            "coordinator::after_decision_durable",
+            "crash",
+        ],
+    );
+    let out = txnctl(
+        &cluster,
+        &[
+            "transfer",
+            "--from",
+            "p1/alice",
+            "--to",
+            "p2/bob",
+            "--amount",
+            "1",
+            "--allow-negative",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["outcome"], "unknown", "{v}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("outcome is unknown"),
+        "{out:?}"
+    );
+    // With the coordinator gone, a new transfer is refused before it runs: an error (1).
+    cluster
+        .coordinator
+        .wait_exit(Duration::from_secs(10))
+        .await?;
+    fails(txnctl(&cluster, &overdraft), 1);
     cluster.shutdown()?;
     Ok(())
 }

@@ -9,7 +9,10 @@ use txn_proto::pb::v1 as pb;
 #[command(
     name = "txnctl",
     version,
-    about = "Operate a txnkit coordinator and its participants"
+    about = "Operate a txnkit coordinator and its participants",
+    after_help = "Exit status: 0 success (a transfer, read or submit committed), 1 error (nothing \
+                  was done, or the command failed), 2 usage error, 3 the transaction aborted, 4 \
+                  its outcome is unknown (the call may have run; check with `txnctl txn show`)."
 )]
 pub struct Cli {
     /// The coordinator's URL.

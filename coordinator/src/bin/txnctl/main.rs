@@ -2,7 +2,9 @@
 //! transactions, shows why they are stuck, forces outcomes safely, retries on demand, and runs
 //! transfers, reads and whole transactions by hand.
 //!
-//! Exit status: 0 on success, 2 for usage errors, 1 for everything else (one line on stderr).
+//! Exit status ([`Exit`]): 0 on success (a transaction committed), 1 for errors (one line on
+//! stderr), 2 for usage errors, 3 when the transaction aborted, 4 when its outcome is unknown
+//! (the call may have run). `--json` output carries the same outcome.
 //!
 //! Layout: this file dispatches each command and holds the requests it builds itself
 //! (transfers, reads). `cli` declares the commands and flags, `conn` connects to the services
@@ -30,11 +32,22 @@ use submit::{parse_submit, read_input};
 
 type Res<T> = Result<T, String>;
 
+/// How a command ended, beyond success or an error: the exit status says whether a
+/// transaction committed, aborted, or may or may not have run, so that
+/// `txnctl transfer ... && next-step` goes on only when the money moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Done = 0,
+    Aborted = 3,
+    Unknown = 4,
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => {}
+        Ok(Exit::Done) => {}
+        Ok(exit) => std::process::exit(exit as i32),
         Err(e) => {
             eprintln!("txnctl: {e}");
             std::process::exit(1);
@@ -42,7 +55,8 @@ async fn main() {
     }
 }
 
-async fn run(cli: Cli) -> Res<()> {
+async fn run(cli: Cli) -> Res<Exit> {
+    let mut exit = Exit::Done;
     setup_connections(&cli)?;
     let coord = || connect("the coordinator", &cli.coordinator);
     let out = match cli.command {
@@ -132,7 +146,9 @@ async fn run(cli: Cli) -> Res<()> {
                 prepare_timeout_ms: 0,
                 client_txn_id: client_txn_id.unwrap_or_default(),
             };
-            transact(coord().await?, req).await?
+            let (v, e) = transact(coord().await?, req).await?;
+            exit = e;
+            v
         }
         Cmd::Read { accounts } => {
             let mut branches: Vec<pb::Branch> = Vec::new();
@@ -159,11 +175,18 @@ async fn run(cli: Cli) -> Res<()> {
             };
             let r = pb::coordinator_client::CoordinatorClient::new(coord().await?)
                 .transact(req)
-                .await
-                .map_err(status_err)?
-                .into_inner();
+                .await;
+            let r = match r {
+                Ok(r) => r.into_inner(),
+                Err(s) if may_have_run(&s) => {
+                    eprintln!("txnctl: the read's outcome is unknown: {}", status_err(s));
+                    return Ok(Exit::Unknown);
+                }
+                Err(s) => return Err(status_err(s)),
+            };
             if r.outcome != pb::Outcome::Committed as i32 {
-                return Err(format!("the read aborted: {}", r.reason));
+                eprintln!("txnctl: the read aborted: {}", r.reason);
+                return Ok(Exit::Aborted);
             }
             let mut rows = Vec::new();
             for b in &r.results {
@@ -179,13 +202,29 @@ async fn run(cli: Cli) -> Res<()> {
         Cmd::Submit { file } => {
             let text = read_input(&file)?;
             let req = parse_submit(&text).map_err(|e| format!("{file}: {e}"))?;
-            transact(coord().await?, req).await?
+            let (v, e) = transact(coord().await?, req).await?;
+            exit = e;
+            v
         }
         Cmd::Failpoint(c) => failpoint(c, &cli.coordinator).await?,
         Cmd::Certs { dir, nodes } => make_certs(&dir, &nodes)?,
     };
     print(&out, cli.json);
-    Ok(())
+    Ok(exit)
+}
+
+/// Whether a failed Transact call may still have run: it reached the coordinator (or may
+/// have) and then timed out, was cut off or broke. A call refused before it got there
+/// (connection refused, overloaded, bad input) certainly did not.
+fn may_have_run(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => true,
+        tonic::Code::Unavailable => {
+            let text = format!("{} {:?}", s.message(), std::error::Error::source(s));
+            !(text.contains("tcp connect error") || text.contains("Connection refused"))
+        }
+        _ => false,
+    }
 }
 
 fn account(raw: &str, field: &str) -> Res<(String, String)> {
@@ -205,16 +244,27 @@ fn protocol_of(raw: &str) -> Res<pb::Protocol> {
     }
 }
 
-async fn transact(ch: Ch, req: pb::TransactRequest) -> Res<Value> {
+/// Runs one transaction: its result to print, and how the command exits.
+async fn transact(ch: Ch, req: pb::TransactRequest) -> Res<(Value, Exit)> {
     let r = pb::coordinator_client::CoordinatorClient::new(ch)
         .transact(req)
-        .await
-        .map_err(status_err)?
-        .into_inner();
-    let outcome = match pb::Outcome::try_from(r.outcome) {
-        Ok(pb::Outcome::Committed) => "committed",
-        Ok(pb::Outcome::Aborted) => "aborted",
-        _ => "unknown",
+        .await;
+    let r = match r {
+        Ok(r) => r.into_inner(),
+        Err(s) if may_have_run(&s) => {
+            let reason = status_err(s);
+            eprintln!("txnctl: the outcome is unknown: {reason}");
+            return Ok((
+                json!({ "outcome": "unknown", "reason": reason }),
+                Exit::Unknown,
+            ));
+        }
+        Err(s) => return Err(status_err(s)),
+    };
+    let (outcome, exit) = match pb::Outcome::try_from(r.outcome) {
+        Ok(pb::Outcome::Committed) => ("committed", Exit::Done),
+        Ok(pb::Outcome::Aborted) => ("aborted", Exit::Aborted),
+        _ => ("unknown", Exit::Unknown),
     };
     let reads: Vec<Value> = r
         .results
@@ -238,5 +288,5 @@ async fn transact(ch: Ch, req: pb::TransactRequest) -> Res<Value> {
     if !reads.is_empty() {
         v["reads"] = Value::Array(reads);
     }
-    Ok(v)
+    Ok((v, exit))
 }
