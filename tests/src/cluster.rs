@@ -32,6 +32,27 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Lowest and highest first port of [`free_port_block`]: below Linux's default ephemeral range
+/// (32768 and up), where the kernel picks outgoing connections' local ports, so that no client
+/// socket of another process takes a port of the block between the check and the bind.
+const BLOCK_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// The first of `span` consecutive loopback ports that were all free a moment ago, for a
+/// script that numbers its nodes' ports from one base (`cluster.sh --base-port`). The base is
+/// drawn at random so that tests running side by side rarely draw overlapping blocks.
+pub fn free_port_block(span: u16) -> anyhow::Result<u16> {
+    use rand::Rng;
+    const TRIES: usize = 100;
+    let mut rng = rand::rng();
+    for _ in 0..TRIES {
+        let base = rng.random_range(BLOCK_PORTS.start..BLOCK_PORTS.end - span);
+        if (base..base + span).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no block of {span} free loopback ports in {BLOCK_PORTS:?} after {TRIES} tries")
+}
+
 /// Options for [`Cluster::start`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {

@@ -4,6 +4,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Ports a two-participant cluster.sh cluster takes from its base: the coordinator's, the nine
+/// it leaves free, and one per participant.
+const CLUSTER_PORT_SPAN: u16 = 12;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -45,9 +49,9 @@ fn alive(pid: &str) -> bool {
 fn up_status_transfer_kill_restart_down() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let port = txn_tests::cluster::free_port()
+    // cluster.sh puts the coordinator at the base port and participant N at base + 9 + N.
+    let port = txn_tests::cluster::free_port_block(CLUSTER_PORT_SPAN)
         .unwrap()
-        .clamp(20000, 60000)
         .to_string();
     let (ok, out) = script(&[
         "up",
@@ -135,9 +139,9 @@ fn up_status_transfer_kill_restart_down() {
 fn up_tls_runs_the_cluster_with_mutual_tls_and_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let port = txn_tests::cluster::free_port()
+    // cluster.sh puts the coordinator at the base port and participant N at base + 9 + N.
+    let port = txn_tests::cluster::free_port_block(CLUSTER_PORT_SPAN)
         .unwrap()
-        .clamp(20000, 60000)
         .to_string();
     let (ok, out) = script(&[
         "up",

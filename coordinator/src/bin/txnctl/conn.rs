@@ -52,10 +52,50 @@ pub async fn connect(what: &str, url: &str) -> Res<Ch> {
         .connect()
         .await
         .map_err(|e| format!("cannot reach {what} at {url}: {}", root_cause(&e)))?;
+    probe(what, url, ch.clone()).await?;
     Ok(tonic::service::interceptor::InterceptedService::new(
         ch,
         token.clone(),
     ))
+}
+
+/// Asks the service's health endpoint once, before any call that could change something, so
+/// that a link that cannot carry gRPC at all (a plaintext client at a TLS server, something else
+/// on the port) is reported as such: nothing was sent, so nothing ran. Without it, such a link
+/// would fail the first real call midway, and a transfer would have to be reported as of unknown
+/// outcome. An answer, or a status only a gRPC server sends, proves the link works; anything
+/// the client's transport makes up (broken, cancelled, protocol error) does not.
+async fn probe(what: &str, url: &str, ch: tonic::transport::Channel) -> Res<()> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    req.set_timeout(CONNECT_TIMEOUT);
+    match health.check(req).await {
+        Ok(_) => Ok(()),
+        Err(s) if served_status(s.code()) => Ok(()),
+        Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(format!(
+            "{what} at {url} did not answer within {} s, so nothing was sent",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+        Err(s) => Err(format!(
+            "{what} at {url} did not answer in gRPC ({}), so nothing was sent: does it need TLS \
+             (--tls-ca, TXNCTL_TLS_CA), or is something else on that port?",
+            s.message().lines().next().unwrap_or("")
+        )),
+    }
+}
+
+/// Statuses a gRPC server sends to a health check it cannot serve as asked; a client's
+/// transport never makes them up.
+fn served_status(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::NotFound
+            | tonic::Code::Unimplemented
+            | tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+    )
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {
