@@ -2,13 +2,26 @@
 //! I/O. Inputs are events (a txn begins, a vote arrives, the prepare deadline passes, the
 //! decision became durable, a participant acked); outputs are [`Effect`]s for the driver.
 //!
-//! Invariants it protects:
+//! Invariants it protects, for a txn whose commit point is its logged decision
+//! ([`CommitPoint::Decision`]):
 //! - COMMIT is decided only when every participant voted YES, and the decision record must be
 //!   durable ([`Effect::PersistDecision`] then [`CoordinatorCore::on_decision_durable`]) before
 //!   the client is told or any Commit is sent.
 //! - ABORT is never forced (presumed abort): an unknown txn is an aborted txn, so Resolve
 //!   answers ABORT for a txn it has no record of, and PENDING while one is still undecided or
 //!   its commit decision is not yet durable: it never answers ABORT for a txn it might commit.
+//!
+//! For a txn that commits at its votes ([`CommitPoint::Votes`]):
+//! - the last durable YES commits it: the client is told and the Commits go out at once, with
+//!   nothing logged;
+//! - ABORT is decided only once it is fenced: a participant voted NO (a NO is durable before it
+//!   is sent), or answered a fence ([`Effect::Fence`]) with a durable tombstone. A Prepare that
+//!   failed or a deadline that passed is not enough: the vote may be durable all the same, and
+//!   then the txn has committed. So a missing vote is fenced, and a fence that finds the
+//!   participant prepared counts as its YES.
+//! - Resolve never presumes abort for such a txn begun by an earlier epoch: it has no record
+//!   of it either way, so it sends the asker to the participants
+//!   ([`Resolution::AskParticipants`]).
 //!
 //! Storage layout: `e` the epoch record, `c/<txn>` commit decisions not yet acked by every
 //! participant (deleted lazily once they all have: the decision has ended).
@@ -18,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use txn_types::rec::{DecisionRecord, EpochRecord};
 use txn_types::record;
 use txn_types::store::{Store, StoreError, WriteBatch};
-use txn_types::types::{Decision, InvalidInput, ParticipantId, Resolution, TxnId};
+use txn_types::types::{CommitPoint, Decision, InvalidInput, ParticipantId, Resolution, TxnId};
 
 pub const EPOCH_KEY: &[u8] = b"e";
 pub const DECISION_PREFIX: &[u8] = b"c/";
@@ -50,6 +63,10 @@ pub enum Effect {
     SendCommit { to: ParticipantId },
     /// Send Abort to a participant, best effort.
     SendAbort { to: ParticipantId },
+    /// Ask a participant whose vote is missing for a txn that commits at its votes what it
+    /// holds, fencing it off if it never prepared (its QueryPeer: a durable tombstone first).
+    /// Retried until answered or the txn is decided; the answer goes to `on_fence_reply`.
+    Fence { to: ParticipantId },
     /// Delete the decision record, lazily: every participant has acked. Once that is
     /// durable, the participants may forget the txn's outcome.
     EndDecision {
@@ -62,6 +79,13 @@ pub enum Effect {
 enum Phase {
     /// Waiting for votes; `yes` holds who voted YES so far.
     Preparing { yes: BTreeSet<usize> },
+    /// A txn that commits at its votes lost a vote (its Prepare failed, or the deadline
+    /// passed): the participants in `yes` are prepared, the others are being fenced.
+    /// `reason` says why, for the client if the txn aborts.
+    Fencing {
+        yes: BTreeSet<usize>,
+        reason: String,
+    },
     /// Every vote was YES; the decision record is being forced.
     Deciding,
     /// The commit decision is durable; `acked` holds who has applied it.
@@ -71,6 +95,7 @@ enum Phase {
 #[derive(Debug, Clone)]
 struct TxnState {
     participants: Vec<ParticipantId>,
+    commit_point: CommitPoint,
     phase: Phase,
     decided_at_unix_ms: u64,
     /// The prepare deadline, in milliseconds on the driver's monotonic clock.
@@ -83,6 +108,7 @@ struct TxnState {
 impl PartialEq for TxnState {
     fn eq(&self, other: &Self) -> bool {
         self.participants == other.participants
+            && self.commit_point == other.commit_point
             && self.phase == other.phase
             && self.decided_at_unix_ms == other.decided_at_unix_ms
             && self.deadline_ms == other.deadline_ms
@@ -94,6 +120,7 @@ impl Eq for TxnState {}
 impl std::hash::Hash for TxnState {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.participants.hash(state);
+        self.commit_point.hash(state);
         self.phase.hash(state);
         self.decided_at_unix_ms.hash(state);
         self.deadline_ms.hash(state);
@@ -104,8 +131,12 @@ impl std::hash::Hash for TxnState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnView {
     Preparing,
+    /// Fencing the participants whose votes are missing (a txn that commits at its votes).
+    Fencing,
     Deciding,
-    Committing { unacked: Vec<ParticipantId> },
+    Committing {
+        unacked: Vec<ParticipantId>,
+    },
 }
 
 /// Ordered collections only, so that cloning, comparing and hashing a core is deterministic
@@ -206,6 +237,7 @@ impl CoordinatorCore {
                     txn.clone(),
                     TxnState {
                         participants,
+                        commit_point: CommitPoint::Decision,
                         phase: Phase::Committing {
                             acked: BTreeSet::new(),
                         },
@@ -227,13 +259,24 @@ impl CoordinatorCore {
     }
 
     /// Starts a txn over `participants` whose votes must all be in before `deadline_ms` on the
-    /// driver's monotonic clock (the driver sends the Prepares).
+    /// driver's monotonic clock (the driver sends the Prepares), committing at its decision.
     pub fn begin(&mut self, participants: Vec<ParticipantId>, deadline_ms: u64) -> TxnId {
+        self.begin_at(participants, deadline_ms, CommitPoint::Decision)
+    }
+
+    /// [`Self::begin`], with the txn's commit point.
+    pub fn begin_at(
+        &mut self,
+        participants: Vec<ParticipantId>,
+        deadline_ms: u64,
+        commit_point: CommitPoint,
+    ) -> TxnId {
         let txn = self.next_id();
         self.txns.insert(
             txn.clone(),
             TxnState {
                 participants,
+                commit_point,
                 phase: Phase::Preparing {
                     yes: BTreeSet::new(),
                 },
@@ -254,10 +297,12 @@ impl CoordinatorCore {
     }
 
     /// An operator aborts a txn that is still collecting votes. Returns the Abort sends, or
-    /// None if the txn is not in that phase.
+    /// None if the txn is not in that phase, or commits at its votes: such a txn may already
+    /// have committed, and only a fence (its deadline's) can abort it.
     pub fn force_abort(&mut self, txn: &TxnId) -> Option<Vec<Effect>> {
+        let at_votes = self.commit_point(txn) == Some(CommitPoint::Votes);
         match self.txns.get(txn).map(|s| &s.phase) {
-            Some(Phase::Preparing { .. }) => {
+            Some(Phase::Preparing { .. }) if !at_votes => {
                 let mut effects = self.abort(txn, OPERATOR_ABORT_REASON.into(), None);
                 effects.retain(|e| matches!(e, Effect::SendAbort { .. }));
                 self.operator_aborted.insert(txn.clone());
@@ -331,6 +376,10 @@ impl CoordinatorCore {
         self.txns.get(txn).map(|s| s.participants.clone())
     }
 
+    pub fn commit_point(&self, txn: &TxnId) -> Option<CommitPoint> {
+        self.txns.get(txn).map(|s| s.commit_point)
+    }
+
     /// A vote from the participant at `index` in the txn's participant list, arriving at
     /// `now_ms` on the driver's monotonic clock. A vote at or after the prepare deadline
     /// counts as a timeout, even if it was sent in time (a coordinator paused past the deadline
@@ -348,6 +397,9 @@ impl CoordinatorCore {
             // An operator aborted it meanwhile, or a late vote for a txn already aborted.
             return self.operator_abort_reply(txn);
         };
+        if state.commit_point == CommitPoint::Votes {
+            return self.on_vote_at_votes(txn, index, vote);
+        }
         if now_ms >= state.deadline_ms {
             return self.on_prepare_timeout(txn);
         }
@@ -392,21 +444,133 @@ impl CoordinatorCore {
         }
     }
 
-    /// The prepare deadline passed. Aborts the txn if it is still collecting votes.
+    /// A vote for a txn that commits at its votes. A YES counts whenever it comes (it is
+    /// durable, so the txn commits with the last one); a NO is durable too, so it fences the
+    /// txn and the abort is safe at once; a failed Prepare proves nothing, so the missing
+    /// votes are fenced. A vote after the deadline is a vote all the same: the deadline only
+    /// starts the fencing.
+    fn on_vote_at_votes(&mut self, txn: &TxnId, index: usize, vote: VoteResult) -> Vec<Effect> {
+        match vote {
+            VoteResult::Yes => self.count_yes(txn, index),
+            VoteResult::No { reason } => {
+                if !self.collecting(txn) {
+                    return Vec::new();
+                }
+                self.abort(
+                    txn,
+                    format!("{} voted NO: {reason}", self.participant(txn, index)),
+                    Some(index),
+                )
+            }
+            VoteResult::Failed { error } => {
+                let reason = format!(
+                    "prepare at {} failed: {error}",
+                    self.participant(txn, index)
+                );
+                self.start_fencing(txn, reason)
+            }
+        }
+    }
+
+    /// Whether `txn` is still collecting votes (or fencing the missing ones).
+    fn collecting(&self, txn: &TxnId) -> bool {
+        matches!(
+            self.txns.get(txn).map(|s| &s.phase),
+            Some(Phase::Preparing { .. } | Phase::Fencing { .. })
+        )
+    }
+
+    /// A YES (or a fence that found the participant prepared) for a txn that commits at its
+    /// votes; the last one commits it.
+    fn count_yes(&mut self, txn: &TxnId, index: usize) -> Vec<Effect> {
+        let Some(state) = self.txns.get_mut(txn) else {
+            return Vec::new();
+        };
+        let (Phase::Preparing { yes } | Phase::Fencing { yes, .. }) = &mut state.phase else {
+            return Vec::new();
+        };
+        yes.insert(index);
+        if yes.len() < state.participants.len() {
+            return Vec::new();
+        }
+        // Every YES is durable: the txn has committed. Nothing to log.
+        state.phase = Phase::Committing {
+            acked: BTreeSet::new(),
+        };
+        let mut effects = vec![Effect::ReplyCommitted];
+        effects.extend(
+            state
+                .participants
+                .iter()
+                .map(|p| Effect::SendCommit { to: p.clone() }),
+        );
+        effects
+    }
+
+    /// Fences every participant whose YES is missing (again, if fencing already: the driver's
+    /// retry).
+    fn start_fencing(&mut self, txn: &TxnId, reason: String) -> Vec<Effect> {
+        let Some(state) = self.txns.get_mut(txn) else {
+            return Vec::new();
+        };
+        let yes = match &state.phase {
+            Phase::Preparing { yes } | Phase::Fencing { yes, .. } => yes.clone(),
+            _ => return Vec::new(),
+        };
+        if let Phase::Preparing { .. } = state.phase {
+            state.phase = Phase::Fencing {
+                yes: yes.clone(),
+                reason,
+            };
+        }
+        state
+            .participants
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !yes.contains(i))
+            .map(|(_, p)| Effect::Fence { to: p.clone() })
+            .collect()
+    }
+
+    /// A fenced participant's answer: `Some(true)` prepared (or committed: a peer's
+    /// resolver found every participant prepared), `Some(false)` fenced off (a tombstone, a
+    /// NO, or an abort, each durable).
+    pub fn on_fence_reply(&mut self, txn: &TxnId, index: usize, prepared: bool) -> Vec<Effect> {
+        if prepared {
+            return self.count_yes(txn, index);
+        }
+        let reason = match self.txns.get(txn).map(|s| &s.phase) {
+            Some(Phase::Fencing { reason, .. }) => reason.clone(),
+            Some(Phase::Preparing { .. }) => {
+                format!("{} never prepared", self.participant(txn, index))
+            }
+            _ => return Vec::new(),
+        };
+        self.abort(txn, reason, Some(index))
+    }
+
+    /// The prepare deadline passed. Aborts the txn if it is still collecting votes (a txn
+    /// that commits at its votes is fenced first).
     pub fn on_prepare_timeout(&mut self, txn: &TxnId) -> Vec<Effect> {
         if !self.txns.contains_key(txn) {
             return self.operator_abort_reply(txn);
         }
+        if self.commit_point(txn) == Some(CommitPoint::Votes) {
+            let reason = match self.txns.get(txn).map(|s| &s.phase) {
+                Some(Phase::Preparing { yes }) => {
+                    format!(
+                        "prepare deadline passed without a vote from {}",
+                        self.missing(txn, yes)
+                    )
+                }
+                Some(Phase::Fencing { reason, .. }) => reason.clone(),
+                _ => return Vec::new(),
+            };
+            return self.start_fencing(txn, reason);
+        }
         match self.txns.get(txn).map(|s| &s.phase) {
             Some(Phase::Preparing { yes }) => {
-                let missing = self.txns[txn]
-                    .participants
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !yes.contains(i))
-                    .map(|(_, p)| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let missing = self.missing(txn, yes);
                 self.abort(
                     txn,
                     format!("prepare deadline passed without a vote from {missing}"),
@@ -415,6 +579,18 @@ impl CoordinatorCore {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// The participants of `txn` not in `yes`, for a reason text.
+    fn missing(&self, txn: &TxnId, yes: &BTreeSet<usize>) -> String {
+        self.txns[txn]
+            .participants
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !yes.contains(i))
+            .map(|(_, p)| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn participant(&self, txn: &TxnId, index: usize) -> String {
@@ -492,7 +668,16 @@ impl CoordinatorCore {
     /// memory or only in the log), PENDING while the txn is undecided, its decision not yet
     /// durable, or an operator acts on it; otherwise ABORT (presumed abort). It never answers
     /// ABORT for a txn it might still commit.
-    pub fn resolve(&self, txn: &TxnId, store: &dyn Store) -> Result<Resolution, StoreError> {
+    ///
+    /// A txn that commits at its votes (`commit_point`, as the asker's prepared record says)
+    /// and was begun by an earlier epoch is not presumed aborted: this incarnation has no
+    /// record of it either way, so the asker is sent to the participants.
+    pub fn resolve(
+        &self,
+        txn: &TxnId,
+        commit_point: CommitPoint,
+        store: &dyn Store,
+    ) -> Result<Resolution, StoreError> {
         let key = decision_key(txn);
         let logged = match store.get(&key)? {
             Some(bytes) => {
@@ -501,17 +686,23 @@ impl CoordinatorCore {
             }
             None => false,
         };
-        Ok(self.resolve_with(txn, logged))
+        Ok(self.resolve_with(txn, logged, commit_point))
     }
 
-    fn resolve_with(&self, txn: &TxnId, logged: bool) -> Resolution {
+    fn resolve_with(&self, txn: &TxnId, logged: bool, commit_point: CommitPoint) -> Resolution {
         if self.pinned.contains(txn) {
             return Resolution::Pending;
         }
+        let earlier_epoch = txn.epoch().is_none_or(|e| e < self.epoch);
         match self.txns.get(txn).map(|s| &s.phase) {
-            Some(Phase::Preparing { .. }) | Some(Phase::Deciding) => Resolution::Pending,
+            Some(Phase::Preparing { .. } | Phase::Fencing { .. } | Phase::Deciding) => {
+                Resolution::Pending
+            }
             Some(Phase::Committing { .. }) => Resolution::Decided(Decision::Commit),
             None if logged => Resolution::Decided(Decision::Commit),
+            None if commit_point == CommitPoint::Votes && earlier_epoch => {
+                Resolution::AskParticipants
+            }
             // Presumed abort: no record, not in flight.
             None => Resolution::Decided(Decision::Abort),
         }
@@ -521,6 +712,7 @@ impl CoordinatorCore {
         let s = self.txns.get(txn)?;
         Some(match &s.phase {
             Phase::Preparing { .. } => TxnView::Preparing,
+            Phase::Fencing { .. } => TxnView::Fencing,
             Phase::Deciding => TxnView::Deciding,
             Phase::Committing { acked } => TxnView::Committing {
                 unacked: s

@@ -329,7 +329,9 @@ impl AdminService {
             )));
         }
         let (coordinator_state, decision) = match (&view, &logged) {
-            (Some(TxnView::Preparing), _) => (pb::TxnPhase::Preparing, pb::Decision::Pending),
+            (Some(TxnView::Preparing | TxnView::Fencing), _) => {
+                (pb::TxnPhase::Preparing, pb::Decision::Pending)
+            }
             (Some(TxnView::Deciding), _) => (pb::TxnPhase::Deciding, pb::Decision::Pending),
             (Some(TxnView::Committing { .. }), _) | (None, Some(_)) => {
                 (pb::TxnPhase::Committing, pb::Decision::Commit)

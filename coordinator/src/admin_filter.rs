@@ -29,7 +29,7 @@ pub enum TxnKind {
 impl TxnKind {
     pub fn of(view: &TxnView) -> Self {
         match view {
-            TxnView::Preparing => TxnKind::Preparing,
+            TxnView::Preparing | TxnView::Fencing => TxnKind::Preparing,
             TxnView::Deciding => TxnKind::Deciding,
             TxnView::Committing { .. } => TxnKind::Committing,
         }

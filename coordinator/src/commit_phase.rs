@@ -60,6 +60,14 @@ impl Coordinator {
                 .insert(txn.clone(), std::time::Instant::now());
             failpoint::hit(failpoints::AFTER_DECISION_DURABLE);
             effects = self.core().on_decision_durable(&txn);
+        } else if effects.contains(&Effect::ReplyCommitted) {
+            // At the votes: the last durable YES was the commit point, with nothing logged
+            // here. The same crash point stands for "committed, nobody told yet".
+            self.decided
+                .lock()
+                .expect("decided")
+                .insert(txn.clone(), std::time::Instant::now());
+            failpoint::hit(failpoints::AFTER_DECISION_DURABLE);
         }
         let mut outcome = TxnOutcome {
             txn: txn.clone(),
@@ -147,6 +155,10 @@ impl Coordinator {
                         }
                         Err(e) => warn!(error = %e, "could not end the decision"),
                     }
+                }
+                Effect::Fence { to } => {
+                    // Fences decide the outcome, so the vote collection runs them.
+                    warn!(participant = %to, "a fence outside the vote collection; dropped");
                 }
                 Effect::PersistDecision { .. }
                 | Effect::ReplyCommitted

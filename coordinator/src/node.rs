@@ -18,7 +18,8 @@ use txn_types::rec::{SagaRecord, SagaState};
 use txn_types::record;
 use txn_types::store::{Store, StoreError};
 use txn_types::types::{
-    InvalidInput, KeyValue, ParticipantId, Protocol, Resolution, TxnId, TxnRequest, Vote,
+    CommitPoint, InvalidInput, KeyValue, ParticipantId, Protocol, Resolution, TxnId, TxnRequest,
+    Vote,
 };
 use txn_types::unix_ms;
 
@@ -27,7 +28,8 @@ use crate::dedup::{Claim, ClientKeys, ClientTag};
 use crate::error::CoordError;
 use crate::outcome::TxnOutcome;
 use crate::saga_driver::SagaDriver;
-use txn_coordinator_core::core::{CoordinatorCore, VoteResult};
+use futures::future::BoxFuture;
+use txn_coordinator_core::core::{CoordinatorCore, Effect, VoteResult};
 
 /// Crash points (see `txn_server::failpoint`).
 pub mod failpoints {
@@ -75,6 +77,8 @@ pub struct CoordConfig {
     /// A txn with one branch and no client key commits in one phase (one call, one forced
     /// write at the participant, nothing logged here).
     pub one_phase: bool,
+    /// Where a 2PC txn commits unless its request says (see [`CommitPoint`]).
+    pub commit_point: CommitPoint,
 }
 
 impl Default for CoordConfig {
@@ -90,6 +94,7 @@ impl Default for CoordConfig {
             compensation_budget: 20,
             max_in_flight: MAX_IN_FLIGHT_TXNS,
             one_phase: true,
+            commit_point: CommitPoint::Decision,
         }
     }
 }
@@ -270,7 +275,14 @@ impl Coordinator {
             let participants: Vec<ParticipantId> =
                 req.branches.iter().map(|b| b.participant.clone()).collect();
             let deadline_ms = node.clock_ms() + node.prepare_timeout(&req).as_millis() as u64;
-            let txn = node.core().begin(participants.clone(), deadline_ms);
+            // A client key's record rides on the logged decision (see dedup.rs).
+            let commit_point = match tag {
+                Some(_) => CommitPoint::Decision,
+                None => req.commit_point.unwrap_or(node.config.commit_point),
+            };
+            let txn = node
+                .core()
+                .begin_at(participants.clone(), deadline_ms, commit_point);
             let span = info_span!("txn", txn = %txn);
             // A client key must be recorded with the outcome, which only the coordinator's
             // decision write can do atomically: keyed txns always take two phases.
@@ -302,11 +314,11 @@ impl Coordinator {
         let timeout = self.prepare_timeout(&req);
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
-        let epoch = {
+        let (epoch, commit_point) = {
             let mut core = self.core();
             // The vote window starts now, also after a one-phase attempt that fell back.
             core.restart_deadline(&txn, self.clock_ms() + timeout.as_millis() as u64);
-            core.epoch()
+            (core.epoch(), core.commit_point(&txn).unwrap_or_default())
         };
         let names: Vec<String> = participants.iter().map(|p| p.as_str().to_owned()).collect();
         let read_only = req
@@ -322,6 +334,7 @@ impl Coordinator {
                 participants: names.clone(),
                 ops: b.ops.iter().map(|op| op.to_pb()).collect(),
                 read_only,
+                commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
             };
             votes.push(async move {
                 let mut request = tonic::Request::new(msg);
@@ -333,8 +346,26 @@ impl Coordinator {
             .iter()
             .map(|p| (p.clone(), Vec::new()))
             .collect();
+        // Fences of missing votes (a txn that commits at its votes), each retried until it is
+        // answered: the outcome waits for them.
+        let mut fences = FuturesUnordered::new();
+        let mut deadline_passed = false;
         loop {
-            let next = tokio::time::timeout_at(deadline, votes.next()).await;
+            let next = tokio::select! {
+                v = votes.next(), if !votes.is_empty() => Ok(v),
+                Some((i, prepared)) = fences.next() => {
+                    let effects = self.core().on_fence_reply(&txn, i, prepared);
+                    let effects = self.start_fences(&txn, &participants, effects, &mut fences);
+                    if effects.is_empty() {
+                        continue;
+                    }
+                    return self.finish(txn, effects, reads, tag.as_ref()).await;
+                }
+                _ = tokio::time::sleep_until(deadline), if !deadline_passed => Err(()),
+                // Every vote is in, no fence is out, the deadline has passed, and the core
+                // has nothing left to decide on (an operator aborted the txn meanwhile).
+                else => Ok(None),
+            };
             let effects = match next {
                 Ok(Some((i, result))) => {
                     let vote = match result.map(|r| Vote::from_pb(r.into_inner())) {
@@ -356,9 +387,10 @@ impl Coordinator {
                 }
                 // The deadline passed, or every vote is in and the core has nothing left to
                 // decide on (an operator aborted the txn meanwhile).
-                Ok(None) | Err(_) => {
+                Ok(None) | Err(()) => {
+                    deadline_passed = true;
                     let effects = self.core().on_prepare_timeout(&txn);
-                    if effects.is_empty() {
+                    if effects.is_empty() && fences.is_empty() {
                         return Err(CoordError::Unavailable(format!(
                             "txn {txn}: left the coordinator's table while its votes were collected"
                         )));
@@ -366,6 +398,7 @@ impl Coordinator {
                     effects
                 }
             };
+            let effects = self.start_fences(&txn, &participants, effects, &mut fences);
             if effects.is_empty() {
                 continue;
             }
@@ -376,6 +409,66 @@ impl Coordinator {
         }
     }
 
+    /// Starts the fences among `effects` (each retried until answered, its result the
+    /// participant's index and whether it was prepared) and returns the others.
+    fn start_fences(
+        self: &Arc<Self>,
+        txn: &TxnId,
+        participants: &[ParticipantId],
+        effects: Vec<Effect>,
+        fences: &mut FuturesUnordered<BoxFuture<'static, (usize, bool)>>,
+    ) -> Vec<Effect> {
+        let mut rest = Vec::with_capacity(effects.len());
+        for e in effects {
+            match e {
+                Effect::Fence { to } => {
+                    let Some(i) = participants.iter().position(|p| *p == to) else {
+                        continue;
+                    };
+                    let node = self.clone();
+                    let txn = txn.clone();
+                    fences.push(Box::pin(async move { (i, node.fence(txn, to).await) }));
+                }
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
+    /// Asks `to` what it holds of `txn` (its QueryPeer: a participant that never prepared it
+    /// writes a durable tombstone first, and can never vote YES after), until it answers:
+    /// true if prepared or committed there, false if fenced off or aborted.
+    async fn fence(self: Arc<Self>, txn: TxnId, to: ParticipantId) -> bool {
+        let mut backoff = self.commit_backoff();
+        loop {
+            let mut client = self.participants[&to].clone();
+            let mut request = tonic::Request::new(pb::TxnStateRequest {
+                txn_id: txn.as_str().to_owned(),
+            });
+            request.set_timeout(self.config.rpc_timeout);
+            let status = client
+                .query_peer(request)
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                .and_then(|r| {
+                    let raw = r.into_inner().state;
+                    pb::TxnState::try_from(raw).map_err(|_| format!("unknown state {raw}"))
+                });
+            match status {
+                Ok(pb::TxnState::Prepared | pb::TxnState::Committed) => return true,
+                Ok(pb::TxnState::Aborted) => return false,
+                Ok(other) => {
+                    warn!(participant = %to, state = ?other, "fence answered neither; asking again");
+                }
+                Err(e) => {
+                    txn_metrics::retried(txn_metrics::RetryKind::Commit);
+                    tracing::debug!(participant = %to, error = %e, "fence not answered; retrying");
+                }
+            }
+            tokio::time::sleep(backoff.failed(rand::random())).await;
+        }
+    }
+
     /// The prepare deadline a request asks for, or the default.
     pub(crate) fn prepare_timeout(&self, req: &TxnRequest) -> Duration {
         req.prepare_timeout_ms
@@ -383,10 +476,14 @@ impl Coordinator {
             .unwrap_or(self.config.prepare_timeout)
     }
 
-    /// Presumed-abort answer to an in-doubt participant (see [`CoordinatorCore::resolve`]).
-    pub fn resolve(&self, txn: &TxnId) -> Result<Resolution, CoordError> {
+    /// The answer to an in-doubt participant (see [`CoordinatorCore::resolve`]).
+    pub fn resolve(
+        &self,
+        txn: &TxnId,
+        commit_point: CommitPoint,
+    ) -> Result<Resolution, CoordError> {
         let core = self.core();
-        self.check(core.resolve(txn, self.gc.store().as_ref()))
+        self.check(core.resolve(txn, commit_point, self.gc.store().as_ref()))
     }
 
     pub fn stats(&self) -> CoordStats {

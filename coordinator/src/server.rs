@@ -15,7 +15,7 @@ use txn_proto::pb::v1 as pb;
 use txn_server::net::{AdminAuth, BearerToken, ClientTls};
 use txn_server::serve::StatsService;
 use txn_storage::SledStore;
-use txn_types::types::{MAX_MESSAGE_BYTES, ParticipantId};
+use txn_types::types::{CommitPoint, MAX_MESSAGE_BYTES, ParticipantId};
 
 use crate::node::{CoordConfig, Coordinator, failpoints};
 use crate::service::CoordinatorService;
@@ -68,6 +68,12 @@ pub struct Args {
     /// unless they carry a client_txn_id).
     #[arg(long)]
     pub no_one_phase: bool,
+    /// Where a 2PC txn of two or more branches commits, unless its request says: `decision`
+    /// (presumed abort, once the decision record is durable here) or `votes` (once every
+    /// participant holds a durable YES; nothing is logged here, one forced write less on the
+    /// critical path). A txn with a client_txn_id always commits at its decision.
+    #[arg(long, default_value = "decision", value_parser = parse_commit_point)]
+    pub commit_point: CommitPoint,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when not given).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -130,6 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         compensation_budget: args.compensation_budget.max(1),
         max_in_flight: args.max_in_flight_txns as usize,
         one_phase: !args.no_one_phase,
+        commit_point: args.commit_point,
         ..CoordConfig::default()
     };
     let channels = endpoints
@@ -190,4 +197,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     txn_server::serve::serve(router, listener, node.fatal()).await?;
     node.sync().await.context("final sync")?;
     Ok(())
+}
+
+fn parse_commit_point(s: &str) -> Result<CommitPoint, String> {
+    CommitPoint::parse("--commit-point", s).map_err(|e| e.problem)
 }

@@ -41,8 +41,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
-        let resolution = self.node.resolve(&txn)?;
+        let request = request.into_inner();
+        let txn = TxnId::parse("txn_id", &request.txn_id).or_invalid()?;
+        let commit_point = txn_proto::convert::commit_point_from_pb(request.commit_point)
+            .or_invalid()?
+            .unwrap_or_default();
+        let resolution = self.node.resolve(&txn, commit_point)?;
         Ok(Response::new(pb::ResolveResponse {
             decision: resolution.to_pb() as i32,
         }))

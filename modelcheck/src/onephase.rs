@@ -148,6 +148,7 @@ impl Setup {
             participants: vec![self.participant.clone()],
             ops: vec![Op::Read { key: KEY.to_vec() }],
             read_only: true,
+            commit_point: Default::default(),
         }
     }
 }

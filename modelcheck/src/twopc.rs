@@ -77,7 +77,7 @@ mod state;
 mod wire;
 
 use stateright::actor::Id;
-use txn_types::types::{Op, ParticipantId, TxnId};
+use txn_types::types::{CommitPoint, Op, ParticipantId, TxnId};
 
 pub use model::{Bounds, SysState, TwoPcModel, deadline_respected, model};
 pub use node::Node;
@@ -118,6 +118,9 @@ pub struct DriverBugs {
     /// Participants drop expiring outcomes without waiting for the coordinator's prepare
     /// deadline to pass (needs `expire`; lifts the boundary of [`deadline_respected`]).
     pub expire_before_deadline: bool,
+    /// At the votes: the coordinator's driver answers a fence itself, as if the participant
+    /// had been fenced off, without asking it (an abort without a fence).
+    pub abort_without_fence: bool,
 }
 
 /// What every node knows: the participants, their branches, the bounds of the model.
@@ -134,6 +137,10 @@ pub struct Cluster {
     /// Participants drop aborted outcomes and tombstones once the coordinator's prepare
     /// deadline has passed.
     pub expire: bool,
+    /// Where the txn commits: at the coordinator's logged decision, or at the last durable
+    /// vote (then a missing vote is fenced with QueryPeer, PREPARED answers are sent, and a
+    /// resolver whose peers are all prepared commits).
+    pub commit_point: CommitPoint,
 }
 
 impl Cluster {
@@ -159,7 +166,20 @@ impl Cluster {
             resolvers: vec![true; n],
             forget: false,
             expire: false,
+            commit_point: CommitPoint::Decision,
         }
+    }
+
+    /// `n` participants running a txn that commits at its votes.
+    pub fn at_votes(n: usize) -> Self {
+        Self {
+            commit_point: CommitPoint::Votes,
+            ..Self::new(n)
+        }
+    }
+
+    fn at_the_votes(&self) -> bool {
+        self.commit_point == CommitPoint::Votes
     }
 
     /// `n` participants that drop outcomes as the service does: ended commits on the

@@ -100,3 +100,36 @@ fn expiry_before_the_deadline_breaks_atomicity() {
     };
     counterexample(bounds, cluster, "atomic");
 }
+
+/// (f) At the votes, a participant votes YES before its prepared record is durable (an answer
+/// to the client before the last vote is durable): the coordinator tells the client COMMIT at
+/// once, a crash loses the record, and the restarted participant, fenced by its peer's
+/// question, makes the peer abort.
+#[test]
+fn at_the_votes_an_answer_before_the_last_vote_is_durable_is_found() {
+    let mut cluster = Cluster::at_votes(2);
+    cluster.bugs.vote_before_durable = true;
+    let bounds = Bounds {
+        participants: 2,
+        restarts_per_node: 1,
+        restarts_total: 1,
+        lossy: false,
+    };
+    counterexample(bounds, cluster, "atomic");
+}
+
+/// (g) At the votes, the coordinator aborts on its deadline without fencing the missing
+/// vote: that vote was durable all the same, so every participant is prepared, and a
+/// resolver whose peers are all prepared commits what the client was told had aborted.
+#[test]
+fn at_the_votes_an_abort_without_a_fence_is_found() {
+    let mut cluster = Cluster::at_votes(2);
+    cluster.bugs.abort_without_fence = true;
+    let bounds = Bounds {
+        participants: 2,
+        restarts_per_node: 0,
+        restarts_total: 0,
+        lossy: false,
+    };
+    counterexample(bounds, cluster, "atomic");
+}

@@ -19,7 +19,7 @@ use prost::Message;
 use txn_types::rec::{OutcomeKind, PreparedRecord};
 use txn_types::record;
 use txn_types::store::{Store, StoreError, WriteBatch};
-use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, ParticipantId, TxnId, Vote};
+use txn_types::types::{CommitPoint, KeyValue, MAX_RECORD_BYTES, Op, ParticipantId, TxnId, Vote};
 
 use crate::eval::{evaluate, lock_sets};
 use crate::keys::{
@@ -38,6 +38,9 @@ pub struct PrepareRequest {
     pub ops: Vec<Op>,
     /// No branch of the txn writes (the coordinator says so).
     pub read_only: bool,
+    /// Where the txn commits. At its votes, every NO is durable before it is sent: it is the
+    /// fence that lets the coordinator abort (see [`CommitPoint::Votes`]).
+    pub commit_point: CommitPoint,
 }
 
 /// The answer to a Prepare, before [`ParticipantCore::confirm_vote`] turns it into a vote.
@@ -194,9 +197,14 @@ impl ParticipantCore {
         }
         match read_outcome(store, &req.txn)? {
             Some(OutcomeKind::Aborted) => {
-                return Ok(Attempt::Ready(Step::reply(PrepareAnswer::No {
+                let no = PrepareAnswer::No {
                     reason: "txn was already aborted here".into(),
-                })));
+                };
+                // At its votes, the NO is a fence: the abort it names may still be queued.
+                return Ok(Attempt::Ready(match req.commit_point {
+                    CommitPoint::Votes => Step::forced(WriteBatch::default(), no),
+                    CommitPoint::Decision => Step::reply(no),
+                }));
             }
             Some(OutcomeKind::Committed) => {
                 // A duplicate Prepare that arrives after the commit: the vote was YES.
@@ -226,18 +234,20 @@ impl ParticipantCore {
             Err(reason) => {
                 self.locks.release_all(&req.txn, &exclusive, &shared);
                 // Remember the NO, so a peer asking during cooperative termination learns that
-                // this txn can only abort. Lazily: the coordinator's abort is final whatever
-                // this participant says later, so losing the tombstone is harmless.
+                // this txn can only abort. With a logged decision, lazily: the coordinator's
+                // abort is final whatever this participant says later, so losing the tombstone
+                // is harmless. At the votes, forced: the NO is the abort's fence.
                 let mut batch = WriteBatch::default();
                 let facts = OutcomeFacts {
                     participants: req.participants.iter().map(|p| p.to_string()).collect(),
                     ..OutcomeFacts::unknown()
                 };
                 put_abort(&mut batch, &req.txn, now_unix_ms, facts);
-                return Ok(Attempt::Ready(wake(Step::lazy(
-                    batch,
-                    PrepareAnswer::No { reason },
-                ))));
+                let no = PrepareAnswer::No { reason };
+                return Ok(Attempt::Ready(wake(match req.commit_point {
+                    CommitPoint::Votes => Step::forced(batch, no),
+                    CommitPoint::Decision => Step::lazy(batch, no),
+                })));
             }
         };
         let rec = PreparedRecord {
@@ -253,16 +263,23 @@ impl ParticipantCore {
             exclusive_keys: exclusive,
             shared_keys: shared,
             prepared_at_unix_ms: now_unix_ms,
+            commit_at_votes: req.commit_point == CommitPoint::Votes,
         };
         if rec.encoded_len() > MAX_RECORD_BYTES {
             self.locks
                 .release_all(&req.txn, &rec.exclusive_keys, &rec.shared_keys);
-            return Ok(Attempt::Ready(wake(Step::reply(PrepareAnswer::No {
+            let no = PrepareAnswer::No {
                 reason: format!(
                     "the prepared record would be {} bytes, the limit is {MAX_RECORD_BYTES}",
                     rec.encoded_len()
                 ),
-            }))));
+            };
+            return Ok(Attempt::Ready(wake(self.no_vote(
+                &req.txn,
+                req.commit_point,
+                now_unix_ms,
+                no,
+            ))));
         }
         let mut batch = WriteBatch::default();
         batch.put(prepared_key(&req.txn), record::encode(&rec));
@@ -290,16 +307,40 @@ impl ParticipantCore {
     /// A Prepare still blocked when its lock wait is over votes NO, naming the holder, with
     /// nothing written: the wait is bounded so that a distributed deadlock costs at most this
     /// long, and the coordinator's abort is final whatever this participant says later.
+    ///
+    /// At the votes, a NO must fence the txn off: a tombstone is written, and the NO waits
+    /// for it to be durable.
     pub fn prepare_lock_wait_over(
         &mut self,
-        txn: &TxnId,
+        req: &PrepareRequest,
         holder: &TxnId,
         waited_ms: u64,
+        now_unix_ms: u64,
     ) -> Step<PrepareAnswer> {
-        let step = Step::reply(PrepareAnswer::No {
+        let no = PrepareAnswer::No {
             reason: format!("lock conflict with txn {holder} (waited {waited_ms} ms)"),
-        });
-        self.leave_lock_queue(txn, step)
+        };
+        let step = self.no_vote(&req.txn, req.commit_point, now_unix_ms, no);
+        self.leave_lock_queue(&req.txn, step)
+    }
+
+    /// A NO for a txn this participant holds nothing of: just the answer with a logged
+    /// decision; a durable tombstone first at the votes (a fence).
+    fn no_vote(
+        &self,
+        txn: &TxnId,
+        commit_point: CommitPoint,
+        now_unix_ms: u64,
+        no: PrepareAnswer,
+    ) -> Step<PrepareAnswer> {
+        match commit_point {
+            CommitPoint::Decision => Step::reply(no),
+            CommitPoint::Votes => {
+                let mut batch = WriteBatch::default();
+                put_abort(&mut batch, txn, now_unix_ms, OutcomeFacts::unknown());
+                Step::forced(batch, no)
+            }
+        }
     }
 
     /// A request of `txn` that waited for locks has gone (its wait is over, its caller went

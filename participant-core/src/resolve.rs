@@ -7,10 +7,12 @@
 //! prepared means the txn can only abort, because the coordinator cannot have collected every
 //! YES. A participant that never prepared the txn first records a durable tombstone, so that a
 //! Prepare that arrives later votes NO: otherwise the asker's abort and a commit could both
-//! happen. If every peer is prepared, the txn is blocked until the coordinator answers.
+//! happen. If every peer is prepared, a txn that commits at its logged decision is blocked
+//! until the coordinator answers; one that commits at its votes has committed
+//! ([`peers_verdict`]).
 
 use txn_types::store::{Store, StoreError, WriteBatch};
-use txn_types::types::{Decision, TxnId};
+use txn_types::types::{CommitPoint, Decision, TxnId};
 
 use crate::core::{
     AbortAnswer, AbortRecord, AbortSource, CommitAnswer, ParticipantCore, Refusal, TxnStatus,
@@ -24,6 +26,24 @@ pub fn peer_verdict(status: TxnStatus) -> Option<Decision> {
         TxnStatus::Aborted | TxnStatus::Unknown => Some(Decision::Abort),
         TxnStatus::Prepared => None,
     }
+}
+
+/// What the answers of every other participant of a txn (one each, from this resolver round)
+/// tell an in-doubt participant: any answer that settles it alone ([`peer_verdict`]), or, for a
+/// txn that commits at its votes, COMMIT once all `peers` answered prepared (this participant
+/// is prepared too, so every YES is durable: the commit point has passed). An abort of such a
+/// txn is only ever decided behind a fence, a participant that can never vote YES, and a
+/// fenced participant never answers prepared.
+pub fn peers_verdict(
+    commit_point: CommitPoint,
+    answers: &[TxnStatus],
+    peers: usize,
+) -> Option<Decision> {
+    if let Some(d) = answers.iter().find_map(|s| peer_verdict(*s)) {
+        return Some(d);
+    }
+    let all_prepared = answers.len() == peers && answers.iter().all(|s| *s == TxnStatus::Prepared);
+    (commit_point == CommitPoint::Votes && all_prepared).then_some(Decision::Commit)
 }
 
 /// The resolver's step for a decision it learned.

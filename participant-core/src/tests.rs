@@ -20,6 +20,7 @@ fn req(t: &str, ops: Vec<Op>) -> PrepareRequest {
         coordinator_epoch: 1,
         participants: vec![ParticipantId::parse("p", "p1").unwrap()],
         read_only: ops.iter().all(|op| !op.writes()),
+        commit_point: Default::default(),
         ops,
     }
 }
@@ -163,7 +164,7 @@ fn conflicting_prepare_is_blocked_until_decision() {
     );
     assert_eq!(core.lock_waiters(), 1, "the blocked Prepare is queued");
     assert!(core.check_readable(&[b"a".to_vec()]).is_err());
-    let over = core.prepare_lock_wait_over(&txn("2"), &txn("1"), 50);
+    let over = core.prepare_lock_wait_over(&req("2", vec![add("a", 1)]), &txn("1"), 50, 0);
     assert_eq!(
         core.lock_waiters(),
         0,
@@ -902,4 +903,68 @@ fn an_abort_takes_a_queued_prepare_out_of_the_queue() {
             ..
         })
     ));
+}
+
+#[test]
+fn at_the_votes_every_no_is_a_durable_tombstone() {
+    use txn_types::types::CommitPoint;
+    let store = MemStore::new();
+    let mut core = ParticipantCore::new();
+    let mut r = req(
+        "1",
+        vec![Op::Add {
+            key: b"a".to_vec(),
+            delta: -5,
+            min: Some(0),
+            max: None,
+        }],
+    );
+    r.commit_point = CommitPoint::Votes;
+    let Attempt::Ready(step) = core.prepare(&r, &store, 0).unwrap() else {
+        panic!("no lock to wait for");
+    };
+    assert_eq!(
+        step.durability,
+        Durability::Forced,
+        "the NO is the abort's fence"
+    );
+    assert!(!step.write.is_empty());
+    assert!(matches!(apply(&store, step), PrepareAnswer::No { .. }));
+    // A lock wait that runs out fences as well.
+    prepare(&mut core, &store, "2", vec![add("b", 1)]);
+    let mut blocked = req("3", vec![add("b", 1)]);
+    blocked.commit_point = CommitPoint::Votes;
+    assert!(matches!(
+        core.prepare(&blocked, &store, 0).unwrap(),
+        Attempt::Blocked { .. }
+    ));
+    let over = core.prepare_lock_wait_over(&blocked, &txn("2"), 50, 0);
+    assert_eq!(over.durability, Durability::Forced);
+    apply(&store, over);
+    assert_eq!(core.status(&txn("3"), &store).unwrap(), TxnStatus::Aborted);
+    // With a logged decision the same NO needs nothing durable.
+    let over = core.prepare_lock_wait_over(&req("4", vec![add("b", 1)]), &txn("2"), 50, 0);
+    assert_eq!(over.durability, Durability::Lazy);
+}
+
+#[test]
+fn at_the_votes_every_peer_prepared_means_commit() {
+    use crate::resolve::peers_verdict;
+    use txn_types::types::CommitPoint::{Decision as Logged, Votes};
+    let prepared = [TxnStatus::Prepared, TxnStatus::Prepared];
+    assert_eq!(peers_verdict(Votes, &prepared, 2), Some(Decision::Commit));
+    assert_eq!(
+        peers_verdict(Logged, &prepared, 2),
+        None,
+        "the coordinator may abort"
+    );
+    assert_eq!(
+        peers_verdict(Votes, &prepared[..1], 2),
+        None,
+        "one peer not heard"
+    );
+    assert_eq!(
+        peers_verdict(Votes, &[TxnStatus::Prepared, TxnStatus::Aborted], 2),
+        Some(Decision::Abort)
+    );
 }

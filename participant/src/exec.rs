@@ -217,6 +217,7 @@ mod tests {
             coordinator_epoch: 1,
             participants: vec![ParticipantId::parse("p", "p1").unwrap()],
             read_only: ops.iter().all(|op| !op.writes()),
+            commit_point: Default::default(),
             ops,
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 use txn_metrics::RefusalLabels;
 use txn_participant_core::keys::OUTCOME_SWEEP_PAGE;
-use txn_types::types::TxnId;
+use txn_types::types::{CommitPoint, TxnId};
 use txn_types::unix_ms;
 
 use crate::disk::DiskRefusal;
@@ -220,10 +220,17 @@ impl Participant {
     }
 
     /// Prepared txns, with the participants of each.
-    pub fn in_doubt(&self) -> Vec<(TxnId, Vec<String>)> {
+    pub fn in_doubt(&self) -> Vec<(TxnId, Vec<String>, CommitPoint)> {
         self.core()
             .prepared()
-            .map(|(t, r)| (t.clone(), r.participants.clone()))
+            .map(|(t, r)| {
+                let point = if r.commit_at_votes {
+                    CommitPoint::Votes
+                } else {
+                    CommitPoint::Decision
+                };
+                (t.clone(), r.participants.clone(), point)
+            })
             .collect()
     }
 }

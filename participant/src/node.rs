@@ -190,9 +190,12 @@ impl Participant {
                 crash,
                 |core, store| core.prepare(&req, store, unix_ms()),
                 |core, _, holder, waited_ms| {
-                    Ok(Some(
-                        core.prepare_lock_wait_over(&req.txn, holder, waited_ms),
-                    ))
+                    Ok(Some(core.prepare_lock_wait_over(
+                        &req,
+                        holder,
+                        waited_ms,
+                        unix_ms(),
+                    )))
                 },
             )
             .instrument(span.clone())

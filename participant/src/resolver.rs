@@ -14,9 +14,9 @@ use futures::future::BoxFuture;
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_metrics::RetryKind;
 use txn_participant_core::core::TxnStatus;
-use txn_participant_core::resolve::{Resolved, peer_verdict};
+use txn_participant_core::resolve::{Resolved, peer_verdict, peers_verdict};
 use txn_types::backoff::Backoff;
-use txn_types::types::{Decision, Resolution, TxnId};
+use txn_types::types::{CommitPoint, Decision, Resolution, TxnId};
 
 use crate::node::Participant;
 
@@ -30,7 +30,11 @@ pub enum TransportError {
 
 /// How the resolver reaches the coordinator and the other participants.
 pub trait ResolveTransport: Send + Sync + 'static {
-    fn resolve(&self, txn: TxnId) -> BoxFuture<'static, Result<Resolution, TransportError>>;
+    fn resolve(
+        &self,
+        txn: TxnId,
+        commit_point: CommitPoint,
+    ) -> BoxFuture<'static, Result<Resolution, TransportError>>;
     fn query_peer(&self, peer: String, txn: TxnId)
     -> BoxFuture<'static, Result<TxnStatus, String>>;
 }
@@ -57,9 +61,9 @@ impl Participant {
         loop {
             tick.tick().await;
             let now = Instant::now();
-            let current: Vec<(TxnId, Vec<String>)> = self.in_doubt();
-            pending.retain(|t, _| current.iter().any(|(c, _)| c == t));
-            for (txn, participants) in current {
+            let current: Vec<(TxnId, Vec<String>, CommitPoint)> = self.in_doubt();
+            pending.retain(|t, _| current.iter().any(|(c, _, _)| c == t));
+            for (txn, participants, point) in current {
                 let s = pending
                     .entry(txn.clone())
                     .or_insert_with(|| self.schedule(now + self.config.resolve_after));
@@ -68,7 +72,7 @@ impl Participant {
                 }
                 let span = info_span!("resolve", txn = %txn, attempt = s.backoff.attempts() + 1);
                 let decided = self
-                    .resolve_once(transport.as_ref(), &txn, &participants)
+                    .resolve_once(transport.as_ref(), &txn, &participants, point)
                     .instrument(span)
                     .await;
                 if !decided {
@@ -97,16 +101,21 @@ impl Participant {
         transport: &dyn ResolveTransport,
         txn: &TxnId,
         participants: &[String],
+        point: CommitPoint,
     ) -> bool {
-        let decision = match transport.resolve(txn.clone()).await {
+        let decision = match transport.resolve(txn.clone(), point).await {
             Ok(Resolution::Decided(d)) => Some(d),
             Ok(Resolution::Pending) => {
                 debug!("coordinator has not decided yet");
                 None
             }
+            Ok(Resolution::AskParticipants) => {
+                debug!("an earlier coordinator ran it and kept no record; asking the participants");
+                self.ask_peers(transport, txn, participants, point).await
+            }
             Err(TransportError::Unreachable(e)) => {
                 debug!(error = %e, "coordinator unreachable; asking the other participants");
-                self.ask_peers(transport, txn, participants).await
+                self.ask_peers(transport, txn, participants, point).await
             }
             Err(TransportError::Other(e)) => {
                 warn!(error = %e, "resolve failed; will ask again");
@@ -142,24 +151,39 @@ impl Participant {
     }
 
     /// Asks the txn's other participants, one by one, until one answer settles it (see
-    /// [`peer_verdict`]); None while every reachable peer is prepared: blocked until the
-    /// coordinator answers.
+    /// [`peer_verdict`]), or, for a txn that commits at its votes, until every one has said
+    /// it is prepared ([`peers_verdict`]); None while that is not so: blocked until the
+    /// coordinator answers, or the peers can be reached.
     async fn ask_peers(
         &self,
         transport: &dyn ResolveTransport,
         txn: &TxnId,
         participants: &[String],
+        point: CommitPoint,
     ) -> Option<Decision> {
-        for peer in participants.iter().filter(|p| **p != self.config.name) {
-            match transport.query_peer(peer.clone(), txn.clone()).await {
+        let peers: Vec<&String> = participants
+            .iter()
+            .filter(|p| **p != self.config.name)
+            .collect();
+        let mut answers = Vec::with_capacity(peers.len());
+        for peer in &peers {
+            match transport.query_peer((*peer).clone(), txn.clone()).await {
                 Ok(status) => {
                     if let Some(decision) = peer_verdict(status) {
                         info!(%peer, ?status, ?decision, "a peer's answer settles the txn");
                         return Some(decision);
                     }
+                    answers.push(status);
                 }
                 Err(e) => debug!(%peer, error = %e, "peer unreachable"),
             }
+        }
+        if let Some(decision) = peers_verdict(point, &answers, peers.len()) {
+            info!(
+                ?decision,
+                "every peer is prepared and the txn commits at its votes"
+            );
+            return Some(decision);
         }
         debug!("every reachable peer is prepared: blocked until the coordinator answers");
         None

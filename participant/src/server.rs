@@ -17,7 +17,7 @@ use txn_proto::pb::v1 as pb;
 use txn_server::net::{AdminAuth, ClientTls};
 use txn_server::serve::StatsService;
 use txn_storage::SledStore;
-use txn_types::types::{MAX_MESSAGE_BYTES, ParticipantId, Resolution, TxnId};
+use txn_types::types::{CommitPoint, MAX_MESSAGE_BYTES, ParticipantId, Resolution, TxnId};
 
 use crate::node::{NodeConfig, Participant, failpoints};
 use crate::resolver::{ResolveTransport, TransportError};
@@ -231,12 +231,17 @@ struct GrpcTransport {
 }
 
 impl ResolveTransport for GrpcTransport {
-    fn resolve(&self, txn: TxnId) -> BoxFuture<'static, Result<Resolution, TransportError>> {
+    fn resolve(
+        &self,
+        txn: TxnId,
+        commit_point: CommitPoint,
+    ) -> BoxFuture<'static, Result<Resolution, TransportError>> {
         let mut client = pb::coordinator_client::CoordinatorClient::new(self.coordinator.clone());
         Box::pin(async move {
             let resp = client
                 .resolve(pb::ResolveRequest {
                     txn_id: txn.as_str().to_owned(),
+                    commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
                 })
                 .await
                 .map_err(|s| {

@@ -423,5 +423,7 @@ pub fn prepare_from_pb(
         participants,
         ops,
         read_only: req.read_only,
+        commit_point: txn_proto::convert::commit_point_from_pb(req.commit_point)?
+            .unwrap_or_default(),
     })
 }

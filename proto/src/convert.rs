@@ -4,8 +4,8 @@
 //! Errors name the offending field as the client sent it.
 
 use txn_types::types::{
-    Branch, Decision, InvalidInput, KeyValue, MAX_BRANCHES, Op, ParticipantId, Protocol,
-    Resolution, TxnRequest, Vote, check_op_count,
+    Branch, CommitPoint, Decision, InvalidInput, KeyValue, MAX_BRANCHES, Op, ParticipantId,
+    Protocol, Resolution, TxnRequest, Vote, check_op_count,
 };
 
 use crate::pb::v1 as pb;
@@ -151,6 +151,7 @@ impl FromWire<i32> for Resolution {
             Ok(pb::Decision::Commit) => Ok(Resolution::Decided(Decision::Commit)),
             Ok(pb::Decision::Abort) => Ok(Resolution::Decided(Decision::Abort)),
             Ok(pb::Decision::Pending) => Ok(Resolution::Pending),
+            Ok(pb::Decision::AskParticipants) => Ok(Resolution::AskParticipants),
             Ok(pb::Decision::Unspecified) => Err(InvalidInput::new("decision", "is UNSPECIFIED")),
             Err(_) => Err(InvalidInput::new(
                 "decision",
@@ -168,7 +169,28 @@ impl ToWire for Resolution {
             Resolution::Decided(Decision::Commit) => pb::Decision::Commit,
             Resolution::Decided(Decision::Abort) => pb::Decision::Abort,
             Resolution::Pending => pb::Decision::Pending,
+            Resolution::AskParticipants => pb::Decision::AskParticipants,
         }
+    }
+}
+
+/// A commit point on the wire; None for UNSPECIFIED (the receiver's default).
+pub fn commit_point_from_pb(raw: i32) -> Result<Option<CommitPoint>, InvalidInput> {
+    match pb::CommitPoint::try_from(raw) {
+        Ok(pb::CommitPoint::Unspecified) => Ok(None),
+        Ok(pb::CommitPoint::Decision) => Ok(Some(CommitPoint::Decision)),
+        Ok(pb::CommitPoint::Votes) => Ok(Some(CommitPoint::Votes)),
+        Err(_) => Err(InvalidInput::new(
+            "commit_point",
+            format!("{raw} is not a known commit point"),
+        )),
+    }
+}
+
+pub fn commit_point_to_pb(c: CommitPoint) -> pb::CommitPoint {
+    match c {
+        CommitPoint::Decision => pb::CommitPoint::Decision,
+        CommitPoint::Votes => pb::CommitPoint::Votes,
     }
 }
 
@@ -223,10 +245,12 @@ impl FromWire<pb::TransactRequest> for TxnRequest {
             branches.push(Branch { participant, ops });
         }
         let prepare_timeout_ms = (req.prepare_timeout_ms > 0).then_some(req.prepare_timeout_ms);
+        let commit_point = commit_point_from_pb(req.commit_point)?;
         Ok(Self {
             protocol,
             branches,
             prepare_timeout_ms,
+            commit_point,
         })
     }
 }
@@ -298,6 +322,7 @@ mod tests {
             branches: vec![branch(), branch()],
             prepare_timeout_ms: 0,
             client_txn_id: String::new(),
+            commit_point: 0,
         };
         let e = TxnRequest::from_pb(req).unwrap_err();
         assert_eq!(e.field, "branches[1].participant");
@@ -306,6 +331,7 @@ mod tests {
             branches: vec![branch()],
             prepare_timeout_ms: 0,
             client_txn_id: String::new(),
+            commit_point: 0,
         };
         assert_eq!(TxnRequest::from_pb(req).unwrap_err().field, "protocol");
     }

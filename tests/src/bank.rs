@@ -110,6 +110,7 @@ async fn seed_chunk(
             branches,
             prepare_timeout_ms: 10_000,
             client_txn_id: String::new(),
+            commit_point: 0,
         })
         .await
         .context("seeding the bank")?
@@ -229,6 +230,7 @@ pub async fn transfer(
         branches,
         prepare_timeout_ms: 0,
         client_txn_id: String::new(),
+        commit_point: 0,
     };
     match client.transact(req).await {
         Ok(r) => {

@@ -411,6 +411,7 @@ async fn audit_loop(
             branches: branches.clone(),
             prepare_timeout_ms: 0,
             client_txn_id: String::new(),
+            commit_point: 0,
         };
         let t0 = Instant::now();
         let res = client.transact(req).await;

@@ -24,6 +24,7 @@ fn keyed(value: &str) -> pb::TransactRequest {
         branches: vec![put("p1", "a", value), put("p2", "b", value)],
         prepare_timeout_ms: 0,
         client_txn_id: "retained-key".into(),
+        commit_point: 0,
     }
 }
 

@@ -21,6 +21,7 @@ fn prepare(txn: &str) -> pb::PrepareRequest {
             })),
         }],
         read_only: false,
+        commit_point: 0,
     }
 }
 

@@ -61,7 +61,15 @@ async fn in_doubt_at_live_participants(cluster: &mut Cluster) -> u64 {
 }
 
 async fn crash_and_recover(node: &str, failpoint: &str, seed: u64) -> anyhow::Result<()> {
-    crash_and_recover_with(node, failpoint, seed, false).await
+    crash_and_recover_with(node, failpoint, seed, false, options()).await
+}
+
+/// The cluster of [`options`] with the coordinator committing 2PC txns at their votes.
+fn at_the_votes() -> ClusterOptions {
+    let mut o = options();
+    o.coordinator_args
+        .extend(["--commit-point".into(), "votes".into()]);
+    o
 }
 
 /// With `local`, every transfer has one branch, so it commits in one phase.
@@ -70,8 +78,9 @@ async fn crash_and_recover_with(
     failpoint: &str,
     seed: u64,
     local: bool,
+    options: ClusterOptions,
 ) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(options()).await?;
+    let mut cluster = Cluster::start(options).await?;
     let mut client = cluster.coordinator_client().await?;
     let accounts = bank::accounts(3, 30);
     bank::seed(&mut client, &accounts, BALANCE).await?;
@@ -158,32 +167,81 @@ async fn participant_crash_after_commit_apply() -> anyhow::Result<()> {
 /// once the participant is back; the client must then hear ABORTED, and nothing may show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_crash_before_one_phase_durable() -> anyhow::Result<()> {
-    crash_and_recover_with("p1", "participant::before_one_phase_durable", 17, true).await
+    crash_and_recover_with(
+        "p1",
+        "participant::before_one_phase_durable",
+        17,
+        true,
+        options(),
+    )
+    .await
 }
 
 /// As above, but the branch is durable when the participant dies: the settling Abort is
 /// refused, and the client must hear COMMITTED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_crash_after_one_phase_durable() -> anyhow::Result<()> {
-    crash_and_recover_with("p1", "participant::after_one_phase_durable", 18, true).await
+    crash_and_recover_with(
+        "p1",
+        "participant::after_one_phase_durable",
+        18,
+        true,
+        options(),
+    )
+    .await
+}
+
+/// At the votes: the coordinator dies at the commit point (every YES durable, nothing logged,
+/// nobody told). The restarted coordinator has no record of those txns; the participants'
+/// resolvers are sent to their peers, find every one prepared, and commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_votes_coordinator_crash_after_the_last_yes() -> anyhow::Result<()> {
+    let fp = "coordinator::after_decision_durable";
+    crash_and_recover_with("coordinator", fp, 21, false, at_the_votes()).await
+}
+
+/// At the votes: a participant dies before its YES is durable; the txn must abort behind a
+/// fence, and the others' durable YES must not be taken for a commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_votes_participant_crash_before_prepare_durable() -> anyhow::Result<()> {
+    let fp = "participant::before_prepare_durable";
+    crash_and_recover_with("p2", fp, 22, false, at_the_votes()).await
+}
+
+/// At the votes: a participant dies with its YES durable but unsent; the coordinator's fence
+/// (once the participant is back) finds it prepared, so the txn commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_votes_participant_crash_after_prepare_durable() -> anyhow::Result<()> {
+    let fp = "participant::after_prepare_durable";
+    crash_and_recover_with("p2", fp, 23, false, at_the_votes()).await
 }
 
 /// kill -9 of a random process at random moments during a few thousand transfers. The seed is
 /// printed; set TXN_TEST_SEED to replay a run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_kill_9_keeps_every_txn_atomic() -> anyhow::Result<()> {
+    random_kill_9(options(), 3000).await
+}
+
+/// The same at the votes, with fewer transfers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_votes_random_kill_9_keeps_every_txn_atomic() -> anyhow::Result<()> {
+    random_kill_9(at_the_votes(), 1500).await
+}
+
+async fn random_kill_9(options: ClusterOptions, transfers: usize) -> anyhow::Result<()> {
     let seed: u64 = std::env::var("TXN_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20261126);
     println!("random kill -9 seed: {seed} (replay with TXN_TEST_SEED={seed})");
-    let mut cluster = Cluster::start(options()).await?;
+    let mut cluster = Cluster::start(options).await?;
     let mut client = cluster.coordinator_client().await?;
     let accounts = bank::accounts(3, 60);
     bank::seed(&mut client, &accounts, BALANCE).await?;
     let workload = Workload {
         clients: 8,
-        transfers: 3000,
+        transfers,
         duration: Duration::from_secs(120),
         overdraft_share: 0.1,
         seed,

@@ -27,6 +27,7 @@ fn prepare(txn: &str, ops: Vec<pb::Op>) -> pb::PrepareRequest {
         participants: vec!["p1".into()],
         ops,
         read_only: false,
+        commit_point: 0,
     }
 }
 
@@ -256,6 +257,7 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
             branches: vec![branch("f1"), branch("f2")],
             prepare_timeout_ms: 0,
             client_txn_id: String::new(),
+            commit_point: 0,
         })
         .await?
         .into_inner();
@@ -282,6 +284,7 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
     let decision = client
         .resolve(pb::ResolveRequest {
             txn_id: resp.txn_id.clone(),
+            commit_point: 0,
         })
         .await?
         .into_inner()
@@ -290,6 +293,7 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
     let unknown = client
         .resolve(pb::ResolveRequest {
             txn_id: format!("{epoch_before}.999999"),
+            commit_point: 0,
         })
         .await?
         .into_inner()

@@ -125,6 +125,7 @@ async fn single_branch_txns_commit_in_one_phase_with_nothing_logged_by_the_coord
         }],
         prepare_timeout_ms: 0,
         client_txn_id: "one-phase-keyed-1".into(),
+        commit_point: 0,
     };
     let first = client.transact(keyed.clone()).await?.into_inner();
     let again = client.transact(keyed).await?.into_inner();

@@ -236,6 +236,7 @@ fn failing_saga() -> pb::TransactRequest {
         ],
         prepare_timeout_ms: 0,
         client_txn_id: String::new(),
+        commit_point: 0,
     }
 }
 

@@ -70,6 +70,7 @@ async fn try_transfer(url: &str, tls: &ClientTls) -> Result<i32, tonic::Status> 
             .collect(),
         prepare_timeout_ms: 0,
         client_txn_id: String::new(),
+        commit_point: 0,
     };
     c.transact(req).await.map(|r| r.into_inner().outcome)
 }
@@ -210,6 +211,7 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
                 kind: Some(pb::op::Kind::Read(pb::ReadOp { key: b"x".to_vec() })),
             }],
             read_only: false,
+            commit_point: 0,
         })
         .await
         .unwrap()

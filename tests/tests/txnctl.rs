@@ -61,6 +61,7 @@ fn prepare(txn: &str, key: &str) -> pb::PrepareRequest {
             })),
         }],
         read_only: false,
+        commit_point: 0,
     }
 }
 

@@ -270,6 +270,47 @@ pub enum Resolution {
     Decided(Decision),
     /// The txn is still in flight at the coordinator: ask again later.
     Pending,
+    /// A txn whose commit point is its votes, begun by an earlier incarnation of the
+    /// coordinator, which kept no record of it: only its participants' records say whether it
+    /// committed, so the asker must ask them (see [`CommitPoint::Votes`]).
+    AskParticipants,
+}
+
+/// Where a 2PC txn commits.
+///
+/// - `Decision`: presumed abort with a logged decision. The txn commits when the coordinator's
+///   decision record is durable; two forced writes lie on the critical path (the votes, then
+///   the decision). A txn the coordinator has no record of is aborted.
+/// - `Votes`: the txn commits when every participant holds a durable YES, and the coordinator
+///   answers the client without logging anything. An abort is only ever decided once it is
+///   fenced: some participant holds a durable NO or tombstone, so it can never vote YES. A
+///   participant in doubt whose peers are all prepared may therefore commit; the coordinator
+///   of a later epoch, which has no record of the txn, says so instead of presuming abort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum CommitPoint {
+    #[default]
+    Decision,
+    Votes,
+}
+
+impl CommitPoint {
+    pub fn name(self) -> &'static str {
+        match self {
+            CommitPoint::Decision => "decision",
+            CommitPoint::Votes => "votes",
+        }
+    }
+
+    pub fn parse(field: &str, s: &str) -> Result<Self, InvalidInput> {
+        match s {
+            "decision" => Ok(CommitPoint::Decision),
+            "votes" => Ok(CommitPoint::Votes),
+            other => Err(InvalidInput::new(
+                field,
+                format!("{other:?} is not a commit point (decision or votes)"),
+            )),
+        }
+    }
 }
 
 /// Which protocol runs a txn.
@@ -292,6 +333,8 @@ pub struct TxnRequest {
     pub protocol: Protocol,
     pub branches: Vec<Branch>,
     pub prepare_timeout_ms: Option<u32>,
+    /// Where a 2PC txn commits; None for the coordinator's default.
+    pub commit_point: Option<CommitPoint>,
 }
 
 /// Counters are stored as decimal text so that they read the same through every tool.

@@ -12,7 +12,7 @@ use txn_types::types::{Decision, Resolution, TxnId};
 use super::node::{Node, set_timer_if};
 use super::state::{CoordGhost, CoordState, Disk, after_crash, apply};
 use super::txn;
-use super::wire::{Answer, Msg, Timer};
+use super::wire::{Answer, Msg, PeerStatus, Timer};
 
 impl Node {
     // ----- coordinator, as coordinator/src/node.rs drives it -----
@@ -47,7 +47,10 @@ impl Node {
         if first {
             // The client's Transact: the core assigns the id, the driver sends the Prepares.
             // No deadline on the clock: the model's PrepareDeadline timer stands for it.
-            let txn = state.core.begin(cluster.participants.clone(), u64::MAX);
+            let txn =
+                state
+                    .core
+                    .begin_at(cluster.participants.clone(), u64::MAX, cluster.commit_point);
             for p in &cluster.participants {
                 o.send(
                     cluster.actor_of(p),
@@ -91,6 +94,16 @@ impl Node {
                 Effect::SendAbort { to } => {
                     o.send(cluster.actor_of(&to), Msg::Abort { txn: txn.clone() })
                 }
+                Effect::Fence { to } => {
+                    if cluster.bugs.abort_without_fence {
+                        let effects = s.core.on_fence_reply(txn, cluster.index_of(&to), false);
+                        self.run_effects(s, txn, effects, o);
+                    } else {
+                        // The driver's fence: the participant's QueryPeer, retried (the
+                        // deadline timer, re-armed while fencing) until answered.
+                        o.send(cluster.actor_of(&to), Msg::QueryPeer { txn: txn.clone() });
+                    }
+                }
                 Effect::EndDecision { key, participants } => {
                     // Lazy: synced by a later Flush, or lost and re-driven after a crash.
                     let mut batch = WriteBatch::default();
@@ -117,7 +130,11 @@ impl Node {
 
     pub(super) fn coordinator_timers(&self, s: &CoordState, o: &mut Out<Self>) {
         let view = s.core.view(&txn());
-        set_timer_if(o, Timer::PrepareDeadline, view == Some(TxnView::Preparing));
+        set_timer_if(
+            o,
+            Timer::PrepareDeadline,
+            matches!(view, Some(TxnView::Preparing | TxnView::Fencing)),
+        );
         set_timer_if(
             o,
             Timer::CommitRetry,
@@ -158,11 +175,17 @@ impl Node {
             }
             Msg::Resolve { txn } => {
                 // Coordinator::resolve: a logged decision counts even if not held in memory.
-                let answer = match s.core.resolve(&txn, &s.store).expect("resolve") {
+                let resolution = s
+                    .core
+                    .resolve(&txn, cluster.commit_point, &s.store)
+                    .expect("resolve");
+                let answer = match resolution {
                     Resolution::Decided(Decision::Commit) => Answer::Commit,
                     Resolution::Decided(Decision::Abort) => Answer::Abort,
                     Resolution::Pending if cluster.bugs.resolve_aborts_undecided => Answer::Abort,
-                    Resolution::Pending => Answer::Pending,
+                    // The resolver asks the peers in the same round anyway (see the module
+                    // doc), which is what "ask the participants" tells it to do.
+                    Resolution::Pending | Resolution::AskParticipants => Answer::Pending,
                 };
                 // A PENDING answer changes nothing at the asker (it asks again later), so the
                 // model leaves it out rather than let the network remember it.
@@ -170,12 +193,21 @@ impl Node {
                     o.send(src, Msg::Resolution { txn, answer });
                 }
             }
+            Msg::PeerReply { txn, status } => {
+                // A fence's answer (only a txn at the votes sends fences).
+                let prepared = match status {
+                    PeerStatus::Prepared | PeerStatus::Committed => true,
+                    PeerStatus::Aborted => false,
+                    PeerStatus::Unknown => return,
+                };
+                let effects = s.core.on_fence_reply(&txn, from, prepared);
+                self.run_effects(s, &txn, effects, o);
+            }
             Msg::Prepare { .. }
             | Msg::Commit { .. }
             | Msg::Abort { .. }
             | Msg::Resolution { .. }
             | Msg::QueryPeer { .. }
-            | Msg::PeerReply { .. }
             | Msg::Forget { .. } => {}
         }
     }

@@ -8,9 +8,10 @@
 use stateright::actor::{Id, Out};
 use txn_participant_core::core::{
     AbortAnswer, AbortSource, CommitAnswer, ParticipantCore, PrepareAnswer, PrepareRequest,
+    TxnStatus,
 };
 use txn_participant_core::keys::{EXPIRY_PREFIX, OUTCOME_SWEEP_PAGE, outcome_key, sweep_expired};
-use txn_participant_core::resolve::{Resolved, peer_verdict};
+use txn_participant_core::resolve::{Resolved, peer_verdict, peers_verdict};
 use txn_participant_core::step::{Attempt, Durability};
 use txn_types::store::{MemStore, Store};
 use txn_types::types::{Decision, TxnId, Vote};
@@ -50,6 +51,7 @@ impl Node {
             store,
             restarts,
             ghost,
+            peers_prepared: Default::default(),
         };
         self.participant_timers(&s, o);
         self.save_participant(&s, o);
@@ -91,6 +93,7 @@ impl Node {
             participants: cluster.participants.clone(),
             ops: cluster.ops[self.me()].clone(),
             read_only: cluster.ops.iter().flatten().all(|op| !op.writes()),
+            commit_point: cluster.commit_point,
         }
     }
 
@@ -196,15 +199,25 @@ impl Node {
                     s.ghost.record_abort(AbortedBy::NeverPrepared, false);
                 }
                 let status: PeerStatus = carry_out(&s.store, step).into();
-                // PREPARED changes nothing at the asker, so the model leaves it out.
-                if status != PeerStatus::Prepared {
+                // With a logged decision PREPARED changes nothing at the asker, so the model
+                // leaves it out; at the votes it counts (for a fence, and for a resolver).
+                if status != PeerStatus::Prepared || cluster.at_the_votes() {
                     o.send(src, Msg::PeerReply { txn, status });
                 }
             }
             Msg::PeerReply { txn, status } => {
                 let in_doubt = s.core.is_prepared(&txn);
+                if status == PeerStatus::Prepared {
+                    s.peers_prepared.insert(usize::from(src) - 1);
+                }
+                // The resolver's rule (participant/src/resolver.rs): this answer alone, or,
+                // at the votes, every peer prepared.
+                let peers = cluster.participants.len() - 1;
+                let answers = vec![TxnStatus::Prepared; s.peers_prepared.len()];
+                let verdict = peer_verdict(status.into())
+                    .or_else(|| peers_verdict(cluster.commit_point, &answers, peers));
                 if (in_doubt || cluster.drops_outcomes())
-                    && let Some(decision) = peer_verdict(status.into())
+                    && let Some(decision) = verdict
                 {
                     self.resolve(s, &txn, decision, AbortedBy::Peer);
                     s.ghost.decided_by_peer |= in_doubt;

@@ -102,6 +102,9 @@ pub struct PartState {
     pub store: MemStore,
     pub restarts: u8,
     pub ghost: PartGhost,
+    /// Peers (0-based) that answered this resolver's QueryPeer with PREPARED, for a txn that
+    /// commits at its votes (volatile: the resolver's round dies with the process).
+    pub peers_prepared: BTreeSet<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -182,6 +182,7 @@ async fn a_participant_without_disk_refuses_prepares_and_keeps_serving() {
             participants: vec!["p1".into()],
             ops: vec![add("a", 1, None, None)],
             read_only: false,
+            commit_point: 0,
         })
         .await,
         Code::ResourceExhausted,
@@ -200,6 +201,7 @@ async fn a_participant_without_disk_refuses_prepares_and_keeps_serving() {
         participants: vec!["p1".into()],
         ops: vec![add("dora", 4, None, None)],
         read_only: false,
+        commit_point: 0,
     };
     let v = p1.prepare(prepare("ro.1")).await.unwrap().into_inner();
     assert_eq!(v.vote, pb::Vote::Yes as i32, "{}", v.reason);

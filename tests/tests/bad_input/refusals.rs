@@ -165,6 +165,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
         coord
             .resolve(pb::ResolveRequest {
                 txn_id: String::new(),
+                commit_point: 0,
             })
             .await,
         ia,
@@ -175,6 +176,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
         coord
             .resolve(pb::ResolveRequest {
                 txn_id: long_id.clone(),
+                commit_point: 0,
             })
             .await,
         ia,
@@ -208,6 +210,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
             participants: vec!["p1".into()],
             ops: vec![add("a", 1, None, None)],
             read_only: false,
+            commit_point: 0,
         })
         .await,
         ia,
@@ -327,6 +330,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     let r = coord
         .resolve(pb::ResolveRequest {
             txn_id: "1.999999".into(),
+            commit_point: 0,
         })
         .await
         .unwrap()
@@ -347,6 +351,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
             participants: vec!["p1".into(), "p2".into()],
             ops: vec![add("alice", 1, None, None)],
             read_only: false,
+            commit_point: 0,
         })
         .await
         .unwrap()
@@ -383,6 +388,7 @@ async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
                 participants: vec!["p1".into()],
                 ops: vec![add(key, 5, None, None)],
                 read_only: false,
+                commit_point: 0,
             })
             .await
             .unwrap()

@@ -44,6 +44,7 @@ pub fn txn(branches: Vec<pb::Branch>) -> pb::TransactRequest {
         branches,
         prepare_timeout_ms: 0,
         client_txn_id: String::new(),
+        commit_point: 0,
     }
 }
 

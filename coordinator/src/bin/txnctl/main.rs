@@ -145,6 +145,7 @@ async fn run(cli: Cli) -> Res<Exit> {
                 branches,
                 prepare_timeout_ms: 0,
                 client_txn_id: client_txn_id.unwrap_or_default(),
+                commit_point: 0,
             };
             let (v, e) = transact(coord().await?, req).await?;
             exit = e;
@@ -172,6 +173,7 @@ async fn run(cli: Cli) -> Res<Exit> {
                 branches,
                 prepare_timeout_ms: 0,
                 client_txn_id: String::new(),
+                commit_point: 0,
             };
             let r = pb::coordinator_client::CoordinatorClient::new(coord().await?)
                 .transact(req)

@@ -129,5 +129,6 @@ pub fn parse_submit(text: &str) -> Res<pb::TransactRequest> {
         branches,
         prepare_timeout_ms: t.timeout_ms,
         client_txn_id: t.client_txn_id,
+        commit_point: 0,
     })
 }

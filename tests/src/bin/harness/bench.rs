@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// `rpc_p50_ms`.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Where the coordinator commits 2PC txns (its --commit-point): `decision` (a logged
+    /// decision, presumed abort) or `votes` (at the last durable YES, nothing logged).
+    #[arg(long, default_value = "decision", value_parser = ["decision", "votes"])]
+    commit_point: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -231,6 +235,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         // By default as in production: outcomes are forgotten and swept (the bench audits
         // nothing per txn).
         outcome_retention_secs: args.outcome_retention_secs,
+        coordinator_args: vec!["--commit-point".into(), args.commit_point.clone()],
         ..Default::default()
     })
     .await
@@ -245,6 +250,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
     let fsync_p50_ms = fsync_floor(cluster.dir())?;
     let rpc_p50_ms = rpc_floor(&cluster.participants[0].url()).await?;
+    println!("2PC commit point: {}", args.commit_point);
     println!("floor: fsync p50 {fsync_p50_ms:.3} ms, no-op gRPC round trip p50 {rpc_p50_ms:.3} ms");
     let peer = match args.peer {
         Some(Peer::Postgres) => {
