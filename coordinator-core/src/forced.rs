@@ -63,9 +63,19 @@ impl CoordinatorCore {
             ))
         };
         match self.view(txn) {
-            Some(TxnView::Preparing) => {
-                ForceAbort::Aborted(self.force_abort(txn).unwrap_or_default())
-            }
+            Some(TxnView::Preparing | TxnView::Fencing) => match self.force_abort(txn) {
+                Some(effects) => ForceAbort::Aborted(effects),
+                None if heuristic => {
+                    self.forget(txn);
+                    ForceAbort::AbortEverywhere {
+                        delete_decision: false,
+                    }
+                }
+                None => refused(
+                    "it commits at its votes and they are still being collected: it may \
+                         have committed already, and only its deadline's fence can abort it",
+                ),
+            },
             Some(TxnView::Deciding) => ForceAbort::Refused(format!(
                 "txn_id {txn}: every participant voted YES and the commit decision is being written; try again in a moment"
             )),

@@ -142,6 +142,22 @@ impl AdminService {
         heuristic: bool,
     ) -> Result<(), CoordError> {
         let logged = self.logged_decision(txn)?.is_some();
+        if !heuristic && self.core().view(txn).is_none() {
+            // A txn at its votes that this coordinator does not hold: every participant
+            // prepared would mean it has committed, and its resolvers will commit it.
+            let at_votes = self
+                .in_doubt_everywhere()
+                .await
+                .get(txn.as_str())
+                .is_some_and(|(_, _, holders)| holders.iter().any(|h| h.commit_at_votes));
+            if at_votes {
+                return Err(CoordError::Precondition(format!(
+                    "txn_id {txn}: it commits at its votes and is prepared at a participant; \
+                     its participants decide it (every one prepared: committed). Use \
+                     --heuristic to force it anyway"
+                )));
+            }
+        }
         // Decided and applied under one core lock (see `force_abort_decision`).
         let (members, verdict) = {
             let mut core = self.core();

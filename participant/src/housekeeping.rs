@@ -42,6 +42,8 @@ pub struct InDoubtTxn {
     pub locked_keys: Vec<Vec<u8>>,
     pub coordinator_epoch: u64,
     pub held: bool,
+    /// The txn commits at its votes.
+    pub commit_at_votes: bool,
 }
 
 impl Participant {
@@ -160,6 +162,7 @@ impl Participant {
                     .collect(),
                 coordinator_epoch: r.coordinator_epoch,
                 held: core.is_held(t),
+                commit_at_votes: r.commit_at_votes,
             })
             .collect();
         out.sort_by_key(|t| std::cmp::Reverse(t.age_ms));

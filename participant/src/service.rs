@@ -347,6 +347,7 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
                 locked_keys: t.locked_keys,
                 coordinator_epoch: t.coordinator_epoch,
                 held: t.held,
+                commit_at_votes: t.commit_at_votes,
             })
             .collect();
         Ok(Response::new(pb::InDoubtResponse { txns }))

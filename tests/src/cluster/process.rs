@@ -128,8 +128,21 @@ impl Proc {
     }
 
     /// SIGSTOP: the process stays alive but answers nothing.
+    ///
+    /// Returns once every thread of the process is stopped: the signal is delivered
+    /// asynchronously, and on a loaded machine a thread may otherwise still answer a call sent
+    /// after this returns.
     pub fn pause(&mut self) -> anyhow::Result<()> {
-        signal(self.pid().context("process is not running")?, "STOP")
+        let pid = self.pid().context("process is not running")?;
+        signal(pid, "STOP")?;
+        let started = std::time::Instant::now();
+        while !all_threads_stopped(pid) {
+            if started.elapsed() > STOP_TIMEOUT {
+                bail!("process {pid} not stopped {STOP_TIMEOUT:?} after SIGSTOP");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// SIGCONT after [`Proc::pause`].
@@ -188,6 +201,24 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// How long a SIGSTOP may take to stop every thread of a process.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether every thread of `pid` is stopped (state `T` in /proc/PID/task/TID/stat).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|c| c == 'T' || c == 't')
+        })
+    })
 }
 
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
