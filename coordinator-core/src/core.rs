@@ -117,6 +117,22 @@ impl PartialEq for TxnState {
 
 impl Eq for TxnState {}
 
+impl TxnState {
+    /// The txn has committed: the client is told, and every participant gets its Commit.
+    fn start_committing(&mut self) -> Vec<Effect> {
+        self.phase = Phase::Committing {
+            acked: BTreeSet::new(),
+        };
+        let mut effects = vec![Effect::ReplyCommitted];
+        effects.extend(
+            self.participants
+                .iter()
+                .map(|p| Effect::SendCommit { to: p.clone() }),
+        );
+        effects
+    }
+}
+
 impl std::hash::Hash for TxnState {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.participants.hash(state);
@@ -494,17 +510,7 @@ impl CoordinatorCore {
             return Vec::new();
         }
         // Every YES is durable: the txn has committed. Nothing to log.
-        state.phase = Phase::Committing {
-            acked: BTreeSet::new(),
-        };
-        let mut effects = vec![Effect::ReplyCommitted];
-        effects.extend(
-            state
-                .participants
-                .iter()
-                .map(|p| Effect::SendCommit { to: p.clone() }),
-        );
-        effects
+        state.start_committing()
     }
 
     /// Fences every participant whose YES is missing (again, if fencing already: the driver's
@@ -629,17 +635,7 @@ impl CoordinatorCore {
         if state.phase != Phase::Deciding {
             return Vec::new();
         }
-        state.phase = Phase::Committing {
-            acked: BTreeSet::new(),
-        };
-        let mut effects = vec![Effect::ReplyCommitted];
-        effects.extend(
-            state
-                .participants
-                .iter()
-                .map(|p| Effect::SendCommit { to: p.clone() }),
-        );
-        effects
+        state.start_committing()
     }
 
     /// `from` acked the Commit. Once every participant has, the decision ends.
