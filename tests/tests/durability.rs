@@ -285,6 +285,7 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
         .resolve(pb::ResolveRequest {
             txn_id: resp.txn_id.clone(),
             commit_point: 0,
+            from_coordinator: false,
         })
         .await?
         .into_inner()
@@ -294,6 +295,7 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
         .resolve(pb::ResolveRequest {
             txn_id: format!("{epoch_before}.999999"),
             commit_point: 0,
+            from_coordinator: false,
         })
         .await?
         .into_inner()
