@@ -1,5 +1,6 @@
-//! A local cluster of real processes: one coordinator and N participants started from the
-//! built binaries, each on its own loopback port with its own data directory and log file.
+//! A local cluster of real processes: one coordinator (or several over a real etcd cluster)
+//! and N participants started from the built binaries, each on its own loopback port with its
+//! own data directory and log file.
 //! Tests and the harness use it to kill, restart and inspect processes the way an operator
 //! would.
 //!
@@ -8,6 +9,7 @@
 //! binaries, and `metrics` reads a node's Prometheus endpoint.
 
 mod binaries;
+pub mod etcd;
 mod metrics;
 mod process;
 
@@ -21,6 +23,7 @@ use txn_proto::pb::v1 as pb;
 use txn_server::net::{BearerToken, ClientTls, TlsArgs};
 
 pub use binaries::{bin_dir, ensure_binaries};
+pub use etcd::EtcdCluster;
 pub use metrics::{metric, scrape_metrics};
 pub use process::{Proc, READY_TIMEOUT};
 
@@ -80,6 +83,12 @@ pub struct ClusterOptions {
     /// the checkers can audit each txn after a run; the services' own default drops them.
     /// Values below the services' minimum (120 s) go through their hidden test-only flag.
     pub outcome_retention_secs: u64,
+    /// Coordinators to run (more than one needs `etcd`).
+    pub coordinators: usize,
+    /// Start a three-member etcd cluster and keep the coordinators' log there.
+    pub etcd: bool,
+    /// The coordinators' `--lease-ttl-secs` over etcd.
+    pub lease_ttl_secs: u64,
 }
 
 impl Default for ClusterOptions {
@@ -96,12 +105,23 @@ impl Default for ClusterOptions {
             metrics: false,
             env: Vec::new(),
             outcome_retention_secs: 0,
+            coordinators: 1,
+            etcd: false,
+            lease_ttl_secs: 2,
         }
     }
 }
 
+/// Members of the etcd cluster a cluster with `etcd` starts.
+pub const ETCD_MEMBERS: usize = 3;
+
 pub struct Cluster {
+    /// The first coordinator (`coordinator`, or `c1` of several).
     pub coordinator: Proc,
+    /// The other coordinators (`c2`, `c3`, ...), over the same etcd log.
+    pub more_coordinators: Vec<Proc>,
+    /// The etcd cluster of the coordinators' log, when they keep it there.
+    pub etcd: Option<EtcdCluster>,
     pub participants: Vec<Proc>,
     /// The proxies of the proxied link: coordinator -> participant, participant -> coordinator.
     pub proxies: Vec<crate::proxy::Proxy>,
@@ -126,7 +146,23 @@ impl Cluster {
                 (Some(t), d)
             }
         };
-        let coord_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        anyhow::ensure!(
+            opts.coordinators >= 1 && (opts.coordinators == 1 || opts.etcd),
+            "several coordinators need a shared log (etcd)"
+        );
+        let etcd = match opts.etcd {
+            true => Some(EtcdCluster::start(&dir, ETCD_MEMBERS).await?),
+            false => None,
+        };
+        let coord_addrs: Vec<SocketAddr> = (0..opts.coordinators)
+            .map(|_| Ok(format!("127.0.0.1:{}", free_port()?).parse()?))
+            .collect::<anyhow::Result<_>>()?;
+        let coord_addr = coord_addrs[0];
+        let all_coordinators = coord_addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let addrs: Vec<SocketAddr> = (0..opts.participants)
             .map(|_| Ok(format!("127.0.0.1:{}", free_port()?).parse()?))
             .collect::<anyhow::Result<_>>()?;
@@ -182,7 +218,7 @@ impl Cluster {
             let addr = addrs[i - 1];
             let coordinator_url = match proxied {
                 Some(j) if j == i => proxies[1].url(),
-                _ => format!("http://{coord_addr}"),
+                _ => all_coordinators.clone(),
             };
             let mut args = vec![
                 "--name".into(),
@@ -227,41 +263,60 @@ impl Cluster {
                 metrics_addr,
             });
         }
-        let mut args = vec![
-            "--listen".into(),
-            coord_addr.to_string(),
-            "--data-dir".into(),
-            dir.join("coordinator").display().to_string(),
-        ];
-        for (i, p) in participants.iter().enumerate() {
-            let url = match proxied {
-                Some(j) if j == i + 1 => proxies[0].url(),
-                _ => p.url(),
+        let mut coordinators = Vec::new();
+        for (k, addr) in coord_addrs.iter().enumerate() {
+            let name = if opts.coordinators == 1 && etcd.is_none() {
+                "coordinator".to_string()
+            } else {
+                format!("c{}", k + 1)
             };
-            args.push("--participant".into());
-            args.push(format!("{}={url}", p.name));
+            let mut args = vec![
+                "--listen".into(),
+                addr.to_string(),
+                "--data-dir".into(),
+                dir.join(&name).display().to_string(),
+            ];
+            for (i, p) in participants.iter().enumerate() {
+                let url = match proxied {
+                    Some(j) if j == i + 1 => proxies[0].url(),
+                    _ => p.url(),
+                };
+                args.push("--participant".into());
+                args.push(format!("{}={url}", p.name));
+            }
+            for (name, url) in &opts.external_participants {
+                args.push("--participant".into());
+                args.push(format!("{name}={url}"));
+            }
+            if let Some(e) = &etcd {
+                args.extend([
+                    "--log".into(),
+                    e.log_spec(),
+                    "--lease-ttl-secs".into(),
+                    opts.lease_ttl_secs.to_string(),
+                ]);
+            }
+            args.extend(tls_flags(if k == 0 { "coordinator" } else { &name }));
+            let (metrics_addr, flags) = metrics_flags()?;
+            args.extend(flags);
+            args.extend(opts.coordinator_args.iter().cloned());
+            coordinators.push(Proc {
+                log: dir.join(format!("{name}.log")),
+                name,
+                addr: *addr,
+                bin: binary("coordinator")?,
+                args,
+                env: env.clone(),
+                child: None,
+                tls: tls.clone(),
+                metrics_addr,
+            });
         }
-        for (name, url) in &opts.external_participants {
-            args.push("--participant".into());
-            args.push(format!("{name}={url}"));
-        }
-        args.extend(tls_flags("coordinator"));
-        let (metrics_addr, flags) = metrics_flags()?;
-        args.extend(flags);
-        args.extend(opts.coordinator_args.iter().cloned());
-        let coordinator = Proc {
-            name: "coordinator".into(),
-            addr: coord_addr,
-            bin: binary("coordinator")?,
-            args,
-            env,
-            log: dir.join("coordinator.log"),
-            child: None,
-            tls: tls.clone(),
-            metrics_addr,
-        };
+        let coordinator = coordinators.remove(0);
         let mut cluster = Self {
             coordinator,
+            more_coordinators: coordinators,
+            etcd,
             participants,
             proxies,
             tls,
@@ -272,7 +327,9 @@ impl Cluster {
         for p in &mut cluster.participants {
             p.start().await?;
         }
-        cluster.coordinator.start().await?;
+        for c in cluster.coordinators_mut() {
+            c.start().await?;
+        }
         Ok(cluster)
     }
 
@@ -293,6 +350,30 @@ impl Cluster {
             .iter_mut()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no participant {name}"))
+    }
+
+    /// Every coordinator, the first one first.
+    pub fn coordinators_mut(&mut self) -> impl Iterator<Item = &mut Proc> {
+        std::iter::once(&mut self.coordinator).chain(self.more_coordinators.iter_mut())
+    }
+
+    pub fn coordinator_names(&self) -> Vec<String> {
+        std::iter::once(&self.coordinator)
+            .chain(&self.more_coordinators)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Clients of every coordinator, failing over from one to the next (see
+    /// [`crate::coordinators::Coordinators`]).
+    pub fn coordinators(&self) -> anyhow::Result<crate::coordinators::Coordinators> {
+        let mut clients = Vec::new();
+        for c in std::iter::once(&self.coordinator).chain(&self.more_coordinators) {
+            clients.push(pb::coordinator_client::CoordinatorClient::new(
+                self.channel(&c.url())?,
+            ));
+        }
+        Ok(crate::coordinators::Coordinators::new(clients))
     }
 
     pub async fn coordinator_client(
@@ -320,15 +401,7 @@ impl Cluster {
         &self,
         name: &str,
     ) -> anyhow::Result<pb::stats_client::StatsClient<Channel>> {
-        let url = if name == "coordinator" {
-            self.coordinator.url()
-        } else {
-            self.participants
-                .iter()
-                .find(|p| p.name == name)
-                .with_context(|| format!("no participant {name}"))?
-                .url()
-        };
+        let url = self.url_of(name)?;
         Ok(pb::stats_client::StatsClient::new(self.channel(&url)?))
     }
 
@@ -365,26 +438,35 @@ impl Cluster {
         if node == "coordinator" {
             return Ok(self.coordinator.url());
         }
-        Ok(self
-            .participants
-            .iter()
+        Ok(std::iter::once(&self.coordinator)
+            .chain(&self.more_coordinators)
+            .chain(&self.participants)
+            .chain(self.etcd.iter().flat_map(|e| &e.members))
             .find(|p| p.name == node)
             .with_context(|| format!("no node {node}"))?
             .url())
     }
 
+    /// A node by name: `coordinator` (the first), `c1`.., `p1`.., or an etcd member `e1`..
     pub fn node(&mut self, node: &str) -> &mut Proc {
         if node == "coordinator" {
-            &mut self.coordinator
-        } else {
-            self.participant(node)
+            return &mut self.coordinator;
         }
+        let found = std::iter::once(&mut self.coordinator)
+            .chain(self.more_coordinators.iter_mut())
+            .chain(self.participants.iter_mut())
+            .chain(self.etcd.iter_mut().flat_map(|e| e.members.iter_mut()))
+            .find(|p| p.name == node);
+        found.unwrap_or_else(|| panic!("no node {node}"))
     }
 
     /// Stops every process with SIGTERM and checks each exited cleanly.
     pub fn shutdown(&mut self) -> anyhow::Result<()> {
         let mut failures = Vec::new();
-        for p in std::iter::once(&mut self.coordinator).chain(self.participants.iter_mut()) {
+        for p in std::iter::once(&mut self.coordinator)
+            .chain(self.more_coordinators.iter_mut())
+            .chain(self.participants.iter_mut())
+        {
             if p.is_running() {
                 let status = p.terminate()?;
                 if !status.success() {

