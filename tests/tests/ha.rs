@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use txn_proto::pb::v1 as pb;
 use txn_tests::bank::{self, Outcome, Protocol, Workload};
 use txn_tests::cluster::{Cluster, ClusterOptions};
@@ -212,6 +213,234 @@ async fn a_coordinator_killed_under_load_is_taken_over_within_the_bound() -> any
         .filter(|r| r.at > Duration::from_millis(500))
         .count();
     anyhow::ensure!(after > 0, "nothing committed after the kill");
+    cluster.shutdown()?;
+    Ok(())
+}
+
+/// One transfer of one unit from account 0 to account 1 through coordinator `i`'s own client,
+/// no failover, with a deadline: what the client was told, as the checks take it.
+async fn one_transfer(
+    cluster: &Cluster,
+    i: usize,
+    accounts: &[bank::Account],
+    started: Instant,
+) -> anyhow::Result<(bank::Record, Option<tonic::Status>)> {
+    let mut client = cluster.coordinators()?.client(i);
+    let add = |a: &bank::Account, delta: i64, min: Option<i64>| pb::Branch {
+        participant: a.participant.clone(),
+        ops: vec![pb::Op {
+            kind: Some(pb::op::Kind::Add(pb::AddOp {
+                key: a.key.as_bytes().to_vec(),
+                delta,
+                min,
+                max: None,
+            })),
+        }],
+    };
+    let mut req = tonic::Request::new(pb::TransactRequest {
+        protocol: pb::Protocol::TwoPhase as i32,
+        branches: vec![add(&accounts[0], -1, Some(0)), add(&accounts[1], 1, None)],
+        prepare_timeout_ms: 0,
+        client_txn_id: String::new(),
+        commit_point: 0,
+    });
+    req.set_timeout(Duration::from_secs(3));
+    let t0 = Instant::now();
+    let (outcome, refusal) = match client.transact(req).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            if r.outcome == pb::Outcome::Committed as i32 {
+                (Outcome::Committed { txn: r.txn_id }, None)
+            } else {
+                (
+                    Outcome::Aborted {
+                        txn: r.txn_id,
+                        reason: r.reason,
+                    },
+                    None,
+                )
+            }
+        }
+        Err(s) if bank::never_started(&s) => (
+            Outcome::NotStarted {
+                error: s.message().to_owned(),
+            },
+            Some(s),
+        ),
+        Err(s) => (
+            Outcome::Unknown {
+                error: s.message().to_owned(),
+            },
+            Some(s),
+        ),
+    };
+    let record = bank::Record {
+        transfer: bank::Transfer {
+            from: 0,
+            to: 1,
+            amount: 1,
+        },
+        outcome,
+        latency: t0.elapsed(),
+        at: started.elapsed(),
+    };
+    Ok((record, refusal))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_member_loss_leader_loss_and_quorum_loss_lose_nothing() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(options(2)).await?;
+    let mut coords = cluster.coordinators()?;
+    let accounts = bank::accounts(3, 30);
+    let seeding = bank::seed(&mut coords, &accounts, BALANCE).await?;
+    let workload = Workload {
+        clients: 8,
+        transfers: usize::MAX,
+        duration: Duration::from_secs(8),
+        overdraft_share: 0.1,
+        seed: 19,
+        protocol: Protocol::TwoPhase,
+        local: false,
+    };
+    let runner = {
+        let (coords, accounts, w) = (coords.clone(), accounts.clone(), workload.clone());
+        tokio::spawn(async move { bank::run(&coords, &accounts, BALANCE, &w).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A follower, then the leader: each loss leaves a quorum.
+    let leader = cluster.etcd.as_mut().context("etcd")?.leader().await?;
+    let follower = format!("e{}", (leader + 1) % 3 + 1);
+    cluster.node(&follower).kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.node(&follower).start().await?;
+    let leader = format!(
+        "e{}",
+        cluster.etcd.as_mut().context("etcd")?.leader().await? + 1
+    );
+    cluster.node(&leader).kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.node(&leader).start().await?;
+    cluster.etcd.as_ref().context("etcd")?.wait_formed().await?;
+
+    // Two members gone: no quorum. New txns are refused as never started, and whatever was in
+    // flight waits for etcd.
+    let etcd_leader = cluster.etcd.as_mut().context("etcd")?.leader().await?;
+    let (a, b) = ((etcd_leader + 1) % 3, (etcd_leader + 2) % 3);
+    for m in [a, b] {
+        cluster.node(&format!("e{}", m + 1)).kill();
+    }
+    let started = Instant::now();
+    let mut extra = Vec::new();
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let (record, refusal) = one_transfer(&cluster, 0, &accounts, started).await?;
+        extra.push(record);
+        if matches!(&refusal, Some(s) if s.code() == tonic::Code::Unavailable && bank::never_started(s))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "transfers without a quorum of etcd were not refused: {extra:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for m in [a, b] {
+        cluster.node(&format!("e{}", m + 1)).start().await?;
+    }
+    cluster.etcd.as_ref().context("etcd")?.wait_formed().await?;
+    loop {
+        let (record, _) = one_transfer(&cluster, 0, &accounts, started).await?;
+        let committed = matches!(record.outcome, Outcome::Committed { .. });
+        extra.push(record);
+        if committed {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline + EVENT_TIMEOUT,
+            "no transfer committed once etcd was back: {extra:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut history = runner.await?;
+    anyhow::ensure!(bank::tally(&history).committed > 0, "nothing committed");
+    history.extend(extra);
+    check_all(&cluster, &accounts, &history, &seeding).await?;
+    for name in cluster.coordinator_names() {
+        anyhow::ensure!(
+            cluster.node(&name).is_running(),
+            "{name} stopped: losing etcd for a while must not cost a coordinator its lease"
+        );
+    }
+    cluster.shutdown()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_paused_past_its_lease_is_fenced_and_stops() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(options(2)).await?;
+    let mut coords = cluster.coordinators()?;
+    let accounts = bank::accounts(3, 30);
+    let seeding = bank::seed(&mut coords, &accounts, BALANCE).await?;
+    // c1 holds a commit decision it has not sent yet (its driver sleeps right after the
+    // decision is durable), and then the whole process stops past its lease: c2 takes the
+    // decision over and finishes it.
+    cluster
+        .set_failpoint("c1", "coordinator::after_decision_durable", "sleep(4000)")
+        .await?;
+    let stuck = tokio::spawn({
+        let coords = coords.clone();
+        let accounts = accounts.clone();
+        async move {
+            bank::transfer(
+                &mut coords.client(0),
+                0,
+                &accounts,
+                bank::Transfer {
+                    from: 0,
+                    to: 1,
+                    amount: 5,
+                },
+                Protocol::TwoPhase,
+            )
+            .await
+        }
+    });
+    let etcd = cluster.etcd.as_ref().context("etcd")?.client()?;
+    wait_for("c1's decision is durable in etcd", || {
+        let etcd = &etcd;
+        async move { Ok(!etcd.scan(b"txnkit/c/", b"", 0).await?.0.is_empty()) }
+    })
+    .await?;
+    cluster.node("c1").pause()?;
+    wait_for("c2 took over c1's decision", || {
+        let cluster = &cluster;
+        async move { Ok(stats(cluster, "c2").await?.adopted > 0) }
+    })
+    .await?;
+    // Woken, c1 finds its lease gone: whatever it writes is refused, and it stops.
+    cluster.node("c1").resume()?;
+    let status = cluster.node("c1").wait_exit(EVENT_TIMEOUT).await?;
+    anyhow::ensure!(!status.success(), "c1 exited cleanly: {status}");
+    anyhow::ensure!(
+        cluster.node("c1").log_tail(50).contains("lease"),
+        "c1 did not say it lost its lease:\n{}",
+        cluster.node("c1").log_tail(20)
+    );
+    let told = stuck.await?;
+    let history = vec![bank::Record {
+        transfer: bank::Transfer {
+            from: 0,
+            to: 1,
+            amount: 5,
+        },
+        outcome: told,
+        latency: Duration::ZERO,
+        at: Duration::ZERO,
+    }];
+    check_all(&cluster, &accounts, &history, &seeding).await?;
     cluster.shutdown()?;
     Ok(())
 }
