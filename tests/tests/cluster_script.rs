@@ -282,7 +282,7 @@ fn up_etcd_with_three_coordinators_survives_kills_and_pauses_of_any_node() {
         );
     };
     transfer("all up");
-    let mut run = |args: &[&str]| {
+    let run = |args: &[&str]| {
         let (ok, out) = script(&[args, &["--dir", d]].concat());
         assert!(ok, "{args:?}: {out}");
     };
