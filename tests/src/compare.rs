@@ -1,5 +1,12 @@
 //! `harness compare`: the same bank workload under 2PC and under sagas, while processes crash
-//! and links fail, with every guarantee checked from what the participants recorded.
+//! and links fail, with every guarantee checked from what the participants recorded. Each
+//! protocol runs with the coordinator's own sled log, or (`2pc-etcd`, `saga-etcd`) with three
+//! coordinators over a three-member etcd cluster.
+//!
+//! Layout: this file runs one scenario under one variant and measures it; `inject` holds the
+//! faults of each scenario.
+
+mod inject;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,14 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tonic::transport::Channel;
 use txn_proto::pb::v1 as pb;
-use txn_proto::pb::v1::coordinator_client::CoordinatorClient;
 
-use crate::bank::{self, Account, Outcome, Protocol, Violation, Workload};
+use crate::bank::{self, Account, Outcome, Protocol, Transactor, Violation, Workload};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::plant::Plant;
 
@@ -28,7 +33,74 @@ pub const SCENARIOS: &[&str] = &[
     "partition",
     "pause",
     "message-loss",
+    "coordinator-failover",
+    "etcd-member-loss",
 ];
+
+/// Scenarios that run only where the coordinators keep their log in etcd, and scenarios only
+/// where one coordinator keeps it in sled (the proxied link is the one coordinator's).
+pub const ETCD_ONLY: &[&str] = &["etcd-member-loss"];
+pub const SLED_ONLY: &[&str] = &["partition", "message-loss"];
+
+/// Coordinators of a run over etcd.
+pub const ETCD_COORDINATORS: usize = 3;
+/// How long a killed etcd member stays down.
+const ETCD_DOWNTIME: Duration = Duration::from_millis(1000);
+
+/// What a run runs: a protocol, over one coordinator's sled log or over etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    pub protocol: Protocol,
+    pub etcd: bool,
+}
+
+impl Variant {
+    /// `2pc`, `saga`, `2pc-etcd` or `saga-etcd`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (p, etcd) = match s.strip_suffix("-etcd") {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        let protocol = match p {
+            "2pc" => Protocol::TwoPhase,
+            "saga" => Protocol::Saga,
+            _ => return None,
+        };
+        Some(Self { protocol, etcd })
+    }
+
+    pub fn name(&self) -> String {
+        format!(
+            "{}{}",
+            self.protocol.name(),
+            if self.etcd { "-etcd" } else { "" }
+        )
+    }
+
+    /// Whether `scenario` can run under this variant.
+    pub fn runs(&self, scenario: &str) -> bool {
+        if self.etcd {
+            !SLED_ONLY.contains(&scenario)
+        } else {
+            !ETCD_ONLY.contains(&scenario)
+        }
+    }
+}
+
+/// The variants a scenario runs when none are asked for: 2PC and sagas on sled, and for the
+/// scenarios about failover, 2PC and sagas over etcd too.
+pub fn default_variants(scenario: &str) -> Vec<Variant> {
+    let all = ["2pc", "saga", "2pc-etcd", "saga-etcd"];
+    let wanted: &[&str] = match scenario {
+        "coordinator-failover" | "etcd-member-loss" => &all,
+        _ => &all[..2],
+    };
+    wanted
+        .iter()
+        .filter_map(|v| Variant::parse(v))
+        .filter(|v| v.runs(scenario))
+        .collect()
+}
 
 /// Balance every account starts with.
 pub const INITIAL_BALANCE: i64 = 1_000;
@@ -72,7 +144,11 @@ pub struct FaultWindow {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub scenario: String,
+    /// The variant: `2pc`, `saga`, `2pc-etcd` or `saga-etcd`.
     pub protocol: String,
+    /// Where the coordinators kept their log (`sled` or `etcd`), and how many ran.
+    pub log: String,
+    pub coordinators: usize,
     pub seed: u64,
     pub duration_s: f64,
     pub clients: usize,
@@ -145,9 +221,11 @@ impl RunReport {
     }
 }
 
-fn options(scenario: &str, participants: usize) -> ClusterOptions {
+fn options(scenario: &str, participants: usize, variant: Variant) -> ClusterOptions {
     ClusterOptions {
         participants,
+        coordinators: if variant.etcd { ETCD_COORDINATORS } else { 1 },
+        etcd: variant.etcd,
         coordinator_args: vec![
             "--commit-retry-max-ms".into(),
             "200".into(),
@@ -179,13 +257,14 @@ fn options(scenario: &str, participants: usize) -> ClusterOptions {
 /// Runs one scenario under one protocol on a fresh cluster.
 pub async fn run_one(
     scenario: &str,
-    protocol: Protocol,
+    variant: Variant,
     cfg: &CompareConfig,
 ) -> anyhow::Result<RunReport> {
-    let mut cluster = Cluster::start(options(scenario, cfg.participants))
+    let protocol = variant.protocol;
+    let mut cluster = Cluster::start(options(scenario, cfg.participants, variant))
         .await
         .context("starting the cluster")?;
-    let mut client = cluster.coordinator_client().await?;
+    let mut client = cluster.coordinators()?;
     let accounts = bank::accounts(cfg.participants, cfg.accounts);
     let seeding = bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
     let total = INITIAL_BALANCE * accounts.len() as i64;
@@ -193,9 +272,10 @@ pub async fn run_one(
     let stop = Arc::new(AtomicBool::new(false));
     let audits = Arc::new(Audits::new()?);
     let mut auditors = Vec::new();
-    for _ in 0..cfg.auditors {
+    for a in 0..cfg.auditors {
         auditors.push(tokio::spawn(audit_loop(
             client.clone(),
+            a,
             accounts.clone(),
             total,
             stop.clone(),
@@ -220,9 +300,9 @@ pub async fn run_one(
         tokio::spawn(async move { bank::run(&client, &accounts, INITIAL_BALANCE, &workload).await })
     };
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ scenario_salt(scenario));
-    let faults = inject(
+    let faults = inject::inject(
         scenario,
-        protocol,
+        variant,
         &mut cluster,
         cfg.duration,
         started,
@@ -230,7 +310,7 @@ pub async fn run_one(
     )
     .await?;
     let history = runner.await.context("workload task")?;
-    heal(&mut cluster).await?;
+    inject::heal(&mut cluster).await?;
     stop.store(true, Ordering::Relaxed);
     for a in auditors {
         let _ = a.await;
@@ -280,7 +360,9 @@ pub async fn run_one(
     let elapsed = history.iter().map(|r| r.at).max().unwrap_or(cfg.duration);
     Ok(RunReport {
         scenario: scenario.to_string(),
-        protocol: protocol.name().to_string(),
+        protocol: variant.name(),
+        log: if variant.etcd { "etcd" } else { "sled" }.into(),
+        coordinators: if variant.etcd { ETCD_COORDINATORS } else { 1 },
         seed: cfg.seed,
         duration_s: cfg.duration.as_secs_f64(),
         clients: cfg.clients,
@@ -384,7 +466,8 @@ fn scenario_salt(scenario: &str) -> u64 {
 /// The read is a 2PC read-only txn under either protocol: it shows what a consistent reader
 /// would see of the data each protocol leaves behind.
 async fn audit_loop(
-    mut client: CoordinatorClient<Channel>,
+    client: crate::coordinators::Coordinators,
+    id: usize,
     accounts: Vec<Account>,
     total: i64,
     stop: Arc<AtomicBool>,
@@ -414,7 +497,7 @@ async fn audit_loop(
             commit_point: 0,
         };
         let t0 = Instant::now();
-        let res = client.transact(req).await;
+        let res = client.transact_for(id, req).await;
         // An audit refused before it reached a live coordinator (it was down) never ran: it
         // says nothing about readers, so it is not counted as tried.
         if !matches!(&res, Err(s) if crate::bank::never_started(s)) {
@@ -423,12 +506,10 @@ async fn audit_loop(
         if std::env::var_os("HARNESS_DEBUG").is_some() {
             eprintln!(
                 "audit: {:?}",
-                res.as_ref()
-                    .map(|r| (r.get_ref().outcome, r.get_ref().reason.clone()))
+                res.as_ref().map(|r| (r.outcome, r.reason.clone()))
             );
         }
         if let Ok(r) = res {
-            let r = r.into_inner();
             if r.outcome == pb::Outcome::Committed as i32 {
                 let sum: i64 = r
                     .results
@@ -450,167 +531,6 @@ async fn audit_loop(
         }
         tokio::time::sleep(AUDIT_PAUSE).await;
     }
-}
-
-fn ms_since(t: Instant) -> u64 {
-    t.elapsed().as_millis() as u64
-}
-
-async fn sleep_until(started: Instant, at: Duration) {
-    let now = started.elapsed();
-    if at > now {
-        tokio::time::sleep(at - now).await;
-    }
-}
-
-/// Injects the scenario's faults on a seeded schedule inside the run, healing each one before
-/// the run's last quarter. Returns the fault windows.
-async fn inject(
-    scenario: &str,
-    protocol: Protocol,
-    cluster: &mut Cluster,
-    duration: Duration,
-    started: Instant,
-    rng: &mut StdRng,
-) -> anyhow::Result<Vec<FaultWindow>> {
-    let mut faults = Vec::new();
-    let at = |frac: f64| duration.mul_f64(frac);
-    match scenario {
-        "none" => {}
-        "coordinator-crash" | "participant-crash" => {
-            for round in 0..2 {
-                let lo = 0.15 + 0.3 * round as f64;
-                sleep_until(started, at(rng.random_range(lo..lo + 0.2))).await;
-                let victim = if scenario == "coordinator-crash" {
-                    "coordinator".to_string()
-                } else {
-                    format!("p{}", rng.random_range(1..=cluster.participants.len()))
-                };
-                let start = ms_since(started);
-                cluster.node(&victim).kill();
-                tokio::time::sleep(Duration::from_millis(rng.random_range(DOWNTIME_MS))).await;
-                cluster.node(&victim).start().await?;
-                faults.push(FaultWindow {
-                    what: format!("kill -9 {victim}"),
-                    start_ms: start,
-                    end_ms: ms_since(started),
-                });
-            }
-        }
-        "crash-after-decision" | "crash-after-prepare" => {
-            let (node, failpoint) = match (scenario, protocol) {
-                ("crash-after-decision", Protocol::TwoPhase) => {
-                    ("coordinator", "coordinator::after_decision_durable")
-                }
-                ("crash-after-decision", Protocol::Saga) => {
-                    ("coordinator", "coordinator::saga_after_step_logged")
-                }
-                (_, Protocol::TwoPhase) => {
-                    (VICTIM_PARTICIPANT, "participant::after_prepare_durable")
-                }
-                (_, Protocol::Saga) => {
-                    (VICTIM_PARTICIPANT, "participant::saga_after_step_executed")
-                }
-            };
-            sleep_until(started, at(rng.random_range(0.2..0.35))).await;
-            cluster.set_failpoint(node, failpoint, "crash").await?;
-            let armed = ms_since(started);
-            let limit = at(0.75).saturating_sub(started.elapsed());
-            match cluster.node(node).wait_exit(limit).await {
-                Ok(_) => {
-                    let start = ms_since(started);
-                    tokio::time::sleep(Duration::from_millis(rng.random_range(DOWNTIME_MS))).await;
-                    cluster.node(node).start().await?;
-                    faults.push(FaultWindow {
-                        what: format!("{node} crashed at {failpoint}"),
-                        start_ms: start,
-                        end_ms: ms_since(started),
-                    });
-                }
-                Err(_) => {
-                    // Never reached (e.g. nothing committed): disarm; the window stays empty.
-                    cluster.set_failpoint(node, failpoint, "off").await?;
-                    faults.push(FaultWindow {
-                        what: format!("{failpoint} armed, never reached"),
-                        start_ms: armed,
-                        end_ms: armed,
-                    });
-                }
-            }
-        }
-        "partition" => {
-            sleep_until(started, at(rng.random_range(0.2..0.3))).await;
-            let start = ms_since(started);
-            for p in &cluster.proxies {
-                p.partition();
-            }
-            sleep_until(started, at(0.6)).await;
-            for p in &cluster.proxies {
-                p.heal();
-            }
-            faults.push(FaultWindow {
-                what: format!("partition coordinator <-> {LINK_PARTICIPANT}"),
-                start_ms: start,
-                end_ms: ms_since(started),
-            });
-        }
-        "pause" => {
-            sleep_until(started, at(rng.random_range(0.2..0.3))).await;
-            let start = ms_since(started);
-            cluster.node(VICTIM_PARTICIPANT).pause()?;
-            sleep_until(started, at(0.55)).await;
-            cluster.node(VICTIM_PARTICIPANT).resume()?;
-            faults.push(FaultWindow {
-                what: format!("SIGSTOP {VICTIM_PARTICIPANT}"),
-                start_ms: start,
-                end_ms: ms_since(started),
-            });
-        }
-        "message-loss" => {
-            sleep_until(started, at(0.2)).await;
-            let start = ms_since(started);
-            for p in &cluster.proxies {
-                p.set_loss(MESSAGE_LOSS);
-            }
-            sleep_until(started, at(0.7)).await;
-            for p in &cluster.proxies {
-                p.heal();
-            }
-            faults.push(FaultWindow {
-                what: format!(
-                    "{}% of connections cut, coordinator <-> {LINK_PARTICIPANT}",
-                    (MESSAGE_LOSS * 100.0) as u32
-                ),
-                start_ms: start,
-                end_ms: ms_since(started),
-            });
-        }
-        other => anyhow::bail!(
-            "unknown scenario {other:?}; known: {}",
-            SCENARIOS.join(", ")
-        ),
-    }
-    Ok(faults)
-}
-
-/// Undoes every fault still in force: restarts dead processes, resumes paused ones, heals
-/// the proxies.
-async fn heal(cluster: &mut Cluster) -> anyhow::Result<()> {
-    for p in &cluster.proxies {
-        p.heal();
-    }
-    let names: Vec<String> = std::iter::once("coordinator".to_string())
-        .chain(cluster.participants.iter().map(|p| p.name.clone()))
-        .collect();
-    for name in names {
-        let node = cluster.node(&name);
-        if node.is_running() {
-            let _ = node.resume();
-        } else {
-            node.start().await?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -241,11 +241,7 @@ pub fn chart(path: &Path, runs: &[RunReport]) -> anyhow::Result<()> {
         for r in &these {
             for f in &r.faults {
                 let (a, b) = (f.start_ms as f64 / 1000.0, f.end_ms as f64 / 1000.0);
-                let color = if r.protocol == "2pc" {
-                    BLUE.mix(0.08)
-                } else {
-                    RED.mix(0.08)
-                };
+                let color = variant_color(&r.protocol).mix(0.08);
                 c.draw_series(std::iter::once(Rectangle::new(
                     [(a, 0.0), (b.max(a + 0.05), y_max)],
                     color.filled(),
@@ -254,7 +250,7 @@ pub fn chart(path: &Path, runs: &[RunReport]) -> anyhow::Result<()> {
             }
         }
         for r in &these {
-            let color = if r.protocol == "2pc" { BLUE } else { RED };
+            let color = variant_color(&r.protocol);
             let points = r
                 .timeline
                 .iter()
@@ -275,4 +271,14 @@ pub fn chart(path: &Path, runs: &[RunReport]) -> anyhow::Result<()> {
     }
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// One colour per variant in the chart.
+fn variant_color(protocol: &str) -> RGBColor {
+    match protocol {
+        "2pc" => BLUE,
+        "saga" => RED,
+        "2pc-etcd" => RGBColor(0, 140, 70),
+        _ => RGBColor(200, 120, 0),
+    }
 }

@@ -10,8 +10,8 @@ use hdrhistogram::Histogram;
 use txn_tests::bank::{self, Outcome, Workload};
 use txn_tests::cluster::{self, Cluster, ClusterOptions};
 
-use crate::pgpeer;
 use crate::{INITIAL_BALANCE, QUIET_TIMEOUT, total_fsyncs};
+use crate::{pgpeer, scale};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -53,6 +53,14 @@ pub struct BenchArgs {
     /// decision, presumed abort) or `votes` (at the last durable YES, nothing logged).
     #[arg(long, default_value = "decision", value_parser = ["decision", "votes"])]
     commit_point: String,
+    /// Where the coordinators keep their log, comma-separated: `sled` (one coordinator, its
+    /// own database) and/or `etcd` (a three-member etcd cluster shared by --coordinators).
+    /// `--log etcd` measures sled's single coordinator beside it in the same run.
+    #[arg(long, default_value = "sled")]
+    log: String,
+    /// Coordinator counts to measure over etcd, comma-separated (clients spread over them).
+    #[arg(long, default_value = "1")]
+    coordinators: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -101,21 +109,25 @@ async fn rpc_floor(url: &str) -> anyhow::Result<f64> {
 }
 
 #[derive(serde::Serialize)]
-struct BenchRow {
+pub(crate) struct BenchRow {
     /// What ran: `2pc`, `saga`, `local` (one participant, one phase) or `postgres` (the peer).
-    system: String,
+    pub(crate) system: String,
     protocol: String,
-    local: bool,
-    clients: usize,
-    tps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    pub(crate) local: bool,
+    pub(crate) clients: usize,
+    pub(crate) tps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
     p999_ms: f64,
     fsync_p50_ms: f64,
     rpc_p50_ms: f64,
     fsyncs_per_txn: f64,
     committed: usize,
     aborted: usize,
+    /// Where the coordinators kept their log (`sled`, `etcd`; `postgres` for the peer), and
+    /// how many coordinators shared the clients.
+    pub(crate) log: String,
+    pub(crate) coordinators: usize,
 }
 
 /// Mean time per phase and writes per fsync, from the nodes' metrics (coordinator and p1).
@@ -229,6 +241,45 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         );
     }
     cluster::ensure_binaries()?;
+    anyhow::ensure!(
+        (args.participants..=MAX_BENCH_ACCOUNTS).contains(&args.accounts),
+        "--accounts: must be between {} and {MAX_BENCH_ACCOUNTS}",
+        args.participants
+    );
+    let setups = scale::setups(&args.log, &args.coordinators)?;
+    let mut rows = Vec::new();
+    let mut peer = None;
+    for (i, setup) in setups.iter().enumerate() {
+        if setups.len() > 1 {
+            println!("--- {setup}");
+        }
+        // The peer runs beside the first setup only: it has no coordinators to count.
+        let with_peer = i == 0 && args.peer.is_some();
+        rows.extend(bench_setup(&args, &clients, &protocols, *setup, with_peer, &mut peer).await?);
+    }
+    if peer.is_some() {
+        print_against_peer(&rows);
+    }
+    if setups.len() > 1 {
+        scale::print_scale_out(&rows);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(true)
+}
+
+/// Measures one setup (a log and a number of coordinators) on a cluster of its own.
+async fn bench_setup(
+    args: &BenchArgs,
+    clients: &[usize],
+    protocols: &[bank::Protocol],
+    setup: scale::Setup,
+    with_peer: bool,
+    peer: &mut Option<pgpeer::PgCluster>,
+) -> anyhow::Result<Vec<BenchRow>> {
     let mut cluster = Cluster::start(ClusterOptions {
         participants: args.participants,
         metrics: true,
@@ -236,31 +287,25 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         // nothing per txn).
         outcome_retention_secs: args.outcome_retention_secs,
         coordinator_args: vec!["--commit-point".into(), args.commit_point.clone()],
+        coordinators: setup.coordinators,
+        etcd: setup.etcd,
         ..Default::default()
     })
     .await
     .context("starting the cluster")?;
-    let mut client = cluster.coordinator_client().await?;
-    anyhow::ensure!(
-        (args.participants..=MAX_BENCH_ACCOUNTS).contains(&args.accounts),
-        "--accounts: must be between {} and {MAX_BENCH_ACCOUNTS}",
-        args.participants
-    );
+    let mut client = cluster.coordinators()?;
     let accounts = bank::accounts(args.participants, args.accounts);
     bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
     let fsync_p50_ms = fsync_floor(cluster.dir())?;
     let rpc_p50_ms = rpc_floor(&cluster.participants[0].url()).await?;
     println!("2PC commit point: {}", args.commit_point);
     println!("floor: fsync p50 {fsync_p50_ms:.3} ms, no-op gRPC round trip p50 {rpc_p50_ms:.3} ms");
-    let peer = match args.peer {
-        Some(Peer::Postgres) => {
-            let pg = pgpeer::PgCluster::start().await?;
-            pg.seed(args.accounts, INITIAL_BALANCE).await?;
-            println!("peer: {} PostgreSQL servers seeded", pgpeer::PG_SERVERS);
-            Some(pg)
-        }
-        None => None,
-    };
+    if with_peer {
+        let pg = pgpeer::PgCluster::start().await?;
+        pg.seed(args.accounts, INITIAL_BALANCE).await?;
+        println!("peer: {} PostgreSQL servers seeded", pgpeer::PG_SERVERS);
+        *peer = Some(pg);
+    }
     let mut rows = Vec::new();
     let mut runs: Vec<(bank::Protocol, bool)> = protocols.iter().map(|p| (*p, false)).collect();
     if args.local_baseline {
@@ -268,7 +313,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     }
     // Each client count runs every system before the next count, so that the machine's
     // drift over the run falls on all of them alike.
-    for &n in &clients {
+    for &n in clients {
         for &(protocol, local) in &runs {
             let before = total_fsyncs(&cluster).await?;
             let phases_before = Phases::scrape(&cluster).await?;
@@ -310,34 +355,31 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
                 fsyncs_per_txn: fsyncs as f64 / tally.committed.max(1) as f64,
                 committed: tally.committed,
                 aborted: tally.aborted,
+                log: setup.log_name().into(),
+                coordinators: setup.coordinators,
             };
             print_row(&row);
             println!("      {phases}");
             rows.push(row);
         }
-        if let Some(pg) = &peer {
-            let row = peer_run(pg, n, &args, fsync_p50_ms, rpc_p50_ms).await?;
+        if let (true, Some(pg)) = (with_peer, peer.as_ref()) {
+            let mut row = peer_run(pg, n, args, fsync_p50_ms, rpc_p50_ms).await?;
+            row.log = "postgres".into();
             print_row(&row);
             rows.push(row);
         }
     }
-    if peer.is_some() {
-        print_against_peer(&rows);
-    }
     cluster.shutdown()?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    Ok(true)
+    Ok(rows)
 }
 
 fn print_row(row: &BenchRow) {
     println!(
-        "{:<8} {:<6} clients {:>3}: {:>7.0} txn/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms  fsyncs/txn {:.2}  ({} aborted)",
+        "{:<8} {:<6} {:<6} x{} clients {:>3}: {:>7.0} txn/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms  syncs/txn {:.2}  ({} aborted)",
         row.system,
         if row.local { "local" } else { "2-part" },
+        row.log,
+        row.coordinators,
         row.clients,
         row.tps,
         row.p50_ms,
@@ -411,6 +453,8 @@ async fn peer_run(
         fsyncs_per_txn: fsyncs as f64 / committed.max(1) as f64,
         committed,
         aborted,
+        log: String::new(),
+        coordinators: 0,
     })
 }
 
