@@ -509,24 +509,24 @@ async fn audit_loop(
                 res.as_ref().map(|r| (r.outcome, r.reason.clone()))
             );
         }
-        if let Ok(r) = res {
-            if r.outcome == pb::Outcome::Committed as i32 {
-                let sum: i64 = r
-                    .results
-                    .iter()
-                    .flat_map(|b| &b.reads)
-                    .map(|kv| txn_types::types::decode_counter(kv.value.as_deref()).unwrap_or(0))
-                    .sum();
-                audits.completed.fetch_add(1, Ordering::Relaxed);
-                let us = t0.elapsed().as_micros().max(1) as u64;
-                let _ = audits
-                    .latency_us
-                    .lock()
-                    .expect("audit histogram")
-                    .record(us);
-                if sum != total {
-                    audits.inconsistent.fetch_add(1, Ordering::Relaxed);
-                }
+        if let Ok(r) = res
+            && r.outcome == pb::Outcome::Committed as i32
+        {
+            let sum: i64 = r
+                .results
+                .iter()
+                .flat_map(|b| &b.reads)
+                .map(|kv| txn_types::types::decode_counter(kv.value.as_deref()).unwrap_or(0))
+                .sum();
+            audits.completed.fetch_add(1, Ordering::Relaxed);
+            let us = t0.elapsed().as_micros().max(1) as u64;
+            let _ = audits
+                .latency_us
+                .lock()
+                .expect("audit histogram")
+                .record(us);
+            if sum != total {
+                audits.inconsistent.fetch_add(1, Ordering::Relaxed);
             }
         }
         tokio::time::sleep(AUDIT_PAUSE).await;
