@@ -19,11 +19,14 @@
 //! - [`onephase`]: the one-phase model, with submodules of the same names and roles.
 //! - [`saga`]: the saga model (orchestrator and participants in one file).
 //! - [`locks`]: the lock queue model (one participant's lock table and its waiters).
+//! - [`adoption`]: several coordinators over a shared log: fencing, takeover of a gone
+//!   owner's decision, Resolve about a txn held elsewhere.
 //! - [`golden`]: the runner of golden scripts over the 2PC and saga actors.
 //! - [`checked`]: the model wrapper that drops steps which change nothing, so liveness can be
 //!   judged.
 //! - [`io`]: what the drivers do with a core's step over the in-memory store.
 
+pub mod adoption;
 pub mod checked;
 pub mod golden;
 pub mod io;
