@@ -8,9 +8,9 @@
 //! The log is modelled as etcd behaves: member records that exist while a lease lives and are
 //! gone for good after, a revision per write, and transactions whose guards are checked
 //! atomically with their write. A takeover reads the members and the record first and writes
-//! later, so it may act on a stale read (the guards must catch that). The owner (`C1`, epoch
-//! 1) may crash, or lose its lease while its process runs on (a pause): then it is a zombie
-//! that still tries to write its decision and to end it.
+//! later, so it may act on a stale read (the guards must catch that). The owner (`C1`, of
+//! epoch one) may crash, or lose its lease while its process runs on (a pause): then it is a
+//! zombie that still tries to write its decision and to end it.
 //!
 //! Checked: atomic (no participant commits a txn another aborts); the owner is exclusive (no
 //! write to the decision record lands from an instance other than the one that owns it at
