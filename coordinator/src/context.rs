@@ -113,11 +113,12 @@ impl Context {
     }
 
     /// Passes a storage result through the fail-stop policy (see [`FailStop`]). A log that
-    /// could not be reached (etcd) is no failure of the log: the call is refused and nothing
-    /// stops.
+    /// could not be reached (etcd) is no failure of the log: the call is refused as not
+    /// started (only reads and guarded claims can fail so; queued writes wait for etcd) and
+    /// nothing stops.
     pub(crate) fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, CoordError> {
         match r {
-            Err(StoreError::Unavailable(why)) => Err(CoordError::Unavailable(format!(
+            Err(StoreError::Unavailable(why)) => Err(CoordError::NotStarted(format!(
                 "the coordinator's log is unreachable: {why}"
             ))),
             r => Ok(self.fail_stop.check(r)?),

@@ -199,6 +199,9 @@ impl Coordinator {
         req: TxnRequest,
         tag: ClientTag,
     ) -> Result<pb::TransactResponse, CoordError> {
+        if let Some(shared) = self.gc.shared() {
+            shared.admits().map_err(CoordError::NotStarted)?;
+        }
         let sender = match self.keys.claim(&tag).await? {
             Claim::Answered(answer) => return Ok(answer),
             Claim::Run(tx) => tx,

@@ -31,8 +31,9 @@ use super::{CoordLog, LogFuture, LogTicket, ResolveView, Revisioned, SharedLog};
 pub const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long a starting coordinator keeps trying to reach etcd before it gives up.
 pub const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Records one scan reads from etcd at a time (bounds one answer's size).
-const SCAN_PAGE: usize = 500;
+/// Records one scan reads from etcd at a time: bounds one answer, which the client decodes up
+/// to 64 MiB, at 60 records of at most 1 MiB (`MAX_RECORD_BYTES`).
+const SCAN_PAGE: usize = 60;
 /// Tries at taking an epoch when other instances take theirs at the same moment.
 const EPOCH_TRIES: usize = 100;
 
