@@ -145,6 +145,13 @@ impl AdminService {
             participants,
             ..Default::default()
         };
+        if let Some(shared) = self.gc.shared() {
+            resp.coordinators = self
+                .check(shared.members().await)?
+                .iter()
+                .map(|(epoch, m)| format!("{epoch} {}", m.url))
+                .collect();
+        }
         for s in self.sagas().await? {
             match SagaState::try_from(s.state).unwrap_or(SagaState::Unspecified) {
                 SagaState::Running => resp.sagas_running += 1,

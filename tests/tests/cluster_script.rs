@@ -262,26 +262,49 @@ fn up_etcd_with_three_coordinators_survives_kills_and_pauses_of_any_node() {
     assert_eq!(coordinators.split(',').count(), 3, "{env}");
     let txnctl = txn_tests::cluster::bin_dir().unwrap().join("txnctl");
     let transfer = |what: &str| {
-        let out = Command::new(&txnctl)
-            .env("TXNCTL_COORDINATOR", &coordinators)
-            .args([
-                "transfer",
-                "--from",
-                "p1/a",
-                "--to",
-                "p2/b",
-                "--amount",
-                "1",
-                "--allow-negative",
-            ])
-            .output()
-            .unwrap();
+        let attempt = || {
+            Command::new(&txnctl)
+                .env("TXNCTL_COORDINATOR", &coordinators)
+                .args([
+                    "transfer",
+                    "--from",
+                    "p1/a",
+                    "--to",
+                    "p2/b",
+                    "--amount",
+                    "1",
+                    "--allow-negative",
+                ])
+                .output()
+                .unwrap()
+        };
+        // Refused before it ran ("not started": etcd just lost a member) is safe to send again.
+        let mut out = attempt();
+        for _ in 0..50 {
+            if !String::from_utf8_lossy(&out.stderr).contains("not started") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            out = attempt();
+        }
         assert!(
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("committed"),
             "{what}: {out:?}"
         );
     };
     transfer("all up");
+    // status names every live coordinator.
+    let out = Command::new(&txnctl)
+        .env("TXNCTL_COORDINATOR", &coordinators)
+        .args(["--json", "status"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        status["coordinators"].as_array().map(Vec::len),
+        Some(3),
+        "{out:?}"
+    );
     let run = |args: &[&str]| {
         let (ok, out) = script(&[args, &["--dir", d]].concat());
         assert!(ok, "{args:?}: {out}");
@@ -301,12 +324,25 @@ fn up_etcd_with_three_coordinators_survives_kills_and_pauses_of_any_node() {
     run(&["pause", "e2"]);
     transfer("etcd member e2 paused");
     run(&["resume", "e2"]);
-    let out = Command::new(&txnctl)
-        .env("TXNCTL_COORDINATOR", &coordinators)
-        .args(["read", "p1/a", "p2/b"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // A read is refused while etcd recovers from the pause ("not started"), or aborts behind
+    // a lock: it is safe to ask again.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let out = Command::new(&txnctl)
+            .env("TXNCTL_COORDINATOR", &coordinators)
+            .args(["read", "p1/a", "p2/b"])
+            .output()
+            .unwrap();
+        text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert!(
         text.contains("-5") && text.contains(" 5 "),
         "every transfer applied once: {text}"

@@ -6,7 +6,7 @@
 //! transaction (the rules are [`txn_coordinator_core::ha`]'s). A keep-alive task renews the
 //! lease every third of its TTL; once etcd says it is gone, the instance's writes fail
 //! ([`super::etcd_writes`]) and [`SharedLog::lost`] tells the coordinator to stop. While the
-//! lease has not been renewed for half its TTL, or a write waits for etcd, new txns are
+//! lease has not been renewed for a whole TTL, or a write waits for etcd, new txns are
 //! refused ([`SharedLog::admits`]); txns in flight wait for etcd and lose nothing.
 
 use std::collections::BTreeMap;
@@ -340,8 +340,10 @@ impl SharedLog for EtcdLog {
         if self.writes.stalled.load(Ordering::Relaxed) {
             return Err("etcd does not answer: the log's writes are waiting for it".into());
         }
+        // Past a TTL without a renewal the lease may be gone: a txn begun now could only be
+        // refused at its first write. (Safety does not hang on this: every write is guarded.)
         let silent = self.since_start_ms() - self.renewed_ms.load(Ordering::Relaxed);
-        if silent > (self.lease_ttl / 2).as_millis() as u64 {
+        if silent > self.lease_ttl.as_millis() as u64 {
             return Err(format!(
                 "the etcd lease was last renewed {silent} ms ago (TTL {} ms): etcd unreachable?",
                 self.lease_ttl.as_millis()
