@@ -143,7 +143,13 @@ impl Cluster {
             None => {
                 let t = tempfile::Builder::new().prefix("txn-cluster-").tempdir()?;
                 let d = t.path().to_path_buf();
-                (Some(t), d)
+                // TXN_KEEP_CLUSTER=1 keeps the data and logs of every cluster, for a post-mortem.
+                if std::env::var_os("TXN_KEEP_CLUSTER").is_some() {
+                    eprintln!("keeping the cluster in {}", t.keep().display());
+                    (None, d)
+                } else {
+                    (Some(t), d)
+                }
             }
         };
         anyhow::ensure!(

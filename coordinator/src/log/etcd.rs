@@ -431,8 +431,7 @@ impl SharedLog for EtcdLog {
         Box::pin(async move {
             let txn = TxnRequest {
                 compare: guards(&self.prefix, &guards_of),
-                success: batch
-                    .ops
+                success: super::etcd_writes::coalesce(batch.ops)
                     .into_iter()
                     .map(|w| match w {
                         WriteOp::Put(k, v) => op::put(self.key(&k), v, 0),

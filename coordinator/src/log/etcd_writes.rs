@@ -35,6 +35,25 @@ pub const MAX_TXN_OPS: usize = 120;
 const RETRY_FIRST: Duration = Duration::from_millis(20);
 const RETRY_LONGEST: Duration = Duration::from_millis(500);
 
+/// The writes of several batches as one etcd transaction may carry them: etcd refuses a
+/// transaction that names a key twice, so only the last write of each key is kept. The
+/// transaction applies atomically, so nobody can see the writes it drops; what it leaves is
+/// what applying every batch in order would leave.
+pub(super) fn coalesce(ops: Vec<WriteOp>) -> Vec<WriteOp> {
+    let key = |w: &WriteOp| match w {
+        WriteOp::Put(k, _) | WriteOp::Delete(k) => k.clone(),
+    };
+    let mut last: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for (i, w) in ops.iter().enumerate() {
+        last.insert(key(w), i);
+    }
+    ops.into_iter()
+        .enumerate()
+        .filter(|(i, w)| last.get(&key(w)) == Some(i))
+        .map(|(_, w)| w)
+        .collect()
+}
+
 #[derive(Debug, Clone, Default)]
 struct Published {
     durable: u64,
@@ -167,7 +186,7 @@ impl Writes {
     /// The batches at the head of the queue that fit one transaction (at least one).
     fn next_txn(&self) -> Option<(u64, usize, TxnRequest)> {
         let q = self.queue.lock().expect("etcd write queue");
-        let mut ops = Vec::new();
+        let mut ops: Vec<WriteOp> = Vec::new();
         let (mut bytes, mut taken, mut last) = (0usize, 0usize, 0u64);
         for (seq, batch) in &q.queued {
             let size: usize = batch
@@ -183,23 +202,25 @@ impl Writes {
             {
                 break;
             }
-            for op in &batch.ops {
-                ops.push(match op {
-                    WriteOp::Put(k, v) => op::put([&self.prefix[..], k].concat(), v.clone(), 0),
-                    WriteOp::Delete(k) => op::delete([&self.prefix[..], k].concat()),
-                });
-            }
+            ops.extend(batch.ops.iter().cloned());
             bytes += size;
             taken += 1;
             last = *seq;
         }
+        let success = coalesce(ops)
+            .into_iter()
+            .map(|w| match w {
+                WriteOp::Put(k, v) => op::put([&self.prefix[..], &k].concat(), v, 0),
+                WriteOp::Delete(k) => op::delete([&self.prefix[..], &k].concat()),
+            })
+            .collect();
         (taken > 0).then(|| {
             (
                 last,
                 taken,
                 TxnRequest {
                     compare: vec![op::exists(&self.member_key)],
-                    success: ops,
+                    success,
                     failure: Vec::new(),
                 },
             )
@@ -251,5 +272,29 @@ impl Writes {
                 .observe(taken as f64);
             self.published.send_modify(|p| p.durable = last);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalescing_keeps_the_last_write_of_each_key_in_order() {
+        let put = |k: &str, v: &str| WriteOp::Put(k.into(), v.into());
+        let del = |k: &str| WriteOp::Delete(k.into());
+        let ops = vec![
+            put("s/1", "a"),
+            put("k/x", "1"),
+            put("s/1", "b"),
+            del("c/2"),
+            del("s/1"),
+            put("c/2", "again"),
+        ];
+        assert_eq!(
+            coalesce(ops),
+            vec![put("k/x", "1"), del("s/1"), put("c/2", "again")]
+        );
+        assert!(coalesce(Vec::new()).is_empty());
     }
 }
