@@ -43,6 +43,7 @@ pub mod log;
 pub mod node;
 pub mod one_phase;
 pub mod outcome;
+pub mod prepare_batch;
 pub mod saga_driver;
 pub mod saga_end;
 pub mod server;

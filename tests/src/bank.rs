@@ -209,6 +209,7 @@ pub async fn transfer<C: Transactor>(
     accounts: &[Account],
     t: Transfer,
     protocol: Protocol,
+    commit_point: pb::CommitPoint,
 ) -> Outcome {
     let (from, to) = (&accounts[t.from], &accounts[t.to]);
     let branches = if from.participant == to.participant {
@@ -236,7 +237,7 @@ pub async fn transfer<C: Transactor>(
         branches,
         prepare_timeout_ms: 0,
         client_txn_id: String::new(),
-        commit_point: 0,
+        commit_point: commit_point as i32,
     };
     match client.transact_for(id, req).await {
         Ok(r) => {
@@ -275,6 +276,8 @@ pub struct Workload {
     /// Transfers between two accounts of the same participant (one branch): the local
     /// baseline.
     pub local: bool,
+    /// Where 2PC transfers commit; UNSPECIFIED leaves it to the coordinator's --commit-point.
+    pub commit_point: pb::CommitPoint,
 }
 
 /// Runs closed-loop transfer clients; each picks two accounts on different participants.
@@ -300,7 +303,8 @@ pub async fn run<C: Transactor>(
             {
                 let t = pick(&mut rng, &accounts, balance, w.overdraft_share, w.local);
                 let t0 = Instant::now();
-                let outcome = transfer(&mut client, c, &accounts, t, w.protocol).await;
+                let outcome =
+                    transfer(&mut client, c, &accounts, t, w.protocol, w.commit_point).await;
                 if matches!(
                     outcome,
                     Outcome::Unknown { .. } | Outcome::NotStarted { .. }

@@ -161,6 +161,8 @@ async fn kill_the_busiest_under_load(commit_point: &str) -> anyhow::Result<()> {
         seed: 18,
         protocol: Protocol::TwoPhase,
         local: false,
+        // The coordinators' --commit-point.
+        commit_point: pb::CommitPoint::Unspecified,
     };
     let runner = {
         let (coords, accounts, w) = (coords.clone(), accounts.clone(), workload.clone());
@@ -326,6 +328,8 @@ async fn etcd_member_loss_leader_loss_and_quorum_loss_lose_nothing() -> anyhow::
         seed: 19,
         protocol: Protocol::TwoPhase,
         local: false,
+        // The coordinators' --commit-point.
+        commit_point: pb::CommitPoint::Unspecified,
     };
     let runner = {
         let (coords, accounts, w) = (coords.clone(), accounts.clone(), workload.clone());
@@ -428,6 +432,7 @@ async fn a_coordinator_paused_past_its_lease_is_fenced_and_stops() -> anyhow::Re
                     amount: 5,
                 },
                 Protocol::TwoPhase,
+                pb::CommitPoint::Unspecified,
             )
             .await
         }

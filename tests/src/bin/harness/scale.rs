@@ -1,7 +1,7 @@
 //! `harness bench --log sled,etcd --coordinators 1,2,3`: which setups to measure, and the
 //! scale-out table that sets them side by side (txn/s and p50 at each client count).
 
-use crate::bench::BenchRow;
+use crate::bench::{BenchRow, label};
 
 /// One measured setup: where the coordinators keep their log, and how many there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,12 +73,12 @@ pub fn setups(log: &str, coordinators: &str) -> anyhow::Result<Vec<Setup>> {
 
 /// txn/s and p50 of every setup at each client count, one table per system.
 pub fn print_scale_out(rows: &[BenchRow]) {
-    let mut systems: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.log != "postgres")
-        .map(|r| r.system.as_str())
-        .collect();
-    systems.dedup();
+    let mut systems: Vec<String> = Vec::new();
+    for r in rows.iter().filter(|r| r.log != "postgres") {
+        if !systems.contains(&label(r)) {
+            systems.push(label(r));
+        }
+    }
     let mut setups: Vec<(String, usize)> = rows
         .iter()
         .filter(|r| r.log != "postgres")
