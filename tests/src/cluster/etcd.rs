@@ -9,10 +9,15 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use txn_etcd::EtcdClient;
 
-use super::{Proc, free_port};
+use super::{Proc, free_port_block};
 
 /// How long a fresh etcd cluster may take to elect a leader and take a write.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many times a cluster that did not form is started afresh before the test gives up: a
+/// member that lost its port or stalled on a loaded machine should not fail a test of the
+/// coordinators.
+const FORM_ATTEMPTS: usize = 3;
 
 /// The etcd binary: `ETCD_BIN`, else `etcd` on PATH or in /usr/bin.
 pub fn etcd_binary() -> anyhow::Result<PathBuf> {
@@ -38,18 +43,51 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members in `dir` and waits until the cluster takes writes.
+    /// Starts `n` members in `dir` and waits until the cluster takes writes. The members' ports
+    /// come from one block below the kernel's ephemeral range, so no outgoing connection of
+    /// another process can take one between the check and etcd's bind. A cluster that does not
+    /// form is stopped and started again on fresh ports and data directories, up to
+    /// [`FORM_ATTEMPTS`] times; the error then carries every member's last log lines.
     pub async fn start(dir: &Path, n: usize) -> anyhow::Result<Self> {
+        let mut failures = Vec::new();
+        for attempt in 1..=FORM_ATTEMPTS {
+            let cluster = Self::spawn_members(&dir.join(format!("etcd-{attempt}")), n)?;
+            match cluster.wait_formed().await {
+                Ok(()) => return Ok(cluster),
+                Err(e) => {
+                    let mut cluster = cluster;
+                    let logs: Vec<String> = cluster
+                        .members
+                        .iter_mut()
+                        .map(|m| {
+                            let state = if m.is_running() { "running" } else { "exited" };
+                            format!("{} ({state}): {}", m.name, m.log_tail(5))
+                        })
+                        .collect();
+                    failures.push(format!("attempt {attempt}: {e:#}\n{}", logs.join("\n")));
+                    drop(cluster);
+                }
+            }
+        }
+        bail!(
+            "no etcd cluster of {n} formed in {FORM_ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        )
+    }
+
+    fn spawn_members(dir: &Path, n: usize) -> anyhow::Result<Self> {
         let bin = etcd_binary()?;
-        let ports: Vec<(u16, u16)> = (0..n)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<anyhow::Result<_>>()?;
+        let base = free_port_block(2 * n as u16)?;
+        let ports: Vec<(u16, u16)> = (0..n as u16)
+            .map(|i| (base + 2 * i, base + 2 * i + 1))
+            .collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
             .map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1))
             .collect();
         let token = format!("txnkit-{}", rand::random::<u64>());
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut members = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
             let name = format!("e{}", i + 1);
@@ -92,9 +130,7 @@ impl EtcdCluster {
         for m in &mut members {
             m.spawn()?;
         }
-        let cluster = Self { members };
-        cluster.wait_formed().await?;
-        Ok(cluster)
+        Ok(Self { members })
     }
 
     /// `etcd://HOST:PORT,...` of every member, as the coordinators' `--log` takes it.
