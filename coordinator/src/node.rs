@@ -14,8 +14,6 @@ use tracing::{Instrument, info, info_span, warn};
 use txn_proto::convert::{FromWire, ToWire};
 use txn_proto::pb::v1 as pb;
 use txn_storage::GroupCommit;
-use txn_types::rec::{SagaRecord, SagaState};
-use txn_types::record;
 use txn_types::store::{Store, StoreError};
 use txn_types::types::{
     CommitPoint, InvalidInput, KeyValue, ParticipantId, Protocol, Resolution, TxnId, TxnRequest,
@@ -26,7 +24,7 @@ use txn_types::unix_ms;
 use crate::context::Context;
 use crate::dedup::{Claim, ClientKeys, ClientTag};
 use crate::error::CoordError;
-use crate::outcome::TxnOutcome;
+use crate::outcome::{TxnOutcome, call_failure};
 use crate::saga_driver::SagaDriver;
 use futures::future::BoxFuture;
 use txn_coordinator_core::core::{CoordinatorCore, Effect, VoteResult};
@@ -175,7 +173,7 @@ impl Coordinator {
         for (txn, effects) in resend {
             node.run_effects(&txn, effects);
         }
-        node.sagas.resume()?;
+        node.sagas.resume().await?;
         Ok(node)
     }
 
@@ -337,7 +335,7 @@ impl Coordinator {
                 commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
             };
             votes.push(async move {
-                let mut request = tonic::Request::new(msg);
+                let mut request = txn_server::trace::request(msg);
                 request.set_timeout(timeout);
                 (i, client.prepare(request).await)
             });
@@ -375,10 +373,10 @@ impl Coordinator {
                         }
                         Ok(Ok(Vote::No { reason })) => VoteResult::No { reason },
                         Ok(Err(bad)) => VoteResult::Failed {
-                            error: format!("bad response: {bad}"),
+                            error: format!("{} answered badly: {bad}", participants[i]),
                         },
                         Err(status) => VoteResult::Failed {
-                            error: format!("{:?}: {}", status.code(), status.message()),
+                            error: call_failure(participants[i].as_str(), &status, timeout),
                         },
                     };
                     // The core counts a vote that comes in after the deadline as late.
@@ -503,26 +501,37 @@ impl Coordinator {
         }
     }
 
-    /// Sets the state gauges of the metrics from the txn table and the saga log.
+    /// Sets the state gauges of the metrics from the txn table and the sagas' states (kept
+    /// in memory, so a scrape reads nothing from the log).
     pub fn refresh_metrics(&self) {
         let m = txn_metrics::metrics();
         m.in_doubt.set(self.core().committing() as i64);
         m.sagas_active.set(self.sagas.active() as i64);
-        match self
-            .gc
-            .store()
-            .scan_prefix(txn_coordinator_core::saga::SAGA_PREFIX)
-        {
-            Ok(sagas) => {
-                let parked = sagas
-                    .iter()
-                    .filter_map(|(k, v)| record::decode::<SagaRecord>(k, v).ok())
-                    .filter(|r| r.state == SagaState::Parked as i32)
-                    .count();
-                m.sagas_parked.set(parked as i64);
-            }
-            Err(e) => warn!(error = %e, "metrics: cannot read the saga log"),
-        }
+        m.sagas_parked.set(self.sagas.counts().parked as i64);
+    }
+
+    /// Records held, by key prefix of the storage layout (a scan: for operators and soaks).
+    pub fn record_counts(&self) -> Result<Vec<(String, u64)>, String> {
+        use txn_coordinator_core::saga::{
+            ENDED_SAGA_PREFIX, SAGA_END_NOTICE_PREFIX, SAGA_EXPIRY_PREFIX, SAGA_PREFIX,
+        };
+        txn_server::serve::count_records(
+            self.gc.store().as_ref(),
+            &[
+                txn_coordinator_core::core::DECISION_PREFIX,
+                SAGA_PREFIX,
+                ENDED_SAGA_PREFIX,
+                SAGA_EXPIRY_PREFIX,
+                SAGA_END_NOTICE_PREFIX,
+                crate::admin::FORCED_PREFIX,
+                crate::dedup::CLIENT_PREFIX,
+            ],
+        )
+    }
+
+    /// The context every component shares.
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
     }
 
     pub async fn sync(&self) -> Result<(), CoordError> {

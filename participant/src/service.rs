@@ -7,7 +7,7 @@ use txn_proto::convert::{OrInvalidArgument, ToWire, invalid_argument};
 use txn_proto::pb::v1 as pb;
 use txn_types::types::{InvalidInput, TxnId};
 
-use crate::housekeeping::NodeStats;
+use crate::housekeeping::{MAX_PAGE_BYTES, NodeStats};
 use crate::node::{MAX_OUTCOMES_PAGE, MAX_READ_KEYS, Participant};
 use txn_participant_core::core::{PrepareRequest, TxnStatus};
 use txn_participant_core::saga::{Compensation, StepResult};
@@ -128,7 +128,7 @@ impl pb::participant_server::Participant for ParticipantService {
                 )));
             }
         }
-        let values = self.node.read(&keys)?;
+        let values = self.node.read(&keys).await?;
         Ok(Response::new(pb::ReadResponse {
             values: values.into_iter().map(Into::into).collect(),
         }))
@@ -163,7 +163,11 @@ impl pb::participant_server::Participant for ParticipantService {
         let r = request.into_inner();
         let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
         let ops = txn_proto::convert::ops_from_pb("ops", r.ops).or_invalid()?;
-        let (result, reason, reads) = match self.node.execute_step(&saga, r.step, &ops).await? {
+        let executed = self
+            .node
+            .execute_step(&saga, r.step, r.deadline_unix_ms, &ops)
+            .await?;
+        let (result, reason, reads) = match executed {
             StepResult::Succeeded { reads } => (pb::StepResult::Succeeded, String::new(), reads),
             StepResult::Failed { reason } => (pb::StepResult::Failed, reason, Vec::new()),
             StepResult::Refused { reason } => (pb::StepResult::Refused, reason, Vec::new()),
@@ -181,7 +185,11 @@ impl pb::participant_server::Participant for ParticipantService {
     ) -> Result<Response<pb::CompensateResponse>, Status> {
         let r = request.into_inner();
         let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
-        let kind = match self.node.compensate_step(&saga, r.step).await? {
+        let kind = match self
+            .node
+            .compensate_step(&saga, r.step, r.deadline_unix_ms)
+            .await?
+        {
             Compensation::Applied => pb::CompensationKind::Applied,
             Compensation::Null => pb::CompensationKind::Null,
         };
@@ -259,25 +267,64 @@ impl pb::participant_server::Participant for ParticipantService {
             r.limit as usize
         };
         let page = self.node.list_outcomes(&r.start_after, limit)?;
-        let next = if page.len() >= limit.min(MAX_OUTCOMES_PAGE) {
-            page.last().map(|o| o.txn_id.clone()).unwrap_or_default()
+        let full = page.len() >= limit.min(MAX_OUTCOMES_PAGE);
+        let read = page.len();
+        let mut outcomes = Vec::with_capacity(page.len());
+        let mut bytes = 0;
+        for o in page {
+            let o = pb::TxnOutcome {
+                txn_id: o.txn_id,
+                state: state_to_pb(o.status) as i32,
+                participants: o.facts.participants,
+                writes: o.facts.writes,
+                at_unix_ms: o.at_unix_ms,
+                prepared_at_unix_ms: o.facts.prepared_at_unix_ms,
+            };
+            bytes += prost::Message::encoded_len(&o) + 4;
+            if !outcomes.is_empty() && bytes > MAX_PAGE_BYTES {
+                break;
+            }
+            outcomes.push(o);
+        }
+        // Cut short by the byte budget: the rest comes with the next page.
+        let cut = outcomes.len() < read;
+        let next = if full || cut {
+            outcomes
+                .last()
+                .map(|o| o.txn_id.clone())
+                .unwrap_or_default()
         } else {
             String::new()
         };
-        Ok(Response::new(pb::ListOutcomesResponse {
-            outcomes: page
-                .into_iter()
-                .map(|o| pb::TxnOutcome {
-                    txn_id: o.txn_id,
-                    state: state_to_pb(o.status) as i32,
-                    participants: o.facts.participants,
-                    writes: o.facts.writes,
-                    at_unix_ms: o.at_unix_ms,
-                    prepared_at_unix_ms: o.facts.prepared_at_unix_ms,
-                })
-                .collect(),
-            next,
-        }))
+        Ok(Response::new(pb::ListOutcomesResponse { outcomes, next }))
+    }
+
+    async fn end_sagas(
+        &self,
+        request: Request<pb::EndSagasRequest>,
+    ) -> Result<Response<pb::EndSagasResponse>, Status> {
+        let sagas = request.into_inner().sagas;
+        if sagas.len() > txn_types::types::MAX_COMMIT_BATCH {
+            return Err(invalid_argument(InvalidInput::new(
+                "sagas",
+                format!(
+                    "has {} sagas, the limit is {}",
+                    sagas.len(),
+                    txn_types::types::MAX_COMMIT_BATCH
+                ),
+            )));
+        }
+        let sagas = sagas
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                TxnId::parse(&format!("sagas[{i}].saga_id"), &s.saga_id)
+                    .map(|id| (id, s.deadline_unix_ms))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .or_invalid()?;
+        self.node.end_sagas(&sagas).await?;
+        Ok(Response::new(pb::EndSagasResponse {}))
     }
 }
 
@@ -334,11 +381,20 @@ pub fn stats_to_pb(s: &NodeStats) -> pb::StatsResponse {
 impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
     async fn in_doubt(
         &self,
-        _request: Request<pb::InDoubtRequest>,
+        request: Request<pb::InDoubtRequest>,
     ) -> Result<Response<pb::InDoubtResponse>, Status> {
-        let txns = self
-            .node
-            .in_doubt_detail()
+        let r = request.into_inner();
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(TxnId::parse("page_token", &r.page_token).or_invalid()?)
+        };
+        let size = match r.page_size {
+            0 => crate::housekeeping::IN_DOUBT_PAGE,
+            n => n as usize,
+        };
+        let (page, next) = self.node.in_doubt_page(after.as_ref(), size);
+        let txns = page
             .into_iter()
             .map(|t| pb::InDoubtTxn {
                 txn_id: t.txn.to_string(),
@@ -350,7 +406,10 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
                 commit_at_votes: t.commit_at_votes,
             })
             .collect();
-        Ok(Response::new(pb::InDoubtResponse { txns }))
+        Ok(Response::new(pb::InDoubtResponse {
+            txns,
+            next_page_token: next.map(|t| t.to_string()).unwrap_or_default(),
+        }))
     }
 
     async fn hold(

@@ -220,7 +220,7 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
     let listed = admin(Some(TOKEN))
         .list_txns(pb::ListTxnsRequest {
             state: pb::TxnPhase::InDoubt as i32,
-            limit: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -231,7 +231,7 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
     );
     // A participant's admin service and the failpoints want the token too.
     let s = pb::participant_admin_client::ParticipantAdminClient::new(p1.clone())
-        .in_doubt(pb::InDoubtRequest {})
+        .in_doubt(pb::InDoubtRequest::default())
         .await
         .expect_err("participant admin without token");
     assert_eq!(s.code(), Code::Unauthenticated);
