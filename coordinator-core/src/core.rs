@@ -558,7 +558,7 @@ impl CoordinatorCore {
             let reason = match self.txns.get(txn).map(|s| &s.phase) {
                 Some(Phase::Preparing { yes }) => {
                     format!(
-                        "prepare deadline passed without a vote from {}",
+                        "{} timed out: no vote before the prepare deadline",
                         self.missing(txn, yes)
                     )
                 }
@@ -572,7 +572,7 @@ impl CoordinatorCore {
                 let missing = self.missing(txn, yes);
                 self.abort(
                     txn,
-                    format!("prepare deadline passed without a vote from {missing}"),
+                    format!("{missing} timed out: no vote before the prepare deadline"),
                     None,
                 )
             }

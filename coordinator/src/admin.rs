@@ -32,7 +32,7 @@ pub(crate) fn forced_key(txn: &TxnId) -> Vec<u8> {
 }
 
 pub(crate) fn timed<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
+    let mut r = txn_server::trace::request(msg);
     r.set_timeout(ADMIN_RPC_TIMEOUT);
     r
 }

@@ -200,19 +200,23 @@ impl Coordinator {
         // In its own task, so that the key is released and waiters are answered even if
         // this caller goes away (deadline, cancel) while the txn runs.
         let node = self.clone();
-        let run = tokio::spawn(async move {
-            let shared: crate::dedup::Shared =
-                match node.transact_tagged(req, Some(tag.clone())).await {
-                    Ok(o) => Ok(o.to_pb()),
-                    Err(e) => {
-                        let status = tonic::Status::from(e);
-                        Err((status.code(), status.message().to_owned()))
-                    }
-                };
-            node.keys.release(&tag);
-            let _ = sender.send(Some(shared.clone()));
-            shared
-        });
+        let run = tokio::spawn(
+            async move {
+                let shared: crate::dedup::Shared =
+                    match node.transact_tagged(req, Some(tag.clone())).await {
+                        Ok(o) => Ok(o.to_pb()),
+                        Err(e) => {
+                            let status = tonic::Status::from(e);
+                            Err((status.code(), status.message().to_owned()))
+                        }
+                    };
+                node.keys.release(&tag);
+                let _ = sender.send(Some(shared.clone()));
+                shared
+            }
+            // The client's trace goes on in the task.
+            .in_current_span(),
+        );
         run.await
             .map_err(|e| CoordError::Unavailable(format!("txn task failed: {e}")))?
             .map_err(|(code, msg)| CoordError::Replayed(code, msg))
@@ -265,39 +269,43 @@ impl Coordinator {
         // disconnect), tonic drops this future, but the txn must still reach its decision and
         // release its participants.
         let node = self.clone();
-        let run = tokio::spawn(async move {
-            let _permit = permit;
-            if req.protocol == Protocol::Saga {
-                return node.sagas.transact(req, tag).await;
+        let run = tokio::spawn(
+            async move {
+                let _permit = permit;
+                if req.protocol == Protocol::Saga {
+                    return node.sagas.transact(req, tag).await;
+                }
+                let participants: Vec<ParticipantId> =
+                    req.branches.iter().map(|b| b.participant.clone()).collect();
+                let deadline_ms = node.clock_ms() + node.prepare_timeout(&req).as_millis() as u64;
+                // A client key's record rides on the logged decision (see dedup.rs).
+                let commit_point = match tag {
+                    Some(_) => CommitPoint::Decision,
+                    None => req.commit_point.unwrap_or(node.config.commit_point),
+                };
+                let txn = node
+                    .core()
+                    .begin_at(participants.clone(), deadline_ms, commit_point);
+                let span = info_span!("txn", txn = %txn);
+                // A client key must be recorded with the outcome, which only the coordinator's
+                // decision write can do atomically: keyed txns always take two phases.
+                if node.config.one_phase
+                    && participants.len() == 1
+                    && tag.is_none()
+                    && let Some(outcome) = node
+                        .run_one_phase(&txn, &req)
+                        .instrument(span.clone())
+                        .await?
+                {
+                    return Ok(outcome);
+                }
+                node.run_two_phase(txn, req, participants, tag)
+                    .instrument(span)
+                    .await
             }
-            let participants: Vec<ParticipantId> =
-                req.branches.iter().map(|b| b.participant.clone()).collect();
-            let deadline_ms = node.clock_ms() + node.prepare_timeout(&req).as_millis() as u64;
-            // A client key's record rides on the logged decision (see dedup.rs).
-            let commit_point = match tag {
-                Some(_) => CommitPoint::Decision,
-                None => req.commit_point.unwrap_or(node.config.commit_point),
-            };
-            let txn = node
-                .core()
-                .begin_at(participants.clone(), deadline_ms, commit_point);
-            let span = info_span!("txn", txn = %txn);
-            // A client key must be recorded with the outcome, which only the coordinator's
-            // decision write can do atomically: keyed txns always take two phases.
-            if node.config.one_phase
-                && participants.len() == 1
-                && tag.is_none()
-                && let Some(outcome) = node
-                    .run_one_phase(&txn, &req)
-                    .instrument(span.clone())
-                    .await?
-            {
-                return Ok(outcome);
-            }
-            node.run_two_phase(txn, req, participants, tag)
-                .instrument(span)
-                .await
-        });
+            // The client's trace goes on in the task.
+            .in_current_span(),
+        );
         run.await
             .map_err(|e| CoordError::Store(StoreError::Failed(format!("txn task failed: {e}"))))?
     }
@@ -440,14 +448,14 @@ impl Coordinator {
         let mut backoff = self.commit_backoff();
         loop {
             let mut client = self.participants[&to].clone();
-            let mut request = tonic::Request::new(pb::TxnStateRequest {
+            let mut request = txn_server::trace::request(pb::TxnStateRequest {
                 txn_id: txn.as_str().to_owned(),
             });
             request.set_timeout(self.config.rpc_timeout);
             let status = client
                 .query_peer(request)
                 .await
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                .map_err(|s| call_failure(to.as_str(), &s, self.config.rpc_timeout))
                 .and_then(|r| {
                     let raw = r.into_inner().state;
                     pb::TxnState::try_from(raw).map_err(|_| format!("unknown state {raw}"))

@@ -85,6 +85,11 @@ pub struct Args {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = txn_server::process::LogFormat::Text)]
     pub log_format: txn_server::process::LogFormat,
+    /// Export spans to this OpenTelemetry collector (OTLP over gRPC, e.g.
+    /// http://127.0.0.1:4317), and carry the W3C trace context on every call, so one txn is
+    /// one trace across the services. Off when not given.
+    #[arg(long, value_name = "URL", env = "TXN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub tls: txn_server::net::TlsArgs,
     #[command(flatten)]

@@ -88,6 +88,11 @@ pub struct Args {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = txn_server::process::LogFormat::Text)]
     pub log_format: txn_server::process::LogFormat,
+    /// Export spans to this OpenTelemetry collector (OTLP over gRPC, e.g.
+    /// http://127.0.0.1:4317), and carry the W3C trace context on every call, so one txn is
+    /// one trace across the services. Off when not given.
+    #[arg(long, value_name = "URL", env = "TXN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Free space (MiB) kept in reserve on the data directory's file system: below it, new
     /// Prepares are refused so that prepared txns can always still commit.
     #[arg(long, default_value_t = 64)]
@@ -257,10 +262,10 @@ impl ResolveTransport for GrpcTransport {
         let mut client = pb::coordinator_client::CoordinatorClient::new(self.coordinator.clone());
         Box::pin(async move {
             let resp = client
-                .resolve(pb::ResolveRequest {
+                .resolve(txn_server::trace::request(pb::ResolveRequest {
                     txn_id: txn.as_str().to_owned(),
                     commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
-                })
+                }))
                 .await
                 .map_err(|s| {
                     let msg = format!("{:?}: {}", s.code(), s.message());
@@ -286,9 +291,9 @@ impl ResolveTransport for GrpcTransport {
             let channel = channel.ok_or_else(|| format!("no --peer address for {peer}"))?;
             let mut client = pb::participant_client::ParticipantClient::new(channel);
             let resp = client
-                .query_peer(pb::TxnStateRequest {
+                .query_peer(txn_server::trace::request(pb::TxnStateRequest {
                     txn_id: txn.as_str().to_owned(),
-                })
+                }))
                 .await
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
             state_from_pb(resp.into_inner().state).map_err(|e| e.to_string())

@@ -16,10 +16,13 @@ use txn_proto::pb::v1 as pb;
 
 use crate::failpoint::FailpointService;
 use crate::net::{AdminAuth, SizeLimitStatus};
+use crate::trace::TraceLayer;
 
+/// The layers every server has: trace context, then size-limit statuses.
+type Layers = Stack<TraceLayer, Stack<SizeLimitStatus, Identity>>;
 /// The server builder of [`crate::net::TlsArgs::server`].
-pub type Builder = Server<Stack<SizeLimitStatus, Identity>>;
-pub type ServiceRouter = Router<Stack<SizeLimitStatus, Identity>>;
+pub type Builder = Server<Layers>;
+pub type ServiceRouter = Router<Layers>;
 
 /// Reads a service's statistics for the `Stats` service.
 pub type ReadStats = Arc<dyn Fn() -> pb::StatsResponse + Send + Sync>;
