@@ -197,6 +197,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         StatsService::new(
             Arc::new(move || crate::service::stats_to_pb(&n.stats())),
             Arc::new(move || counted.record_counts()),
+            auth.clone(),
         )
     };
     let mut builder = server;

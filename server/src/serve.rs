@@ -29,16 +29,25 @@ pub type ReadStats = Arc<dyn Fn() -> pb::StatsResponse + Send + Sync>;
 /// Counts a service's records by key prefix (prefix, records), by scanning its store.
 pub type CountRecords = Arc<dyn Fn() -> Result<Vec<(String, u64)>, String> + Send + Sync>;
 
-/// The `Stats` gRPC service of either binary.
+/// The `Stats` gRPC service of either binary. Counting records scans the store, so it is an
+/// operator's call (behind the admin token, like the other operator services) and runs one
+/// at a time.
 #[derive(Clone)]
 pub struct StatsService {
     read: ReadStats,
     count: CountRecords,
+    auth: AdminAuth,
+    counting: Arc<tokio::sync::Semaphore>,
 }
 
 impl StatsService {
-    pub fn new(read: ReadStats, count: CountRecords) -> Self {
-        Self { read, count }
+    pub fn new(read: ReadStats, count: CountRecords, auth: AdminAuth) -> Self {
+        Self {
+            read,
+            count,
+            auth,
+            counting: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
     }
 }
 
@@ -53,8 +62,18 @@ impl pb::stats_server::Stats for StatsService {
 
     async fn get_record_counts(
         &self,
-        _request: Request<pb::RecordCountsRequest>,
+        request: Request<pb::RecordCountsRequest>,
     ) -> Result<Response<pb::RecordCountsResponse>, Status> {
+        self.auth.check(Request::from_parts(
+            request.metadata().clone(),
+            Default::default(),
+            (),
+        ))?;
+        let _one_at_a_time = self
+            .counting
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
         // A scan: off the runtime's workers, so it cannot stall protocol calls.
         let count = self.count.clone();
         let counts = tokio::task::spawn_blocking(move || count())

@@ -337,14 +337,16 @@ impl Cluster {
         &self,
         node: &str,
     ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-        let counts = self
-            .stats_client(node)
-            .await?
-            .get_record_counts(pb::RecordCountsRequest {})
-            .await
-            .with_context(|| format!("counting the records of {node}"))?
-            .into_inner()
-            .counts;
+        let url = self.url_of(node)?;
+        let counts = pb::stats_client::StatsClient::with_interceptor(
+            self.channel(&url)?,
+            self.token.clone(),
+        )
+        .get_record_counts(pb::RecordCountsRequest {})
+        .await
+        .with_context(|| format!("counting the records of {node}"))?
+        .into_inner()
+        .counts;
         Ok(counts.into_iter().map(|c| (c.prefix, c.records)).collect())
     }
 

@@ -243,6 +243,27 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
         .await
         .expect_err("failpoint without token");
     assert_eq!(s.code(), Code::Unauthenticated);
+    // Counting records scans the store: an operator's call too.
+    let s = pb::stats_client::StatsClient::new(p1.clone())
+        .get_record_counts(pb::RecordCountsRequest {})
+        .await
+        .expect_err("record counts without token");
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let counts = pb::stats_client::StatsClient::with_interceptor(
+        p1.clone(),
+        BearerToken::new(Some(TOKEN)).unwrap(),
+    )
+    .get_record_counts(pb::RecordCountsRequest {})
+    .await
+    .unwrap()
+    .into_inner()
+    .counts;
+    let prepared = counts.iter().find(|c| c.prefix == "p/").map(|c| c.records);
+    assert_eq!(
+        prepared,
+        Some(1),
+        "the orphan's prepared record: {counts:?}"
+    );
 
     // txnctl: one line and exit 1 without the token; works with it.
     let ca = ours.join("ca.pem");
