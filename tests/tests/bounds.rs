@@ -92,6 +92,10 @@ async fn each_bound_refuses_with_resource_exhausted_and_the_txn_aborts() -> anyh
         "{}",
         refused.message()
     );
+    // A read of a key a prepared txn writes waits, then aborts: exit 3, and --json says so.
+    let out = txnctl(&cluster, &["read", "p1/a", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(json_of(&out)["outcome"], "aborted");
     // A duplicate of a prepared txn only votes again.
     let again = p1.prepare(prepare("9.1", vec![put(b"a", b"1")])).await?;
     assert_eq!(again.into_inner().vote, pb::Vote::Yes as i32);
