@@ -128,17 +128,18 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
     let met = growth
         .iter()
         .all(|g| g.growth_pct.is_finite() && g.growth_pct <= args.max_growth_pct);
-    let judged = samples.iter().filter(|s| s.at_s >= args.warmup as f64);
-    let (committed, aborted, shed, failed, secs) = judged.fold((0, 0, 0, 0, 0.0), |a, s| {
-        (
-            a.0 + s.committed,
-            a.1 + s.aborted,
-            a.2 + s.shed,
-            a.3 + s.failed,
-            s.at_s,
-        )
-    });
-    let span = (secs - args.warmup as f64).max(1.0);
+    // The windows that began after the warm-up (each sample counts the one before it).
+    let mut prev = 0.0;
+    let (mut committed, mut aborted, mut shed, mut failed, mut span) = (0, 0, 0, 0, 0.0);
+    for s in &samples {
+        if prev >= args.warmup as f64 {
+            (committed, aborted) = (committed + s.committed, aborted + s.aborted);
+            (shed, failed) = (shed + s.shed, failed + s.failed);
+            span += s.at_s - prev;
+        }
+        prev = s.at_s;
+    }
+    let span = span.max(1.0);
     let reached = (committed + aborted) as f64 / span;
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
@@ -151,12 +152,17 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         "growth %",
     ]);
     for g in &growth {
+        let (figure, unit) = match g.figure.as_str() {
+            "rss_bytes" => ("RSS MiB", 1024.0 * 1024.0),
+            "data_bytes" => ("data MiB", 1024.0 * 1024.0),
+            other => (other, 1.0),
+        };
         table.add_row(vec![
             g.node.clone(),
-            g.figure.clone(),
-            format!("{:.0}", g.start),
-            format!("{:.0}", g.after_warmup),
-            format!("{:.0}", g.end),
+            figure.to_owned(),
+            format!("{:.1}", g.start / unit),
+            format!("{:.1}", g.after_warmup / unit),
+            format!("{:.1}", g.end / unit),
             format!("{:+.1}", g.growth_pct),
         ]);
     }
