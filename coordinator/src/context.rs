@@ -26,6 +26,7 @@ use txn_types::types::{MAX_MESSAGE_BYTES, ParticipantId, TxnId};
 use crate::commit_batch::CommitQueue;
 use crate::error::CoordError;
 use crate::node::CoordConfig;
+use crate::prepare_batch::PrepareQueue;
 
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -49,6 +50,8 @@ pub struct Context {
     pub(crate) channels: HashMap<ParticipantId, Channel>,
     /// One Commit batching queue per participant.
     pub(crate) commit_queues: HashMap<ParticipantId, CommitQueue>,
+    /// One Prepare batching queue per participant.
+    pub(crate) prepare_queues: HashMap<ParticipantId, PrepareQueue>,
     /// Sent with the coordinator's calls to the participants' admin service.
     admin_token: std::sync::OnceLock<BearerToken>,
 }
@@ -87,6 +90,10 @@ impl Context {
                     let queue = CommitQueue::start(id.to_string(), client(ch), config.rpc_timeout);
                     (id.clone(), queue)
                 })
+                .collect(),
+            prepare_queues: participants
+                .iter()
+                .map(|(id, (_, ch))| (id.clone(), PrepareQueue::start(id.to_string(), client(ch))))
                 .collect(),
             admin_token: std::sync::OnceLock::new(),
             config,

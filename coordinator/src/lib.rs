@@ -35,6 +35,7 @@ pub mod error;
 pub mod node;
 pub mod one_phase;
 pub mod outcome;
+pub mod prepare_batch;
 pub mod saga_driver;
 pub mod saga_end;
 pub mod server;

@@ -333,7 +333,7 @@ impl Coordinator {
             .all(|b| b.ops.iter().all(|op| !op.writes()));
         let mut votes = FuturesUnordered::new();
         for (i, b) in req.branches.into_iter().enumerate() {
-            let mut client = self.participants[&b.participant].clone();
+            let queue = self.prepare_queues[&b.participant].clone();
             let msg = pb::PrepareRequest {
                 txn_id: txn.as_str().to_owned(),
                 coordinator_epoch: epoch,
@@ -342,11 +342,7 @@ impl Coordinator {
                 read_only,
                 commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
             };
-            votes.push(async move {
-                let mut request = txn_server::trace::request(msg);
-                request.set_timeout(timeout);
-                (i, client.prepare(request).await)
-            });
+            votes.push(async move { (i, queue.prepare(msg, timeout).await) });
         }
         let mut reads: Vec<(ParticipantId, Vec<KeyValue>)> = participants
             .iter()
@@ -374,7 +370,7 @@ impl Coordinator {
             };
             let effects = match next {
                 Ok(Some((i, result))) => {
-                    let vote = match result.map(|r| Vote::from_pb(r.into_inner())) {
+                    let vote = match result.map(Vote::from_pb) {
                         Ok(Ok(Vote::Yes { reads: r })) => {
                             reads[i].1 = r;
                             VoteResult::Yes

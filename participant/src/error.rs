@@ -25,6 +25,8 @@ pub enum ParticipantError {
     /// A Prepare refused at one of the participant's bounds; the message names it and its flag.
     #[error("{0}")]
     Overloaded(String),
+    #[error("no vote within the Prepare's timeout (waited {waited_ms} ms for locks)")]
+    DeadlineExceeded { waited_ms: u64 },
 }
 
 impl ParticipantError {
@@ -46,6 +48,7 @@ impl From<ParticipantError> for tonic::Status {
             ParticipantError::UnknownTxn(_) => Status::not_found(msg),
             ParticipantError::OutcomeConflict(_) => Status::failed_precondition(msg),
             ParticipantError::Locked { .. } | ParticipantError::Busy { .. } => Status::aborted(msg),
+            ParticipantError::DeadlineExceeded { .. } => Status::deadline_exceeded(msg),
             ParticipantError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
             ParticipantError::Store(_) => Status::unavailable(msg),
             ParticipantError::Disk(r) => match r.reason {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod exec;
 pub mod housekeeping;
 pub mod node;
+pub mod prepare;
 pub mod resolver;
 pub mod server;
 pub mod service;

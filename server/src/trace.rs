@@ -6,8 +6,8 @@
 //! it serves continues the trace it carries ([`TraceLayer`]). Without the flag nothing is
 //! installed: no exporter, no propagation, no span bookkeeping beyond the log's.
 //!
-//! Commits are batched per participant, so one CommitBatch call serves many txns: its span is
-//! linked to each of their traces ([`commit_batch_span`]).
+//! Prepares and Commits are batched per participant, so one PrepareBatch or CommitBatch call
+//! serves many txns: its span is linked to each of their traces ([`batch_span`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
@@ -144,12 +144,20 @@ pub fn request<T>(message: T) -> tonic::Request<T> {
     r
 }
 
-/// The span of one CommitBatch call, which serves many txns: the child of the one txn it
-/// carries, or, for many, linked to each of theirs.
-pub fn commit_batch_span(participant: &str, txns: &[&tracing::Span]) -> tracing::Span {
+/// The span of one batched call (`call`: "prepare_batch", "commit_batch"), which serves many
+/// txns: the child of the one txn it carries, or, for many, linked to each of theirs.
+pub fn batch_span(call: &'static str, participant: &str, txns: &[&tracing::Span]) -> tracing::Span {
     let span = match txns {
-        [one] => tracing::info_span!(parent: *one, "commit_batch", participant, txns = 1),
-        _ => tracing::info_span!(parent: None, "commit_batch", participant, txns = txns.len()),
+        [one] => {
+            tracing::info_span!(parent: *one, "batch", otel.name = call, participant, txns = 1)
+        }
+        _ => tracing::info_span!(
+            parent: None,
+            "batch",
+            otel.name = call,
+            participant,
+            txns = txns.len()
+        ),
     };
     if enabled() && txns.len() > 1 {
         for t in txns {

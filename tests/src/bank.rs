@@ -203,6 +203,7 @@ pub async fn transfer(
     accounts: &[Account],
     t: Transfer,
     protocol: Protocol,
+    commit_point: pb::CommitPoint,
 ) -> Outcome {
     let (from, to) = (&accounts[t.from], &accounts[t.to]);
     let branches = if from.participant == to.participant {
@@ -230,7 +231,7 @@ pub async fn transfer(
         branches,
         prepare_timeout_ms: 0,
         client_txn_id: String::new(),
-        commit_point: 0,
+        commit_point: commit_point as i32,
     };
     match client.transact(req).await {
         Ok(r) => {
@@ -270,6 +271,8 @@ pub struct Workload {
     /// Transfers between two accounts of the same participant (one branch): the local
     /// baseline.
     pub local: bool,
+    /// Where 2PC transfers commit; UNSPECIFIED leaves it to the coordinator's --commit-point.
+    pub commit_point: pb::CommitPoint,
 }
 
 /// Runs closed-loop transfer clients; each picks two accounts on different participants.
@@ -295,7 +298,7 @@ pub async fn run(
             {
                 let t = pick(&mut rng, &accounts, balance, w.overdraft_share, w.local);
                 let t0 = Instant::now();
-                let outcome = transfer(&mut client, &accounts, t, w.protocol).await;
+                let outcome = transfer(&mut client, &accounts, t, w.protocol, w.commit_point).await;
                 if matches!(
                     outcome,
                     Outcome::Unknown { .. } | Outcome::NotStarted { .. }

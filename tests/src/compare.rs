@@ -211,6 +211,7 @@ pub async fn run_one(
         seed: cfg.seed,
         protocol,
         local: false,
+        commit_point: Default::default(),
     };
     let started = Instant::now();
     let started_unix_ms = txn_types::unix_ms();

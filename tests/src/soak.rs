@@ -246,7 +246,15 @@ pub async fn run(
             tokio::spawn(async move {
                 let _permit = permit;
                 let began = Instant::now();
-                let outcome = bank::transfer(&mut client, &accounts, t, protocol).await;
+                let outcome = bank::transfer(
+                    &mut client,
+                    &accounts,
+                    t,
+                    protocol,
+                    // The coordinator's own commit point, as a production client would.
+                    txn_proto::pb::v1::CommitPoint::Unspecified,
+                )
+                .await;
                 let us = began.elapsed().as_micros().max(1) as u64;
                 let mut w = window.lock().expect("soak window");
                 match outcome {

@@ -143,6 +143,14 @@ impl pb::participant_server::Participant for FakeParticipant {
             ..Default::default()
         }))
     }
+    type PrepareBatchStream = futures::stream::BoxStream<'static, Result<pb::BatchedVote, Status>>;
+    async fn prepare_batch(
+        &self,
+        _: Request<pb::PrepareBatchRequest>,
+    ) -> Result<Response<Self::PrepareBatchStream>, Status> {
+        // Like a participant of an older version: the coordinator falls back to Prepare.
+        Err(Status::unimplemented("fake"))
+    }
     async fn commit(
         &self,
         _: Request<pb::CommitRequest>,
