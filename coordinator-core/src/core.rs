@@ -44,8 +44,14 @@ pub fn decision_key(txn: &TxnId) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VoteResult {
     Yes,
-    No { reason: String },
-    Failed { error: String },
+    No {
+        reason: String,
+    },
+    /// The Prepare failed; `error` says so in words, naming the participant ("p2
+    /// unreachable", "p2 timed out after 200 ms"): it is the abort reason the client hears.
+    Failed {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,14 +456,7 @@ impl CoordinatorCore {
                 format!("{} voted NO: {reason}", self.participant(txn, index)),
                 Some(index),
             ),
-            VoteResult::Failed { error } => self.abort(
-                txn,
-                format!(
-                    "prepare at {} failed: {error}",
-                    self.participant(txn, index)
-                ),
-                Some(index),
-            ),
+            VoteResult::Failed { error } => self.abort(txn, error, Some(index)),
         }
     }
 
@@ -479,13 +478,7 @@ impl CoordinatorCore {
                     Some(index),
                 )
             }
-            VoteResult::Failed { error } => {
-                let reason = format!(
-                    "prepare at {} failed: {error}",
-                    self.participant(txn, index)
-                );
-                self.start_fencing(txn, reason)
-            }
+            VoteResult::Failed { error } => self.start_fencing(txn, error),
         }
     }
 
@@ -566,7 +559,7 @@ impl CoordinatorCore {
             let reason = match self.txns.get(txn).map(|s| &s.phase) {
                 Some(Phase::Preparing { yes }) => {
                     format!(
-                        "prepare deadline passed without a vote from {}",
+                        "{} timed out: no vote before the prepare deadline",
                         self.missing(txn, yes)
                     )
                 }
@@ -580,7 +573,7 @@ impl CoordinatorCore {
                 let missing = self.missing(txn, yes);
                 self.abort(
                     txn,
-                    format!("prepare deadline passed without a vote from {missing}"),
+                    format!("{missing} timed out: no vote before the prepare deadline"),
                     None,
                 )
             }

@@ -8,16 +8,117 @@
 //!
 //! The driver makes the record durable after every transition, before the next call, so a
 //! restarted coordinator resumes exactly where the log says.
+//!
+//! What the log keeps, and for how long ([`Saga::log_write`]): an unfinished saga (running,
+//! compensating, parked) under `s/ID`, so a restart reads only those; an ended one (completed
+//! or compensated) moves to `se/ID` in the write that ends it, indexed by its end time under
+//! `sx/`, so it can be dropped after the retention without a scan. The same write records the
+//! end notice `sn/ID`: its participants are told the saga ended (EndSagas), so they can drop
+//! its barriers, and the notice goes once every one has acked.
 
 use txn_types::rec;
-use txn_types::rec::{SagaRecord, SagaState};
-use txn_types::record::CorruptRecord;
+use txn_types::rec::{SagaEndNotice, SagaRecord, SagaState};
+use txn_types::record::{self, CorruptRecord};
+use txn_types::store::{Store, StoreError, WriteBatch};
 use txn_types::types::TxnId;
 
+/// Unfinished sagas: running, compensating or parked.
 pub const SAGA_PREFIX: &[u8] = b"s/";
+/// Ended sagas (completed or compensated), kept for the saga retention.
+pub const ENDED_SAGA_PREFIX: &[u8] = b"se/";
+/// Index of ended sagas by end time: `sx/<ended_at_unix_ms, 8 bytes big-endian><saga id>`.
+pub const SAGA_EXPIRY_PREFIX: &[u8] = b"sx/";
+/// End notices not yet acked by every participant of the saga: `sn/ID`.
+pub const SAGA_END_NOTICE_PREFIX: &[u8] = b"sn/";
 
 pub fn saga_key(id: &TxnId) -> Vec<u8> {
     [SAGA_PREFIX, id.as_str().as_bytes()].concat()
+}
+
+pub fn ended_saga_key(id: &TxnId) -> Vec<u8> {
+    [ENDED_SAGA_PREFIX, id.as_str().as_bytes()].concat()
+}
+
+pub fn end_notice_key(id: &TxnId) -> Vec<u8> {
+    [SAGA_END_NOTICE_PREFIX, id.as_str().as_bytes()].concat()
+}
+
+fn expiry_key(ended_at_unix_ms: u64, id: &TxnId) -> Vec<u8> {
+    [
+        SAGA_EXPIRY_PREFIX,
+        &ended_at_unix_ms.to_be_bytes(),
+        id.as_str().as_bytes(),
+    ]
+    .concat()
+}
+
+fn corrupt_key(key: &[u8], problem: &str) -> StoreError {
+    StoreError::Corrupt(CorruptRecord {
+        key: String::from_utf8_lossy(key).into_owned(),
+        problem: problem.to_owned(),
+    })
+}
+
+/// The saga id a key of one of the saga prefixes names after `prefix`.
+pub fn id_after(prefix: &[u8], key: &[u8]) -> Result<TxnId, StoreError> {
+    std::str::from_utf8(&key[prefix.len().min(key.len())..])
+        .ok()
+        .and_then(|t| TxnId::parse("saga_id", t).ok())
+        .ok_or_else(|| corrupt_key(key, "names no valid saga id"))
+}
+
+/// An ended saga past the retention, as [`due_ended_sagas`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueSaga {
+    pub id: TxnId,
+    pub index_key: Vec<u8>,
+}
+
+/// Ended sagas indexed before `cutoff_unix_ms`, at most `limit`, and whether more may be due.
+/// The driver drops each one's `se/` record and index entry (see [`DueSaga::drop`]).
+pub fn due_ended_sagas(
+    store: &dyn Store,
+    cutoff_unix_ms: u64,
+    limit: usize,
+) -> Result<(Vec<DueSaga>, bool), StoreError> {
+    let page = store.scan_page(SAGA_EXPIRY_PREFIX, SAGA_EXPIRY_PREFIX, limit)?;
+    due_in_page(page, cutoff_unix_ms, limit)
+}
+
+/// The ended sagas due before `cutoff_unix_ms` in `page`, the first `limit` entries of the
+/// `sx/` index (for a log read asynchronously), and whether more may be due.
+pub fn due_in_page(
+    page: Vec<(Vec<u8>, Vec<u8>)>,
+    cutoff_unix_ms: u64,
+    limit: usize,
+) -> Result<(Vec<DueSaga>, bool), StoreError> {
+    let full = page.len() == limit;
+    let mut due = Vec::with_capacity(page.len());
+    for (key, _) in page {
+        let rest = &key[SAGA_EXPIRY_PREFIX.len()..];
+        let (at, _) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt_key(&key, "saga expiry key too short"))?;
+        if u64::from_be_bytes(*at) >= cutoff_unix_ms {
+            return Ok((due, false));
+        }
+        let id = id_after(&key[..SAGA_EXPIRY_PREFIX.len() + 8], &key)?;
+        due.push(DueSaga { id, index_key: key });
+    }
+    Ok((due, full))
+}
+
+impl DueSaga {
+    /// Drops the ended saga's record and its index entry.
+    pub fn drop(&self, batch: &mut WriteBatch) {
+        batch.delete(ended_saga_key(&self.id));
+        batch.delete(self.index_key.clone());
+    }
+}
+
+/// Reads an end notice record.
+pub fn decode_end_notice(key: &[u8], bytes: &[u8]) -> Result<SagaEndNotice, StoreError> {
+    Ok(record::decode(key, bytes)?)
 }
 
 /// What the driver must do next.
@@ -115,9 +216,10 @@ impl Saga {
         self
     }
 
-    /// Whether the saga has ended (completed or compensated); a parked one has not.
+    /// Completed or compensated: no step of it will ever be called again (a parked one has
+    /// not ended).
     pub fn ended(&self) -> bool {
-        matches!(self.next(), Next::Completed | Next::Compensated)
+        matches!(self.state(), SagaState::Completed | SagaState::Compensated)
     }
 
     /// The epoch of the instance that drives the saga (see [`crate::ha::owner_of`]).
@@ -136,6 +238,39 @@ impl Saga {
 
     pub fn deadline_unix_ms(&self) -> u64 {
         self.rec.deadline_unix_ms
+    }
+
+    /// Its participants, each once, in step order.
+    pub fn participants(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for b in &self.rec.branches {
+            if !out.contains(&b.participant) {
+                out.push(b.participant.clone());
+            }
+        }
+        out
+    }
+
+    /// The write that logs the saga as it stands. Unfinished, it is its `s/` record. Ended,
+    /// the same write moves it to `se/`, indexes it for expiry from `now_unix_ms`, and records
+    /// the end notice for its participants: whatever crashes, an ended saga is either still
+    /// unfinished in the log (and resumed, which ends it again) or ended with its notice.
+    pub fn log_write(&self, id: &TxnId, now_unix_ms: u64) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        let encoded = record::encode(&self.rec);
+        if !self.ended() {
+            batch.put(saga_key(id), encoded);
+            return batch;
+        }
+        batch.delete(saga_key(id));
+        batch.put(ended_saga_key(id), encoded);
+        batch.put(expiry_key(now_unix_ms, id), Vec::new());
+        let notice = SagaEndNotice {
+            participants: self.participants(),
+            deadline_unix_ms: self.rec.deadline_unix_ms,
+        };
+        batch.put(end_notice_key(id), record::encode(&notice));
+        batch
     }
 
     pub fn next(&self) -> Next {
@@ -347,6 +482,44 @@ mod tests {
         assert_eq!(s.record().updated_at_unix_ms, 9);
         let back = Saga::from_record(b"s/x", s.record().clone()).unwrap();
         assert_eq!(back.owner(), Some(4));
+    }
+
+    #[test]
+    fn an_ended_saga_moves_out_of_the_unfinished_log_with_its_notice_and_expiry() {
+        use txn_types::store::MemStore;
+        let id = TxnId::generated(1, 7);
+        let store = MemStore::new();
+        let mut s = saga(3);
+        s.on_executed(0, 1);
+        store.apply(s.log_write(&id, 1)).unwrap();
+        assert!(store.get(&saga_key(&id)).unwrap().is_some());
+        assert!(
+            store
+                .scan_prefix(SAGA_END_NOTICE_PREFIX)
+                .unwrap()
+                .is_empty()
+        );
+        s.on_execute_failed(1, "no".into(), 2);
+        assert!(!s.ended(), "compensating");
+        s.on_compensated(0, 3);
+        assert!(s.ended());
+        store.apply(s.log_write(&id, 100)).unwrap();
+        assert!(store.get(&saga_key(&id)).unwrap().is_none());
+        assert!(store.get(&ended_saga_key(&id)).unwrap().is_some());
+        let (k, v) = store.scan_prefix(SAGA_END_NOTICE_PREFIX).unwrap().remove(0);
+        let notice = decode_end_notice(&k, &v).unwrap();
+        assert_eq!(notice.participants, vec!["p1", "p2", "p3"]);
+        assert_eq!(id_after(SAGA_END_NOTICE_PREFIX, &k).unwrap(), id);
+        let (due, more) = due_ended_sagas(&store, 100, 10).unwrap();
+        assert!(due.is_empty() && !more, "not before its end time");
+        let (due, _) = due_ended_sagas(&store, 101, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, id);
+        let mut b = WriteBatch::default();
+        due[0].drop(&mut b);
+        store.apply(b).unwrap();
+        assert!(store.get(&ended_saga_key(&id)).unwrap().is_none());
+        assert!(store.scan_prefix(SAGA_EXPIRY_PREFIX).unwrap().is_empty());
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! refuse to break atomicity unless told to, retries on demand, and sagas. Served as the
 //! `Admin` gRPC service; `txnctl` is its client.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,17 +15,13 @@ use txn_types::types::{ParticipantId, TxnId};
 use txn_types::unix_ms;
 
 use crate::admin_filter::{SagaFilter, TxnFilter, TxnKind, saga_phase};
+use crate::admin_list::page_size;
 use crate::error::CoordError;
 use crate::node::Coordinator;
 use txn_coordinator_core::core::{TxnView, decision_key};
-use txn_coordinator_core::saga::SAGA_PREFIX;
 
 /// Deadline of each call the admin API makes to a participant.
-const ADMIN_RPC_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Most txns or sagas one list returns.
-pub const MAX_LIST: usize = 10_000;
-/// Default length of a list.
-const DEFAULT_LIST: usize = 100;
+pub(crate) const ADMIN_RPC_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Longest reason an operator may record with a forced outcome.
 pub const MAX_REASON_LEN: usize = 1024;
 
@@ -37,7 +32,7 @@ pub(crate) fn forced_key(txn: &TxnId) -> Vec<u8> {
 }
 
 pub(crate) fn timed<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
+    let mut r = txn_server::trace::request(msg);
     r.set_timeout(ADMIN_RPC_TIMEOUT);
     r
 }
@@ -46,11 +41,11 @@ pub(crate) fn view_name(v: &TxnView) -> &'static str {
     TxnKind::of(v).name()
 }
 
-fn saga_state(r: &SagaRecord) -> SagaState {
+pub(crate) fn saga_state(r: &SagaRecord) -> SagaState {
     SagaState::try_from(r.state).unwrap_or(SagaState::Unspecified)
 }
 
-fn saga_summary(r: &SagaRecord) -> pb::SagaSummary {
+pub(crate) fn saga_summary(r: &SagaRecord) -> pb::SagaSummary {
     pb::SagaSummary {
         saga_id: r.saga_id.clone(),
         state: saga_phase(saga_state(r)) as i32,
@@ -120,14 +115,6 @@ impl AdminService {
         info
     }
 
-    async fn sagas(&self) -> Result<Vec<SagaRecord>, CoordError> {
-        let mut out = Vec::new();
-        for (key, bytes) in self.check(self.gc.scan_prefix(SAGA_PREFIX).await)? {
-            out.push(self.check(record::decode::<SagaRecord>(&key, &bytes).map_err(Into::into))?);
-        }
-        Ok(out)
-    }
-
     pub async fn admin_status(&self) -> Result<pb::AdminStatusResponse, CoordError> {
         let stats = self.stats();
         let mut participants = Vec::new();
@@ -152,83 +139,15 @@ impl AdminService {
                 .map(|(epoch, m)| format!("{epoch} {}", m.url))
                 .collect();
         }
-        for s in self.sagas().await? {
-            match SagaState::try_from(s.state).unwrap_or(SagaState::Unspecified) {
-                SagaState::Running => resp.sagas_running += 1,
-                SagaState::Compensating => resp.sagas_compensating += 1,
-                SagaState::Parked => resp.sagas_parked += 1,
-                SagaState::Completed => resp.sagas_completed += 1,
-                SagaState::Compensated => resp.sagas_compensated += 1,
-                SagaState::Unspecified => {}
-            }
-        }
+        // From memory, not the log: status costs the same however long the coordinator ran.
+        // Over a shared log, these are the sagas this instance drives.
+        let counts = self.sagas.counts();
+        resp.sagas_running = counts.running;
+        resp.sagas_compensating = counts.compensating;
+        resp.sagas_parked = counts.parked;
+        resp.sagas_completed = stats.sagas_completed;
+        resp.sagas_compensated = stats.sagas_compensated;
         Ok(resp)
-    }
-
-    /// Prepared txns at every reachable participant: txn -> (participants, oldest age, where).
-    pub(crate) async fn in_doubt_everywhere(
-        &self,
-    ) -> BTreeMap<String, (Vec<String>, u64, Vec<pb::InDoubtTxn>)> {
-        let mut out: BTreeMap<String, (Vec<String>, u64, Vec<pb::InDoubtTxn>)> = BTreeMap::new();
-        for p in self.ids() {
-            let Some(ch) = self.channel(&p) else { continue };
-            let mut c = self.participant_admin(ch);
-            let Ok(r) = c.in_doubt(timed(pb::InDoubtRequest {})).await else {
-                continue;
-            };
-            for t in r.into_inner().txns {
-                let e = out.entry(t.txn_id.clone()).or_default();
-                if e.0.is_empty() {
-                    e.0 = t.participants.clone();
-                }
-                e.1 = e.1.max(t.age_ms);
-                e.2.push(pb::InDoubtTxn {
-                    participants: vec![p.to_string()],
-                    ..t
-                });
-            }
-        }
-        out
-    }
-
-    pub async fn admin_list_txns(
-        &self,
-        filter: TxnFilter,
-        limit: usize,
-    ) -> Result<Vec<pb::TxnSummary>, CoordError> {
-        let limit = if limit == 0 {
-            DEFAULT_LIST
-        } else {
-            limit.min(MAX_LIST)
-        };
-        let mut out = Vec::new();
-        let known = self.core().list();
-        let known_ids: HashSet<String> = known.iter().map(|(t, ..)| t.to_string()).collect();
-        for (txn, view, participants, age) in known {
-            if filter.admits(TxnKind::of(&view)) {
-                out.push(pb::TxnSummary {
-                    txn_id: txn.to_string(),
-                    state: TxnKind::of(&view).to_wire() as i32,
-                    participants: participants.iter().map(|p| p.to_string()).collect(),
-                    age_ms: age.as_millis() as u64,
-                });
-            }
-        }
-        if filter.wants_in_doubt() {
-            for (txn, (participants, age, _)) in self.in_doubt_everywhere().await {
-                if !known_ids.contains(&txn) {
-                    out.push(pb::TxnSummary {
-                        txn_id: txn,
-                        state: TxnKind::InDoubt.to_wire() as i32,
-                        participants,
-                        age_ms: age,
-                    });
-                }
-            }
-        }
-        out.sort_by_key(|t| std::cmp::Reverse(t.age_ms));
-        out.truncate(limit);
-        Ok(out)
     }
 
     async fn forced(&self, txn: &TxnId) -> Result<Option<pb::ForcedOutcome>, CoordError> {
@@ -371,28 +290,6 @@ impl AdminService {
         })
     }
 
-    pub async fn admin_list_sagas(
-        &self,
-        filter: SagaFilter,
-        limit: usize,
-    ) -> Result<Vec<pb::SagaSummary>, CoordError> {
-        let limit = if limit == 0 {
-            DEFAULT_LIST
-        } else {
-            limit.min(MAX_LIST)
-        };
-        let mut out: Vec<pb::SagaSummary> = self
-            .sagas()
-            .await?
-            .iter()
-            .filter(|r| filter.admits(saga_state(r)))
-            .map(saga_summary)
-            .collect();
-        out.sort_by_key(|s| std::cmp::Reverse(s.updated_at_unix_ms));
-        out.truncate(limit);
-        Ok(out)
-    }
-
     pub async fn admin_show_saga(&self, id: &TxnId) -> Result<pb::SagaSummary, CoordError> {
         self.saga(id)
             .await?
@@ -428,8 +325,10 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListTxnsResponse>, Status> {
         let r = r.into_inner();
         let filter = TxnFilter::from_wire(r.state).or_invalid()?;
-        let txns = self.admin_list_txns(filter, r.limit as usize).await?;
-        Ok(Response::new(pb::ListTxnsResponse { txns }))
+        let size = page_size(r.page_size, r.limit);
+        Ok(Response::new(
+            self.admin_list_txns(filter, size, &r.page_token).await?,
+        ))
     }
 
     async fn show_txn(
@@ -468,8 +367,10 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListSagasResponse>, Status> {
         let r = r.into_inner();
         let filter = SagaFilter::from_wire(r.state).or_invalid()?;
-        let sagas = self.admin_list_sagas(filter, r.limit as usize).await?;
-        Ok(Response::new(pb::ListSagasResponse { sagas }))
+        let size = page_size(r.page_size, r.limit);
+        Ok(Response::new(
+            self.admin_list_sagas(filter, size, &r.page_token).await?,
+        ))
     }
 
     async fn show_saga(

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::Channel;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::participant_client::ParticipantClient;
 use txn_types::types::{MAX_COMMIT_BATCH, TxnId};
@@ -38,7 +38,13 @@ pub const MAX_COMMIT_BATCHES_IN_FLIGHT: usize = 2;
 /// How long forgets wait for a Commit batch to ride with before they go out alone.
 pub const FORGET_LINGER: Duration = Duration::from_millis(200);
 
-type Waiter = (TxnId, oneshot::Sender<Result<(), tonic::Status>>);
+/// A Commit waiting for its batch: the txn, where its answer goes, and the span it was asked
+/// from (its txn's), so the call that carries it is traced with it.
+type Waiter = (
+    TxnId,
+    oneshot::Sender<Result<(), tonic::Status>>,
+    tracing::Span,
+);
 
 /// The queue of one participant's Commits.
 #[derive(Clone)]
@@ -73,7 +79,7 @@ impl CommitQueue {
     pub async fn commit(&self, txn: TxnId) -> Result<(), tonic::Status> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send((txn, reply))
+            .send((txn, reply, tracing::Span::current()))
             .await
             .map_err(|_| tonic::Status::unavailable("the commit queue is closed"))?;
         answer
@@ -192,12 +198,16 @@ async fn send_batch(
     batch: Vec<Waiter>,
     forget: Vec<TxnId>,
 ) -> Sent {
-    let mut request = tonic::Request::new(pb::CommitBatchRequest {
-        txn_ids: batch.iter().map(|(t, _)| t.to_string()).collect(),
-        forget: forget.iter().map(|t| t.to_string()).collect(),
+    let spans: Vec<&tracing::Span> = batch.iter().map(|(_, _, s)| s).collect();
+    let span = txn_server::trace::batch_span("commit_batch", name, &spans);
+    let mut request = span.in_scope(|| {
+        txn_server::trace::request(pb::CommitBatchRequest {
+            txn_ids: batch.iter().map(|(t, ..)| t.to_string()).collect(),
+            forget: forget.iter().map(|t| t.to_string()).collect(),
+        })
     });
     request.set_timeout(rpc_timeout);
-    match client.commit_batch(request).await {
+    match client.commit_batch(request).instrument(span).await {
         Ok(resp) => {
             let mut failed: HashMap<String, tonic::Status> = resp
                 .into_inner()
@@ -209,14 +219,14 @@ async fn send_batch(
                 })
                 .collect();
             debug!(participant = %name, txns = batch.len(), failed = failed.len(), "commit batch answered");
-            for (txn, reply) in batch {
+            for (txn, reply, _) in batch {
                 let _ = reply.send(failed.remove(txn.as_str()).map_or(Ok(()), Err));
             }
             Sent::Done
         }
         Err(status) if status.code() == tonic::Code::Unimplemented => Sent::Unimplemented(batch),
         Err(status) => {
-            for (_, reply) in batch {
+            for (_, reply, _) in batch {
                 let _ = reply.send(Err(status.clone()));
             }
             Sent::Failed(forget)
@@ -226,14 +236,17 @@ async fn send_batch(
 
 /// Sends each Commit of `batch` on its own (a participant without CommitBatch).
 fn send_singly(client: ParticipantClient<Channel>, rpc_timeout: Duration, batch: Vec<Waiter>) {
-    for (txn, reply) in batch {
+    for (txn, reply, span) in batch {
         let mut c = client.clone();
-        tokio::spawn(async move {
-            let mut request = tonic::Request::new(pb::CommitRequest {
-                txn_id: txn.to_string(),
-            });
-            request.set_timeout(rpc_timeout);
-            let _ = reply.send(c.commit(request).await.map(|_| ()));
-        });
+        tokio::spawn(
+            async move {
+                let mut request = txn_server::trace::request(pb::CommitRequest {
+                    txn_id: txn.to_string(),
+                });
+                request.set_timeout(rpc_timeout);
+                let _ = reply.send(c.commit(request).await.map(|_| ()));
+            }
+            .instrument(span),
+        );
     }
 }

@@ -216,7 +216,11 @@ impl Coordinator {
                             .entry(to.clone())
                             .or_default();
                         e.0 += 1;
-                        e.1 = format!("{:?}: {}", status.code(), status.message());
+                        e.1 = crate::outcome::call_failure(
+                            to.as_str(),
+                            &status,
+                            self.config.rpc_timeout,
+                        );
                     }
                     let wait = backoff.failed(rand::random());
                     let attempt = backoff.attempts();
@@ -248,7 +252,7 @@ impl Coordinator {
         let Some(mut client) = self.participants.get(&to).cloned() else {
             return;
         };
-        let mut request = tonic::Request::new(pb::AbortRequest {
+        let mut request = txn_server::trace::request(pb::AbortRequest {
             txn_id: txn.as_str().to_owned(),
             forced: false,
         });

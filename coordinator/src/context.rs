@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tonic::transport::Channel;
 use txn_coordinator_core::core::CoordinatorCore;
-use txn_coordinator_core::saga::saga_key;
+use txn_coordinator_core::saga::{ended_saga_key, saga_key};
 use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::participant_client::ParticipantClient;
 use txn_server::net::{AuthChannel, BearerToken, ClientTls};
@@ -154,15 +154,16 @@ impl Context {
         ids
     }
 
-    /// Reads a saga's log record.
+    /// Reads a saga's log record: unfinished, or ended and still kept.
     pub async fn saga(&self, id: &TxnId) -> Result<Option<SagaRecord>, CoordError> {
-        let key = saga_key(id);
-        match self.check(self.gc.get(&key).await)? {
-            Some(bytes) => Ok(Some(
-                self.check(record::decode(&key, &bytes).map_err(Into::into))?,
-            )),
-            None => Ok(None),
+        for key in [saga_key(id), ended_saga_key(id)] {
+            if let Some(bytes) = self.check(self.gc.get(&key).await)? {
+                return Ok(Some(
+                    self.check(record::decode(&key, &bytes).map_err(Into::into))?,
+                ));
+            }
         }
+        Ok(None)
     }
 
     /// Sets the bearer token sent to the participants' admin service (once, at startup).

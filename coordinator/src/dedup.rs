@@ -314,14 +314,15 @@ impl ClientKeys {
     /// is shorter) until the process stops.
     pub async fn run_client_key_sweeper(self: Arc<Self>, retention: Duration) {
         let every = txn_server::serve::sweep_every(retention, CLIENT_KEY_SWEEP_INTERVAL);
-        loop {
-            tokio::time::sleep(every).await;
-            match self.sweep_client_keys(retention, unix_ms()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(records = n, "forgot client keys past their retention"),
-                Err(e) => tracing::warn!(error = %e, "sweeping client keys failed; will retry"),
-            }
-        }
+        txn_server::serve::run_sweeper("sweeping client keys", every, || async {
+            self.sweep_client_keys(retention, unix_ms())
+                .await
+                .map(|dropped| txn_server::serve::Swept {
+                    dropped,
+                    more: false,
+                })
+        })
+        .await
     }
 
     /// Adds the key record for a finished request to a batch.
@@ -337,6 +338,33 @@ impl ClientKeys {
             client_record(tag, txn, protocol, response),
         );
     }
+}
+
+/// Writes into the record of `saga`'s client key (if its log names one, the key still belongs
+/// to the saga, and its record lacks the answer) the answer from the log, before the log
+/// record goes: otherwise a retry with the key could never be answered.
+pub(crate) async fn answer_key_from_log(
+    ctx: &Context,
+    batch: &mut WriteBatch,
+    saga: &TxnId,
+    log: &SagaRecord,
+) -> Result<(), CoordError> {
+    let Ok(key_id) = TxnId::parse("client_txn_id", &log.client_txn_id) else {
+        return Ok(());
+    };
+    let key = client_key(&key_id);
+    let Some(bytes) = ctx.check(ctx.gc.get(&key).await)? else {
+        return Ok(());
+    };
+    let mut rec: ClientTxnRecord = ctx.check(record::decode(&key, &bytes).map_err(Into::into))?;
+    if rec.txn_id != saga.as_str() || rec.response.is_some() {
+        return Ok(());
+    }
+    if let Some(answer) = saga_answer(saga, log) {
+        rec.response = Some(answer.encode_to_vec());
+        batch.put(key, record::encode(&rec));
+    }
+    Ok(())
 }
 
 /// The answer of a finished saga from its log record (its reads are not kept there).

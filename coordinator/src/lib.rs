@@ -8,6 +8,7 @@
 //! Layout:
 //! - [`admin`]: the operator's `Admin` service and its views (status, txns, sagas).
 //! - [`admin_filter`]: the list filters, parsed once into enums.
+//! - [`admin_list`]: the operators' lists (txns, sagas, what is in doubt), a page at a time.
 //! - [`admin_force`]: operator actions: retries now and forced outcomes.
 //! - [`context`]: what every component shares: the core, the log, the participant links.
 //! - [`commit_batch`]: batches the Commits bound for one participant.
@@ -24,14 +25,15 @@
 //! - [`one_phase`]: runs the core's one-phase commit machine over gRPC.
 //! - [`outcome`]: what the client is told.
 //! - [`saga_driver`]: runs sagas from their durable log.
-//! - [`saga_end`]: what a saga's end writes; picking up a saga taken over from another
-//!   coordinator.
+//! - [`saga_end`]: what a saga's end writes; after it ends, telling its participants and
+//!   dropping its log record; picking up a saga taken over from another coordinator.
 //! - [`service`]: gRPC conversion.
 //! - [`server`]: process wiring (flags, health, shutdown) used by the `coordinator` binary.
 
 pub mod admin;
 pub mod admin_filter;
 pub mod admin_force;
+pub mod admin_list;
 pub mod commit_batch;
 pub mod commit_phase;
 pub mod context;

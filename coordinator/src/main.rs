@@ -2,16 +2,13 @@ use clap::Parser;
 
 fn main() {
     let args = txn_coordinator::server::Args::parse();
-    txn_server::process::init_tracing(args.log_format);
-    let runtime = match txn_server::process::runtime(args.worker_threads) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("coordinator: starting the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(txn_coordinator::server::run(args)) {
-        eprintln!("coordinator: {e:#}");
-        std::process::exit(1);
-    }
+    let otlp = args.otlp_endpoint.clone();
+    txn_server::process::run_service(
+        "coordinator",
+        "txn-coordinator",
+        args.worker_threads,
+        args.log_format,
+        otlp.as_deref(),
+        || txn_coordinator::server::run(args),
+    );
 }

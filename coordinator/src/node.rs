@@ -26,7 +26,7 @@ use crate::context::Context;
 use crate::dedup::{Claim, ClientKeys, ClientTag};
 use crate::error::CoordError;
 use crate::log::CoordLog;
-use crate::outcome::TxnOutcome;
+use crate::outcome::{TxnOutcome, call_failure};
 use crate::saga_driver::SagaDriver;
 use futures::future::BoxFuture;
 use txn_coordinator_core::core::{CoordinatorCore, Effect, VoteResult};
@@ -187,6 +187,13 @@ impl Coordinator {
                 }
             });
             tokio::spawn(node.clone().run_adoption());
+            // The end notices of sagas this log holds (an earlier instance's included).
+            let n = node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = n.sagas.notices.rescan().await {
+                    warn!(error = %e, "reading saga end notices failed; a rescan retries");
+                }
+            });
         } else {
             node.sagas.resume().await?;
         }
@@ -219,23 +226,27 @@ impl Coordinator {
         // In its own task, so that the key is released and waiters are answered even if
         // this caller goes away (deadline, cancel) while the txn runs.
         let node = self.clone();
-        let run = tokio::spawn(async move {
-            let shared: crate::dedup::Shared =
-                match node.transact_tagged(req, Some(tag.clone())).await {
-                    Ok(o) => Ok(o.to_pb()),
-                    Err(e) => {
-                        let status = tonic::Status::from(e);
-                        Err((status.code(), status.message().to_owned()))
-                    }
-                };
-            if shared.is_err() {
-                // No answer was recorded: a claim in a shared log must not hold the key.
-                node.keys.abandon(&tag).await;
+        let run = tokio::spawn(
+            async move {
+                let shared: crate::dedup::Shared =
+                    match node.transact_tagged(req, Some(tag.clone())).await {
+                        Ok(o) => Ok(o.to_pb()),
+                        Err(e) => {
+                            let status = tonic::Status::from(e);
+                            Err((status.code(), status.message().to_owned()))
+                        }
+                    };
+                if shared.is_err() {
+                    // No answer was recorded: a claim in a shared log must not hold the key.
+                    node.keys.abandon(&tag).await;
+                }
+                node.keys.release(&tag);
+                let _ = sender.send(Some(shared.clone()));
+                shared
             }
-            node.keys.release(&tag);
-            let _ = sender.send(Some(shared.clone()));
-            shared
-        });
+            // The client's trace goes on in the task.
+            .in_current_span(),
+        );
         run.await
             .map_err(|e| CoordError::Unavailable(format!("txn task failed: {e}")))?
             .map_err(|(code, msg)| CoordError::Replayed(code, msg))
@@ -291,39 +302,43 @@ impl Coordinator {
         // disconnect), tonic drops this future, but the txn must still reach its decision and
         // release its participants.
         let node = self.clone();
-        let run = tokio::spawn(async move {
-            let _permit = permit;
-            if req.protocol == Protocol::Saga {
-                return node.sagas.transact(req, tag).await;
+        let run = tokio::spawn(
+            async move {
+                let _permit = permit;
+                if req.protocol == Protocol::Saga {
+                    return node.sagas.transact(req, tag).await;
+                }
+                let participants: Vec<ParticipantId> =
+                    req.branches.iter().map(|b| b.participant.clone()).collect();
+                let deadline_ms = node.clock_ms() + node.prepare_timeout(&req).as_millis() as u64;
+                // A client key's record rides on the logged decision (see dedup.rs).
+                let commit_point = match tag {
+                    Some(_) => CommitPoint::Decision,
+                    None => req.commit_point.unwrap_or(node.config.commit_point),
+                };
+                let txn = node
+                    .core()
+                    .begin_at(participants.clone(), deadline_ms, commit_point);
+                let span = info_span!("txn", txn = %txn);
+                // A client key must be recorded with the outcome, which only the coordinator's
+                // decision write can do atomically: keyed txns always take two phases.
+                if node.config.one_phase
+                    && participants.len() == 1
+                    && tag.is_none()
+                    && let Some(outcome) = node
+                        .run_one_phase(&txn, &req)
+                        .instrument(span.clone())
+                        .await?
+                {
+                    return Ok(outcome);
+                }
+                node.run_two_phase(txn, req, participants, tag)
+                    .instrument(span)
+                    .await
             }
-            let participants: Vec<ParticipantId> =
-                req.branches.iter().map(|b| b.participant.clone()).collect();
-            let deadline_ms = node.clock_ms() + node.prepare_timeout(&req).as_millis() as u64;
-            // A client key's record rides on the logged decision (see dedup.rs).
-            let commit_point = match tag {
-                Some(_) => CommitPoint::Decision,
-                None => req.commit_point.unwrap_or(node.config.commit_point),
-            };
-            let txn = node
-                .core()
-                .begin_at(participants.clone(), deadline_ms, commit_point);
-            let span = info_span!("txn", txn = %txn);
-            // A client key must be recorded with the outcome, which only the coordinator's
-            // decision write can do atomically: keyed txns always take two phases.
-            if node.config.one_phase
-                && participants.len() == 1
-                && tag.is_none()
-                && let Some(outcome) = node
-                    .run_one_phase(&txn, &req)
-                    .instrument(span.clone())
-                    .await?
-            {
-                return Ok(outcome);
-            }
-            node.run_two_phase(txn, req, participants, tag)
-                .instrument(span)
-                .await
-        });
+            // The client's trace goes on in the task.
+            .in_current_span(),
+        );
         run.await
             .map_err(|e| CoordError::Store(StoreError::Failed(format!("txn task failed: {e}"))))?
     }
@@ -395,10 +410,10 @@ impl Coordinator {
                         }
                         Ok(Ok(Vote::No { reason })) => VoteResult::No { reason },
                         Ok(Err(bad)) => VoteResult::Failed {
-                            error: format!("bad response: {bad}"),
+                            error: format!("{} answered badly: {bad}", participants[i]),
                         },
                         Err(status) => VoteResult::Failed {
-                            error: format!("{:?}: {}", status.code(), status.message()),
+                            error: call_failure(participants[i].as_str(), &status, timeout),
                         },
                     };
                     // The core counts a vote that comes in after the deadline as late.
@@ -462,14 +477,14 @@ impl Coordinator {
         let mut backoff = self.commit_backoff();
         loop {
             let mut client = self.participants[&to].clone();
-            let mut request = tonic::Request::new(pb::TxnStateRequest {
+            let mut request = txn_server::trace::request(pb::TxnStateRequest {
                 txn_id: txn.as_str().to_owned(),
             });
             request.set_timeout(self.config.rpc_timeout);
             let status = client
                 .query_peer(request)
                 .await
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                .map_err(|s| call_failure(to.as_str(), &s, self.config.rpc_timeout))
                 .and_then(|r| {
                     let raw = r.into_inner().state;
                     pb::TxnState::try_from(raw).map_err(|_| format!("unknown state {raw}"))
@@ -540,12 +555,42 @@ impl Coordinator {
         }
     }
 
-    /// Sets the state gauges of the metrics from the txn table and the saga driver.
+    /// Sets the state gauges of the metrics from the txn table and the sagas' states (kept
+    /// in memory, so a scrape reads nothing from the log).
     pub fn refresh_metrics(&self) {
         let m = txn_metrics::metrics();
         m.in_doubt.set(self.core().committing() as i64);
         m.sagas_active.set(self.sagas.active() as i64);
-        m.sagas_parked.set(self.sagas.parked() as i64);
+        m.sagas_parked.set(self.sagas.counts().parked as i64);
+    }
+
+    /// Records held, by key prefix of the storage layout (a scan: for operators and soaks).
+    pub fn record_counts(&self) -> Result<Vec<(String, u64)>, String> {
+        use txn_coordinator_core::saga::{
+            ENDED_SAGA_PREFIX, SAGA_END_NOTICE_PREFIX, SAGA_EXPIRY_PREFIX, SAGA_PREFIX,
+        };
+        let store = self.gc.local_store().ok_or_else(|| {
+            "record counts are kept for a coordinator's own log; count etcd's with etcdctl get \
+             --prefix --count-only"
+                .to_string()
+        })?;
+        txn_server::serve::count_records(
+            store,
+            &[
+                txn_coordinator_core::core::DECISION_PREFIX,
+                SAGA_PREFIX,
+                ENDED_SAGA_PREFIX,
+                SAGA_EXPIRY_PREFIX,
+                SAGA_END_NOTICE_PREFIX,
+                crate::admin::FORCED_PREFIX,
+                crate::dedup::CLIENT_PREFIX,
+            ],
+        )
+    }
+
+    /// The context every component shares.
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
     }
 
     pub async fn sync(&self) -> Result<(), CoordError> {

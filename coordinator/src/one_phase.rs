@@ -16,6 +16,7 @@ use txn_types::types::{ParticipantId, TxnId, TxnRequest};
 
 use crate::error::CoordError;
 use crate::node::Coordinator;
+use crate::outcome::call_failure;
 use crate::outcome::{TxnOutcome, count_txn};
 
 impl Coordinator {
@@ -102,12 +103,13 @@ impl Coordinator {
 
     async fn call_one_phase(&self, txn: &TxnId, req: &TxnRequest) -> OnePhaseEvent {
         let branch = &req.branches[0];
-        let mut request = tonic::Request::new(pb::CommitOnePhaseRequest {
+        let mut request = txn_server::trace::request(pb::CommitOnePhaseRequest {
             txn_id: txn.as_str().to_owned(),
             coordinator_epoch: self.core().epoch(),
             ops: branch.ops.iter().map(|op| op.to_pb()).collect(),
         });
-        request.set_timeout(self.prepare_timeout(req));
+        let timeout = self.prepare_timeout(req);
+        request.set_timeout(timeout);
         let mut client = self.participants[&branch.participant].clone();
         match client.commit_one_phase(request).await {
             Ok(r) => {
@@ -120,14 +122,14 @@ impl Coordinator {
             }
             Err(s) if s.code() == tonic::Code::Unimplemented => OnePhaseEvent::Unimplemented,
             Err(s) => OnePhaseEvent::Failed {
-                error: format!("{:?}: {}", s.code(), s.message()),
+                error: call_failure(branch.participant.as_str(), &s, timeout),
             },
         }
     }
 
     async fn settling_abort(&self, txn: &TxnId, to: &ParticipantId) -> OnePhaseEvent {
         let mut client = self.participants[to].clone();
-        let mut request = tonic::Request::new(pb::AbortRequest {
+        let mut request = txn_server::trace::request(pb::AbortRequest {
             txn_id: txn.as_str().to_owned(),
             forced: false,
         });
@@ -140,7 +142,7 @@ impl Coordinator {
             Err(s) => {
                 debug!(participant = %to, error = %s.message(), "settling Abort not answered; retrying");
                 OnePhaseEvent::SettleFailed {
-                    error: format!("{:?}: {}", s.code(), s.message()),
+                    error: call_failure(to.as_str(), &s, self.config.rpc_timeout),
                 }
             }
         }
@@ -148,7 +150,7 @@ impl Coordinator {
 
     async fn settling_state(&self, txn: &TxnId, to: &ParticipantId) -> OnePhaseEvent {
         let mut client = self.participants[to].clone();
-        let mut request = tonic::Request::new(pb::TxnStateRequest {
+        let mut request = txn_server::trace::request(pb::TxnStateRequest {
             txn_id: txn.as_str().to_owned(),
         });
         request.set_timeout(self.config.rpc_timeout);
@@ -167,7 +169,7 @@ impl Coordinator {
                 }
             }
             Err(s) => OnePhaseEvent::SettleFailed {
-                error: format!("{:?}: {}", s.code(), s.message()),
+                error: call_failure(to.as_str(), &s, self.config.rpc_timeout),
             },
         }
     }

@@ -38,6 +38,38 @@ impl TxnOutcome {
     }
 }
 
+/// What went wrong with a call to `participant`, in words a client or operator reads as the
+/// cause: "p2 unreachable", "p2 timed out after 200 ms", "p2 refused: ...". The transport's own
+/// text (connection errors, HTTP/2 details) goes to the log, not into abort reasons.
+pub(crate) fn call_failure(
+    participant: &str,
+    status: &tonic::Status,
+    timeout: std::time::Duration,
+) -> String {
+    let transport = std::error::Error::source(status).is_some()
+        || status.message().contains("transport error")
+        || status.message().contains("tcp connect error");
+    tracing::debug!(
+        participant,
+        code = ?status.code(),
+        message = %status.message(),
+        source = ?std::error::Error::source(status),
+        "a call to a participant failed"
+    );
+    use tonic::Code;
+    match status.code() {
+        Code::DeadlineExceeded | Code::Cancelled => {
+            format!("{participant} timed out after {} ms", timeout.as_millis())
+        }
+        Code::Unavailable | Code::Unknown | Code::Internal if transport => {
+            format!("{participant} unreachable")
+        }
+        Code::ResourceExhausted => format!("{participant} is overloaded: {}", status.message()),
+        Code::Unavailable => format!("{participant} is unavailable: {}", status.message()),
+        _ => format!("{participant} refused: {}", status.message()),
+    }
+}
+
 /// Counts a finished txn in the metrics.
 pub(crate) fn count_txn(protocol: ProtocolLabel, outcome: OutcomeLabel) {
     txn_metrics::metrics()

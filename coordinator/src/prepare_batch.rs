@@ -23,7 +23,7 @@ use futures::StreamExt;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::transport::Channel;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 use txn_proto::pb::v1 as pb;
 use txn_proto::pb::v1::participant_client::ParticipantClient;
 use txn_types::types::{MAX_PREPARE_BATCH, MAX_PREPARE_BATCH_BYTES};
@@ -41,6 +41,8 @@ struct Waiter {
     req: pb::PrepareRequest,
     timeout: Duration,
     reply: oneshot::Sender<Answer>,
+    /// The span it was asked from (its txn's), so the call that carries it is traced with it.
+    span: tracing::Span,
 }
 
 /// The queue of one participant's Prepares.
@@ -83,6 +85,7 @@ impl PrepareQueue {
             req,
             timeout,
             reply,
+            span: tracing::Span::current(),
         };
         // Nothing queued and a slot free (light load): the call goes out from here, sparing
         // the hand-offs to the queue's task.
@@ -177,12 +180,14 @@ async fn send_batch(
             })
             .collect(),
     };
-    let mut request = tonic::Request::new(request);
+    let spans: Vec<&tracing::Span> = batch.iter().map(|w| &w.span).collect();
+    let span = txn_server::trace::batch_span("prepare_batch", name, &spans);
+    let mut request = span.in_scope(|| txn_server::trace::request(request));
     request.set_timeout(longest);
     let mut permit = Some(permit);
     let mut waiting: HashMap<String, oneshot::Sender<Answer>> = HashMap::new();
     let n = batch.len();
-    let call = client.prepare_batch(request).await;
+    let call = client.prepare_batch(request).instrument(span).await;
     let mut votes = match call {
         Ok(stream) => stream.into_inner(),
         Err(status) if status.code() == tonic::Code::Unimplemented => return Some(batch),
@@ -231,11 +236,15 @@ async fn send_batch(
 
 /// A unary Prepare (a participant without PrepareBatch).
 fn send_alone(mut client: ParticipantClient<Channel>, w: Waiter) {
-    tokio::spawn(async move {
-        let mut request = tonic::Request::new(w.req);
-        request.set_timeout(w.timeout);
-        let _ = w
-            .reply
-            .send(client.prepare(request).await.map(|r| r.into_inner()));
-    });
+    let span = w.span.clone();
+    tokio::spawn(
+        async move {
+            let mut request = txn_server::trace::request(w.req);
+            request.set_timeout(w.timeout);
+            let _ = w
+                .reply
+                .send(client.prepare(request).await.map(|r| r.into_inner()));
+        }
+        .instrument(span),
+    );
 }

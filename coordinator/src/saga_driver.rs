@@ -1,8 +1,10 @@
 //! Drives sagas: runs each step at its participant, forces the saga log after every
 //! transition, compensates in reverse on failure, resumes unfinished sagas after a restart,
-//! and parks compensations that keep failing until an operator retries them.
+//! and parks compensations that keep failing until an operator retries them. The states of
+//! unfinished sagas are kept in memory too, so status and metrics never scan the log; what
+//! happens after a saga ends is in [`crate::saga_end`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +24,8 @@ use txn_types::unix_ms;
 use crate::context::Context;
 use crate::dedup::{ClientKeys, ClientTag};
 use crate::error::CoordError;
-use crate::outcome::{TxnOutcome, count_txn};
+use crate::outcome::{TxnOutcome, call_failure, count_txn};
+use crate::saga_end::EndNotices;
 use txn_coordinator_core::saga::{Next, SAGA_PREFIX, Saga, saga_key};
 
 /// Crash points of the saga orchestrator.
@@ -59,8 +62,19 @@ pub struct SagaDriver {
     pub(crate) ctx: Arc<Context>,
     /// Sagas a task is driving right now, so a retry never drives one twice.
     active: Mutex<HashSet<TxnId>>,
-    /// Parked sagas this coordinator owns, for the metrics (no scan of the log per scrape).
-    parked: Mutex<HashSet<TxnId>>,
+    /// The state of every unfinished saga in the log (running, compensating, parked):
+    /// bounded by the sagas in flight and those parked.
+    unfinished: Mutex<HashMap<TxnId, SagaState>>,
+    /// The end notices on their way to the participants.
+    pub(crate) notices: Arc<EndNotices>,
+}
+
+/// How many sagas of the log are in each unfinished state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SagaCounts {
+    pub running: u64,
+    pub compensating: u64,
+    pub parked: u64,
 }
 
 impl std::ops::Deref for SagaDriver {
@@ -73,28 +87,59 @@ impl std::ops::Deref for SagaDriver {
 
 impl SagaDriver {
     pub(crate) fn new(ctx: Arc<Context>) -> Self {
+        let notices = EndNotices::start(
+            ctx.gc.clone(),
+            &ctx.participants,
+            ctx.config.rpc_timeout,
+            ctx.commit_backoff(),
+        );
+        tokio::spawn(notices.clone().run_rescans());
         Self {
             ctx,
             active: Mutex::new(HashSet::new()),
-            parked: Mutex::new(HashSet::new()),
+            unfinished: Mutex::new(HashMap::new()),
+            notices,
         }
     }
 
-    /// Parked sagas this coordinator drives (all of them, over a log of its own).
-    pub fn parked(&self) -> usize {
-        self.parked.lock().expect("parked sagas").len()
+    /// The unfinished sagas in the log, by state.
+    pub fn counts(&self) -> SagaCounts {
+        let mut c = SagaCounts::default();
+        for state in self.unfinished.lock().expect("unfinished sagas").values() {
+            match state {
+                SagaState::Running => c.running += 1,
+                SagaState::Compensating => c.compensating += 1,
+                SagaState::Parked => c.parked += 1,
+                _ => {}
+            }
+        }
+        c
     }
 
-    /// Keeps the count of parked sagas: `saga` is parked now, or no longer.
-    pub(crate) fn note_parked(&self, saga: &Saga, parked: bool) {
-        let Ok(id) = TxnId::parse("saga_id", saga.id()) else {
-            return;
-        };
-        let mut set = self.parked.lock().expect("parked sagas");
-        if parked {
-            set.insert(id);
+    /// Counts `saga`, just taken over from a gone coordinator, among the unfinished ones.
+    pub(crate) fn track(&self, id: &TxnId, state: SagaState) {
+        self.unfinished
+            .lock()
+            .expect("unfinished sagas")
+            .insert(id.clone(), state);
+    }
+
+    /// Keeps the in-memory view in step with a log write of `saga`, and sends the end
+    /// notice of a saga that has ended (once the write that records it is durable).
+    fn logged(&self, id: &TxnId, saga: &Saga) {
+        let mut unfinished = self.unfinished.lock().expect("unfinished sagas");
+        if saga.ended() {
+            unfinished.remove(id);
+            drop(unfinished);
+            self.notices.notify(
+                id,
+                &txn_types::rec::SagaEndNotice {
+                    participants: saga.participants(),
+                    deadline_unix_ms: saga.deadline_unix_ms(),
+                },
+            );
         } else {
-            set.remove(&id);
+            unfinished.insert(id.clone(), saga.state());
         }
     }
 
@@ -144,12 +189,12 @@ impl SagaDriver {
             // The saga exists durably before its first step runs, so a crash resumes it; the
             // client key is durable with it, so a retry finds the saga instead of starting
             // another.
-            let mut batch = WriteBatch::default();
-            batch.put(saga_key(&id), record::encode(saga.record()));
+            let mut batch = saga.log_write(&id, unix_ms());
             if let Some(tag) = &tag {
                 ClientKeys::put_record(&mut batch, tag, &id, pb::Protocol::Saga, None);
             }
             self.check(self.gc.write_durable(batch).await)?;
+            self.logged(&id, &saga);
             self.active.lock().expect("active sagas").insert(id.clone());
             let result = self.drive_saga(saga).await;
             self.active.lock().expect("active sagas").remove(&id);
@@ -194,15 +239,18 @@ impl SagaDriver {
         }
     }
 
+    /// Logs `saga` as it stands; `durable` waits until the write is durable (always so for
+    /// the write that ends it, which its end notice and the client's answer wait for).
     pub(crate) async fn persist_saga(&self, saga: &Saga, durable: bool) -> Result<(), CoordError> {
         let id = TxnId::parse("saga_id", saga.id())?;
-        let mut batch = WriteBatch::default();
-        batch.put(saga_key(&id), record::encode(saga.record()));
-        if durable {
-            self.check(self.gc.write_durable(batch).await)
+        let batch = saga.log_write(&id, unix_ms());
+        if durable || saga.ended() {
+            self.check(self.gc.write_durable(batch).await)?;
         } else {
-            self.check(self.gc.write_lazy(batch)).map(|_| ())
+            self.check(self.gc.write_lazy(batch))?;
         }
+        self.logged(&id, saga);
+        Ok(())
     }
 
     /// Runs `saga` until it completes, is compensated, or is parked.
@@ -276,10 +324,7 @@ impl SagaDriver {
                     debug!(reason = %saga.record().reason, "saga compensated");
                     return Ok((saga, reads));
                 }
-                Next::Parked => {
-                    self.note_parked(&saga, true);
-                    return Ok((saga, reads));
-                }
+                Next::Parked => return Ok((saga, reads)),
             }
         }
     }
@@ -309,16 +354,17 @@ impl SagaDriver {
             if remaining == 0 {
                 return Executed::Abandoned(format!("deadline passed; last error: {last_error}"));
             }
-            let mut request = tonic::Request::new(pb::ExecuteRequest {
+            let mut request = txn_server::trace::request(pb::ExecuteRequest {
                 saga_id: saga.id().to_owned(),
                 step,
                 ops: ops.clone(),
+                deadline_unix_ms: saga.deadline_unix_ms(),
             });
-            request.set_timeout(
-                self.config
-                    .rpc_timeout
-                    .min(Duration::from_millis(remaining)),
-            );
+            let timeout = self
+                .config
+                .rpc_timeout
+                .min(Duration::from_millis(remaining));
+            request.set_timeout(timeout);
             match client.clone().execute(request).await {
                 Ok(resp) => {
                     let resp = resp.into_inner();
@@ -334,7 +380,7 @@ impl SagaDriver {
                     };
                 }
                 Err(status) if transient(status.code()) => {
-                    last_error = format!("{:?}: {}", status.code(), status.message());
+                    last_error = call_failure(&branch.participant, &status, timeout);
                     txn_metrics::retried(RetryKind::SagaExecute);
                     let wait = backoff
                         .failed(rand::random())
@@ -342,10 +388,10 @@ impl SagaDriver {
                     tokio::time::sleep(wait).await;
                 }
                 Err(status) => {
-                    return Executed::Abandoned(format!(
-                        "{:?}: {}",
-                        status.code(),
-                        status.message()
+                    return Executed::Abandoned(call_failure(
+                        &branch.participant,
+                        &status,
+                        timeout,
                     ));
                 }
             }
@@ -358,9 +404,10 @@ impl SagaDriver {
             .ok()
             .and_then(|p| self.participants.get(&p).cloned())
             .ok_or_else(|| format!("unknown participant {}", branch.participant))?;
-        let mut request = tonic::Request::new(pb::CompensateRequest {
+        let mut request = txn_server::trace::request(pb::CompensateRequest {
             saga_id: saga.id().to_owned(),
             step,
+            deadline_unix_ms: saga.deadline_unix_ms(),
         });
         request.set_timeout(self.config.rpc_timeout);
         client
@@ -368,26 +415,46 @@ impl SagaDriver {
             .compensate(request)
             .await
             .map(|_| ())
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            .map_err(|s| call_failure(&branch.participant, &s, self.config.rpc_timeout))
     }
 
-    /// Resumes every saga that was running or compensating when the coordinator stopped.
+    /// Resumes every saga that was running or compensating when the coordinator stopped, and
+    /// sends the end notices not yet acked. Reads only the unfinished sagas (and the pending
+    /// notices), never the ended ones kept for the retention. A log of an older version keeps
+    /// ended sagas with the unfinished ones: they are moved out once, here.
     pub(crate) async fn resume(self: &Arc<Self>) -> Result<(), CoordError> {
         let mut resumed = 0;
+        let mut moved = WriteBatch::default();
         for (key, bytes) in self.check(self.gc.scan_prefix(SAGA_PREFIX).await)? {
             let rec: SagaRecord = self.check(record::decode(&key, &bytes).map_err(Into::into))?;
             let saga = self.check(Saga::from_record(&key, rec).map_err(Into::into))?;
-            match saga.state() {
-                SagaState::Running | SagaState::Compensating => {
-                    resumed += 1;
-                    self.spawn_saga(saga)?;
-                }
-                SagaState::Parked => self.note_parked(&saga, true),
-                _ => {}
+            let id = TxnId::parse("saga_id", saga.id())?;
+            if saga.ended() {
+                moved.append(saga.log_write(&id, saga.record().updated_at_unix_ms));
+                continue;
             }
+            self.unfinished
+                .lock()
+                .expect("unfinished sagas")
+                .insert(id, saga.state());
+            if matches!(saga.state(), SagaState::Running | SagaState::Compensating) {
+                resumed += 1;
+                self.spawn_saga(saga)?;
+            }
+        }
+        if !moved.is_empty() {
+            info!(
+                sagas = moved.ops.len() / 4,
+                "moved ended sagas out of the unfinished log"
+            );
+            self.check(self.gc.write_durable(moved).await)?;
         }
         if resumed > 0 {
             info!(resumed, "resuming unfinished sagas");
+        }
+        let pending = self.check(self.notices.rescan().await)?;
+        if pending > 0 {
+            info!(pending, "sending the end notices of ended sagas");
         }
         Ok(())
     }
@@ -456,7 +523,6 @@ impl SagaDriver {
             self.release_saga(id);
             return Err(e);
         }
-        self.note_parked(&saga, false);
         self.drive_claimed(id.clone(), saga);
         Ok(())
     }

@@ -79,6 +79,11 @@ pub struct Args {
     #[arg(long, default_value_t = crate::node::MAX_IN_FLIGHT_TXNS as u64,
           value_parser = clap::value_parser!(u64).range(1..=crate::node::MAX_IN_FLIGHT_TXNS as u64))]
     pub max_in_flight_txns: u64,
+    /// How long an ended saga (completed or compensated) stays in the saga log, where
+    /// `txnctl saga show` finds it; then it is dropped. 0 keeps ended sagas forever.
+    /// Unfinished and parked sagas are always kept.
+    #[arg(long, default_value_t = crate::saga_end::DEFAULT_SAGA_RETENTION.as_secs())]
+    pub saga_retention_secs: u64,
     /// How long a client_txn_id is remembered; a request sent again with the key after that
     /// runs as a new one. 0 keeps keys forever.
     #[arg(long, default_value_t = crate::dedup::DEFAULT_CLIENT_KEY_RETENTION.as_secs())]
@@ -99,6 +104,11 @@ pub struct Args {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = txn_server::process::LogFormat::Text)]
     pub log_format: txn_server::process::LogFormat,
+    /// Export spans to this OpenTelemetry collector (OTLP over gRPC, e.g.
+    /// http://127.0.0.1:4317), and carry the W3C trace context on every call, so one txn is
+    /// one trace across the services. Off when not given.
+    #[arg(long, value_name = "URL", env = "TXN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub tls: txn_server::net::TlsArgs,
     #[command(flatten)]
@@ -188,6 +198,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
+    if args.saga_retention_secs > 0 {
+        tokio::spawn(
+            node.context()
+                .run_saga_sweeper(Duration::from_secs(args.saga_retention_secs)),
+        );
+    }
+
     let svc = CoordinatorService::new(node.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
@@ -203,7 +220,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let stats = {
         let n = node.clone();
-        StatsService::new(Arc::new(move || crate::service::stats_to_pb(&n.stats())))
+        let counted = n.clone();
+        StatsService::new(
+            Arc::new(move || crate::service::stats_to_pb(&n.stats())),
+            Arc::new(move || counted.record_counts()),
+            auth.clone(),
+        )
     };
     let mut builder = server;
     let router = txn_server::serve::base(

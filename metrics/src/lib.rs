@@ -62,8 +62,14 @@ label_values!(RetryKind {
     SagaExecute => "saga_execute",
     SagaCompensate => "saga_compensate",
     OnePhaseSettle => "one_phase_settle",
+    SagaEnd => "saga_end",
 });
-label_values!(RefusalReason { DiskFull => "disk_full", ReadOnly => "read_only" });
+label_values!(RefusalReason {
+    DiskFull => "disk_full",
+    ReadOnly => "read_only",
+    MaxPrepared => "max_prepared",
+    MaxLockedKeys => "max_locked_keys",
+});
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TxnLabels {
@@ -83,6 +89,8 @@ pub enum RetryKind {
     SagaCompensate,
     /// The coordinator re-sent the Abort that settles a one-phase commit whose answer it lost.
     OnePhaseSettle,
+    /// The coordinator re-sent a saga's end notice (EndSagas) to a participant.
+    SagaEnd,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,6 +102,10 @@ pub struct RetryLabels {
 pub enum RefusalReason {
     DiskFull,
     ReadOnly,
+    /// The participant holds `--max-prepared-txns` prepared txns.
+    MaxPrepared,
+    /// The txn's locks would take the lock table past `--max-locked-keys`.
+    MaxLockedKeys,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -226,7 +238,7 @@ fn registry(role: Role) -> Registry {
         Role::Participant => {
             r.register(
                 "prepares_refused",
-                "Prepares refused because the disk is full or read-only",
+                "Prepares refused because the disk is full or read-only, or a bound is reached",
                 m.refused.clone(),
             );
             r.register(

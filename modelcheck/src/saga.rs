@@ -8,6 +8,17 @@
 //! Checked: every saga ends completed or compensated; exactly one effect per (saga, step,
 //! action); no Execute applies after its Compensate (anti-hanging); the counters end where
 //! the outcome says (every step's delta when completed, untouched when compensated).
+//!
+//! Barrier expiry (with [`Plan::expiry`]): once the saga has ended (logged), the orchestrator
+//! tells every participant (`EndSaga`), which runs the real [`saga::end_saga`]; a participant's
+//! `Sweep` timer runs the real [`saga::sweep_barriers`] with the cutoff its driver uses (now
+//! minus the retention). Each participant has its own clock, which a `Tick` timer moves on
+//! through [`TIMES`] at any moment, independently of the orchestrator's deadline timer (the
+//! clocks of two machines agree on nothing), so Executes and Compensates, duplicated and
+//! delayed, meet barriers before and after they are swept. The same properties must hold.
+//! Planted bugs ([`SagaBugs`], switches in the participants' actors, never in a core):
+//! sweeping as soon as the end notice arrives (expiry too early), and an orchestrator that
+//! does not send the saga's deadline (so a late Execute is not refused).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -17,7 +28,11 @@ use stateright::{Expectation, Model, Property};
 use txn_coordinator_core::saga::{Next, Saga, saga_key};
 use txn_participant_core::core::ParticipantCore;
 use txn_participant_core::keys::data_key;
-use txn_participant_core::saga::{self, Compensation, StepResult};
+use txn_participant_core::limits::Limits;
+use txn_participant_core::saga::{
+    self, BARRIER_EXPIRY_PREFIX, BARRIER_PREFIX, BARRIER_SWEEP_PAGE, Compensation, StepRef,
+    StepResult,
+};
 use txn_participant_core::step::Attempt;
 
 use crate::io::carry_out;
@@ -32,10 +47,35 @@ pub fn saga_id() -> TxnId {
     TxnId::generated(1, 1)
 }
 
+/// The saga's deadline (ms since the epoch, on the model's clocks).
+pub const DEADLINE: u64 = 100;
+/// The participants' retention: barriers outlive the deadline by this much.
+pub const RETENTION: u64 = 1_000;
+/// The times a participant's clock passes through: before the deadline, just past it, and past
+/// it by more than the retention. (An end notice that arrives at the last time is counted
+/// from then, so its barriers stay in the model: nothing can happen to them later anyway.)
+pub const TIMES: [u64; 3] = [0, DEADLINE + 1, DEADLINE + RETENTION + 100];
+
+/// Planted bugs: switches in the model's actors (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SagaBugs {
+    /// A participant drops an ended saga's barriers as soon as it is told the saga ended,
+    /// without waiting for the deadline to pass by the retention.
+    pub expire_at_end_notice: bool,
+    /// The orchestrator sends no deadline with its Executes (as an older one did), so a
+    /// participant cannot refuse one that comes after the barriers went.
+    pub no_deadline: bool,
+}
+
 /// Step `i` runs at participant `i` (actor `i + 1`); the orchestrator is actor 0.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub ops: Vec<Vec<Op>>,
+    /// End notices, a clock and barrier sweeps at the first step's participant (the others
+    /// keep their barriers; one is enough for every interleaving that matters, and keeps the
+    /// state space small).
+    pub expiry: bool,
+    pub bugs: SagaBugs,
 }
 
 impl Plan {
@@ -53,7 +93,22 @@ impl Plan {
                 }]
             })
             .collect();
-        Self { ops }
+        Self {
+            ops,
+            expiry: false,
+            bugs: SagaBugs::default(),
+        }
+    }
+
+    /// The same plan with end notices, clocks and barrier sweeps.
+    pub fn with_expiry(mut self) -> Self {
+        self.expiry = true;
+        self
+    }
+
+    /// The deadline the orchestrator's calls carry.
+    fn sent_deadline(&self) -> u64 {
+        if self.bugs.no_deadline { 0 } else { DEADLINE }
     }
 }
 
@@ -66,16 +121,31 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Msg {
-    Execute { step: u32 },
-    Executed { step: u32, outcome: Outcome },
-    Compensate { step: u32 },
-    Compensated { step: u32 },
+    Execute {
+        step: u32,
+    },
+    Executed {
+        step: u32,
+        outcome: Outcome,
+    },
+    Compensate {
+        step: u32,
+    },
+    Compensated {
+        step: u32,
+    },
+    /// The saga has ended: no Compensate of it will come (EndSagas).
+    EndSaga,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Timer {
     /// The saga's deadline passed while a step's answer was outstanding.
     Deadline,
+    /// A participant's clock moves on to its next time.
+    Tick,
+    /// A participant's sweep of barriers that are due.
+    Sweep,
 }
 
 /// The orchestrator's saga and its log. `Saga` is a prost record underneath, so equality and
@@ -110,6 +180,12 @@ pub struct Step {
     /// An Execute applied after a Compensate (null or not) of the same step was recorded.
     pub hanging: bool,
     pub compensate_seen: bool,
+    /// Where this participant's clock is in [`TIMES`].
+    pub clock: u8,
+    /// Its sweep dropped the saga's barriers.
+    pub swept: bool,
+    /// An Execute came after the sweep and was refused.
+    pub late_refused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -131,6 +207,13 @@ impl Node {
         batch.put(saga_key(&saga_id()), record::encode(o.saga.record()));
         o.log.apply(batch).expect("mem store");
         o.log.sync().expect("mem store");
+        let plan = match self {
+            Node::Orchestrator(plan) | Node::Participant(_, plan) => plan,
+        };
+        if plan.expiry && o.saga.ended() {
+            // Its end is durable: the participants may be told (the one that sweeps).
+            out.send(Id::from(1), Msg::EndSaga);
+        }
         match o.saga.next() {
             Next::Execute(step) => {
                 out.send(Id::from(step as usize + 1), Msg::Execute { step });
@@ -145,13 +228,22 @@ impl Node {
     }
 
     fn participant(&self, st: &mut Step, step: u32, msg: Msg, plan: &Plan) -> Option<Msg> {
-        let core = ParticipantCore::new();
+        let core = ParticipantCore::with_limits(Limits {
+            barrier_margin_ms: Some(RETENTION),
+            ..Limits::default()
+        });
         let id = saga_id();
+        let now = TIMES[st.clock as usize];
+        let at = StepRef {
+            saga: &id,
+            step,
+            deadline_unix_ms: plan.sent_deadline(),
+        };
         match msg {
             Msg::Execute { .. } => {
                 let ops = &plan.ops[step as usize];
                 let Attempt::Ready(done) =
-                    saga::execute(&core, &id, step, ops, &st.store, 0).expect("execute")
+                    saga::execute(&core, at, ops, &st.store, now).expect("execute")
                 else {
                     unreachable!("no 2PC locks in the saga model")
                 };
@@ -161,6 +253,7 @@ impl Node {
                     st.executed += 1;
                     st.hanging |= st.compensate_seen;
                 }
+                st.late_refused |= st.swept && matches!(result, StepResult::Refused { .. });
                 let outcome = match result {
                     StepResult::Succeeded { .. } => Outcome::Succeeded,
                     StepResult::Failed { .. } => Outcome::Failed,
@@ -170,7 +263,7 @@ impl Node {
             }
             Msg::Compensate { .. } => {
                 let Attempt::Ready(done) =
-                    saga::compensate(&core, &id, step, &st.store, 0).expect("compensate")
+                    saga::compensate(&core, at, &st.store, now).expect("compensate")
                 else {
                     unreachable!("no 2PC locks in the saga model")
                 };
@@ -184,8 +277,62 @@ impl Node {
                 }
                 Some(Msg::Compensated { step })
             }
+            Msg::EndSaga => {
+                carry_out(&st.store, saga::end_saga(&id, plan.sent_deadline(), now));
+                None
+            }
             Msg::Executed { .. } | Msg::Compensated { .. } => None,
         }
+    }
+
+    /// A participant's timers: its clock moves on while it can, and it sweeps while an ended
+    /// saga is indexed.
+    fn participant_timers(st: &Step, plan: &Plan, step: usize, out: &mut Out<Self>) {
+        if !plan.expiry || step != 0 {
+            return;
+        }
+        let indexed = !st
+            .store
+            .scan_prefix(BARRIER_EXPIRY_PREFIX)
+            .expect("mem store")
+            .is_empty();
+        let timeout = stateright::actor::model_timeout();
+        if (st.clock as usize) + 1 < TIMES.len() {
+            out.set_timer(Timer::Tick, timeout.clone());
+        } else {
+            out.cancel_timer(Timer::Tick);
+        }
+        if indexed {
+            out.set_timer(Timer::Sweep, timeout);
+        } else {
+            out.cancel_timer(Timer::Sweep);
+        }
+    }
+
+    /// The participant's sweep, as its driver runs it: a cutoff of now minus the retention.
+    fn sweep(st: &mut Step, plan: &Plan) {
+        let now = TIMES[st.clock as usize];
+        let cutoff = if plan.bugs.expire_at_end_notice {
+            u64::MAX
+        } else {
+            now.saturating_sub(RETENTION)
+        };
+        let had = !st
+            .store
+            .scan_prefix(BARRIER_PREFIX)
+            .expect("mem store")
+            .is_empty();
+        let (batch, _) =
+            saga::sweep_barriers(&st.store, cutoff, BARRIER_SWEEP_PAGE).expect("sweep");
+        if !batch.is_empty() {
+            st.store.apply(batch).expect("mem store");
+        }
+        let left = !st
+            .store
+            .scan_prefix(BARRIER_PREFIX)
+            .expect("mem store")
+            .is_empty();
+        st.swept |= had && !left;
     }
 }
 
@@ -212,13 +359,20 @@ impl Actor for Node {
                 self.drive(&mut o, out);
                 State::Orchestrator(o)
             }
-            Node::Participant(..) => State::Participant(Step {
-                store: MemStore::new(),
-                executed: 0,
-                compensated: 0,
-                hanging: false,
-                compensate_seen: false,
-            }),
+            Node::Participant(i, plan) => {
+                let st = Step {
+                    store: MemStore::new(),
+                    executed: 0,
+                    compensated: 0,
+                    hanging: false,
+                    compensate_seen: false,
+                    clock: 0,
+                    swept: false,
+                    late_refused: false,
+                };
+                Self::participant_timers(&st, plan, *i, out);
+                State::Participant(st)
+            }
         }
     }
 
@@ -233,7 +387,7 @@ impl Actor for Node {
                         Outcome::Refused => o.saga.on_execute_abandoned(step, "refused".into(), 0),
                     },
                     Msg::Compensated { step } => o.saga.on_compensated(step, 0),
-                    Msg::Execute { .. } | Msg::Compensate { .. } => return,
+                    Msg::Execute { .. } | Msg::Compensate { .. } | Msg::EndSaga => return,
                 }
                 if next == **state {
                     // A duplicate answer: the saga did not move.
@@ -246,12 +400,14 @@ impl Actor for Node {
             (Node::Participant(i, plan), State::Participant(st)) => {
                 let step = match msg {
                     Msg::Execute { step } | Msg::Compensate { step } => step,
+                    Msg::EndSaga => *i as u32,
                     _ => return,
                 };
                 debug_assert_eq!(step as usize, *i);
                 if let Some(reply) = self.participant(st, step, msg, plan) {
                     out.send(src, reply);
                 }
+                Self::participant_timers(st, plan, *i, out);
             }
             _ => unreachable!("state matches node"),
         }
@@ -260,14 +416,25 @@ impl Actor for Node {
         }
     }
 
-    fn on_timeout(&self, _id: Id, state: &mut Cow<State>, _: &Timer, out: &mut Out<Self>) {
+    fn on_timeout(&self, _id: Id, state: &mut Cow<State>, timer: &Timer, out: &mut Out<Self>) {
         let mut next = state.as_ref().clone();
-        if let State::Orchestrator(o) = &mut next
-            && let Next::Execute(step) = o.saga.next()
-        {
-            o.saga
-                .on_execute_abandoned(step, "deadline passed".into(), 0);
-            self.drive(o, out);
+        match (&mut next, timer, self) {
+            (State::Orchestrator(o), Timer::Deadline, _) => {
+                if let Next::Execute(step) = o.saga.next() {
+                    o.saga
+                        .on_execute_abandoned(step, "deadline passed".into(), 0);
+                    self.drive(o, out);
+                }
+            }
+            (State::Participant(st), Timer::Tick, Node::Participant(i, plan)) => {
+                st.clock = (st.clock + 1).min(TIMES.len() as u8 - 1);
+                Self::participant_timers(st, plan, *i, out);
+            }
+            (State::Participant(st), Timer::Sweep, Node::Participant(i, plan)) => {
+                Self::sweep(st, plan);
+                Self::participant_timers(st, plan, *i, out);
+            }
+            _ => {}
         }
         if next != **state {
             *state = Cow::Owned(next);
@@ -280,11 +447,19 @@ pub type SysState = ActorModelState<Node, ()>;
 
 pub fn model(plan: Plan) -> SagaModel {
     let plan = Arc::new(plan);
+    let expiry = plan.expiry;
     let inner = ActorModel::new((), ())
         .actor(Node::Orchestrator(plan.clone()))
         .actors((0..plan.ops.len()).map(|i| Node::Participant(i, plan.clone())))
         .init_network(Network::new_unordered_duplicating([]));
-    Checked { inner, properties }
+    Checked {
+        inner,
+        properties: if expiry {
+            properties_with_expiry
+        } else {
+            properties
+        },
+    }
 }
 
 fn orchestrator(s: &SysState) -> &Orchestrator {
@@ -339,6 +514,21 @@ fn properties() -> Vec<Property<SagaModel>> {
                 && orchestrator(s).saga.next() == Next::Compensated
         }),
     ]
+}
+
+/// With barrier expiry, the same properties, and expiry must be reached: barriers swept, and
+/// an Execute that comes after them refused.
+fn properties_with_expiry() -> Vec<Property<SagaModel>> {
+    let mut props = properties();
+    props.push(Property::sometimes(
+        "an ended saga's barriers are swept",
+        |_, s| steps(s).any(|st| st.swept),
+    ));
+    props.push(Property::sometimes(
+        "an Execute after the sweep is refused",
+        |_, s| steps(s).any(|st| st.late_refused),
+    ));
+    props
 }
 
 pub fn sometimes_names(m: &SagaModel) -> Vec<&'static str> {

@@ -68,3 +68,50 @@ fn saga_whose_last_step_fails() {
     );
     assert_eq!(states, 440);
 }
+
+const EXPIRY: [&str; 2] = [
+    "an ended saga's barriers are swept",
+    "an Execute after the sweep is refused",
+];
+
+/// Barriers go once the saga has ended and its deadline has passed by the retention, under
+/// duplicated and delayed Executes and Compensates and clocks that agree on nothing: every
+/// property still holds, and the sweep and a refused late Execute are both reached.
+#[test]
+fn saga_barriers_expire_safely() {
+    let mut required = vec!["completes", "compensates an executed step"];
+    required.extend(EXPIRY);
+    let states = check(Plan::new(3, false).with_expiry(), &required);
+    assert_eq!(states, 5_778);
+    let mut required = vec!["compensates an executed step"];
+    required.extend(EXPIRY);
+    let states = check(Plan::new(3, true).with_expiry(), &required);
+    assert_eq!(states, 6_530);
+}
+
+/// Planted: a participant drops an ended saga's barriers as soon as it hears the saga ended,
+/// while its clock is still before the deadline. A delayed copy of an Execute then applies its
+/// step a second time.
+#[test]
+fn expiring_barriers_too_early_is_found() {
+    let mut plan = Plan::new(3, false).with_expiry();
+    plan.bugs.expire_at_end_notice = true;
+    txn_modelcheck::counterexample(
+        saga::model(plan),
+        "one effect per (saga, step, action)",
+        None,
+    );
+}
+
+/// Planted: Executes carry no deadline, so after the barriers went (on time) a delayed
+/// Execute is not refused and applies again.
+#[test]
+fn executes_without_the_deadline_are_found() {
+    let mut plan = Plan::new(3, false).with_expiry();
+    plan.bugs.no_deadline = true;
+    txn_modelcheck::counterexample(
+        saga::model(plan),
+        "one effect per (saga, step, action)",
+        None,
+    );
+}

@@ -26,6 +26,7 @@ use crate::keys::{
     OutcomeFacts, PREPARED_PREFIX, data_key, prepared_key, put_abort, put_outcome, read_outcome,
     read_outcome_facts,
 };
+use crate::limits::{Limits, Overload};
 use crate::locks::LockTable;
 use crate::step::{Attempt, Durability, Step};
 
@@ -57,6 +58,9 @@ pub enum PrepareAnswer {
     No {
         reason: String,
     },
+    /// Refused before anything was locked or written: the participant is at one of its
+    /// bounds ([`crate::limits`]). The driver answers RESOURCE_EXHAUSTED.
+    Overloaded(Overload),
 }
 
 /// The answer to a Commit.
@@ -135,6 +139,7 @@ pub struct ParticipantCore {
     /// Prepared txns an operator pinned for a forced outcome: only an explicit Commit or
     /// Abort moves them, never this participant's own resolver.
     held: BTreeSet<TxnId>,
+    pub(crate) limits: Limits,
 }
 
 // Prepared records are prost messages, which derive neither `Eq` nor `Hash`; their fields
@@ -149,6 +154,7 @@ impl std::hash::Hash for ParticipantCore {
             rec.encode_to_vec().hash(state);
         }
         self.held.hash(state);
+        self.limits.hash(state);
     }
 }
 
@@ -220,6 +226,10 @@ impl ParticipantCore {
         // its answer must wake those queued behind it.
         let was_queued = self.locks.is_waiting(&req.txn);
         let wake = |step: Step<PrepareAnswer>| if was_queued { step.releasing() } else { step };
+        if let Some(overload) = self.overload(&exclusive, &shared) {
+            let refused = Step::reply(PrepareAnswer::Overloaded(overload));
+            return Ok(Attempt::Ready(self.leave_lock_queue(&req.txn, refused)));
+        }
         if let Err(blocked) = self
             .locks
             .try_lock_all(&req.txn, &exclusive, &shared, req.read_only)
@@ -301,6 +311,9 @@ impl ParticipantCore {
             },
             PrepareAnswer::Revote { reads } => Vote::Yes { reads },
             PrepareAnswer::No { reason } => Vote::No { reason },
+            PrepareAnswer::Overloaded(o) => Vote::No {
+                reason: format!("refused: the participant {o}"),
+            },
         }
     }
 
@@ -612,6 +625,17 @@ impl ParticipantCore {
     /// Prepared txns (in doubt until their decision arrives).
     pub fn prepared(&self) -> impl Iterator<Item = (&TxnId, &PreparedRecord)> {
         self.prepared.iter()
+    }
+
+    /// Prepared txns with ids after `after` (all of them if None), in id order: one page of
+    /// an operator's listing at a time.
+    pub fn prepared_after(
+        &self,
+        after: Option<&TxnId>,
+    ) -> impl Iterator<Item = (&TxnId, &PreparedRecord)> {
+        use std::ops::Bound;
+        let lower = after.map_or(Bound::Unbounded, |t| Bound::Excluded(t.clone()));
+        self.prepared.range((lower, Bound::Unbounded))
     }
 
     pub fn prepared_at_unix_ms(&self, txn: &TxnId) -> Option<u64> {

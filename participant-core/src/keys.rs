@@ -19,8 +19,17 @@ pub const PREPARED_PREFIX: &[u8] = b"p/";
 pub const OUTCOME_PREFIX: &[u8] = b"o/";
 /// Index of the outcomes that expire by age: `x/<at_unix_ms, 8 bytes big-endian><txn>`.
 pub const EXPIRY_PREFIX: &[u8] = b"x/";
-/// Expired outcome index entries one sweep step handles (bounds one write batch).
-pub const OUTCOME_SWEEP_PAGE: usize = 1_000;
+/// Expired outcome index entries one sweep step handles: it bounds one write batch and how
+/// long the driver holds the core's lock to check them (one point read each).
+pub const OUTCOME_SWEEP_PAGE: usize = 64;
+
+/// The error for a key of our own layout that does not parse.
+pub(crate) fn corrupt_key(key: &[u8], problem: &str) -> StoreError {
+    StoreError::Corrupt(record::CorruptRecord {
+        key: String::from_utf8_lossy(key).into_owned(),
+        problem: problem.to_owned(),
+    })
+}
 
 pub fn data_key(key: &[u8]) -> Vec<u8> {
     [DATA_PREFIX, key].concat()
@@ -71,46 +80,77 @@ pub(crate) fn put_abort(
     put_outcome(batch, txn, OutcomeKind::Aborted, now_unix_ms, true, facts);
 }
 
-/// Drops the outcomes indexed for expiry that were recorded before `cutoff_unix_ms`, at most
-/// `limit` index entries. Returns the batch and whether more entries may be due.
+/// An expiry index entry that is due, with the record it was written with, as
+/// [`due_outcomes`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueOutcome {
+    index_key: Vec<u8>,
+    txn: TxnId,
+    at_unix_ms: u64,
+}
+
+/// The outcomes indexed for expiry that were recorded before `cutoff_unix_ms`, at most
+/// `limit` index entries, and whether more may be due. Reads the index only, so a driver can
+/// run it without holding anything; [`expire_outcomes`] then makes the batch.
+pub fn due_outcomes(
+    store: &dyn Store,
+    cutoff_unix_ms: u64,
+    limit: usize,
+) -> Result<(Vec<DueOutcome>, bool), StoreError> {
+    let page = store.scan_page(EXPIRY_PREFIX, EXPIRY_PREFIX, limit)?;
+    let full = page.len() == limit;
+    let mut due = Vec::with_capacity(page.len());
+    for (key, _) in page {
+        let rest = &key[EXPIRY_PREFIX.len()..];
+        let (at, txn) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt_key(&key, "expiry key too short"))?;
+        let at = u64::from_be_bytes(*at);
+        if at >= cutoff_unix_ms {
+            return Ok((due, false));
+        }
+        let txn = std::str::from_utf8(txn)
+            .ok()
+            .and_then(|t| TxnId::parse("txn", t).ok())
+            .ok_or_else(|| corrupt_key(&key, "expiry key names no valid txn id"))?;
+        due.push(DueOutcome {
+            index_key: key,
+            txn,
+            at_unix_ms: at,
+        });
+    }
+    Ok((due, full))
+}
+
+/// The batch that drops `due` entries and, for each, the outcome record if it is still the
+/// one the entry was written with (a newer record, such as a commit forgotten again, has an
+/// entry of its own). The driver runs it under the core's lock, because the check and the
+/// drop must not straddle a step that rewrites the record; it reads one record per entry.
+pub fn expire_outcomes(store: &dyn Store, due: Vec<DueOutcome>) -> Result<WriteBatch, StoreError> {
+    let mut batch = WriteBatch::default();
+    for d in due {
+        let okey = outcome_key(&d.txn);
+        if let Some(bytes) = store.get(&okey)? {
+            let rec: OutcomeRecord = record::decode(&okey, &bytes)?;
+            if rec.at_unix_ms == d.at_unix_ms {
+                batch.delete(okey);
+            }
+        }
+        batch.delete(d.index_key);
+    }
+    Ok(batch)
+}
+
+/// [`due_outcomes`] and [`expire_outcomes`] in one: drops the outcomes indexed for expiry
+/// that were recorded before `cutoff_unix_ms`, at most `limit` index entries. Returns the
+/// batch and whether more entries may be due.
 pub fn sweep_expired(
     store: &dyn Store,
     cutoff_unix_ms: u64,
     limit: usize,
 ) -> Result<(WriteBatch, bool), StoreError> {
-    let mut batch = WriteBatch::default();
-    let page = store.scan_page(EXPIRY_PREFIX, EXPIRY_PREFIX, limit)?;
-    let full = page.len() == limit;
-    for (key, _) in page {
-        let rest = &key[EXPIRY_PREFIX.len()..];
-        let corrupt = |problem: &str| {
-            StoreError::Corrupt(record::CorruptRecord {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                problem: problem.to_owned(),
-            })
-        };
-        let (at, txn) = rest
-            .split_first_chunk::<8>()
-            .ok_or_else(|| corrupt("expiry key too short"))?;
-        let at = u64::from_be_bytes(*at);
-        if at >= cutoff_unix_ms {
-            return Ok((batch, false));
-        }
-        let txn = std::str::from_utf8(txn)
-            .ok()
-            .and_then(|t| TxnId::parse("txn", t).ok())
-            .ok_or_else(|| corrupt("expiry key names no valid txn id"))?;
-        // Only the record this entry was written with: a newer one has its own entry.
-        let okey = outcome_key(&txn);
-        if let Some(bytes) = store.get(&okey)? {
-            let rec: OutcomeRecord = record::decode(&okey, &bytes)?;
-            if rec.at_unix_ms == at {
-                batch.delete(okey);
-            }
-        }
-        batch.delete(key);
-    }
-    Ok((batch, full))
+    let (due, more) = due_outcomes(store, cutoff_unix_ms, limit)?;
+    Ok((expire_outcomes(store, due)?, more))
 }
 
 /// What an outcome record says about the txn besides its outcome: its members and how much

@@ -13,6 +13,7 @@
 //! - [`resolve`]: peers' questions, cooperative termination, applying a learned decision.
 //! - [`saga`]: saga steps and their barrier (idempotent, null compensation, anti-hanging).
 //! - [`keys`]: the storage layout, outcome records and their expiry.
+//! - [`limits`]: the bounds on prepared txns and locked keys, and a Prepare's refusal.
 //! - [`eval`]: what a branch's operations lock, read and write.
 //! - [`locks`]: the lock table (shared for reads, exclusive for writes, all or nothing,
 //!   waiters queued in order).
@@ -20,11 +21,14 @@
 pub mod core;
 pub mod eval;
 pub mod keys;
+pub mod limits;
 pub mod locks;
 pub mod one_phase;
 pub mod resolve;
 pub mod saga;
 pub mod step;
 
+#[cfg(test)]
+mod bounds_tests;
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,10 @@ use txn_types::types::TxnId;
 /// bound on the Prepares one participant keeps open; beyond it a blocked request is refused
 /// at once rather than queued (the coordinator aborts it and the client may retry).
 pub const MAX_LOCK_WAITERS: usize = 4_096;
+/// Most keys the waiting requests ask for, in all: the queue keeps a copy of each (up to 1 KiB
+/// apiece), so this bounds its memory as [`MAX_LOCK_WAITERS`] bounds its length. Beyond it a
+/// blocked request is refused at once, as when the queue is full.
+pub const MAX_QUEUED_KEYS: usize = 262_144;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 struct Entry {
@@ -70,6 +74,8 @@ pub struct LockTable {
     /// The same waiters by key, in queue order (seq), each marked exclusive or not: a
     /// request looks only at the queues of its own keys.
     queued: BTreeMap<Vec<u8>, BTreeMap<u64, (TxnId, bool)>>,
+    /// Keys the waiters ask for, counted once per waiter and key (see [`MAX_QUEUED_KEYS`]).
+    queued_keys: usize,
     next_seq: u64,
 }
 
@@ -171,6 +177,7 @@ impl LockTable {
                 .and_modify(|w| w.1 |= x)
                 .or_insert((txn.clone(), x));
         }
+        self.queued_keys += exclusive.len() + shared.len();
         self.waiters.insert(
             txn.clone(),
             Waiter {
@@ -185,6 +192,7 @@ impl LockTable {
         let Some(w) = self.waiters.remove(txn) else {
             return false;
         };
+        self.queued_keys -= w.exclusive.len() + w.shared.len();
         for key in w.exclusive.iter().chain(&w.shared) {
             if let Some(q) = self.queued.get_mut(key) {
                 q.remove(&w.seq);
@@ -233,7 +241,9 @@ impl LockTable {
             if self.waiters.contains_key(txn) {
                 return Err(Blocked { by, wait });
             }
-            if self.waiters.len() >= MAX_LOCK_WAITERS {
+            if self.waiters.len() >= MAX_LOCK_WAITERS
+                || self.queued_keys + exclusive.len() + shared.len() > MAX_QUEUED_KEYS
+            {
                 return Err(Blocked {
                     by,
                     wait: LockWait::None,
@@ -285,6 +295,16 @@ impl LockTable {
         self.entries
             .get(key)
             .is_some_and(|e| e.exclusive.as_ref() == Some(txn) || e.shared.contains(txn))
+    }
+
+    /// Whether any txn holds `key`.
+    pub fn is_locked(&self, key: &[u8]) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Keys the waiting requests ask for, in all.
+    pub fn queued_keys(&self) -> usize {
+        self.queued_keys
     }
 
     /// Keys with at least one holder.
@@ -430,5 +450,32 @@ mod tests {
         assert_eq!(b.wait, LockWait::None);
         assert!(!l.is_waiting(&t("late")));
         assert_eq!(l.waiting(), MAX_LOCK_WAITERS);
+    }
+
+    /// The waiters' keys are bounded too: a few waiters asking for many keys fill the queue
+    /// as many waiters would, and a refused one leaves nothing queued.
+    #[test]
+    fn the_queued_keys_are_bounded() {
+        let mut l = LockTable::default();
+        lock(&mut l, &t("holder"), &[k("a")], &[]).unwrap();
+        let wide: Vec<Vec<u8>> = std::iter::once(k("a"))
+            .chain((0..255).map(|i| k(&format!("w{i}"))))
+            .collect();
+        let fit = MAX_QUEUED_KEYS / wide.len();
+        for i in 0..fit {
+            let b = lock(&mut l, &t(&format!("q{i}")), &wide, &[]).unwrap_err();
+            assert_eq!(b.wait, LockWait::Full);
+        }
+        assert_eq!(l.queued_keys(), fit * wide.len());
+        let b = lock(&mut l, &t("late"), &wide, &[]).unwrap_err();
+        assert_eq!(b.wait, LockWait::None, "over {MAX_QUEUED_KEYS} queued keys");
+        assert!(!l.is_waiting(&t("late")));
+        assert!(l.abandon(&t("q0")));
+        assert_eq!(l.queued_keys(), (fit - 1) * wide.len());
+        assert_eq!(
+            lock(&mut l, &t("late"), &wide, &[]).unwrap_err().wait,
+            LockWait::Full,
+            "room again once a waiter left"
+        );
     }
 }

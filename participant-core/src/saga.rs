@@ -8,7 +8,19 @@
 //! - an Execute that arrives after its Compensate is refused (anti-hanging), so a delayed
 //!   Execute can never apply an effect that nobody will undo.
 //!
-//! Keys: `b/<saga>/<step>/x` (execute) and `b/<saga>/<step>/c` (compensate).
+//! Barriers are not kept forever ([`end_saga`], [`sweep_barriers`]). Each Execute and
+//! Compensate carries the saga's deadline, and an Execute that arrives after it is refused
+//! with nothing written: past the deadline the coordinator compensates the step anyway. So a
+//! saga's barriers are needed only until (a) no Compensate of it can come any more, which the
+//! coordinator says with EndSagas once the saga has ended, and (b) no Execute of it can apply
+//! any more, which is once the participant's clock is past the deadline. They go when both
+//! hold, with a margin: the participant's outcome retention (at least 120 s), counted from the
+//! later of the end notice and the deadline, the same rule that keeps abort tombstones. Later
+//! copies of either call change nothing: an Execute is refused, and a Compensate finds no
+//! Execute to undo, so it is a null compensation that needs no barrier either.
+//!
+//! Keys: `b/<saga>/<step>/x` (execute) and `b/<saga>/<step>/c` (compensate);
+//! `bx/<at, 8 bytes big-endian><saga>` the expiry index of ended sagas' barriers.
 
 use prost::Message;
 use txn_types::rec::{BarrierKind, BarrierRecord, Restore, UndoOp, undo_op};
@@ -18,10 +30,29 @@ use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, TxnId, decode_counter, en
 
 use crate::core::ParticipantCore;
 use crate::eval::evaluate;
-use crate::keys::data_key;
+use crate::keys::{corrupt_key, data_key};
 use crate::step::{Attempt, LockWait, Step};
 
 pub const BARRIER_PREFIX: &[u8] = b"b/";
+/// Index of the sagas whose barriers may go once old enough: `bx/<at><saga>`, where `at` is
+/// the later of the saga's end notice and its deadline (8 bytes big-endian milliseconds).
+pub const BARRIER_EXPIRY_PREFIX: &[u8] = b"bx/";
+/// Ended sagas one barrier sweep step handles (each has at most two barriers per step).
+pub const BARRIER_SWEEP_PAGE: usize = 64;
+
+/// Every barrier key of `saga` starts with this.
+pub fn saga_barriers_prefix(saga: &TxnId) -> Vec<u8> {
+    format!("b/{saga}/").into_bytes()
+}
+
+fn barrier_expiry_key(at_unix_ms: u64, saga: &TxnId) -> Vec<u8> {
+    [
+        BARRIER_EXPIRY_PREFIX,
+        &at_unix_ms.to_be_bytes(),
+        saga.as_str().as_bytes(),
+    ]
+    .concat()
+}
 
 fn barrier_key(saga: &TxnId, step: u32, action: u8) -> Vec<u8> {
     format!("b/{}/{step:010}/{}", saga, action as char).into_bytes()
@@ -68,15 +99,31 @@ fn kind(rec: &BarrierRecord) -> BarrierKind {
     BarrierKind::try_from(rec.kind).unwrap_or(BarrierKind::Unspecified)
 }
 
-/// Executes step `step` of `saga` with `ops`.
+/// A saga step as the orchestrator names it: which saga, which step, and the saga's deadline
+/// (ms since the Unix epoch; 0 = none, from an orchestrator that does not send it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepRef<'a> {
+    pub saga: &'a TxnId,
+    pub step: u32,
+    pub deadline_unix_ms: u64,
+}
+
+impl StepRef<'_> {
+    fn past_deadline(&self, now_unix_ms: u64) -> bool {
+        self.deadline_unix_ms > 0 && now_unix_ms > self.deadline_unix_ms
+    }
+}
+
+/// Executes step `step` of `saga` with `ops`. Past the saga's deadline it is refused with
+/// nothing written (see the module docs).
 pub fn execute(
     core: &ParticipantCore,
-    saga: &TxnId,
-    step: u32,
+    at: StepRef<'_>,
     ops: &[Op],
     store: &dyn Store,
     now_unix_ms: u64,
 ) -> Result<ExecuteStep, StoreError> {
+    let (saga, step) = (at.saga, at.step);
     if read_barrier(store, &compensate_key(saga, step))?.is_some() {
         return Ok(Attempt::Ready(Step::forced(
             WriteBatch::default(),
@@ -94,6 +141,14 @@ pub fn execute(
             _ => StepResult::Failed { reason: rec.reason },
         };
         return Ok(Attempt::Ready(Step::forced(WriteBatch::default(), result)));
+    }
+    if at.past_deadline(now_unix_ms) {
+        // Only the clock backs this refusal: every later copy meets a later clock.
+        return Ok(Attempt::Ready(Step::reply(StepResult::Refused {
+            reason: format!(
+                "step {step} of saga {saga} arrived after the saga's deadline; it never runs"
+            ),
+        })));
     }
     if let Some(holder) = core.lock_conflict(ops) {
         return Ok(Attempt::Blocked {
@@ -180,11 +235,11 @@ pub fn execute(
 /// Compensates step `step` of `saga`.
 pub fn compensate(
     core: &ParticipantCore,
-    saga: &TxnId,
-    step: u32,
+    at: StepRef<'_>,
     store: &dyn Store,
     now_unix_ms: u64,
 ) -> Result<CompensateStep, StoreError> {
+    let (saga, step) = (at.saga, at.step);
     let ckey = compensate_key(saga, step);
     if let Some(rec) = read_barrier(store, &ckey)? {
         let compensation = match kind(&rec) {
@@ -200,6 +255,15 @@ pub fn compensate(
     let executed = read_barrier(store, &execute_key(saga, step))?
         .filter(|rec| kind(rec) == BarrierKind::Executed);
     let Some(executed) = executed else {
+        let margin = core.limits().barrier_margin_ms;
+        if let Some(margin) = margin.filter(|_| at.deadline_unix_ms > 0)
+            && now_unix_ms >= at.deadline_unix_ms.saturating_add(margin)
+        {
+            // So late that the saga's barriers may already have been swept here: no Execute
+            // can apply any more (refused past the deadline), so the null compensation needs
+            // no barrier, and one written now would never be swept.
+            return Ok(Attempt::Ready(Step::reply(Compensation::Null)));
+        }
         // Never executed (or failed): record the null compensation, which also refuses a
         // late Execute.
         let rec = BarrierRecord {
@@ -241,6 +305,85 @@ pub fn compensate(
     Ok(Attempt::Ready(Step::forced(batch, Compensation::Applied)))
 }
 
+/// The coordinator says `saga` has ended (no Compensate of it will come): indexes its
+/// barriers for the sweeper, which drops them once `retention` has passed since the later of
+/// now and the saga's deadline. Answered once durable: the coordinator forgets the notice on
+/// the strength of it.
+pub fn end_saga(saga: &TxnId, deadline_unix_ms: u64, now_unix_ms: u64) -> Step<()> {
+    let mut batch = WriteBatch::default();
+    batch.put(
+        barrier_expiry_key(deadline_unix_ms.max(now_unix_ms), saga),
+        Vec::new(),
+    );
+    Step::forced(batch, ())
+}
+
+/// One ended saga whose barriers are due, read by [`due_barriers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueBarriers {
+    index_key: Vec<u8>,
+    barrier_keys: Vec<Vec<u8>>,
+}
+
+/// The ended sagas indexed before `cutoff_unix_ms`, at most `limit`, with their barrier keys;
+/// and whether more may be due. Reads only: [`drop_barriers`] makes the batch.
+pub fn due_barriers(
+    store: &dyn Store,
+    cutoff_unix_ms: u64,
+    limit: usize,
+) -> Result<(Vec<DueBarriers>, bool), StoreError> {
+    let page = store.scan_page(BARRIER_EXPIRY_PREFIX, BARRIER_EXPIRY_PREFIX, limit)?;
+    let full = page.len() == limit;
+    let mut due = Vec::new();
+    for (key, _) in page {
+        let rest = &key[BARRIER_EXPIRY_PREFIX.len()..];
+        let (at, saga) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt_key(&key, "barrier expiry key too short"))?;
+        if u64::from_be_bytes(*at) >= cutoff_unix_ms {
+            return Ok((due, false));
+        }
+        let saga = std::str::from_utf8(saga)
+            .ok()
+            .and_then(|t| TxnId::parse("saga", t).ok())
+            .ok_or_else(|| corrupt_key(&key, "barrier expiry key names no valid saga id"))?;
+        let barrier_keys = store
+            .scan_prefix(&saga_barriers_prefix(&saga))?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        due.push(DueBarriers {
+            index_key: key,
+            barrier_keys,
+        });
+    }
+    Ok((due, full))
+}
+
+/// The batch that drops `due` sagas' barriers with their index entries: every barrier of a
+/// saga at once, so a step's execute and compensate barriers go together (a compensate
+/// barrier without its execute barrier would let a duplicate Compensate undo twice).
+pub fn drop_barriers(due: Vec<DueBarriers>) -> WriteBatch {
+    let mut batch = WriteBatch::default();
+    for d in due {
+        for k in d.barrier_keys {
+            batch.delete(k);
+        }
+        batch.delete(d.index_key);
+    }
+    batch
+}
+
+/// [`due_barriers`] and [`drop_barriers`] in one: the batch, and whether more may be due.
+pub fn sweep_barriers(
+    store: &dyn Store,
+    cutoff_unix_ms: u64,
+    limit: usize,
+) -> Result<(WriteBatch, bool), StoreError> {
+    let (due, more) = due_barriers(store, cutoff_unix_ms, limit)?;
+    Ok((drop_barriers(due), more))
+}
+
 /// Every barrier record, as (saga, step, action 'x' or 'c', kind): the checker's evidence of
 /// exactly one effect per (saga, step, action).
 pub fn list_barriers(
@@ -264,6 +407,14 @@ pub fn list_barriers(
 mod tests {
     use super::*;
     use txn_types::store::MemStore;
+
+    fn at(saga: &TxnId, step: u32) -> StepRef<'_> {
+        StepRef {
+            saga,
+            step,
+            deadline_unix_ms: 0,
+        }
+    }
 
     fn saga() -> TxnId {
         TxnId::parse("saga", "5.1").unwrap()
@@ -303,18 +454,30 @@ mod tests {
         let store = MemStore::new();
         let core = ParticipantCore::new();
         let ops = [add("a", 7)];
-        let r1 = apply(&store, execute(&core, &saga(), 0, &ops, &store, 0).unwrap());
-        let r2 = apply(&store, execute(&core, &saga(), 0, &ops, &store, 0).unwrap());
+        let r1 = apply(
+            &store,
+            execute(&core, at(&saga(), 0), &ops, &store, 0).unwrap(),
+        );
+        let r2 = apply(
+            &store,
+            execute(&core, at(&saga(), 0), &ops, &store, 0).unwrap(),
+        );
         assert_eq!(r1, r2);
         assert!(matches!(r1, StepResult::Succeeded { .. }));
         assert_eq!(balance(&store, "a"), 7);
         // And the compensation, duplicated too, undoes it once.
         assert_eq!(
-            apply_c(&store, compensate(&core, &saga(), 0, &store, 0).unwrap()),
+            apply_c(
+                &store,
+                compensate(&core, at(&saga(), 0), &store, 0).unwrap()
+            ),
             Compensation::Applied
         );
         assert_eq!(
-            apply_c(&store, compensate(&core, &saga(), 0, &store, 0).unwrap()),
+            apply_c(
+                &store,
+                compensate(&core, at(&saga(), 0), &store, 0).unwrap()
+            ),
             Compensation::Applied
         );
         assert_eq!(balance(&store, "a"), 0);
@@ -325,12 +488,15 @@ mod tests {
         let store = MemStore::new();
         let core = ParticipantCore::new();
         assert_eq!(
-            apply_c(&store, compensate(&core, &saga(), 1, &store, 0).unwrap()),
+            apply_c(
+                &store,
+                compensate(&core, at(&saga(), 1), &store, 0).unwrap()
+            ),
             Compensation::Null
         );
         let late = apply(
             &store,
-            execute(&core, &saga(), 1, &[add("a", 5)], &store, 0).unwrap(),
+            execute(&core, at(&saga(), 1), &[add("a", 5)], &store, 0).unwrap(),
         );
         assert!(matches!(late, StepResult::Refused { .. }), "{late:?}");
         assert_eq!(
@@ -346,11 +512,14 @@ mod tests {
         let core = ParticipantCore::new();
         let r = apply(
             &store,
-            execute(&core, &saga(), 0, &[add("a", -5)], &store, 0).unwrap(),
+            execute(&core, at(&saga(), 0), &[add("a", -5)], &store, 0).unwrap(),
         );
         assert!(matches!(r, StepResult::Failed { .. }));
         assert_eq!(
-            apply_c(&store, compensate(&core, &saga(), 0, &store, 0).unwrap()),
+            apply_c(
+                &store,
+                compensate(&core, at(&saga(), 0), &store, 0).unwrap()
+            ),
             Compensation::Null
         );
         assert_eq!(balance(&store, "a"), 0);
@@ -364,13 +533,13 @@ mod tests {
         let s2 = TxnId::parse("s", "1.2").unwrap();
         apply(
             &store,
-            execute(&core, &s1, 0, &[add("n", 10)], &store, 0).unwrap(),
+            execute(&core, at(&s1, 0), &[add("n", 10)], &store, 0).unwrap(),
         );
         apply(
             &store,
-            execute(&core, &s2, 0, &[add("n", 5)], &store, 0).unwrap(),
+            execute(&core, at(&s2, 0), &[add("n", 5)], &store, 0).unwrap(),
         );
-        apply_c(&store, compensate(&core, &s1, 0, &store, 0).unwrap());
+        apply_c(&store, compensate(&core, at(&s1, 0), &store, 0).unwrap());
         assert_eq!(balance(&store, "n"), 5, "the other saga's add survives");
 
         let put = |v: &str| Op::Put {
@@ -379,13 +548,13 @@ mod tests {
         };
         apply(
             &store,
-            execute(&core, &s1, 1, &[put("one")], &store, 0).unwrap(),
+            execute(&core, at(&s1, 1), &[put("one")], &store, 0).unwrap(),
         );
         apply(
             &store,
-            execute(&core, &s2, 1, &[put("two")], &store, 0).unwrap(),
+            execute(&core, at(&s2, 1), &[put("two")], &store, 0).unwrap(),
         );
-        apply_c(&store, compensate(&core, &s1, 1, &store, 0).unwrap());
+        apply_c(&store, compensate(&core, at(&s1, 1), &store, 0).unwrap());
         assert_eq!(
             store.get(&data_key(b"p")).unwrap(),
             None,

@@ -7,8 +7,16 @@ use crate::core::*;
 use crate::keys::{data_key, list_outcomes, outcome_key, prepared_key, sweep_expired};
 use crate::one_phase::OnePhaseAnswer;
 use crate::resolve::{Resolved, peer_verdict};
-use crate::saga::{self, Compensation, StepResult};
+use crate::saga::{self, Compensation, StepRef, StepResult};
 use crate::step::{Attempt, Durability, LockWait, Step};
+
+fn at(saga: &TxnId, step: u32) -> StepRef<'_> {
+    StepRef {
+        saga,
+        step,
+        deadline_unix_ms: 0,
+    }
+}
 
 fn txn(s: &str) -> TxnId {
     TxnId::parse("t", s).unwrap()
@@ -595,7 +603,7 @@ fn locks_writers_exclusive_readers_shared() {
     assert!(core.lock_conflict(&[add("r", 1)]).is_some());
     assert_eq!(core.lock_conflict_keys(&[b"a".to_vec()]), Some(txn("1")));
     assert_eq!(core.lock_conflict_keys(&[b"z".to_vec()]), None);
-    let ex = saga::execute(&core, &txn("9"), 0, &[add("a", 1)], &store, 0).unwrap();
+    let ex = saga::execute(&core, at(&txn("9"), 0), &[add("a", 1)], &store, 0).unwrap();
     assert_eq!(
         ex,
         Attempt::Blocked {
@@ -717,23 +725,23 @@ fn barriers_are_per_step_and_keep_their_answers() {
     // Compensating step 0 refuses step 0's late Execute, not step 1's.
     let c = apply(
         &store,
-        ready(saga::compensate(&core, &saga_id, 0, &store, 0).unwrap()),
+        ready(saga::compensate(&core, at(&saga_id, 0), &store, 0).unwrap()),
     );
     assert_eq!(c, Compensation::Null);
     let late = run(ready(
-        saga::execute(&core, &saga_id, 0, &[add("a", 1)], &store, 0).unwrap(),
+        saga::execute(&core, at(&saga_id, 0), &[add("a", 1)], &store, 0).unwrap(),
     ));
     assert!(matches!(late, StepResult::Refused { .. }));
     let other = run(ready(
-        saga::execute(&core, &saga_id, 1, &[add("a", 1)], &store, 0).unwrap(),
+        saga::execute(&core, at(&saga_id, 1), &[add("a", 1)], &store, 0).unwrap(),
     ));
     assert!(matches!(other, StepResult::Succeeded { .. }));
     // A failed step answers the same failure, reason included, when asked again.
     let failed = run(ready(
-        saga::execute(&core, &saga_id, 2, &[add("a", -5)], &store, 0).unwrap(),
+        saga::execute(&core, at(&saga_id, 2), &[add("a", -5)], &store, 0).unwrap(),
     ));
     let again = run(ready(
-        saga::execute(&core, &saga_id, 2, &[add("a", -5)], &store, 0).unwrap(),
+        saga::execute(&core, at(&saga_id, 2), &[add("a", -5)], &store, 0).unwrap(),
     ));
     assert_eq!(failed, again);
     let StepResult::Failed { reason } = again else {

@@ -22,6 +22,9 @@ pub enum ParticipantError {
     Store(#[from] StoreError),
     #[error("{}", .0.message)]
     Disk(crate::disk::DiskRefusal),
+    /// A Prepare refused at one of the participant's bounds; the message names it and its flag.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("no vote within the Prepare's timeout (waited {waited_ms} ms for locks)")]
     DeadlineExceeded { waited_ms: u64 },
 }
@@ -49,9 +52,10 @@ impl From<ParticipantError> for tonic::Status {
             ParticipantError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
             ParticipantError::Store(_) => Status::unavailable(msg),
             ParticipantError::Disk(r) => match r.reason {
-                RefusalReason::DiskFull => Status::resource_exhausted(msg),
                 RefusalReason::ReadOnly => Status::unavailable(msg),
+                _ => Status::resource_exhausted(msg),
             },
+            ParticipantError::Overloaded(_) => Status::resource_exhausted(msg),
         }
     }
 }

@@ -6,10 +6,11 @@
 use std::time::Duration;
 use txn_participant_core::core::ParticipantCore;
 
+use txn_participant_core::keys::DATA_PREFIX;
 use txn_participant_core::step::{Attempt, Durability, LockWait, Step};
 use txn_server::failpoint;
 use txn_storage::Ticket;
-use txn_types::store::{Store, StoreError};
+use txn_types::store::{Store, StoreError, WriteBatch, WriteOp};
 use txn_types::types::TxnId;
 
 use crate::error::ParticipantError;
@@ -56,7 +57,12 @@ impl Participant {
         let written = if step.write.is_empty() {
             None
         } else {
-            Some(self.check(self.gc.write_lazy(step.write))?)
+            let data = writes_data(&step.write);
+            let ticket = self.check(self.gc.write_lazy(step.write))?;
+            if data {
+                *self.last_data_write.lock().expect("last data write") = Some(ticket);
+            }
+            Some(ticket)
         };
         // Everything applied so far: a step with no write of its own answers on the strength
         // of earlier ones (a duplicate, a status).
@@ -229,6 +235,13 @@ impl Participant {
             return self.finish(applied, crash).await;
         }
     }
+}
+
+/// Whether `batch` changes committed data, which a Read may return.
+fn writes_data(batch: &WriteBatch) -> bool {
+    batch.ops.iter().any(|op| match op {
+        WriteOp::Put(k, _) | WriteOp::Delete(k) => k.starts_with(DATA_PREFIX),
+    })
 }
 
 /// Takes a request's txn out of the lock queue when the request ends, however it ends: a

@@ -1,16 +1,21 @@
-//! The participant's housekeeping and inspection: the disk guard's verdict, the sweeper of
-//! expired outcomes, metrics gauges, statistics and the operators' views. None of it decides
-//! an outcome; what may be dropped and when is the core's rule ([`sweep_expired`]).
+//! The participant's housekeeping and inspection: the disk guard's verdict, the refusals at
+//! its bounds, the sweeper of expired outcomes and saga barriers, metrics gauges, statistics
+//! and the operators' views (a page at a time). None of it decides an outcome; what may be
+//! dropped and when is the core's rule ([`due_outcomes`], [`due_barriers`]).
 //!
-//! [`sweep_expired`]: txn_participant_core::keys::sweep_expired
+//! [`due_outcomes`]: txn_participant_core::keys::due_outcomes
+//! [`due_barriers`]: txn_participant_core::saga::due_barriers
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tracing::{info, warn};
-use txn_metrics::RefusalLabels;
-use txn_participant_core::keys::OUTCOME_SWEEP_PAGE;
+use txn_metrics::{RefusalLabels, RefusalReason};
+use txn_participant_core::keys::{OUTCOME_SWEEP_PAGE, due_outcomes, expire_outcomes};
+use txn_participant_core::limits::Overload;
+use txn_participant_core::saga::{BARRIER_SWEEP_PAGE, drop_barriers, due_barriers};
+use txn_server::serve::Swept;
 use txn_types::types::{CommitPoint, TxnId};
 use txn_types::unix_ms;
 
@@ -18,8 +23,15 @@ use crate::disk::DiskRefusal;
 use crate::error::ParticipantError;
 use crate::node::{MAX_OUTCOMES_PAGE, Participant};
 
-/// Longest pause between two sweeps (shorter when the retention is short).
-pub const OUTCOME_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest pause between two sweeps (shorter when the retention is short). Each sweep reads
+/// the expiry indexes only as far as what is due, so it is cheap to run often, and a sweep
+/// every second keeps what is kept close to exactly the retention.
+pub const OUTCOME_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most prepared txns in one page of InDoubt.
+pub const IN_DOUBT_PAGE: usize = 1_000;
+/// Byte budget of one page of an operator's listing: a quarter of the message limit, so a
+/// page stays well inside it whatever the entries hold.
+pub const MAX_PAGE_BYTES: usize = txn_types::types::MAX_MESSAGE_BYTES / 4;
 
 /// A snapshot of the node's counters.
 #[derive(Debug, Clone, Copy)]
@@ -96,43 +108,79 @@ impl Participant {
         }
     }
 
-    /// Drops the expiring outcomes recorded before `now - retention` (see
-    /// [`txn_participant_core::keys::sweep_expired`]). Each page is applied under the core lock, lazily: a
-    /// drop lost in a crash is made again by the next sweep. Returns how many index entries
-    /// it handled.
+    /// The error of a Prepare refused at one of the bounds, counted in the metrics.
+    pub(crate) fn overloaded(&self, overload: Overload) -> ParticipantError {
+        let (reason, flag) = match overload {
+            Overload::PreparedTxns { .. } => (RefusalReason::MaxPrepared, "--max-prepared-txns"),
+            Overload::LockedKeys { .. } => (RefusalReason::MaxLockedKeys, "--max-locked-keys"),
+        };
+        txn_metrics::metrics()
+            .refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+        ParticipantError::Overloaded(format!(
+            "participant {} {overload} ({flag}); the txn is refused, retry later",
+            self.config.name
+        ))
+    }
+
+    /// One step of the sweep of what has outlived `retention` at `now_unix_ms`: expired
+    /// outcomes, then the barriers of ended sagas past their deadline by the retention.
+    /// What is due is read with no lock held; the outcomes are checked (one point read each)
+    /// and dropped under the core's lock, a page of [`OUTCOME_SWEEP_PAGE`] at a time, so a
+    /// step that rewrites one of them meanwhile is never undone. Barriers need no check: no
+    /// call can write one for an ended saga past its deadline. Drops are lazy: one lost in a
+    /// crash is made again by the next sweep.
+    pub fn sweep_step(
+        &self,
+        retention: Duration,
+        now_unix_ms: u64,
+    ) -> Result<Swept, ParticipantError> {
+        let cutoff = now_unix_ms.saturating_sub(retention.as_millis() as u64);
+        let (outcomes, more_outcomes) =
+            self.check(due_outcomes(self.store(), cutoff, OUTCOME_SWEEP_PAGE))?;
+        let (barriers, more_barriers) =
+            self.check(due_barriers(self.store(), cutoff, BARRIER_SWEEP_PAGE))?;
+        let dropped = outcomes.len() + barriers.len();
+        if !outcomes.is_empty() {
+            let _core = self.core();
+            let batch = self.check(expire_outcomes(self.store(), outcomes))?;
+            self.check(self.gc.write_lazy(batch))?;
+        }
+        if !barriers.is_empty() {
+            self.check(self.gc.write_lazy(drop_barriers(barriers)))?;
+        }
+        Ok(Swept {
+            dropped,
+            more: more_outcomes || more_barriers,
+        })
+    }
+
+    /// Sweeps everything due at `now_unix_ms`, step by step; returns how many outcome and
+    /// barrier index entries it handled.
     pub fn sweep_outcomes(
         &self,
         retention: Duration,
         now_unix_ms: u64,
     ) -> Result<usize, ParticipantError> {
-        let cutoff = now_unix_ms.saturating_sub(retention.as_millis() as u64);
         let mut swept = 0;
         loop {
-            let core = self.core();
-            let (batch, more) = self.check(txn_participant_core::keys::sweep_expired(
-                self.store(),
-                cutoff,
-                OUTCOME_SWEEP_PAGE,
-            ))?;
-            swept += batch.ops.len();
-            if !batch.is_empty() {
-                self.check(self.gc.write_lazy(batch))?;
-            }
-            drop(core);
-            if !more {
+            let step = self.sweep_step(retention, now_unix_ms)?;
+            swept += step.dropped;
+            if !step.more {
                 return Ok(swept);
             }
         }
     }
 
-    /// Runs [`Participant::sweep_outcomes`] until the process stops, when outcomes expire at all.
+    /// Sweeps expired outcomes and barriers until the process stops, when they expire at all.
     pub async fn run_outcome_sweeper(self: Arc<Self>) {
         let Some(retention) = self.config.outcome_retention else {
             return;
         };
         let every = txn_server::serve::sweep_every(retention, OUTCOME_SWEEP_INTERVAL);
-        txn_server::serve::run_sweeper("sweeping expired outcomes", every, || {
-            self.sweep_outcomes(retention, unix_ms())
+        txn_server::serve::run_sweeper("sweeping expired outcomes and barriers", every, || {
+            std::future::ready(self.sweep_step(retention, unix_ms()))
         })
         .await
     }
@@ -144,13 +192,31 @@ impl Participant {
             .set(self.core().in_doubt() as i64);
     }
 
-    /// Prepared txns with their age, participants, locked keys, epoch and hold flag.
-    pub fn in_doubt_detail(&self) -> Vec<InDoubtTxn> {
+    /// One page of the prepared txns with ids after `after`, in id order, with their age,
+    /// participants, locked keys, epoch and hold flag: at most `size` txns and about
+    /// [`MAX_PAGE_BYTES`] (always at least one). Also the id to continue after, if any.
+    pub fn in_doubt_page(
+        &self,
+        after: Option<&TxnId>,
+        size: usize,
+    ) -> (Vec<InDoubtTxn>, Option<TxnId>) {
+        let size = size.clamp(1, IN_DOUBT_PAGE);
         let now = unix_ms();
         let core = self.core();
-        let mut out: Vec<InDoubtTxn> = core
-            .prepared()
-            .map(|(t, r)| InDoubtTxn {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut rest = core.prepared_after(after).peekable();
+        while let Some(&(t, r)) = rest.peek() {
+            let keys = r.exclusive_keys.iter().chain(&r.shared_keys);
+            let size_of = t.as_str().len()
+                + r.participants.iter().map(|p| p.len() + 2).sum::<usize>()
+                + keys.map(|k| k.len() + 3).sum::<usize>()
+                + 48;
+            if out.len() == size || (!out.is_empty() && bytes + size_of > MAX_PAGE_BYTES) {
+                break;
+            }
+            bytes += size_of;
+            out.push(InDoubtTxn {
                 txn: t.clone(),
                 age_ms: now.saturating_sub(r.prepared_at_unix_ms),
                 participants: r.participants.clone(),
@@ -163,10 +229,11 @@ impl Participant {
                 coordinator_epoch: r.coordinator_epoch,
                 held: core.is_held(t),
                 commit_at_votes: r.commit_at_votes,
-            })
-            .collect();
-        out.sort_by_key(|t| std::cmp::Reverse(t.age_ms));
-        out
+            });
+            rest.next();
+        }
+        let next = rest.peek().and(out.last()).map(|t| t.txn.clone());
+        (out, next)
     }
 
     /// One page of saga barrier records, from `start` (a barrier key) on.
@@ -195,6 +262,25 @@ impl Participant {
             start_after,
             limit,
         ))
+    }
+
+    /// Records held, by key prefix of the storage layout (a scan: for operators and soaks).
+    pub fn record_counts(&self) -> Result<Vec<(String, u64)>, String> {
+        use txn_participant_core::keys::{
+            DATA_PREFIX, EXPIRY_PREFIX, OUTCOME_PREFIX, PREPARED_PREFIX,
+        };
+        use txn_participant_core::saga::{BARRIER_EXPIRY_PREFIX, BARRIER_PREFIX};
+        txn_server::serve::count_records(
+            self.store(),
+            &[
+                DATA_PREFIX,
+                PREPARED_PREFIX,
+                OUTCOME_PREFIX,
+                EXPIRY_PREFIX,
+                BARRIER_PREFIX,
+                BARRIER_EXPIRY_PREFIX,
+            ],
+        )
     }
 
     pub fn stats(&self) -> NodeStats {

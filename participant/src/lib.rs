@@ -15,6 +15,7 @@
 //! - [`resolver`]: asks the coordinator, then the peers, about txns left in doubt.
 //! - [`housekeeping`]: the outcome sweeper, the disk guard's verdict, stats, operator views.
 //! - [`service`]: gRPC conversion.
+//! - [`service_lists`]: the listings a page at a time, and the `ParticipantAdmin` service.
 //! - [`server`]: process wiring (flags, health, shutdown) used by the `participant` binary.
 
 pub mod disk;
@@ -26,3 +27,4 @@ pub mod prepare;
 pub mod resolver;
 pub mod server;
 pub mod service;
+pub mod service_lists;

@@ -2,16 +2,14 @@ use clap::Parser;
 
 fn main() {
     let args = txn_participant::server::Args::parse();
-    txn_server::process::init_tracing(args.log_format);
-    let runtime = match txn_server::process::runtime(args.worker_threads) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("participant: starting the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(txn_participant::server::run(args)) {
-        eprintln!("participant: {e:#}");
-        std::process::exit(1);
-    }
+    let service = format!("txn-participant-{}", args.name);
+    let otlp = args.otlp_endpoint.clone();
+    txn_server::process::run_service(
+        "participant",
+        &service,
+        args.worker_threads,
+        args.log_format,
+        otlp.as_deref(),
+        || txn_participant::server::run(args),
+    );
 }

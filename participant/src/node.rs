@@ -14,10 +14,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use txn_participant_core::core::{
     AbortAnswer, AbortSource, CommitAnswer, ParticipantCore, Refusal, TxnStatus,
 };
+use txn_participant_core::limits::{DEFAULT_MAX_LOCKED_KEYS, DEFAULT_MAX_PREPARED_TXNS, Limits};
 use txn_participant_core::one_phase::OnePhaseAnswer;
 use txn_participant_core::resolve::Resolved;
-use txn_participant_core::saga::{self, Compensation, StepResult};
-use txn_storage::{FailStop, GroupCommit};
+use txn_participant_core::saga::{self, Compensation, StepRef, StepResult};
+use txn_storage::{FailStop, GroupCommit, Ticket};
 use txn_types::store::{Store, StoreError};
 use txn_types::types::{KeyValue, Op, TxnId};
 use txn_types::unix_ms;
@@ -86,8 +87,13 @@ pub struct NodeConfig {
     pub resolve_backoff_max: Duration,
     /// How long outcomes that expire (aborts, tombstones, one-phase commits) are kept, and
     /// whether the coordinator's "forget" of ended commits is obeyed. None keeps every outcome
-    /// forever (for checkers that audit them after a run).
+    /// forever (for checkers that audit them after a run). Also how long an ended saga's
+    /// barriers outlive its deadline (None: they are kept forever too).
     pub outcome_retention: Option<Duration>,
+    /// Most txns prepared here at once; a Prepare beyond it is refused (RESOURCE_EXHAUSTED).
+    pub max_prepared: usize,
+    /// Most keys locked here at once; a Prepare that would lock more is refused likewise.
+    pub max_locked_keys: usize,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +107,8 @@ impl Default for NodeConfig {
             resolve_interval: Duration::from_millis(200),
             resolve_backoff_max: Duration::from_millis(2000),
             outcome_retention: Some(DEFAULT_OUTCOME_RETENTION),
+            max_prepared: DEFAULT_MAX_PREPARED_TXNS,
+            max_locked_keys: DEFAULT_MAX_LOCKED_KEYS,
         }
     }
 }
@@ -125,13 +133,20 @@ pub struct Participant {
     /// Set by the disk guard while new Prepares must be refused (see [`crate::disk`]).
     pub(crate) disk: Mutex<Option<DiskRefusal>>,
     pub(crate) disk_degraded: AtomicBool,
+    /// The ticket of the last applied write that changed data (`d/` keys): a Read answers
+    /// only once it is durable, so no reader sees a value a crash could take back.
+    pub(crate) last_data_write: Mutex<Option<Ticket>>,
 }
 
 impl Participant {
     /// Opens the node on `store`, reloading prepared records and re-taking their locks before
     /// anything else can touch the store.
     pub fn open(store: Arc<dyn Store>, config: NodeConfig) -> Result<Arc<Self>, StoreError> {
-        let mut core = ParticipantCore::new();
+        let mut core = ParticipantCore::with_limits(Limits {
+            max_prepared: config.max_prepared,
+            max_locked_keys: config.max_locked_keys,
+            barrier_margin_ms: config.outcome_retention.map(|r| r.as_millis() as u64),
+        });
         let recovered = core.recover(store.as_ref())?;
         if !recovered.is_empty() {
             info!(
@@ -153,6 +168,7 @@ impl Participant {
             recovered: Mutex::new(recovered),
             disk: Mutex::new(None),
             disk_degraded: AtomicBool::new(false),
+            last_data_write: Mutex::new(None),
         }))
     }
 
@@ -401,13 +417,19 @@ impl Participant {
     }
 
     /// Runs one saga step. Waits up to the lock wait for prepared 2PC txns holding its keys,
-    /// then fails with a retryable error.
+    /// then fails with a retryable error. `deadline_unix_ms` is the saga's (0: none).
     pub async fn execute_step(
         &self,
         saga: &TxnId,
         step: u32,
+        deadline_unix_ms: u64,
         ops: &[Op],
     ) -> Result<StepResult, ParticipantError> {
+        let at = StepRef {
+            saga,
+            step,
+            deadline_unix_ms,
+        };
         let span = info_span!("execute", saga = %saga, step);
         self.refuse_if_disk_degraded()?;
         let crash = CrashPoints {
@@ -418,7 +440,7 @@ impl Participant {
         self.run_unblocked(
             saga,
             crash,
-            |core, store| saga::execute(core, saga, step, ops, store, unix_ms()),
+            |core, store| saga::execute(core, at, ops, store, unix_ms()),
             busy,
         )
         .instrument(span)
@@ -430,12 +452,18 @@ impl Participant {
         &self,
         saga: &TxnId,
         step: u32,
+        deadline_unix_ms: u64,
     ) -> Result<Compensation, ParticipantError> {
+        let at = StepRef {
+            saga,
+            step,
+            deadline_unix_ms,
+        };
         let span = info_span!("compensate", saga = %saga, step);
         self.run_unblocked(
             saga,
             CrashPoints::default(),
-            |core, store| saga::compensate(core, saga, step, store, unix_ms()),
+            |core, store| saga::compensate(core, at, store, unix_ms()),
             busy,
         )
         .instrument(span)
@@ -451,26 +479,58 @@ impl Participant {
         }
     }
 
+    /// The coordinator says these sagas have ended: their barriers here may go once each
+    /// one's deadline has passed by the retention (see [`saga::end_saga`]). Answered once
+    /// that is durable. A participant that keeps every outcome keeps barriers too.
+    pub async fn end_sagas(&self, sagas: &[(TxnId, u64)]) -> Result<(), ParticipantError> {
+        if self.config.outcome_retention.is_none() {
+            return Ok(());
+        }
+        let now = unix_ms();
+        self.run(CrashPoints::default(), |_, _| {
+            let mut batch = txn_types::store::WriteBatch::default();
+            for (saga, deadline) in sagas {
+                batch.append(saga::end_saga(saga, *deadline, now).write);
+            }
+            Ok(txn_participant_core::step::Step::forced(batch, ()))
+        })
+        .await
+    }
+
     /// Committed values of `keys`. A key locked for writing by a prepared txn is refused:
     /// its value is undecided, and returning either one could show a reader half a txn.
-    pub fn read(&self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, ParticipantError> {
-        let core = self.core();
-        if let Err((key, holder)) = core.check_readable(keys) {
-            return Err(ParticipantError::Locked {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                holder,
-            });
-        }
-        keys.iter()
-            .map(|k| {
-                let value =
-                    self.check(self.store().get(&txn_participant_core::keys::data_key(k)))?;
-                Ok(KeyValue {
-                    key: k.clone(),
-                    value,
+    /// Answered only once every value read is durable: a one-phase commit or a saga step is
+    /// visible as soon as it is applied, and a crash before its sync would take back a value
+    /// someone has read. So the read waits for the last data write applied before it.
+    pub async fn read(&self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, ParticipantError> {
+        let (values, written) = {
+            let core = self.core();
+            if let Err((key, holder)) = core.check_readable(keys) {
+                return Err(ParticipantError::Locked {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    holder,
+                });
+            }
+            let values = keys
+                .iter()
+                .map(|k| {
+                    let value =
+                        self.check(self.store().get(&txn_participant_core::keys::data_key(k)))?;
+                    Ok(KeyValue {
+                        key: k.clone(),
+                        value,
+                    })
                 })
-            })
-            .collect()
+                .collect::<Result<Vec<_>, ParticipantError>>()?;
+            (
+                values,
+                *self.last_data_write.lock().expect("last data write"),
+            )
+        };
+        if let Some(ticket) = written {
+            self.check(self.gc.wait(ticket).await)?;
+        }
+        Ok(values)
     }
 
     /// What this participant knows of `txn`.

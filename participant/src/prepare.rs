@@ -156,13 +156,17 @@ impl Participant {
             .into_iter()
             .map(|(txn, answer, span)| {
                 m.prepare_seconds.observe(elapsed);
-                let vote = answer.map(|answer| {
+                let vote = answer.and_then(|answer| {
+                    // Refused at a bound: RESOURCE_EXHAUSTED, nothing was prepared.
+                    if let PrepareAnswer::Overloaded(overload) = answer {
+                        return Err(self.overloaded(overload));
+                    }
                     // A NO of its own counts as an abort here; a YES withdrawn because the txn
                     // was aborted meanwhile was counted by that abort.
                     if matches!(answer, PrepareAnswer::No { .. }) {
                         self.counters.aborted.fetch_add(1, Ordering::Relaxed);
                     }
-                    core.confirm_vote(&txn, answer)
+                    Ok(core.confirm_vote(&txn, answer))
                 });
                 span.in_scope(|| match &vote {
                     Ok(Vote::Yes { .. }) => debug!("voted YES"),

@@ -68,9 +68,10 @@ pub struct Args {
     #[arg(long, default_value_t = 2000)]
     pub resolve_backoff_max_ms: u64,
     /// Seconds to keep aborts, abort tombstones and one-phase commits; commits of two-phase
-    /// txns are kept until the coordinator says they ended. 0 keeps every outcome forever
-    /// (for audits: the test harness checks each txn's outcome after a run).
-    /// At least 120 s: an abort must outlive the longest prepare deadline (60 s).
+    /// txns are kept until the coordinator says they ended, and a saga's barriers until the
+    /// coordinator says the saga ended and its deadline is this long past. 0 keeps every
+    /// outcome and barrier forever (for audits: the test harness checks each txn's outcome
+    /// after a run). At least 120 s: an abort must outlive the longest prepare deadline (60 s).
     #[arg(long, default_value_t = crate::node::DEFAULT_OUTCOME_RETENTION.as_secs(),
           value_parser = parse_retention)]
     pub outcome_retention_secs: u64,
@@ -89,10 +90,26 @@ pub struct Args {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = txn_server::process::LogFormat::Text)]
     pub log_format: txn_server::process::LogFormat,
+    /// Export spans to this OpenTelemetry collector (OTLP over gRPC, e.g.
+    /// http://127.0.0.1:4317), and carry the W3C trace context on every call, so one txn is
+    /// one trace across the services. Off when not given.
+    #[arg(long, value_name = "URL", env = "TXN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Free space (MiB) kept in reserve on the data directory's file system: below it, new
     /// Prepares are refused so that prepared txns can always still commit.
     #[arg(long, default_value_t = 64)]
     pub min_free_mb: u64,
+    /// Most txns prepared here at once: a Prepare beyond it is refused with
+    /// RESOURCE_EXHAUSTED (the coordinator aborts the txn), since prepared txns and their
+    /// locks are held in memory until their decision comes.
+    #[arg(long, default_value_t = txn_participant_core::limits::DEFAULT_MAX_PREPARED_TXNS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_prepared_txns: u64,
+    /// Most keys locked here at once by prepared txns: a Prepare that would lock more is
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = txn_participant_core::limits::DEFAULT_MAX_LOCKED_KEYS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub max_locked_keys: u64,
     #[command(flatten)]
     pub tls: txn_server::net::TlsArgs,
     #[command(flatten)]
@@ -169,6 +186,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             None => (args.outcome_retention_secs > 0)
                 .then(|| Duration::from_secs(args.outcome_retention_secs)),
         },
+        max_prepared: args.max_prepared_txns as usize,
+        max_locked_keys: args.max_locked_keys as usize,
     };
     let node = Participant::open(Arc::new(store), config).context("recovering prepared txns")?;
 
@@ -219,7 +238,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let stats = {
         let n = node.clone();
-        StatsService::new(Arc::new(move || crate::service::stats_to_pb(&n.stats())))
+        let counted = n.clone();
+        StatsService::new(
+            Arc::new(move || crate::service::stats_to_pb(&n.stats())),
+            Arc::new(move || counted.record_counts()),
+            auth.clone(),
+        )
     };
     let mut builder = server;
     let router = txn_server::serve::base(
@@ -257,11 +281,11 @@ async fn resolve_at(
     commit_point: CommitPoint,
 ) -> Result<Resolution, TransportError> {
     let resp = pb::coordinator_client::CoordinatorClient::new(channel)
-        .resolve(pb::ResolveRequest {
+        .resolve(txn_server::trace::request(pb::ResolveRequest {
             txn_id: txn.as_str().to_owned(),
             commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
             from_coordinator: false,
-        })
+        }))
         .await
         .map_err(|s| {
             let msg = format!("{:?}: {}", s.code(), s.message());
@@ -316,9 +340,9 @@ impl ResolveTransport for GrpcTransport {
             let channel = channel.ok_or_else(|| format!("no --peer address for {peer}"))?;
             let mut client = pb::participant_client::ParticipantClient::new(channel);
             let resp = client
-                .query_peer(pb::TxnStateRequest {
+                .query_peer(txn_server::trace::request(pb::TxnStateRequest {
                     txn_id: txn.as_str().to_owned(),
-                })
+                }))
                 .await
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
             state_from_pb(resp.into_inner().state).map_err(|e| e.to_string())

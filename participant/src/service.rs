@@ -8,7 +8,7 @@ use txn_proto::pb::v1 as pb;
 use txn_types::types::{InvalidInput, TxnId};
 
 use crate::housekeeping::NodeStats;
-use crate::node::{MAX_OUTCOMES_PAGE, MAX_READ_KEYS, Participant};
+use crate::node::{MAX_READ_KEYS, Participant};
 use crate::prepare::BatchedPrepare;
 use txn_participant_core::core::{PrepareRequest, TxnStatus};
 use txn_participant_core::saga::{Compensation, StepResult};
@@ -16,7 +16,7 @@ use txn_types::types::{MAX_PREPARE_BATCH, Vote};
 
 #[derive(Clone)]
 pub struct ParticipantService {
-    node: Arc<Participant>,
+    pub(crate) node: Arc<Participant>,
 }
 
 impl ParticipantService {
@@ -160,7 +160,7 @@ impl pb::participant_server::Participant for ParticipantService {
                 )));
             }
         }
-        let values = self.node.read(&keys)?;
+        let values = self.node.read(&keys).await?;
         Ok(Response::new(pb::ReadResponse {
             values: values.into_iter().map(Into::into).collect(),
         }))
@@ -195,7 +195,11 @@ impl pb::participant_server::Participant for ParticipantService {
         let r = request.into_inner();
         let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
         let ops = txn_proto::convert::ops_from_pb("ops", r.ops).or_invalid()?;
-        let (result, reason, reads) = match self.node.execute_step(&saga, r.step, &ops).await? {
+        let executed = self
+            .node
+            .execute_step(&saga, r.step, r.deadline_unix_ms, &ops)
+            .await?;
+        let (result, reason, reads) = match executed {
             StepResult::Succeeded { reads } => (pb::StepResult::Succeeded, String::new(), reads),
             StepResult::Failed { reason } => (pb::StepResult::Failed, reason, Vec::new()),
             StepResult::Refused { reason } => (pb::StepResult::Refused, reason, Vec::new()),
@@ -213,7 +217,11 @@ impl pb::participant_server::Participant for ParticipantService {
     ) -> Result<Response<pb::CompensateResponse>, Status> {
         let r = request.into_inner();
         let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
-        let kind = match self.node.compensate_step(&saga, r.step).await? {
+        let kind = match self
+            .node
+            .compensate_step(&saga, r.step, r.deadline_unix_ms)
+            .await?
+        {
             Compensation::Applied => pb::CompensationKind::Applied,
             Compensation::Null => pb::CompensationKind::Null,
         };
@@ -224,92 +232,48 @@ impl pb::participant_server::Participant for ParticipantService {
         &self,
         request: Request<pb::ListBarriersRequest>,
     ) -> Result<Response<pb::ListBarriersResponse>, Status> {
-        use txn_types::rec::BarrierKind;
-        let r = request.into_inner();
-        let limit = if r.limit == 0 {
-            MAX_OUTCOMES_PAGE
-        } else {
-            r.limit as usize
-        };
-        let start = if r.start_after.is_empty() {
-            Vec::new()
-        } else {
-            [r.start_after.as_slice(), b"\0"].concat()
-        };
-        let page = self.node.list_barriers(&start, limit)?;
-        let next = if page.len() >= limit.min(MAX_OUTCOMES_PAGE) {
-            page.last().map(|(k, _)| k.clone()).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let mut barriers = Vec::with_capacity(page.len());
-        for (key, rec) in page {
-            // Keys are b/<saga>/<step>/<x|c>.
-            let text = String::from_utf8_lossy(&key).into_owned();
-            let mut parts = text
-                .split_once('/')
-                .map(|x| x.1)
-                .unwrap_or("")
-                .rsplitn(3, '/');
-            let action = parts.next().unwrap_or("");
-            let step = parts
-                .next()
-                .and_then(|s| s.parse::<u32>().ok())
-                .unwrap_or(u32::MAX);
-            let saga_id = parts.next().unwrap_or("").to_owned();
-            let action = match action {
-                "x" => pb::BarrierAction::Execute,
-                "c" => pb::BarrierAction::Compensate,
-                _ => pb::BarrierAction::Unspecified,
-            };
-            let outcome = match BarrierKind::try_from(rec.kind) {
-                Ok(BarrierKind::Executed) => pb::BarrierOutcome::Executed,
-                Ok(BarrierKind::ExecuteFailed) => pb::BarrierOutcome::ExecuteFailed,
-                Ok(BarrierKind::Compensated) => pb::BarrierOutcome::Compensated,
-                Ok(BarrierKind::NullCompensated) => pb::BarrierOutcome::NullCompensated,
-                _ => pb::BarrierOutcome::Unspecified,
-            };
-            barriers.push(pb::Barrier {
-                saga_id,
-                step,
-                action: action as i32,
-                outcome: outcome as i32,
-                at_unix_ms: rec.at_unix_ms,
-            });
-        }
-        Ok(Response::new(pb::ListBarriersResponse { barriers, next }))
+        Ok(Response::new(crate::service_lists::barriers_page(
+            &self.node,
+            request.into_inner(),
+        )?))
     }
 
     async fn list_outcomes(
         &self,
         request: Request<pb::ListOutcomesRequest>,
     ) -> Result<Response<pb::ListOutcomesResponse>, Status> {
-        let r = request.into_inner();
-        let limit = if r.limit == 0 {
-            MAX_OUTCOMES_PAGE
-        } else {
-            r.limit as usize
-        };
-        let page = self.node.list_outcomes(&r.start_after, limit)?;
-        let next = if page.len() >= limit.min(MAX_OUTCOMES_PAGE) {
-            page.last().map(|o| o.txn_id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListOutcomesResponse {
-            outcomes: page
-                .into_iter()
-                .map(|o| pb::TxnOutcome {
-                    txn_id: o.txn_id,
-                    state: state_to_pb(o.status) as i32,
-                    participants: o.facts.participants,
-                    writes: o.facts.writes,
-                    at_unix_ms: o.at_unix_ms,
-                    prepared_at_unix_ms: o.facts.prepared_at_unix_ms,
-                })
-                .collect(),
-            next,
-        }))
+        Ok(Response::new(crate::service_lists::outcomes_page(
+            &self.node,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn end_sagas(
+        &self,
+        request: Request<pb::EndSagasRequest>,
+    ) -> Result<Response<pb::EndSagasResponse>, Status> {
+        let sagas = request.into_inner().sagas;
+        if sagas.len() > txn_types::types::MAX_COMMIT_BATCH {
+            return Err(invalid_argument(InvalidInput::new(
+                "sagas",
+                format!(
+                    "has {} sagas, the limit is {}",
+                    sagas.len(),
+                    txn_types::types::MAX_COMMIT_BATCH
+                ),
+            )));
+        }
+        let sagas = sagas
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                TxnId::parse(&format!("sagas[{i}].saga_id"), &s.saga_id)
+                    .map(|id| (id, s.deadline_unix_ms))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .or_invalid()?;
+        self.node.end_sagas(&sagas).await?;
+        Ok(Response::new(pb::EndSagasResponse {}))
     }
 }
 
@@ -359,52 +323,6 @@ pub fn stats_to_pb(s: &NodeStats) -> pb::StatsResponse {
         max_in_doubt_ms: s.max_in_doubt_ms,
         oldest_in_doubt_ms: s.oldest_in_doubt_ms,
         ..Default::default()
-    }
-}
-
-#[tonic::async_trait]
-impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
-    async fn in_doubt(
-        &self,
-        _request: Request<pb::InDoubtRequest>,
-    ) -> Result<Response<pb::InDoubtResponse>, Status> {
-        let txns = self
-            .node
-            .in_doubt_detail()
-            .into_iter()
-            .map(|t| pb::InDoubtTxn {
-                txn_id: t.txn.to_string(),
-                age_ms: t.age_ms,
-                participants: t.participants,
-                locked_keys: t.locked_keys,
-                coordinator_epoch: t.coordinator_epoch,
-                held: t.held,
-                commit_at_votes: t.commit_at_votes,
-            })
-            .collect();
-        Ok(Response::new(pb::InDoubtResponse { txns }))
-    }
-
-    async fn hold(
-        &self,
-        request: Request<pb::TxnIdRequest>,
-    ) -> Result<Response<pb::HoldResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
-        let state = state_to_pb(self.node.hold(&txn).await?);
-        Ok(Response::new(pb::HoldResponse {
-            state: state as i32,
-        }))
-    }
-
-    async fn release(
-        &self,
-        request: Request<pb::TxnIdRequest>,
-    ) -> Result<Response<pb::HoldResponse>, Status> {
-        let txn = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
-        let state = state_to_pb(self.node.release(&txn)?);
-        Ok(Response::new(pb::HoldResponse {
-            state: state as i32,
-        }))
     }
 }
 

@@ -17,10 +17,23 @@ pub const ENV_VAR: &str = "TXN_FAILPOINTS";
 /// Whether this binary was built with failpoints.
 pub const ENABLED: bool = cfg!(feature = "failpoints");
 
-/// Evaluates the failpoint `name`: crashes, sleeps, pauses or panics if it is armed so.
+/// Set once any failpoint is armed with an action that blocks its thread (`pause`, `sleep`).
+static BLOCKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Evaluates the failpoint `name`: crashes, sleeps, pauses or panics if it is armed so. An
+/// action that blocks runs off the async runtime's worker (`block_in_place`): a worker blocked
+/// in place would strand the tasks queued on it, such as the calls the test makes meanwhile.
 pub fn hit(name: &str) {
-    if ENABLED {
-        fail::eval(name, |_| crash(name));
+    if !ENABLED {
+        return;
+    }
+    let eval = || fail::eval(name, |_| crash(name));
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if on_worker && BLOCKING.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::task::block_in_place(eval);
+    } else {
+        eval();
     }
 }
 
@@ -106,9 +119,14 @@ pub fn set(known: &[&str], name: &str, action: &str) -> Result<(), Status> {
             fail::remove(name);
             Ok(())
         }
-        Some(spec) => fail::cfg(name, &spec).map_err(|e| {
-            Status::invalid_argument(format!("action: {:?}: {e}", action.to_string()))
-        }),
+        Some(spec) => {
+            if spec.contains("pause") || spec.contains("sleep") {
+                BLOCKING.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            fail::cfg(name, &spec).map_err(|e| {
+                Status::invalid_argument(format!("action: {:?}: {e}", action.to_string()))
+            })
+        }
     }
 }
 

@@ -9,12 +9,14 @@
 //! - [`process`]: shutdown signals, fail-stop on a fatal error, logging, the runtime.
 //! - [`failpoint`]: named crash points, armed at start or over gRPC, for fault tests.
 //! - [`serve`]: the services and serving loop both binaries share, and the sweeper loop.
+//! - [`trace`]: W3C trace context on every call, and the OTLP export of spans.
 
 pub mod failpoint;
 pub mod metrics_endpoint;
 pub mod net;
 pub mod process;
 pub mod serve;
+pub mod trace;
 
 /// Most connections waiting to be accepted by a server.
 const LISTEN_BACKLOG: u32 = 1024;

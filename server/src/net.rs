@@ -20,6 +20,19 @@ use tonic::{Request, Status};
 /// further calls wait on the client side. Bounds the work one connection can pile up.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
+/// Calls a client may cancel (RST_STREAM) while they still wait for the server to take them
+/// up, per connection, before the server takes it for a reset flood and closes the connection
+/// (GOAWAY, ENHANCE_YOUR_CALM "too_many_resets"), failing every other call on it. HTTP/2's
+/// default, 20, is met by an honest client whose burst of short-deadline calls expires
+/// together under load. A cancelled call that was never taken up costs the server only its
+/// place in the accept queue, so allowing as many as a connection may have calls open keeps
+/// the flood guard's bound (a connection cannot queue more) while sparing such clients.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = MAX_CONCURRENT_STREAMS as usize;
+/// Streams the server may itself reset because the client broke the protocol, per connection,
+/// before it closes the connection: HTTP/2's default, named. A client's own cancellations do
+/// not count here.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// Largest PEM file (certificate, key, CA bundle or token) a process reads.
 pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// Longest admin token accepted; longer ones are refused at startup.
@@ -103,12 +116,9 @@ impl TlsArgs {
     }
 
     /// The server builder every service uses: TLS when configured, the per-connection call
-    /// bound, and RESOURCE_EXHAUSTED for oversize messages.
-    pub fn server(
-        &self,
-    ) -> anyhow::Result<
-        Server<tower::layer::util::Stack<SizeLimitStatus, tower::layer::util::Identity>>,
-    > {
+    /// bound, the reset-flood guard tuned so that cancellations are not taken for an attack,
+    /// and RESOURCE_EXHAUSTED for oversize messages.
+    pub fn server(&self) -> anyhow::Result<crate::serve::Builder> {
         let mut builder = Server::builder();
         if let Some(tls) = self.server_config()? {
             builder = builder
@@ -117,7 +127,10 @@ impl TlsArgs {
         }
         Ok(builder
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-            .layer(SizeLimitStatus))
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .layer(SizeLimitStatus)
+            .layer(crate::trace::TraceLayer))
     }
 }
 

@@ -48,20 +48,72 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs to stderr, filtered by RUST_LOG (default: info).
-pub fn init_tracing(format: LogFormat) {
+/// Logs to stderr, filtered by RUST_LOG (default: info); with `otlp` (the collector's
+/// endpoint and this service's name), also exports spans there (see [`crate::trace`]). Must be
+/// called inside the service's runtime. Returns the span exporter, to flush at exit.
+pub fn init_tracing(
+    format: LogFormat,
+    otlp: Option<(&str, &str)>,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .init(),
+            .boxed(),
+    };
+    let logs = tracing_subscriber::registry().with(filter).with(lines);
+    match otlp {
+        None => {
+            logs.init();
+            Ok(None)
+        }
+        Some((endpoint, service)) => {
+            let (spans, provider) = crate::trace::otlp_layer(endpoint, service)?;
+            logs.with(spans).init();
+            Ok(Some(provider))
+        }
+    }
+}
+
+/// A service's `main`: its runtime, its logging (and span export, with `otlp_endpoint`), then
+/// `run` until it returns; exits 1 with one line on stderr if anything fails.
+pub fn run_service<F>(
+    binary: &str,
+    service: &str,
+    worker_threads: usize,
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    run: impl FnOnce() -> F,
+) where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let fail = |what: String| -> ! {
+        eprintln!("{binary}: {what}");
+        std::process::exit(1);
+    };
+    let runtime = runtime(worker_threads)
+        .unwrap_or_else(|e| fail(format!("starting the async runtime: {e}")));
+    let exporter = {
+        let _inside = runtime.enter();
+        init_tracing(format, otlp_endpoint.map(|e| (e, service)))
+            .unwrap_or_else(|e| fail(format!("{e:#}")))
+    };
+    let result = runtime.block_on(run());
+    if let Some(exporter) = exporter
+        && let Err(e) = exporter.shutdown()
+    {
+        eprintln!("{binary}: exporting the last spans: {e}");
+    }
+    if let Err(e) = result {
+        fail(format!("{e:#}"));
     }
 }
 

@@ -58,6 +58,15 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn count_prefix(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in self.db.scan_prefix(prefix).keys() {
+            key.map_err(engine)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn scan_page(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Pairs, StoreError> {
         self.db
             .range(start.max(prefix)..)

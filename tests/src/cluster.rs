@@ -411,6 +411,24 @@ impl Cluster {
         Ok(pb::stats_client::StatsClient::new(self.channel(&url)?))
     }
 
+    /// The records `node` (coordinator, p1, ...) holds, by key prefix (Stats.GetRecordCounts).
+    pub async fn record_counts(
+        &self,
+        node: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let url = self.url_of(node)?;
+        let counts = pb::stats_client::StatsClient::with_interceptor(
+            self.channel(&url)?,
+            self.token.clone(),
+        )
+        .get_record_counts(pb::RecordCountsRequest {})
+        .await
+        .with_context(|| format!("counting the records of {node}"))?
+        .into_inner()
+        .counts;
+        Ok(counts.into_iter().map(|c| (c.prefix, c.records)).collect())
+    }
+
     /// Arms failpoint `name` on `node` (coordinator, p1, ...) with `action`, e.g. "crash".
     /// A crash point can fire before the answer to this call is sent (work in flight reaches
     /// it at once); the call then fails, but the node is gone, and that counts as armed.

@@ -13,9 +13,11 @@
 //! - [`report`]: renders the comparison as a table, report.json, report.md and a chart.
 //! - [`proxy`]: the fault-injecting TCP proxy a cluster can put on one link.
 //! - [`plant`]: planted violations in a participant's own database, to test the checker.
+//! - [`soak`]: a fixed-rate mix of transfers for a long time, with every node sampled (memory,
+//!   file descriptors, data directory, records), and its chart.
 //!
-//! The `harness` binary (`src/bin/harness/`) has one module per command: `run`, `compare`
-//! and `bench`.
+//! The `harness` binary (`src/bin/harness/`) has one module per command: `run`, `compare`,
+//! `bench` and `soak`.
 
 pub mod bank;
 pub mod cluster;
@@ -24,3 +26,4 @@ pub mod coordinators;
 pub mod plant;
 pub mod proxy;
 pub mod report;
+pub mod soak;

@@ -225,6 +225,12 @@ impl pb::participant_server::Participant for FakeParticipant {
     ) -> Result<Response<pb::ListBarriersResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn end_sagas(
+        &self,
+        _: Request<pb::EndSagasRequest>,
+    ) -> Result<Response<pb::EndSagasResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 async fn coordinator_stats(cluster: &Cluster) -> anyhow::Result<pb::StatsResponse> {

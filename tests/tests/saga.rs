@@ -104,6 +104,7 @@ async fn barrier_gives_idempotency_null_compensation_and_anti_hanging() -> anyho
         saga_id: saga.into(),
         step,
         ops: vec![add("acct", delta)],
+        deadline_unix_ms: 0,
     };
 
     // Idempotency: ten concurrent duplicates of one Execute apply once, all see one result.
@@ -126,6 +127,7 @@ async fn barrier_gives_idempotency_null_compensation_and_anti_hanging() -> anyho
         let req = pb::CompensateRequest {
             saga_id: "t.1".into(),
             step: 0,
+            deadline_unix_ms: 0,
         };
         calls.push(tokio::spawn(async move {
             c.compensate(req).await.map(|r| r.into_inner())
@@ -142,6 +144,7 @@ async fn barrier_gives_idempotency_null_compensation_and_anti_hanging() -> anyho
         .compensate(pb::CompensateRequest {
             saga_id: "t.2".into(),
             step: 0,
+            deadline_unix_ms: 0,
         })
         .await?
         .into_inner();

@@ -220,7 +220,7 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
     let listed = admin(Some(TOKEN))
         .list_txns(pb::ListTxnsRequest {
             state: pb::TxnPhase::InDoubt as i32,
-            limit: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -231,7 +231,7 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
     );
     // A participant's admin service and the failpoints want the token too.
     let s = pb::participant_admin_client::ParticipantAdminClient::new(p1.clone())
-        .in_doubt(pb::InDoubtRequest {})
+        .in_doubt(pb::InDoubtRequest::default())
         .await
         .expect_err("participant admin without token");
     assert_eq!(s.code(), Code::Unauthenticated);
@@ -243,6 +243,27 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
         .await
         .expect_err("failpoint without token");
     assert_eq!(s.code(), Code::Unauthenticated);
+    // Counting records scans the store: an operator's call too.
+    let s = pb::stats_client::StatsClient::new(p1.clone())
+        .get_record_counts(pb::RecordCountsRequest {})
+        .await
+        .expect_err("record counts without token");
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let counts = pb::stats_client::StatsClient::with_interceptor(
+        p1.clone(),
+        BearerToken::new(Some(TOKEN)).unwrap(),
+    )
+    .get_record_counts(pb::RecordCountsRequest {})
+    .await
+    .unwrap()
+    .into_inner()
+    .counts;
+    let prepared = counts.iter().find(|c| c.prefix == "p/").map(|c| c.records);
+    assert_eq!(
+        prepared,
+        Some(1),
+        "the orphan's prepared record: {counts:?}"
+    );
 
     // txnctl: one line and exit 1 without the token; works with it.
     let ca = ours.join("ca.pem");

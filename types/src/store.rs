@@ -77,6 +77,10 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every batch applied before this call durable.
     fn sync(&self) -> Result<(), StoreError>;
+    /// How many keys start with `prefix` (for operators and soak tests: it scans them).
+    fn count_prefix(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        Ok(self.scan_prefix(prefix)?.len())
+    }
 }
 
 /// In-memory store for tests: `crash()` throws away everything applied since the last `sync`,
@@ -223,6 +227,9 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn sync(&self) -> Result<(), StoreError> {
         (**self).sync()
+    }
+    fn count_prefix(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        (**self).count_prefix(prefix)
     }
 }
 

@@ -47,6 +47,10 @@ impl CoordLog for SledLog {
         Self::ready(self.gc.store().scan_prefix(prefix))
     }
 
+    fn local_store(&self) -> Option<&dyn Store> {
+        Some(self.gc.store().as_ref())
+    }
+
     fn scan_page<'a>(
         &'a self,
         prefix: &'a [u8],

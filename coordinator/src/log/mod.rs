@@ -75,6 +75,11 @@ pub trait CoordLog: Send + Sync + 'static {
     fn shared(&self) -> Option<&dyn SharedLog> {
         None
     }
+    /// The coordinator's own store under the log, for counting its records (None over etcd,
+    /// whose records `etcdctl get --prefix --count-only` counts).
+    fn local_store(&self) -> Option<&dyn txn_types::store::Store> {
+        None
+    }
 }
 
 /// A record read with the revision of the log it was last written at, for guarded

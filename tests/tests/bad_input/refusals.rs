@@ -224,6 +224,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
             saga_id: String::new(),
             step: 0,
             ops: vec![add("a", 1, None, None)],
+            deadline_unix_ms: 0,
         })
         .await,
         ia,
@@ -235,6 +236,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
             saga_id: long_id.clone(),
             step: 0,
             ops: vec![add("a", 1, None, None)],
+            deadline_unix_ms: 0,
         })
         .await,
         ia,
@@ -245,6 +247,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
         p1.compensate(pb::CompensateRequest {
             saga_id: String::new(),
             step: 0,
+            deadline_unix_ms: 0,
         })
         .await,
         ia,
@@ -305,7 +308,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
         admin
             .list_txns(pb::ListTxnsRequest {
                 state: 99,
-                limit: 0,
+                ..Default::default()
             })
             .await,
         ia,

@@ -10,9 +10,19 @@ use txn_proto::pb::v1 as pb;
     name = "txnctl",
     version,
     about = "Operate a txnkit coordinator and its participants",
-    after_help = "Exit status: 0 success (a transfer, read or submit committed), 1 error (nothing \
-                  was done, or the command failed), 2 usage error, 3 the transaction aborted, 4 \
-                  its outcome is unknown (the call may have run; check with `txnctl txn show`)."
+    after_help = "Exit status, for every command:\n  \
+                  0  success (transfer, read, submit: the transaction committed)\n  \
+                  1  error, one line on stderr: nothing was done, or the command failed (a \
+                  forced outcome refused, a service unreachable); `txn list` also exits 1 \
+                  after printing when a participant's in-doubt txns could not be read\n  \
+                  2  usage error: an unknown command or flag, a bad flag value\n  \
+                  3  transfer, read, submit: the transaction aborted\n  \
+                  4  transfer, read, submit: the outcome is unknown, the call may have run \
+                  (`txnctl txn show ID` tells)\n\
+                  status, the lists, show, retry, forced outcomes, participant, failpoint and \
+                  certs exit 0 or 1 (or 2). With --json, transfer, read, submit, `txn show`, \
+                  `txn abort|commit` and the saga commands carry the transaction's \
+                  \"outcome\": committed, aborted or unknown (not decided yet)."
 )]
 pub struct Cli {
     /// The coordinator's URL, or several coordinators' (over one etcd log) comma-separated:

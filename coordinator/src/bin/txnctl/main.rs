@@ -3,8 +3,9 @@
 //! transfers, reads and whole transactions by hand.
 //!
 //! Exit status ([`Exit`]): 0 on success (a transaction committed), 1 for errors (one line on
-//! stderr), 2 for usage errors, 3 when the transaction aborted, 4 when its outcome is unknown
-//! (the call may have run). `--json` output carries the same outcome.
+//! stderr; also after a list printed without some participant's part), 2 for usage errors, 3
+//! when the transaction aborted, 4 when its outcome is unknown (the call may have run).
+//! `--json` output carries the same outcome. `cli` documents it per command.
 //!
 //! Layout: this file dispatches each command and holds the requests it builds itself
 //! (transfers, reads). `cli` declares the commands and flags, `conn` connects to the services
@@ -23,10 +24,10 @@ use clap::Parser;
 use serde_json::{Value, json};
 use txn_proto::pb::v1 as pb;
 
-use admin::{failpoint, participant_url, saga, txn};
+use admin::{failpoint, in_doubt, participant_url, saga, txn};
 use certs::make_certs;
 use cli::{Cli, Cmd, ParticipantCmd};
-use conn::{connect, connect_any, connect_from, setup_connections, status_err};
+use conn::{connect_any, connect_from, setup_connections, status_err};
 use output::{participant_json, print, status_json};
 use submit::{parse_submit, read_input};
 
@@ -35,24 +36,35 @@ type Res<T> = Result<T, String>;
 /// How a command ended, beyond success or an error: the exit status says whether a
 /// transaction committed, aborted, or may or may not have run, so that
 /// `txnctl transfer ... && next-step` goes on only when the money moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Exit {
-    Done = 0,
-    Aborted = 3,
-    Unknown = 4,
+    /// 0.
+    Done,
+    /// 1, after the output: the command printed what it could, and this says what is missing.
+    Failed(String),
+    /// 3.
+    Aborted,
+    /// 4.
+    Unknown,
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(Exit::Done) => {}
-        Ok(exit) => std::process::exit(exit as i32),
+    let code = match run(cli).await {
+        Ok(Exit::Done) => 0,
+        Ok(Exit::Failed(why)) => {
+            eprintln!("txnctl: {why}");
+            1
+        }
+        Ok(Exit::Aborted) => 3,
+        Ok(Exit::Unknown) => 4,
         Err(e) => {
             eprintln!("txnctl: {e}");
-            std::process::exit(1);
+            1
         }
-    }
+    };
+    std::process::exit(code);
 }
 
 async fn run(cli: Cli) -> Res<Exit> {
@@ -68,7 +80,11 @@ async fn run(cli: Cli) -> Res<Exit> {
                 .into_inner();
             status_json(&s)
         }
-        Cmd::Txn(c) => txn(c, coord().await?).await?,
+        Cmd::Txn(c) => {
+            let (v, e) = txn(c, coord().await?).await?;
+            exit = e;
+            v
+        }
         Cmd::Saga(c) => saga(c, coord().await?).await?,
         Cmd::Participant(ParticipantCmd::List) => {
             let r = pb::admin_client::AdminClient::new(coord().await?)
@@ -84,28 +100,7 @@ async fn run(cli: Cli) -> Res<Exit> {
             } else {
                 participant_url(coord().await?, &name).await?
             };
-            let r = pb::participant_admin_client::ParticipantAdminClient::new(
-                connect(&name, &url).await?,
-            )
-            .in_doubt(pb::InDoubtRequest {})
-            .await
-            .map_err(status_err)?
-            .into_inner();
-            Value::Array(
-                r.txns
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "txn_id": t.txn_id,
-                            "age_ms": t.age_ms,
-                            "participants": t.participants.join(","),
-                            "locks": t.locked_keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>().join(","),
-                            "coordinator_epoch": t.coordinator_epoch,
-                            "held": t.held,
-                        })
-                    })
-                    .collect(),
-            )
+            in_doubt(&name, &url).await?
         }
         Cmd::Transfer {
             from,
@@ -179,13 +174,21 @@ async fn run(cli: Cli) -> Res<Exit> {
             let r = match r {
                 Ok(r) => r.into_inner(),
                 Err(s) if may_have_run(&s) => {
-                    eprintln!("txnctl: the read's outcome is unknown: {}", status_err(s));
+                    let reason = status_err(s);
+                    eprintln!("txnctl: the read's outcome is unknown: {reason}");
+                    if cli.json {
+                        print(&json!({ "outcome": "unknown", "reason": reason }), true);
+                    }
                     return Ok(Exit::Unknown);
                 }
                 Err(s) => return Err(status_err(s)),
             };
             if r.outcome != pb::Outcome::Committed as i32 {
                 eprintln!("txnctl: the read aborted: {}", r.reason);
+                if cli.json {
+                    let v = json!({ "txn_id": r.txn_id, "outcome": "aborted", "reason": r.reason });
+                    print(&v, true);
+                }
                 return Ok(Exit::Aborted);
             }
             let mut rows = Vec::new();

@@ -82,9 +82,30 @@ fn state_name(s: i32) -> &'static str {
     }
 }
 
+/// A txn's outcome as `--json` names it for every command: committed, aborted, or unknown
+/// (not decided yet, or the call that would have told may have run).
+fn decision_outcome(d: i32) -> &'static str {
+    match pb::Decision::try_from(d) {
+        Ok(pb::Decision::Commit) => "committed",
+        Ok(pb::Decision::Abort) => "aborted",
+        _ => "unknown",
+    }
+}
+
+/// A saga's outcome as `--json` names it: committed (completed), aborted (compensated, or
+/// parked while compensating), unknown (still running or compensating).
+fn saga_outcome(p: i32) -> &'static str {
+    match pb::SagaPhase::try_from(p) {
+        Ok(pb::SagaPhase::Completed) => "committed",
+        Ok(pb::SagaPhase::Compensated | pb::SagaPhase::Parked) => "aborted",
+        _ => "unknown",
+    }
+}
+
 pub fn detail_json(d: &pb::TxnDetail) -> Value {
     let mut v = json!({
         "txn_id": d.txn_id,
+        "outcome": decision_outcome(d.decision),
         "coordinator_state": phase_name(d.coordinator_state),
         "decision": decision_name(d.decision),
         "decided_at_unix_ms": (d.decided_at_unix_ms > 0).then_some(d.decided_at_unix_ms),
@@ -110,6 +131,7 @@ pub fn detail_json(d: &pb::TxnDetail) -> Value {
 pub fn saga_json(s: &pb::SagaSummary) -> Value {
     json!({
         "saga_id": s.saga_id,
+        "outcome": saga_outcome(s.state),
         "state": saga_phase_name(s.state),
         "steps": s.steps,
         "next_step": s.next_step,

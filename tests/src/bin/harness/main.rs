@@ -3,13 +3,15 @@
 //!
 //! Layout: this file parses the command line and holds what the commands share. Each command
 //! has its own module with its flags: `run` (one workload, checked), `compare` (2PC against
-//! sagas under faults) and `bench` (throughput and latency beside the physical floor).
+//! sagas under faults), `bench` (throughput and latency beside the physical floor) and `soak`
+//! (a long fixed-rate run: does anything grow?).
 
 mod bench;
 mod compare;
 mod pgpeer;
 mod run;
 mod scale;
+mod soak;
 
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use txn_tests::cluster::Cluster;
 use bench::BenchArgs;
 use compare::CompareArgs;
 use run::RunArgs;
+use soak::SoakArgs;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +44,10 @@ enum Command {
     /// Throughput and latency of transfers at several client counts, beside the physical
     /// floor measured in the same run (fsync of a small append, a no-op gRPC round trip).
     Bench(BenchArgs),
+    /// A fixed-rate mix of 2PC, saga and one-phase transfers for a long time, with every
+    /// node's memory, file descriptors, data directory and records sampled: nothing may grow
+    /// after the warm-up. Writes soak.json and soak.svg.
+    Soak(SoakArgs),
 }
 
 /// Balance every account starts with.
@@ -55,6 +62,7 @@ async fn main() {
         Command::Run(args) => run::run(args).await,
         Command::Compare(args) => compare::compare(args).await,
         Command::Bench(args) => bench::bench(args).await,
+        Command::Soak(args) => soak::soak(args).await,
     };
     match result {
         Ok(true) => {}
