@@ -1,6 +1,7 @@
 //! The gRPC face of the participant: converts protobuf to domain types and back, nothing more.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use tonic::{Request, Response, Status};
 use txn_proto::convert::{OrInvalidArgument, ToWire, invalid_argument};
@@ -50,9 +51,13 @@ impl pb::participant_server::Participant for ParticipantService {
         // In its own task, as a unary Prepare is: the batch's records and votes do not depend
         // on the caller staying. A failure of the whole batch ends the stream with its status.
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let _ = done_tx.send(node.prepare_batch(batch, tx).await);
-        });
+        // Its spans go on in the call's span, so each Prepare's joins the caller's trace.
+        tokio::spawn(
+            async move {
+                let _ = done_tx.send(node.prepare_batch(batch, tx).await);
+            }
+            .in_current_span(),
+        );
         let votes = futures::stream::unfold((rx, Some(done_rx)), |(mut rx, done)| async move {
             if let Some((txn, vote)) = rx.recv().await {
                 return Some((Ok(batched_vote(txn, vote)), (rx, done)));

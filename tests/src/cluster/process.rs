@@ -120,7 +120,7 @@ impl Proc {
                     self.log_tail(20)
                 );
             }
-            if health_ok(&self.url(), &self.tls).await {
+            if health_ok(&self.url(), &self.tls).await && self.said_listening() {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -133,6 +133,19 @@ impl Proc {
             }
             tokio::time::sleep(READY_POLL).await;
         }
+    }
+
+    /// Whether the process itself has bound its address. Our services print "... listening
+    /// on ADDR" once bound; without it, a health check that passed may have been answered by
+    /// another process on that port (one of a test run beside this one took the port between
+    /// the check that it was free and our bind, and ours is exiting). etcd prints no such line:
+    /// its members are checked by the cluster taking a write.
+    fn said_listening(&self) -> bool {
+        if self.bin.file_name().is_some_and(|n| n == "etcd") {
+            return true;
+        }
+        let line = format!("listening on {}", self.addr);
+        std::fs::read_to_string(&self.log).is_ok_and(|log| log.contains(&line))
     }
 
     /// SIGSTOP: the process stays alive but answers nothing.
