@@ -122,6 +122,17 @@ pub(crate) enum Claim {
     Wait(watch::Receiver<Option<Shared>>),
     /// This request runs; send its answer here, then [`ClientKeys::release`].
     Run(watch::Sender<Option<Shared>>),
+    /// An events transfer was started under the key and its answer never recorded (the
+    /// coordinator stopped): run it again under the same id, which its source answers as it
+    /// did the first time. Then as for `Run`.
+    Resume(watch::Sender<Option<Shared>>, TxnId),
+}
+
+/// What a key's record says about a request sent again.
+enum Recorded {
+    Answer(pb::TransactResponse),
+    /// An events transfer whose answer was not recorded: ask its source again.
+    Resume(TxnId),
 }
 
 /// The client-key component: the requests running under a key, and the key records.
@@ -156,9 +167,11 @@ impl ClientKeys {
             }
             Some(r) => Ok(Claim::Wait(r.done.clone())),
             None => {
-                if let Some(answer) = self.recorded_answer(tag)? {
-                    return Ok(Claim::Answered(answer));
-                }
+                let resume = match self.recorded_answer(tag)? {
+                    Some(Recorded::Answer(answer)) => return Ok(Claim::Answered(answer)),
+                    Some(Recorded::Resume(id)) => Some(id),
+                    None => None,
+                };
                 let (tx, rx) = watch::channel(None);
                 running.insert(
                     tag.id.as_str().to_owned(),
@@ -167,7 +180,10 @@ impl ClientKeys {
                         done: rx,
                     },
                 );
-                Ok(Claim::Run(tx))
+                Ok(match resume {
+                    Some(id) => Claim::Resume(tx, id),
+                    None => Claim::Run(tx),
+                })
             }
         }
     }
@@ -181,7 +197,7 @@ impl ClientKeys {
     }
 
     /// The stored answer for `tag`, if the key was used before.
-    fn recorded_answer(&self, tag: &ClientTag) -> Result<Option<pb::TransactResponse>, CoordError> {
+    fn recorded_answer(&self, tag: &ClientTag) -> Result<Option<Recorded>, CoordError> {
         let key = client_key(&tag.id);
         let Some(bytes) = self.check(self.gc.store().get(&key))? else {
             return Ok(None);
@@ -197,7 +213,10 @@ impl ClientKeys {
                     problem: format!("the recorded answer is undecodable: {e}"),
                 })
             });
-            return Ok(Some(self.check(r)?));
+            return Ok(Some(Recorded::Answer(self.check(r)?)));
+        }
+        if rec.protocol == pb::Protocol::Events as i32 {
+            return Ok(Some(Recorded::Resume(TxnId::parse("txn_id", &rec.txn_id)?)));
         }
         // A saga that was running when the coordinator stopped: answer from its log.
         let saga_id = TxnId::parse("txn_id", &rec.txn_id)?;
@@ -207,12 +226,14 @@ impl ClientKeys {
                 tag.id
             )));
         };
-        Ok(Some(saga_answer(&saga_id, &saga).ok_or_else(|| {
-            CoordError::Unavailable(format!(
-                "client_txn_id {}: saga {saga_id} is still running; retry later",
-                tag.id
-            ))
-        })?))
+        Ok(Some(Recorded::Answer(
+            saga_answer(&saga_id, &saga).ok_or_else(|| {
+                CoordError::Unavailable(format!(
+                    "client_txn_id {}: saga {saga_id} is still running; retry later",
+                    tag.id
+                ))
+            })?,
+        )))
     }
 
     /// Forgets the keys whose record is older than `retention` at `now_unix_ms`, except keys

@@ -13,6 +13,8 @@
 //! - [`commit_phase`]: forcing the decision, sending Commits until acked, ending it.
 //! - [`dedup`]: client idempotency keys, so a retried request never runs twice.
 //! - [`error`]: the coordinator's errors and their gRPC status codes.
+//! - [`events_driver`]: the events protocol's first step, and a transfer's status from its
+//!   participants' records.
 //! - [`node`]: the two-phase driver: runs the core against the decision log and the
 //!   participants; owns the components.
 //! - [`one_phase`]: runs the core's one-phase commit machine over gRPC.
@@ -29,6 +31,7 @@ pub mod commit_phase;
 pub mod context;
 pub mod dedup;
 pub mod error;
+pub mod events_driver;
 pub mod node;
 pub mod one_phase;
 pub mod outcome;

@@ -78,6 +78,7 @@ impl Coordinator {
                 TxnOutcome {
                     txn: txn.clone(),
                     committed: true,
+                    accepted: false,
                     reason: String::new(),
                     failed_branch: None,
                     reads: vec![(to, reads)],
@@ -90,6 +91,7 @@ impl Coordinator {
                 TxnOutcome {
                     txn: txn.clone(),
                     committed: false,
+                    accepted: false,
                     reason,
                     failed_branch: Some(0),
                     reads: Vec::new(),

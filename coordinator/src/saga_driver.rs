@@ -45,6 +45,15 @@ enum Executed {
     Abandoned(String),
 }
 
+/// Every step's participant, in step order: each step's event names them.
+fn saga_members(saga: &Saga) -> Vec<String> {
+    saga.record()
+        .branches
+        .iter()
+        .map(|b| b.participant.clone())
+        .collect()
+}
+
 /// Whether a failed call may succeed if sent again.
 fn transient(code: tonic::Code) -> bool {
     use tonic::Code::*;
@@ -162,6 +171,7 @@ impl SagaDriver {
         TxnOutcome {
             txn: id.clone(),
             committed,
+            accepted: false,
             reason: if committed { String::new() } else { reason },
             failed_branch: rec.failed_step.map(|s| s as usize),
             reads: if committed {
@@ -296,6 +306,7 @@ impl SagaDriver {
                 saga_id: saga.id().to_owned(),
                 step,
                 ops: ops.clone(),
+                participants: saga_members(saga),
             });
             request.set_timeout(
                 self.config
@@ -344,6 +355,7 @@ impl SagaDriver {
         let mut request = tonic::Request::new(pb::CompensateRequest {
             saga_id: saga.id().to_owned(),
             step,
+            participants: saga_members(saga),
         });
         request.set_timeout(self.config.rpc_timeout);
         client

@@ -145,13 +145,18 @@ impl Node {
     }
 
     fn participant(&self, st: &mut Step, step: u32, msg: Msg, plan: &Plan) -> Option<Msg> {
-        let core = ParticipantCore::new();
+        // The participant's core holds nothing a step needs but the outbox's position, which
+        // it reads back from the store, as a restarted participant does.
+        let mut core = ParticipantCore::new();
+        core.recover(&st.store).expect("recover");
         let id = saga_id();
+        let members: Vec<String> = (0..plan.ops.len()).map(|i| format!("p{}", i + 1)).collect();
         match msg {
             Msg::Execute { .. } => {
                 let ops = &plan.ops[step as usize];
                 let Attempt::Ready(done) =
-                    saga::execute(&core, &id, step, ops, &st.store, 0).expect("execute")
+                    saga::execute(&mut core, &id, step, ops, &members, &st.store, 0)
+                        .expect("execute")
                 else {
                     unreachable!("no 2PC locks in the saga model")
                 };
@@ -170,7 +175,8 @@ impl Node {
             }
             Msg::Compensate { .. } => {
                 let Attempt::Ready(done) =
-                    saga::compensate(&core, &id, step, &st.store, 0).expect("compensate")
+                    saga::compensate(&mut core, &id, step, &members, &st.store, 0)
+                        .expect("compensate")
                 else {
                     unreachable!("no 2PC locks in the saga model")
                 };

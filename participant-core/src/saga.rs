@@ -11,7 +11,7 @@
 //! Keys: `b/<saga>/<step>/x` (execute) and `b/<saga>/<step>/c` (compensate).
 
 use prost::Message;
-use txn_types::rec::{BarrierKind, BarrierRecord, Restore, UndoOp, undo_op};
+use txn_types::rec::{BarrierKind, BarrierRecord, EventKind, Restore, UndoOp, Write, undo_op};
 use txn_types::record;
 use txn_types::store::{Store, StoreError, WriteBatch};
 use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, TxnId, decode_counter, encode_counter};
@@ -19,6 +19,7 @@ use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, TxnId, decode_counter, en
 use crate::core::ParticipantCore;
 use crate::eval::evaluate;
 use crate::keys::data_key;
+use crate::outbox;
 use crate::step::{Attempt, LockWait, Step};
 
 pub const BARRIER_PREFIX: &[u8] = b"b/";
@@ -68,12 +69,88 @@ fn kind(rec: &BarrierRecord) -> BarrierKind {
     BarrierKind::try_from(rec.kind).unwrap_or(BarrierKind::Unspecified)
 }
 
-/// Executes step `step` of `saga` with `ops`.
+/// How to undo `writes`, which `ops` made against what `store` holds now: an Add by the
+/// opposite delta (commutes with concurrent adds), anything else by restoring the before-image.
+pub(crate) fn undo_of(
+    ops: &[Op],
+    writes: &[Write],
+    store: &dyn Store,
+) -> Result<Vec<UndoOp>, StoreError> {
+    let mut undo = Vec::with_capacity(writes.len());
+    for w in writes {
+        let only_adds = ops
+            .iter()
+            .filter(|op| op.key() == w.key.as_slice())
+            .all(|op| matches!(op, Op::Add { .. }));
+        let before = store.get(&data_key(&w.key))?;
+        let kind = if only_adds {
+            let old = decode_counter(before.as_deref()).unwrap_or(0);
+            let new = decode_counter(w.value.as_deref()).unwrap_or(0);
+            undo_op::Kind::Add(old.wrapping_sub(new))
+        } else {
+            undo_op::Kind::Restore(Restore { value: before })
+        };
+        undo.push(UndoOp {
+            key: w.key.clone(),
+            kind: Some(kind),
+        });
+    }
+    Ok(undo)
+}
+
+/// Puts `writes` into `batch` as data.
+pub(crate) fn put_writes(batch: &mut WriteBatch, writes: &[Write]) {
+    for w in writes {
+        match &w.value {
+            Some(v) => batch.put(data_key(&w.key), v.clone()),
+            None => batch.delete(data_key(&w.key)),
+        };
+    }
+}
+
+/// Applies `undo` into `batch` against what `store` holds now; returns the changes it makes.
+pub(crate) fn apply_undo(
+    undo: &[UndoOp],
+    store: &dyn Store,
+    batch: &mut WriteBatch,
+) -> Result<Vec<Write>, StoreError> {
+    let mut changes = Vec::with_capacity(undo.len());
+    for u in undo {
+        let change = match &u.kind {
+            Some(undo_op::Kind::Add(delta)) => {
+                let current = store.get(&data_key(&u.key))?;
+                let n = decode_counter(current.as_deref()).unwrap_or(0);
+                Write {
+                    key: u.key.clone(),
+                    value: Some(encode_counter(n.wrapping_add(*delta))),
+                    delta: Some(*delta),
+                }
+            }
+            Some(undo_op::Kind::Restore(Restore { value })) => Write {
+                key: u.key.clone(),
+                value: value.clone(),
+                delta: None,
+            },
+            None => Write {
+                key: u.key.clone(),
+                value: None,
+                delta: None,
+            },
+        };
+        changes.push(change);
+    }
+    put_writes(batch, &changes);
+    Ok(changes)
+}
+
+/// Executes step `step` of `saga` with `ops`. `participants` are the saga's, in step order:
+/// the step's event names them.
 pub fn execute(
-    core: &ParticipantCore,
+    core: &mut ParticipantCore,
     saga: &TxnId,
     step: u32,
     ops: &[Op],
+    participants: &[String],
     store: &dyn Store,
     now_unix_ms: u64,
 ) -> Result<ExecuteStep, StoreError> {
@@ -117,30 +194,8 @@ pub fn execute(
             )))
         }
         Ok((writes, reads)) => {
-            let mut undo = Vec::new();
-            for w in &writes {
-                let only_adds = ops
-                    .iter()
-                    .filter(|op| op.key() == w.key.as_slice())
-                    .all(|op| matches!(op, Op::Add { .. }));
-                let before = store.get(&data_key(&w.key))?;
-                let kind = if only_adds {
-                    // Undo by the opposite delta: commutes with concurrent adds.
-                    let old = decode_counter(before.as_deref()).unwrap_or(0);
-                    let new = decode_counter(w.value.as_deref()).unwrap_or(0);
-                    undo_op::Kind::Add(old.wrapping_sub(new))
-                } else {
-                    undo_op::Kind::Restore(Restore { value: before })
-                };
-                undo.push(UndoOp {
-                    key: w.key.clone(),
-                    kind: Some(kind),
-                });
-                match &w.value {
-                    Some(v) => batch.put(data_key(&w.key), v.clone()),
-                    None => batch.delete(data_key(&w.key)),
-                };
-            }
+            let undo = undo_of(ops, &writes, store)?;
+            put_writes(&mut batch, &writes);
             let rec = BarrierRecord {
                 kind: BarrierKind::Executed as i32,
                 reason: String::new(),
@@ -169,6 +224,17 @@ pub fn execute(
                 )));
             }
             batch.put(xkey, record::encode(&rec));
+            if !writes.is_empty() {
+                let mut ev = outbox::event(
+                    EventKind::SagaExecute,
+                    saga.as_str(),
+                    participants.to_vec(),
+                    writes,
+                    now_unix_ms,
+                );
+                ev.step = step;
+                core.outbox.append(&mut batch, ev);
+            }
             Ok(Attempt::Ready(Step::forced(
                 batch,
                 StepResult::Succeeded { reads },
@@ -177,11 +243,12 @@ pub fn execute(
     }
 }
 
-/// Compensates step `step` of `saga`.
+/// Compensates step `step` of `saga` (of `participants`, as for [`execute`]).
 pub fn compensate(
-    core: &ParticipantCore,
+    core: &mut ParticipantCore,
     saga: &TxnId,
     step: u32,
+    participants: &[String],
     store: &dyn Store,
     now_unix_ms: u64,
 ) -> Result<CompensateStep, StoreError> {
@@ -217,27 +284,24 @@ pub fn compensate(
             wait: LockWait::Full,
         });
     }
-    for u in &executed.undo {
-        match &u.kind {
-            Some(undo_op::Kind::Add(delta)) => {
-                let current = store.get(&data_key(&u.key))?;
-                let n = decode_counter(current.as_deref()).unwrap_or(0);
-                batch.put(data_key(&u.key), encode_counter(n.wrapping_add(*delta)));
-            }
-            Some(undo_op::Kind::Restore(Restore { value: Some(v) })) => {
-                batch.put(data_key(&u.key), v.clone());
-            }
-            Some(undo_op::Kind::Restore(Restore { value: None })) | None => {
-                batch.delete(data_key(&u.key));
-            }
-        }
-    }
+    let changes = apply_undo(&executed.undo, store, &mut batch)?;
     let rec = BarrierRecord {
         kind: BarrierKind::Compensated as i32,
         at_unix_ms: now_unix_ms,
         ..Default::default()
     };
     batch.put(ckey, record::encode(&rec));
+    if !changes.is_empty() {
+        let mut ev = outbox::event(
+            EventKind::SagaCompensate,
+            saga.as_str(),
+            participants.to_vec(),
+            changes,
+            now_unix_ms,
+        );
+        ev.step = step;
+        core.outbox.append(&mut batch, ev);
+    }
     Ok(Attempt::Ready(Step::forced(batch, Compensation::Applied)))
 }
 
@@ -301,20 +365,32 @@ mod tests {
     #[test]
     fn duplicate_execute_applies_once_and_returns_the_stored_result() {
         let store = MemStore::new();
-        let core = ParticipantCore::new();
+        let mut core = ParticipantCore::new();
         let ops = [add("a", 7)];
-        let r1 = apply(&store, execute(&core, &saga(), 0, &ops, &store, 0).unwrap());
-        let r2 = apply(&store, execute(&core, &saga(), 0, &ops, &store, 0).unwrap());
+        let r1 = apply(
+            &store,
+            execute(&mut core, &saga(), 0, &ops, &[], &store, 0).unwrap(),
+        );
+        let r2 = apply(
+            &store,
+            execute(&mut core, &saga(), 0, &ops, &[], &store, 0).unwrap(),
+        );
         assert_eq!(r1, r2);
         assert!(matches!(r1, StepResult::Succeeded { .. }));
         assert_eq!(balance(&store, "a"), 7);
         // And the compensation, duplicated too, undoes it once.
         assert_eq!(
-            apply_c(&store, compensate(&core, &saga(), 0, &store, 0).unwrap()),
+            apply_c(
+                &store,
+                compensate(&mut core, &saga(), 0, &[], &store, 0).unwrap()
+            ),
             Compensation::Applied
         );
         assert_eq!(
-            apply_c(&store, compensate(&core, &saga(), 0, &store, 0).unwrap()),
+            apply_c(
+                &store,
+                compensate(&mut core, &saga(), 0, &[], &store, 0).unwrap()
+            ),
             Compensation::Applied
         );
         assert_eq!(balance(&store, "a"), 0);
@@ -323,14 +399,17 @@ mod tests {
     #[test]
     fn null_compensation_then_late_execute_is_refused() {
         let store = MemStore::new();
-        let core = ParticipantCore::new();
+        let mut core = ParticipantCore::new();
         assert_eq!(
-            apply_c(&store, compensate(&core, &saga(), 1, &store, 0).unwrap()),
+            apply_c(
+                &store,
+                compensate(&mut core, &saga(), 1, &[], &store, 0).unwrap()
+            ),
             Compensation::Null
         );
         let late = apply(
             &store,
-            execute(&core, &saga(), 1, &[add("a", 5)], &store, 0).unwrap(),
+            execute(&mut core, &saga(), 1, &[add("a", 5)], &[], &store, 0).unwrap(),
         );
         assert!(matches!(late, StepResult::Refused { .. }), "{late:?}");
         assert_eq!(
@@ -343,14 +422,17 @@ mod tests {
     #[test]
     fn failed_step_records_failure_and_compensates_to_nothing() {
         let store = MemStore::new();
-        let core = ParticipantCore::new();
+        let mut core = ParticipantCore::new();
         let r = apply(
             &store,
-            execute(&core, &saga(), 0, &[add("a", -5)], &store, 0).unwrap(),
+            execute(&mut core, &saga(), 0, &[add("a", -5)], &[], &store, 0).unwrap(),
         );
         assert!(matches!(r, StepResult::Failed { .. }));
         assert_eq!(
-            apply_c(&store, compensate(&core, &saga(), 0, &store, 0).unwrap()),
+            apply_c(
+                &store,
+                compensate(&mut core, &saga(), 0, &[], &store, 0).unwrap()
+            ),
             Compensation::Null
         );
         assert_eq!(balance(&store, "a"), 0);
@@ -359,18 +441,21 @@ mod tests {
     #[test]
     fn add_undo_commutes_with_concurrent_adds_but_put_undo_loses_the_update() {
         let store = MemStore::new();
-        let core = ParticipantCore::new();
+        let mut core = ParticipantCore::new();
         let s1 = TxnId::parse("s", "1.1").unwrap();
         let s2 = TxnId::parse("s", "1.2").unwrap();
         apply(
             &store,
-            execute(&core, &s1, 0, &[add("n", 10)], &store, 0).unwrap(),
+            execute(&mut core, &s1, 0, &[add("n", 10)], &[], &store, 0).unwrap(),
         );
         apply(
             &store,
-            execute(&core, &s2, 0, &[add("n", 5)], &store, 0).unwrap(),
+            execute(&mut core, &s2, 0, &[add("n", 5)], &[], &store, 0).unwrap(),
         );
-        apply_c(&store, compensate(&core, &s1, 0, &store, 0).unwrap());
+        apply_c(
+            &store,
+            compensate(&mut core, &s1, 0, &[], &store, 0).unwrap(),
+        );
         assert_eq!(balance(&store, "n"), 5, "the other saga's add survives");
 
         let put = |v: &str| Op::Put {
@@ -379,13 +464,16 @@ mod tests {
         };
         apply(
             &store,
-            execute(&core, &s1, 1, &[put("one")], &store, 0).unwrap(),
+            execute(&mut core, &s1, 1, &[put("one")], &[], &store, 0).unwrap(),
         );
         apply(
             &store,
-            execute(&core, &s2, 1, &[put("two")], &store, 0).unwrap(),
+            execute(&mut core, &s2, 1, &[put("two")], &[], &store, 0).unwrap(),
         );
-        apply_c(&store, compensate(&core, &s1, 1, &store, 0).unwrap());
+        apply_c(
+            &store,
+            compensate(&mut core, &s1, 1, &[], &store, 0).unwrap(),
+        );
         assert_eq!(
             store.get(&data_key(b"p")).unwrap(),
             None,

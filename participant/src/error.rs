@@ -22,6 +22,10 @@ pub enum ParticipantError {
     Store(#[from] StoreError),
     #[error("{}", .0.message)]
     Disk(crate::disk::DiskRefusal),
+    #[error("{0}")]
+    Feed(txn_participant_core::outbox::FeedRefusal),
+    #[error("transfer_id {0}: no record of this transfer here")]
+    UnknownTransfer(String),
 }
 
 impl ParticipantError {
@@ -49,6 +53,18 @@ impl From<ParticipantError> for tonic::Status {
                 RefusalReason::DiskFull => Status::resource_exhausted(msg),
                 RefusalReason::ReadOnly => Status::unavailable(msg),
             },
+            ParticipantError::Feed(r) => {
+                use txn_participant_core::outbox::FeedRefusal;
+                match r {
+                    FeedRefusal::OutOfRange { .. } => Status::out_of_range(msg),
+                    FeedRefusal::TooManyConsumers => Status::resource_exhausted(msg),
+                    FeedRefusal::UnknownConsumer => Status::not_found(format!("consumer: {msg}")),
+                    FeedRefusal::AckBeyondHead { .. } => {
+                        Status::invalid_argument(format!("offset: {msg}"))
+                    }
+                }
+            }
+            ParticipantError::UnknownTransfer(_) => Status::not_found(msg),
         }
     }
 }

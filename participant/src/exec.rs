@@ -34,20 +34,36 @@ impl<A> Default for CrashPoints<A> {
 }
 
 /// A step whose write is applied; what is left is waiting and answering.
-struct Applied<A> {
-    wait_for: Option<Ticket>,
-    released: bool,
-    answer: A,
+pub(crate) struct Applied<A> {
+    pub(crate) wait_for: Option<Ticket>,
+    pub(crate) released: bool,
+    pub(crate) answer: A,
 }
 
 impl Participant {
-    /// Applies a step's write; the caller holds the core's lock.
-    fn apply<A>(&self, step: Step<A>) -> Result<Applied<A>, ParticipantError> {
+    /// Applies a step's write; the caller holds the core's lock (`core`). A step that
+    /// appended events is noted for the feed, which sends them once they are durable.
+    pub(crate) fn apply<A>(
+        &self,
+        core: &ParticipantCore,
+        step: Step<A>,
+    ) -> Result<Applied<A>, ParticipantError> {
         let written = if step.write.is_empty() {
             None
         } else {
             Some(self.check(self.gc.write_lazy(step.write))?)
         };
+        let head = core.outbox().head();
+        if let Some(ticket) = written
+            && head > self.feed.applied_head()
+        {
+            debug_assert_eq!(
+                step.durability,
+                Durability::Forced,
+                "an event rides only in a forced step"
+            );
+            self.feed.note_applied(ticket, head);
+        }
         let wait_for = match step.durability {
             Durability::Lazy => None,
             // Everything applied so far: a step with no write of its own answers on the
@@ -76,6 +92,7 @@ impl Participant {
                 crash.before_durable.map(failpoint::hit);
             }
             self.check(self.gc.wait(ticket).await)?;
+            self.feed.note_durable(ticket);
             if armed {
                 crash.after_durable.map(failpoint::hit);
             }
@@ -92,7 +109,7 @@ impl Participant {
         let applied = {
             let mut core = self.core();
             let step = self.check(step(&mut core, self.store()))?;
-            self.apply(step)?
+            self.apply(&core, step)?
         };
         self.finish(applied, crash).await
     }
@@ -130,7 +147,7 @@ impl Participant {
             let applied = {
                 let mut core = self.core();
                 match self.check(attempt(&mut core, self.store()))? {
-                    Attempt::Ready(step) => Ok(self.apply(step)?),
+                    Attempt::Ready(step) => Ok(self.apply(&core, step)?),
                     Attempt::Blocked { holder, wait } => Err((holder, wait)),
                 }
             };
@@ -154,7 +171,10 @@ impl Participant {
             let applied = {
                 let mut core = self.core();
                 match wait_over(&mut core, self.store(), &holder, waited_ms)? {
-                    Some(step) => self.apply(core.leave_lock_queue(txn, step))?,
+                    Some(step) => {
+                        let step = core.leave_lock_queue(txn, step);
+                        self.apply(&core, step)?
+                    }
                     None => continue,
                 }
             };
@@ -216,6 +236,7 @@ mod tests {
             txn: txn(t),
             coordinator_epoch: 1,
             participants: vec![ParticipantId::parse("p", "p1").unwrap()],
+            writers: Vec::new(),
             read_only: ops.iter().all(|op| !op.writes()),
             commit_point: Default::default(),
             ops,

@@ -21,6 +21,9 @@ use crate::node::{MAX_OUTCOMES_PAGE, Participant};
 /// Longest pause between two sweeps (shorter when the retention is short).
 pub const OUTCOME_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Most unsettled transfers the statistics count (exact below it).
+const UNSETTLED_COUNTED: usize = 100_000;
+
 /// A snapshot of the node's counters.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeStats {
@@ -31,6 +34,9 @@ pub struct NodeStats {
     pub in_doubt: u64,
     pub max_in_doubt_ms: u64,
     pub oldest_in_doubt_ms: u64,
+    /// The feed's durable head, and this participant's transfers not settled yet.
+    pub events_head: u64,
+    pub unsettled_transfers: u64,
 }
 
 /// A prepared txn as operators see it.
@@ -97,9 +103,10 @@ impl Participant {
     }
 
     /// Drops the expiring outcomes recorded before `now - retention` (see
-    /// [`txn_participant_core::keys::sweep_expired`]). Each page is applied under the core lock, lazily: a
-    /// drop lost in a crash is made again by the next sweep. Returns how many index entries
-    /// it handled.
+    /// [`txn_participant_core::keys::sweep_expired`]), and the settled transfer records of
+    /// the events protocol as old (see [`txn_participant_core::transfer::sweep_settled`]).
+    /// Each page is applied under the core lock, lazily: a drop lost in a crash is made again
+    /// by the next sweep. Returns how many index entries it handled.
     pub fn sweep_outcomes(
         &self,
         retention: Duration,
@@ -107,13 +114,27 @@ impl Participant {
     ) -> Result<usize, ParticipantError> {
         let cutoff = now_unix_ms.saturating_sub(retention.as_millis() as u64);
         let mut swept = 0;
+        for sweep in [
+            txn_participant_core::keys::sweep_expired,
+            txn_participant_core::transfer::sweep_settled,
+        ] {
+            swept += self.sweep_pages(|store| sweep(store, cutoff, OUTCOME_SWEEP_PAGE))?;
+        }
+        Ok(swept)
+    }
+
+    /// Applies `page` until it says nothing more is due; returns the writes it made.
+    fn sweep_pages(
+        &self,
+        page: impl Fn(
+            &dyn txn_types::store::Store,
+        )
+            -> Result<(txn_types::store::WriteBatch, bool), txn_types::store::StoreError>,
+    ) -> Result<usize, ParticipantError> {
+        let mut swept = 0;
         loop {
             let core = self.core();
-            let (batch, more) = self.check(txn_participant_core::keys::sweep_expired(
-                self.store(),
-                cutoff,
-                OUTCOME_SWEEP_PAGE,
-            ))?;
+            let (batch, more) = self.check(page(self.store()))?;
             swept += batch.ops.len();
             if !batch.is_empty() {
                 self.check(self.gc.write_lazy(batch))?;
@@ -219,6 +240,12 @@ impl Participant {
             in_doubt,
             max_in_doubt_ms: self.counters.max_in_doubt_ms.load(Ordering::Relaxed),
             oldest_in_doubt_ms,
+            events_head: self.feed.durable_head(),
+            unsettled_transfers: txn_participant_core::transfer::unsettled_transfers(
+                self.store(),
+                UNSETTLED_COUNTED,
+            )
+            .unwrap_or(0) as u64,
         }
     }
 

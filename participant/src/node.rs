@@ -26,6 +26,9 @@ use txn_types::unix_ms;
 use crate::disk::DiskRefusal;
 use crate::error::ParticipantError;
 use crate::exec::{CrashPoints, busy};
+use crate::feed::Feed;
+use txn_participant_core::outbox::Retention;
+use txn_server::feed::Links;
 
 /// Crash points (see `txn_server::failpoint`).
 pub mod failpoints {
@@ -41,6 +44,12 @@ pub mod failpoints {
     pub const AFTER_ONE_PHASE_DURABLE: &str = "participant::after_one_phase_durable";
     /// A saga step is applied and durable; the answer is not sent yet.
     pub const AFTER_STEP_EXECUTED: &str = "participant::saga_after_step_executed";
+    /// Events protocol: the source's step (the debit) and its event are durable; the
+    /// "accepted" answer is not sent yet.
+    pub const AFTER_DEBIT_DURABLE: &str = "participant::events_after_debit_durable";
+    /// Events protocol: the destination's step (the credit) consumed from a feed is durable
+    /// with the inbox; the feed has not been acknowledged yet, so it will come again.
+    pub const AFTER_CREDIT_DURABLE: &str = "participant::events_after_credit_durable";
     pub const ALL: &[&str] = &[
         BEFORE_PREPARE_DURABLE,
         AFTER_PREPARE_DURABLE,
@@ -48,6 +57,8 @@ pub mod failpoints {
         BEFORE_ONE_PHASE_DURABLE,
         AFTER_ONE_PHASE_DURABLE,
         AFTER_STEP_EXECUTED,
+        AFTER_DEBIT_DURABLE,
+        AFTER_CREDIT_DURABLE,
     ];
 }
 
@@ -89,6 +100,9 @@ pub struct NodeConfig {
     /// whether the coordinator's "forget" of ended commits is obeyed. None keeps every outcome
     /// forever (for checkers that audit them after a run).
     pub outcome_retention: Option<Duration>,
+    /// How long acknowledged events are kept, and how many events at most (see
+    /// [`txn_participant_core::outbox::prune`]).
+    pub event_retention: Retention,
 }
 
 impl Default for NodeConfig {
@@ -102,6 +116,10 @@ impl Default for NodeConfig {
             resolve_interval: Duration::from_millis(200),
             resolve_backoff_max: Duration::from_millis(2000),
             outcome_retention: Some(DEFAULT_OUTCOME_RETENTION),
+            event_retention: Retention {
+                min_age_ms: crate::feed::DEFAULT_EVENT_RETENTION.as_millis() as u64,
+                max_events: crate::feed::DEFAULT_MAX_RETAINED_EVENTS,
+            },
         }
     }
 }
@@ -126,6 +144,10 @@ pub struct Participant {
     /// Set by the disk guard while new Prepares must be refused (see [`crate::disk`]).
     pub(crate) disk: Mutex<Option<DiskRefusal>>,
     pub(crate) disk_degraded: AtomicBool,
+    /// The change feed: what is durable, and who subscribes (see [`crate::feed`]).
+    pub(crate) feed: Feed,
+    /// This participant's links to the feeds of its peers (the events protocol).
+    pub(crate) links: Links,
 }
 
 impl Participant {
@@ -144,7 +166,10 @@ impl Participant {
         // crash between its flush and our fdatasync). Make them durable before answering
         // anyone on their strength.
         store.sync()?;
+        let feed = Feed::new(core.outbox().head(), core.outbox().floor());
         Ok(Arc::new(Self {
+            feed,
+            links: Links::default(),
             core: Mutex::new(core),
             gc: GroupCommit::start(store),
             released: Notify::new(),
@@ -451,6 +476,7 @@ impl Participant {
         saga: &TxnId,
         step: u32,
         ops: &[Op],
+        participants: &[String],
     ) -> Result<StepResult, ParticipantError> {
         let span = info_span!("execute", saga = %saga, step);
         self.refuse_if_disk_degraded()?;
@@ -462,7 +488,7 @@ impl Participant {
         self.run_unblocked(
             saga,
             crash,
-            |core, store| saga::execute(core, saga, step, ops, store, unix_ms()),
+            |core, store| saga::execute(core, saga, step, ops, participants, store, unix_ms()),
             busy,
         )
         .instrument(span)
@@ -474,12 +500,13 @@ impl Participant {
         &self,
         saga: &TxnId,
         step: u32,
+        participants: &[String],
     ) -> Result<Compensation, ParticipantError> {
         let span = info_span!("compensate", saga = %saga, step);
         self.run_unblocked(
             saga,
             CrashPoints::default(),
-            |core, store| saga::compensate(core, saga, step, store, unix_ms()),
+            |core, store| saga::compensate(core, saga, step, participants, store, unix_ms()),
             busy,
         )
         .instrument(span)

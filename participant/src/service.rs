@@ -11,6 +11,7 @@ use crate::housekeeping::NodeStats;
 use crate::node::{MAX_OUTCOMES_PAGE, MAX_READ_KEYS, Participant};
 use txn_participant_core::core::{PrepareRequest, TxnStatus};
 use txn_participant_core::saga::{Compensation, StepResult};
+use txn_participant_core::transfer::StartAnswer;
 
 #[derive(Clone)]
 pub struct ParticipantService {
@@ -163,7 +164,12 @@ impl pb::participant_server::Participant for ParticipantService {
         let r = request.into_inner();
         let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
         let ops = txn_proto::convert::ops_from_pb("ops", r.ops).or_invalid()?;
-        let (result, reason, reads) = match self.node.execute_step(&saga, r.step, &ops).await? {
+        let members = participant_names("participants", &r.participants).or_invalid()?;
+        let (result, reason, reads) = match self
+            .node
+            .execute_step(&saga, r.step, &ops, &members)
+            .await?
+        {
             StepResult::Succeeded { reads } => (pb::StepResult::Succeeded, String::new(), reads),
             StepResult::Failed { reason } => (pb::StepResult::Failed, reason, Vec::new()),
             StepResult::Refused { reason } => (pb::StepResult::Refused, reason, Vec::new()),
@@ -181,7 +187,8 @@ impl pb::participant_server::Participant for ParticipantService {
     ) -> Result<Response<pb::CompensateResponse>, Status> {
         let r = request.into_inner();
         let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
-        let kind = match self.node.compensate_step(&saga, r.step).await? {
+        let members = participant_names("participants", &r.participants).or_invalid()?;
+        let kind = match self.node.compensate_step(&saga, r.step, &members).await? {
             Compensation::Applied => pb::CompensationKind::Applied,
             Compensation::Null => pb::CompensationKind::Null,
         };
@@ -279,6 +286,70 @@ impl pb::participant_server::Participant for ParticipantService {
             next,
         }))
     }
+
+    async fn start_transfer(
+        &self,
+        request: Request<pb::StartTransferRequest>,
+    ) -> Result<Response<pb::StartTransferResponse>, Status> {
+        let req =
+            crate::feed_service::transfer_from_pb(&self.node, request.into_inner()).or_invalid()?;
+        Ok(Response::new(
+            match self.node.start_transfer(&req).await? {
+                StartAnswer::Accepted { reads } => pb::StartTransferResponse {
+                    accepted: true,
+                    reads: reads.into_iter().map(Into::into).collect(),
+                    reason: String::new(),
+                },
+                StartAnswer::AlreadyAccepted => pb::StartTransferResponse {
+                    accepted: true,
+                    ..Default::default()
+                },
+                StartAnswer::Rejected { reason } => pb::StartTransferResponse {
+                    accepted: false,
+                    reads: Vec::new(),
+                    reason,
+                },
+            },
+        ))
+    }
+
+    async fn get_transfer(
+        &self,
+        request: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::TransferInfo>, Status> {
+        let id = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
+        let rec = self.node.transfer_record(id.as_str())?;
+        Ok(Response::new(txn_proto::events::transfer_to_pb(
+            id.as_str(),
+            &self.node.config.name,
+            &rec,
+        )))
+    }
+
+    async fn list_transfers(
+        &self,
+        request: Request<pb::ListTransfersRequest>,
+    ) -> Result<Response<pb::ListTransfersResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => crate::choreo::MAX_TRANSFERS_PAGE,
+            n => n as usize,
+        };
+        let page = self.node.transfer_records(&r.start_after, limit)?;
+        let next = if page.len() >= limit.min(crate::choreo::MAX_TRANSFERS_PAGE) {
+            page.last().map(|(id, _)| id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let name = &self.node.config.name;
+        Ok(Response::new(pb::ListTransfersResponse {
+            transfers: page
+                .iter()
+                .map(|(id, rec)| txn_proto::events::transfer_to_pb(id, name, rec))
+                .collect(),
+            next,
+        }))
+    }
 }
 
 fn saga_step(saga_id: &str, step: u32) -> Result<TxnId, InvalidInput> {
@@ -326,6 +397,8 @@ pub fn stats_to_pb(s: &NodeStats) -> pb::StatsResponse {
         in_doubt: s.in_doubt,
         max_in_doubt_ms: s.max_in_doubt_ms,
         oldest_in_doubt_ms: s.oldest_in_doubt_ms,
+        events_head: s.events_head,
+        unsettled_transfers: s.unsettled_transfers,
         ..Default::default()
     }
 }
@@ -374,6 +447,16 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
             state: state as i32,
         }))
     }
+
+    async fn forget_consumer(
+        &self,
+        request: Request<pb::ForgetConsumerRequest>,
+    ) -> Result<Response<pb::ForgetConsumerResponse>, Status> {
+        let consumer =
+            crate::feed_service::consumer_name(&request.into_inner().consumer).or_invalid()?;
+        let forgotten = self.node.forget_consumer(&consumer).await?;
+        Ok(Response::new(pb::ForgetConsumerResponse { forgotten }))
+    }
 }
 
 /// A checked list of txn ids (at most [`txn_types::types::MAX_COMMIT_BATCH`]), each error
@@ -392,6 +475,22 @@ fn txn_ids(field: &str, ids: &[String]) -> Result<Vec<TxnId>, InvalidInput> {
     ids.iter()
         .enumerate()
         .map(|(i, id)| TxnId::parse(&format!("{field}[{i}]"), id))
+        .collect()
+}
+
+/// A checked list of participant names (at most [`txn_types::types::MAX_BRANCHES`]).
+pub fn participant_names(field: &str, names: &[String]) -> Result<Vec<String>, InvalidInput> {
+    use txn_types::types::{MAX_BRANCHES, ParticipantId};
+    if names.len() > MAX_BRANCHES {
+        return Err(InvalidInput::new(
+            field,
+            format!("has {} entries, the limit is {MAX_BRANCHES}", names.len()),
+        ));
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Ok(ParticipantId::parse(&format!("{field}[{i}]"), p)?.to_string()))
         .collect()
 }
 
@@ -417,11 +516,16 @@ pub fn prepare_from_pb(
         .enumerate()
         .map(|(i, p)| ParticipantId::parse(&format!("participants[{i}]"), p))
         .collect::<Result<Vec<_>, _>>()?;
+    let writers = participant_names("writers", &req.writers)?
+        .iter()
+        .map(|p| ParticipantId::parse("writers", p))
+        .collect::<Result<Vec<_>, _>>()?;
     let ops = ops_from_pb("ops", req.ops)?;
     Ok(PrepareRequest {
         txn,
         coordinator_epoch: req.coordinator_epoch,
         participants,
+        writers,
         ops,
         read_only: req.read_only,
         commit_point: txn_proto::convert::commit_point_from_pb(req.commit_point)?

@@ -100,6 +100,7 @@ async fn barrier_gives_idempotency_null_compensation_and_anti_hanging() -> anyho
     .await?;
     let p1 = cluster.participant_client("p1").await?;
     let execute = |saga: &str, step: u32, delta: i64| pb::ExecuteRequest {
+        participants: vec![],
         saga_id: saga.into(),
         step,
         ops: vec![add("acct", delta)],
@@ -123,6 +124,7 @@ async fn barrier_gives_idempotency_null_compensation_and_anti_hanging() -> anyho
     for _ in 0..10 {
         let mut c = p1.clone();
         let req = pb::CompensateRequest {
+            participants: vec![],
             saga_id: "t.1".into(),
             step: 0,
         };
@@ -139,6 +141,7 @@ async fn barrier_gives_idempotency_null_compensation_and_anti_hanging() -> anyho
     let mut c = p1.clone();
     let r = c
         .compensate(pb::CompensateRequest {
+            participants: vec![],
             saga_id: "t.2".into(),
             step: 0,
         })

@@ -205,6 +205,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     refused(
         "Prepare with an over-long txn id",
         p1.prepare(pb::PrepareRequest {
+            writers: vec![],
             txn_id: long_id.clone(),
             coordinator_epoch: 1,
             participants: vec!["p1".into()],
@@ -219,6 +220,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     refused(
         "Execute with an empty saga id",
         p1.execute(pb::ExecuteRequest {
+            participants: vec![],
             saga_id: String::new(),
             step: 0,
             ops: vec![add("a", 1, None, None)],
@@ -230,6 +232,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     refused(
         "Execute with an over-long saga id",
         p1.execute(pb::ExecuteRequest {
+            participants: vec![],
             saga_id: long_id.clone(),
             step: 0,
             ops: vec![add("a", 1, None, None)],
@@ -241,6 +244,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     refused(
         "Compensate with an empty saga id",
         p1.compensate(pb::CompensateRequest {
+            participants: vec![],
             saga_id: String::new(),
             step: 0,
         })
@@ -346,6 +350,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     .unwrap();
     let v = p1
         .prepare(pb::PrepareRequest {
+            writers: vec![],
             txn_id: "late.1".into(),
             coordinator_epoch: 1,
             participants: vec!["p1".into(), "p2".into()],
@@ -383,6 +388,7 @@ async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
     for (id, key) in [("b.1", "x"), ("b.2", "y")] {
         let v = p1
             .prepare(pb::PrepareRequest {
+                writers: vec![],
                 txn_id: id.into(),
                 coordinator_epoch: 1,
                 participants: vec!["p1".into()],
