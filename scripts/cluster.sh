@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# cluster.sh: run a local txnkit cluster (one coordinator, N participants) and hurt it on purpose.
+# cluster.sh: run a local txnkit cluster (a coordinator, N participants, the read model) and hurt
+# it on purpose.
 #
 # Usage: scripts/cluster.sh COMMAND [NODE] [OPTIONS]
 #
 # Commands:
 #   up [--participants N] [--base-port PORT] [--release] [--tls]
-#                        build if needed, start the coordinator and participants p1..pN, wait
-#                        until each answers, print the addresses. Running up twice starts no
-#                        duplicates. --tls generates a throwaway CA, a certificate per node and
-#                        an admin token in DIR/tls, and runs every link with mutual TLS and the
-#                        operator services behind the token.
+#                        build if needed, start participants p1..pN, the coordinator and the
+#                        read model, wait until each answers, print the addresses. Running up
+#                        twice starts no duplicates. --tls generates a throwaway CA, a
+#                        certificate per node and an admin token in DIR/tls, and runs every link
+#                        with mutual TLS and the operator services behind the token.
 #   down                 stop every node (SIGTERM, then SIGKILL after a grace period)
 #   status               each node: pid, port, running / paused / stopped
 #   kill NODE [--signal SIG]   send SIG (default KILL) to NODE
@@ -20,10 +21,10 @@
 #   wipe                 down, then delete the cluster directory (data and logs)
 #   env                  print export lines for txnctl: eval "$(scripts/cluster.sh env)"
 #
-# NODE is coordinator or p1..pN. Every command takes --dir DIR (default: .cluster at the
-# repository root) to address the cluster that `up --dir DIR` started, before or after NODE.
-# Ports: coordinator on the base port (default 50051), p1 on base+10, p2 on base+11, ...
-# They are remembered in DIR, so later commands need only --dir.
+# NODE is coordinator, readmodel or p1..pN. Every command takes --dir DIR (default: .cluster at
+# the repository root) to address the cluster that `up --dir DIR` started, before or after NODE.
+# Ports: coordinator on the base port (default 50051), the read model on base+1, p1 on base+10,
+# p2 on base+11, ... They are remembered in DIR, so later commands need only --dir.
 #
 # The binaries are built with failpoints compiled in (unarmed), so scripts/demo.sh and txnctl
 # can crash nodes at exact protocol steps. With CLUSTER_NO_BUILD=1 in the environment, up uses
@@ -45,7 +46,7 @@ READY_TIMEOUT=30
 GRACE=5
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -73,15 +74,17 @@ if [[ -f "$STATE" ]]; then
   source "$STATE"
 fi
 
-nodes() { echo coordinator; for ((i = 1; i <= PARTICIPANTS; i++)); do echo "p$i"; done; }
+nodes() { echo coordinator; echo readmodel; for ((i = 1; i <= PARTICIPANTS; i++)); do echo "p$i"; done; }
+participants() { for ((i = 1; i <= PARTICIPANTS; i++)); do echo "p$i"; done; }
 port_of() {
   case "$1" in
     coordinator) echo "$BASE_PORT" ;;
+    readmodel) echo $((BASE_PORT + 1)) ;;
     p[0-9]*) local n="${1#p}"; echo $((BASE_PORT + 9 + n)) ;;
   esac
 }
 check_node() {
-  [[ -n "$1" ]] || die "$COMMAND needs a NODE (coordinator or p1..p$PARTICIPANTS)"
+  [[ -n "$1" ]] || die "$COMMAND needs a NODE (coordinator, readmodel or p1..p$PARTICIPANTS)"
   nodes | grep -qx "$1" || die "unknown node $1; this cluster has: $(nodes | tr '\n' ' ')"
 }
 pid_of() { [[ -f "$DIR/$1.pid" ]] && cat "$DIR/$1.pid" || true; }
@@ -105,6 +108,7 @@ make_tls() {
 # What txnctl needs to reach this cluster, as environment variables.
 txnctl_env() {
   echo "TXNCTL_COORDINATOR=http://127.0.0.1:$BASE_PORT"
+  echo "TXNCTL_READMODEL=http://127.0.0.1:$(port_of readmodel)"
   if [[ "$TLS" == 1 ]]; then
     echo "TXNCTL_TLS_CA=$TLS_DIR/ca.pem"
     echo "TXNCTL_TLS_CERT=$TLS_DIR/client.pem"
@@ -116,12 +120,12 @@ txnctl_env() {
 build() {
   if [[ "${CLUSTER_NO_BUILD:-0}" == 1 ]]; then
     local b
-    for b in coordinator participant txnctl; do
+    for b in coordinator participant readmodel txnctl; do
       [[ -x "$(bin_dir)/$b" ]] || die "CLUSTER_NO_BUILD=1 but $(bin_dir)/$b is missing; build it first"
     done
     return 0
   fi
-  local flags=(--quiet --bins -p txn-coordinator -p txn-participant
+  local flags=(--quiet --bins -p txn-coordinator -p txn-participant -p txn-readmodel
     --features txn-coordinator/failpoints,txn-participant/failpoints)
   [[ "$PROFILE" == release ]] && flags+=(--release)
   echo "building the binaries ($PROFILE)..."
@@ -134,8 +138,8 @@ args_of() {
     printf '%s\n' --tls-cert "$TLS_DIR/$node.pem" --tls-key "$TLS_DIR/$node.key" \
       --tls-ca "$TLS_DIR/ca.pem" --admin-token-file "$TLS_DIR/admin.token"
   fi
-  if [[ "$node" == coordinator ]]; then
-    printf '%s\n' --listen "127.0.0.1:$port" --data-dir "$DIR/data/coordinator"
+  if [[ "$node" == coordinator || "$node" == readmodel ]]; then
+    printf '%s\n' --listen "127.0.0.1:$port" --data-dir "$DIR/data/$node"
     for ((i = 1; i <= PARTICIPANTS; i++)); do
       printf '%s\n' --participant "p$i=http://127.0.0.1:$(port_of "p$i")"
     done
@@ -153,7 +157,10 @@ start_node() {
   port="$(port_of "$node")"
   if alive "$node"; then echo "$node already running (pid $(pid_of "$node"))"; return 0; fi
   port_busy "$port" && die "port $port (for $node) is already in use by another process"
-  bin="$(bin_dir)/$([[ "$node" == coordinator ]] && echo coordinator || echo participant)"
+  case "$node" in
+    coordinator | readmodel) bin="$(bin_dir)/$node" ;;
+    *) bin="$(bin_dir)/participant" ;;
+  esac
   [[ -x "$bin" ]] || die "$bin is missing; run: scripts/cluster.sh up"
   mapfile -t args < <(args_of "$node")
   echo "--- start $(date -u +%FT%TZ)" >>"$DIR/$node.log"
@@ -219,8 +226,9 @@ case "$COMMAND" in
     fi
     build
     [[ "$TLS" == 1 ]] && make_tls
-    for n in $(nodes | grep -v coordinator); do start_node "$n"; done
+    for n in $(participants); do start_node "$n"; done
     start_node coordinator
+    start_node readmodel
     mapfile -t txnctl_vars < <(txnctl_env)
     env "${txnctl_vars[@]}" "$(bin_dir)/txnctl" status >/dev/null \
       || die "the coordinator does not answer txnctl status; see $DIR/coordinator.log"
@@ -231,6 +239,9 @@ case "$COMMAND" in
     for v in "${txnctl_vars[@]}"; do echo "  export $v"; done
     echo "  $(bin_dir)/txnctl status"
     echo "  $(bin_dir)/txnctl transfer --from p1/alice --to p2/bob --amount 10 --allow-negative"
+    echo "  $(bin_dir)/txnctl transfer --from p1/alice --to p3/carol --amount 5 --protocol events --allow-negative --wait"
+    echo "  $(bin_dir)/txnctl events"
+    echo "  $(bin_dir)/txnctl readmodel balances --consistent"
     ;;
   env)
     [[ -f "$STATE" ]] || die "no cluster in $DIR (start one with: scripts/cluster.sh up --dir $DIR)"
@@ -238,7 +249,7 @@ case "$COMMAND" in
     ;;
   down)
     [[ -d "$DIR" ]] || { echo "no cluster in $DIR"; exit 0; }
-    for n in coordinator $(nodes | grep -v coordinator); do stop_node "$n"; done
+    for n in readmodel coordinator $(participants); do stop_node "$n"; done
     echo "cluster in $DIR is down"
     ;;
   status)
@@ -272,7 +283,7 @@ case "$COMMAND" in
     if (( FOLLOW )); then tail -n 50 -f "$DIR/$NODE.log"; else cat "$DIR/$NODE.log"; fi
     ;;
   wipe)
-    if [[ -f "$STATE" ]]; then for n in coordinator $(nodes | grep -v coordinator); do stop_node "$n"; done; fi
+    if [[ -f "$STATE" ]]; then for n in readmodel coordinator $(participants); do stop_node "$n"; done; fi
     rm -rf "$DIR"
     echo "wiped $DIR"
     ;;

@@ -36,7 +36,7 @@ pub async fn txn(c: TxnCmd, ch: Ch) -> Res<Value> {
                     .collect(),
             )
         }
-        TxnCmd::Show { id } => detail_json(
+        TxnCmd::Show { id, .. } => detail_json(
             &admin
                 .show_txn(pb::TxnIdRequest { txn_id: id })
                 .await

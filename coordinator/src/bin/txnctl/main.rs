@@ -16,6 +16,7 @@ mod admin;
 mod certs;
 mod cli;
 mod conn;
+mod feeds;
 mod output;
 mod submit;
 
@@ -25,7 +26,7 @@ use txn_proto::pb::v1 as pb;
 
 use admin::{failpoint, participant_url, saga, txn};
 use certs::make_certs;
-use cli::{Cli, Cmd, ParticipantCmd};
+use cli::{Cli, Cmd, ParticipantCmd, ReadmodelCmd, TxnCmd};
 use conn::{Ch, connect, setup_connections, status_err};
 use output::{participant_json, print, status_json};
 use submit::{parse_submit, read_input};
@@ -68,7 +69,27 @@ async fn run(cli: Cli) -> Res<Exit> {
                 .into_inner();
             status_json(&s)
         }
+        Cmd::Txn(TxnCmd::Show { id, follow }) => {
+            // An events transfer is known to its participants, not to the coordinator.
+            let s = feeds::transfer_status(coord().await?, &id, follow).await?;
+            if s.phase == pb::TransferPhase::Unknown as i32 {
+                txn(TxnCmd::Show { id, follow }, coord().await?).await?
+            } else {
+                feeds::transfer_json(&s)
+            }
+        }
         Cmd::Txn(c) => txn(c, coord().await?).await?,
+        Cmd::Events { cmd } => feeds::events(cmd, coord().await?).await?,
+        Cmd::Readmodel(c) => {
+            let balances = matches!(c, ReadmodelCmd::Balances { .. });
+            let v = feeds::readmodel(c, &cli.readmodel).await?;
+            if balances && !cli.json {
+                print(&v["balances"], false);
+                v["feeds"].clone()
+            } else {
+                v
+            }
+        }
         Cmd::Saga(c) => saga(c, coord().await?).await?,
         Cmd::Participant(ParticipantCmd::List) => {
             let r = pb::admin_client::AdminClient::new(coord().await?)
@@ -112,6 +133,7 @@ async fn run(cli: Cli) -> Res<Exit> {
             to,
             amount,
             protocol,
+            wait,
             allow_negative,
             client_txn_id,
         } => {
@@ -147,8 +169,18 @@ async fn run(cli: Cli) -> Res<Exit> {
                 client_txn_id: client_txn_id.unwrap_or_default(),
                 commit_point: 0,
             };
-            let (v, e) = transact(coord().await?, req).await?;
+            let (mut v, e) = transact(coord().await?, req).await?;
             exit = e;
+            if wait && v["outcome"] == "accepted" {
+                let id = v["txn_id"].as_str().unwrap_or_default().to_owned();
+                let s = feeds::transfer_status(coord().await?, &id, true).await?;
+                v = feeds::transfer_json(&s);
+                exit = match pb::TransferPhase::try_from(s.phase) {
+                    Ok(pb::TransferPhase::Credited) => Exit::Done,
+                    Ok(pb::TransferPhase::Refunded | pb::TransferPhase::Rejected) => Exit::Aborted,
+                    _ => Exit::Unknown,
+                };
+            }
             v
         }
         Cmd::Read { accounts } => {
@@ -242,7 +274,8 @@ fn protocol_of(raw: &str) -> Res<pb::Protocol> {
     match raw {
         "2pc" | "two-phase" => Ok(pb::Protocol::TwoPhase),
         "saga" => Ok(pb::Protocol::Saga),
-        other => Err(format!("--protocol: {other:?} is not 2pc or saga")),
+        "events" => Ok(pb::Protocol::Events),
+        other => Err(format!("--protocol: {other:?} is not 2pc, saga or events")),
     }
 }
 
@@ -265,6 +298,8 @@ async fn transact(ch: Ch, req: pb::TransactRequest) -> Res<(Value, Exit)> {
     };
     let (outcome, exit) = match pb::Outcome::try_from(r.outcome) {
         Ok(pb::Outcome::Committed) => ("committed", Exit::Done),
+        // The first step committed; the rest follows from the feeds (`txnctl txn show ID`).
+        Ok(pb::Outcome::Accepted) => ("accepted", Exit::Done),
         Ok(pb::Outcome::Aborted) => ("aborted", Exit::Aborted),
         _ => ("unknown", Exit::Unknown),
     };
