@@ -144,6 +144,15 @@ async fn follow_once(f: &Follow, sink: &dyn FeedSink, backoff: &mut Backoff) -> 
         l.connected = true;
         l.out_of_range = false;
     });
+    // Acknowledgements go out from their own task, the latest offset each time, so that the
+    // next batch is applied while the last one's acknowledgement travels.
+    let (acks, acked) = tokio::sync::watch::channel(0u64);
+    let _acker = AbortOnDrop(tokio::spawn(send_acks(
+        client.clone(),
+        f.consumer.clone(),
+        f.source.clone(),
+        acked,
+    )));
     loop {
         let batch = match stream.message().await {
             Ok(Some(b)) => b,
@@ -163,15 +172,7 @@ async fn follow_once(f: &Follow, sink: &dyn FeedSink, backoff: &mut Backoff) -> 
                     l.failed_applies = 0;
                     l.last_error.clear();
                 });
-                let mut req = tonic::Request::new(pb::AckRequest {
-                    consumer: f.consumer.clone(),
-                    offset: acked,
-                });
-                req.set_timeout(ACK_TIMEOUT);
-                // A lost acknowledgement only keeps events longer; the next one covers it.
-                if let Err(s) = client.ack(req).await {
-                    tracing::debug!(source = %f.source, error = %s.message(), "ack failed");
-                }
+                acks.send_replace(acked);
             }
             Err(ApplyError::Gap { expected }) => {
                 return Err(format!(
@@ -185,6 +186,41 @@ async fn follow_once(f: &Follow, sink: &dyn FeedSink, backoff: &mut Backoff) -> 
                 });
                 return Err(format!("applying a batch: {e}"));
             }
+        }
+    }
+}
+
+/// Aborts a task when dropped (the acknowledging task of a subscription that ended).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends the latest acknowledged offset whenever it moves. A lost acknowledgement only keeps
+/// events longer; the next one covers it.
+async fn send_acks(
+    mut client: pb::event_feed_client::EventFeedClient<Channel>,
+    consumer: String,
+    source: String,
+    mut acked: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut sent = 0;
+    while acked.changed().await.is_ok() {
+        let offset = *acked.borrow_and_update();
+        if offset <= sent {
+            continue;
+        }
+        let mut req = tonic::Request::new(pb::AckRequest {
+            consumer: consumer.clone(),
+            offset,
+        });
+        req.set_timeout(ACK_TIMEOUT);
+        match client.ack(req).await {
+            Ok(_) => sent = offset,
+            Err(s) => tracing::debug!(source = %source, error = %s.message(), "ack failed"),
         }
     }
 }

@@ -80,6 +80,8 @@ pub struct ClusterOptions {
     /// the checkers can audit each txn after a run; the services' own default drops them.
     /// Values below the services' minimum (120 s) go through their hidden test-only flag.
     pub outcome_retention_secs: u64,
+    /// Start the read model too, following every participant's feed.
+    pub readmodel: bool,
 }
 
 impl Default for ClusterOptions {
@@ -96,6 +98,7 @@ impl Default for ClusterOptions {
             metrics: false,
             env: Vec::new(),
             outcome_retention_secs: 0,
+            readmodel: false,
         }
     }
 }
@@ -103,6 +106,8 @@ impl Default for ClusterOptions {
 pub struct Cluster {
     pub coordinator: Proc,
     pub participants: Vec<Proc>,
+    /// The read model, when the options asked for it.
+    pub readmodel: Option<Proc>,
     /// The proxies of the proxied link: coordinator -> participant, participant -> coordinator.
     pub proxies: Vec<crate::proxy::Proxy>,
     /// How the test process reaches the nodes.
@@ -249,6 +254,7 @@ impl Cluster {
         let (metrics_addr, flags) = metrics_flags()?;
         args.extend(flags);
         args.extend(opts.coordinator_args.iter().cloned());
+        let env_for_readmodel = env.clone();
         let coordinator = Proc {
             name: "coordinator".into(),
             addr: coord_addr,
@@ -260,8 +266,36 @@ impl Cluster {
             tls: tls.clone(),
             metrics_addr,
         };
+        let readmodel = if opts.readmodel {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let mut args = vec![
+                "--listen".into(),
+                addr.to_string(),
+                "--data-dir".into(),
+                dir.join("readmodel").display().to_string(),
+            ];
+            for p in &participants {
+                args.push("--participant".into());
+                args.push(format!("{}={}", p.name, p.url()));
+            }
+            args.extend(tls_flags("readmodel"));
+            Some(Proc {
+                name: "readmodel".into(),
+                addr,
+                bin: binary("readmodel")?,
+                args,
+                env: env_for_readmodel,
+                log: dir.join("readmodel.log"),
+                child: None,
+                tls: tls.clone(),
+                metrics_addr: None,
+            })
+        } else {
+            None
+        };
         let mut cluster = Self {
             coordinator,
+            readmodel,
             participants,
             proxies,
             tls,
@@ -273,6 +307,9 @@ impl Cluster {
             p.start().await?;
         }
         cluster.coordinator.start().await?;
+        if let Some(rm) = &mut cluster.readmodel {
+            rm.start().await?;
+        }
         Ok(cluster)
     }
 
@@ -314,6 +351,26 @@ impl Cluster {
         Ok(pb::participant_client::ParticipantClient::new(
             self.channel(&p.url())?,
         ))
+    }
+
+    /// A client of the read model's query service.
+    pub fn readmodel_client(
+        &self,
+    ) -> anyhow::Result<pb::read_model_client::ReadModelClient<Channel>> {
+        Ok(pb::read_model_client::ReadModelClient::new(
+            self.channel(&self.url_of("readmodel")?)?,
+        ))
+    }
+
+    /// A client of a participant's change feed.
+    pub fn feed_client(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<pb::event_feed_client::EventFeedClient<Channel>> {
+        Ok(
+            pb::event_feed_client::EventFeedClient::new(self.channel(&self.url_of(name)?)?)
+                .max_decoding_message_size(txn_types::types::MAX_MESSAGE_BYTES),
+        )
     }
 
     pub async fn stats_client(
@@ -365,6 +422,13 @@ impl Cluster {
         if node == "coordinator" {
             return Ok(self.coordinator.url());
         }
+        if node == "readmodel" {
+            return Ok(self
+                .readmodel
+                .as_ref()
+                .context("this cluster has no read model")?
+                .url());
+        }
         Ok(self
             .participants
             .iter()
@@ -376,6 +440,10 @@ impl Cluster {
     pub fn node(&mut self, node: &str) -> &mut Proc {
         if node == "coordinator" {
             &mut self.coordinator
+        } else if node == "readmodel" {
+            self.readmodel
+                .as_mut()
+                .expect("this cluster has no read model")
         } else {
             self.participant(node)
         }
@@ -384,7 +452,12 @@ impl Cluster {
     /// Stops every process with SIGTERM and checks each exited cleanly.
     pub fn shutdown(&mut self) -> anyhow::Result<()> {
         let mut failures = Vec::new();
-        for p in std::iter::once(&mut self.coordinator).chain(self.participants.iter_mut()) {
+        for p in self
+            .readmodel
+            .iter_mut()
+            .chain(std::iter::once(&mut self.coordinator))
+            .chain(self.participants.iter_mut())
+        {
             if p.is_running() {
                 let status = p.terminate()?;
                 if !status.success() {

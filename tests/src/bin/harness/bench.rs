@@ -277,6 +277,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
                 transfers: usize::MAX,
                 duration: Duration::from_secs(args.duration),
                 overdraft_share: 0.0,
+                refusal_share: 0.0,
                 seed: n as u64,
                 protocol,
                 local,

@@ -1,5 +1,6 @@
-//! `harness compare`: the command-line side of the comparison of 2PC and sagas under faults.
-//! It checks the flags, runs every scenario under both protocols and writes the reports; the
+//! `harness compare`: the command-line side of the comparison of 2PC, sagas and the events
+//! protocol under faults. It checks the flags, runs every scenario under every protocol and
+//! writes the reports; the
 //! runs themselves are `txn_tests::compare`. It fails only on runs that broke a guarantee their
 //! protocol must keep, not on every finding.
 
@@ -13,7 +14,7 @@ use txn_tests::cluster;
 pub struct CompareArgs {
     /// Scenarios to run, comma-separated, or "all": none, coordinator-crash,
     /// participant-crash, crash-after-decision, crash-after-prepare, partition, pause,
-    /// message-loss.
+    /// message-loss, consumer-crash (kill -9 the read model and a participant mid-feed).
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Seconds of workload per run (each scenario runs once per protocol).
@@ -22,9 +23,15 @@ pub struct CompareArgs {
     /// Concurrent closed-loop transfer clients.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Auditor clients taking atomic reads of every balance.
+    /// Auditor clients taking atomic (2PC) reads of every balance.
     #[arg(long, default_value_t = 2)]
     auditors: usize,
+    /// Clients reading every balance by composition (each service's Read, in parallel).
+    #[arg(long, default_value_t = 1)]
+    composed_readers: usize,
+    /// Clients reading every balance from the read model (txn-consistent).
+    #[arg(long, default_value_t = 1)]
+    readmodel_readers: usize,
     /// Number of participants (p1..pN).
     #[arg(long, default_value_t = 3)]
     participants: usize,
@@ -37,9 +44,13 @@ pub struct CompareArgs {
     /// Directory for report.json, report.md and throughput.svg.
     #[arg(long, default_value = "compare-report")]
     out: std::path::PathBuf,
-    /// Protocols to run, comma-separated: 2pc, saga.
-    #[arg(long, default_value = "2pc,saga")]
+    /// Protocols to run, comma-separated: 2pc, saga, events.
+    #[arg(long, default_value = "2pc,saga,events")]
     protocols: String,
+    /// Share of transfers whose destination refuses the credit (a closed account): 2PC votes
+    /// NO, a saga compensates, the events protocol refunds.
+    #[arg(long, default_value_t = 0.05)]
+    refusal_share: f64,
     /// Test the checker: plant this violation into a participant's database once each run
     /// is quiet, before the checks (the run must then fail).
     #[arg(long, value_enum, hide = true)]
@@ -83,6 +94,9 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         duration: Duration::from_secs(args.duration),
         clients: args.clients.max(1),
         auditors: args.auditors,
+        composed_readers: args.composed_readers,
+        readmodel_readers: args.readmodel_readers,
+        refusal_share: args.refusal_share.clamp(0.0, 1.0),
         participants: args.participants,
         accounts: args.accounts,
         overdraft_share: 0.1,
@@ -91,11 +105,9 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     };
     let mut protocols = Vec::new();
     for p in args.protocols.split(',').map(str::trim) {
-        protocols.push(match p {
-            "2pc" => bank::Protocol::TwoPhase,
-            "saga" => bank::Protocol::Saga,
-            other => anyhow::bail!("--protocols: unknown protocol {other:?}; known: 2pc, saga"),
-        });
+        protocols.push(bank::Protocol::parse(p).with_context(|| {
+            format!("--protocols: unknown protocol {p:?}; known: 2pc, saga, events")
+        })?);
     }
     println!(
         "harness compare: {} scenarios x {} protocols, {} s each, {} clients, seed {} (replay with --seed {})",
@@ -126,6 +138,10 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     }
     bar.finish_and_clear();
     println!("{}", txn_tests::report::table(&runs));
+    println!("{}", txn_tests::report::read_paths_table(&runs));
+    if runs.iter().any(|r| r.events.is_some()) {
+        println!("{}", txn_tests::report::events_table(&runs));
+    }
     txn_tests::report::write_all(&args.out, &runs, &cfg)?;
     println!(
         "wrote {0}/report.json, {0}/report.md and {0}/throughput.svg",
@@ -134,7 +150,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let failures: Vec<_> = runs.iter().filter(|r| r.is_failure()).collect();
     if failures.is_empty() {
         println!(
-            "no run broke a guarantee it must keep (atomicity at every participant, nothing acknowledged lost, no aborted txn applied, one effect per saga step, nothing unresolved, total conserved)"
+            "no run broke a guarantee it must keep (atomicity at every participant, nothing acknowledged lost, no aborted txn applied, one effect per saga step, every change with its event and no event lost, every transfer settled with each effect once, the read model equal to the participants, nothing unresolved, total conserved)"
         );
         Ok(true)
     } else {
