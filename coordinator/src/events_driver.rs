@@ -165,9 +165,14 @@ impl EventsDriver {
             let pause = backoff.failed(rand::random());
             if !transient(status.code()) || tokio::time::Instant::now() + pause >= deadline {
                 if ran_maybe {
+                    // The last error is logged, not passed on: a transport error in the text
+                    // would read to a client as "never reached anyone", and this call may have
+                    // run.
+                    tracing::warn!(%error, "the source did not answer; outcome unknown");
                     return Err(CoordError::Unavailable(format!(
-                        "transfer {id}: the source {} did not answer ({error}); its outcome is \
-                         unknown: Coordinator.TransferStatus (txnctl txn show {id}) tells",
+                        "transfer {id}: the source {} did not answer; whether it accepted the \
+                         transfer is unknown: Coordinator.TransferStatus (txnctl txn show {id}) \
+                         tells",
                         source.participant
                     )));
                 }

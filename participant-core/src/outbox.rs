@@ -308,6 +308,15 @@ pub fn ack(
     Ok(Ok(Step::lazy(batch, offset)))
 }
 
+/// Where a registered consumer resumes: its acknowledged offset (None if not registered).
+pub fn resume_point(store: &dyn Store, consumer: &str) -> Result<Option<u64>, StoreError> {
+    let key = consumer_key(consumer);
+    match store.get(&key)? {
+        Some(bytes) => Ok(Some(record::decode::<ConsumerRecord>(&key, &bytes)?.acked)),
+        None => Ok(None),
+    }
+}
+
 /// Forgets a consumer (an operator's call for a consumer gone for good): it no longer holds
 /// events back. Returns false if it was not registered.
 pub fn forget_consumer(store: &dyn Store, consumer: &str) -> Result<Step<bool>, StoreError> {

@@ -80,9 +80,14 @@ impl pb::event_feed_server::EventFeed for FeedService {
         } else {
             Some(ParticipantId::parse("for_participant", &r.for_participant).or_invalid()?)
         };
+        let consumer = consumer_name(&r.consumer).or_invalid()?;
+        let from = match r.resume {
+            true => self.node.resume_point(&consumer)?.unwrap_or(r.from_offset),
+            false => r.from_offset,
+        };
         let sub = Subscription {
-            consumer: consumer_name(&r.consumer).or_invalid()?,
-            from: r.from_offset,
+            consumer,
+            from,
             filter: filter.map(|p| p.to_string()),
             max_batch: batch_size(r.max_batch),
         };

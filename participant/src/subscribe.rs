@@ -205,6 +205,11 @@ impl Participant {
         }
     }
 
+    /// Where `consumer` resumes (its acknowledged offset), if it is registered.
+    pub fn resume_point(&self, consumer: &str) -> Result<Option<u64>, ParticipantError> {
+        self.check(outbox::resume_point(self.store(), consumer))
+    }
+
     /// `consumer` has processed every event below `offset`; returns its acknowledged offset.
     pub async fn ack_events(&self, consumer: &str, offset: u64) -> Result<u64, ParticipantError> {
         let acked = self

@@ -1,8 +1,11 @@
 //! Following another service's change feed, for every consumer (a participant running the
-//! events protocol, the read model): subscribe from the consumer's own durable position,
-//! hand each batch to it, acknowledge what it made durable, and start again from its position
-//! after any failure. Delivery is therefore at least once; the consumer's inbox (its position,
-//! stored in the same batch as its effects) makes the effects exactly once.
+//! events protocol, the read model): subscribe, hand each batch to the consumer, acknowledge
+//! what it made durable, and subscribe again after any failure. A subscription resumes where
+//! the feed holds the consumer (its last acknowledgement, as a broker resumes a consumer
+//! group), so whatever the consumer applied after that comes again: delivery is at least
+//! once. The consumer's inbox (its position, stored in the same batch as its effects)
+//! suppresses those duplicates, so effects are exactly once; a batch that would skip events
+//! past the inbox is refused, and the consumer then subscribes from its own position.
 //!
 //! A consumer whose position the feed no longer keeps is refused with OUT_OF_RANGE: that is
 //! reported (the link's status says so) and retried slowly, never skipped.
@@ -90,8 +93,9 @@ impl Follow {
 /// Follows `f.source`'s feed into `sink` until the task is dropped.
 pub async fn follow(f: Follow, sink: Arc<dyn FeedSink>) {
     let mut backoff = Backoff::new(FOLLOW_RETRY_BASE, FOLLOW_RETRY_MAX);
+    let mut resume = true;
     loop {
-        let outcome = follow_once(&f, sink.as_ref(), &mut backoff).await;
+        let outcome = follow_once(&f, sink.as_ref(), &mut backoff, &mut resume).await;
         f.update(|s| {
             s.connected = false;
             if let Err(e) = &outcome {
@@ -117,7 +121,12 @@ pub async fn follow(f: Follow, sink: Arc<dyn FeedSink>) {
 }
 
 /// One subscription, until it fails. Err says why.
-async fn follow_once(f: &Follow, sink: &dyn FeedSink, backoff: &mut Backoff) -> Result<(), String> {
+async fn follow_once(
+    f: &Follow,
+    sink: &dyn FeedSink,
+    backoff: &mut Backoff,
+    resume: &mut bool,
+) -> Result<(), String> {
     let from = sink.position(&f.source)?;
     let mut client = pb::event_feed_client::EventFeedClient::new(f.channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -127,6 +136,7 @@ async fn follow_once(f: &Follow, sink: &dyn FeedSink, backoff: &mut Backoff) -> 
             from_offset: from,
             for_participant: f.filter.clone().unwrap_or_default(),
             max_batch: 0,
+            resume: *resume,
         })
         .await
     {
@@ -175,6 +185,9 @@ async fn follow_once(f: &Follow, sink: &dyn FeedSink, backoff: &mut Backoff) -> 
                 acks.send_replace(acked);
             }
             Err(ApplyError::Gap { expected }) => {
+                // The feed holds this consumer further on than it is (its database was
+                // restored, or rebuilt): from its own position, then.
+                *resume = false;
                 return Err(format!(
                     "a batch started past this consumer's position {expected}; subscribing again"
                 ));
