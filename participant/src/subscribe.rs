@@ -359,3 +359,79 @@ impl Participant {
         self.feed.durable_head()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Condvar, Mutex};
+
+    use txn_types::store::{MemStore, Pairs, Store, StoreError, WriteBatch};
+    use txn_types::types::{Op, TxnId};
+
+    use crate::node::{NodeConfig, Participant};
+
+    /// A store whose syncs wait while the gate is closed: a write can be applied and held
+    /// back from durability for as long as a test needs.
+    #[derive(Default)]
+    struct Gated {
+        inner: MemStore,
+        closed: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl Gated {
+        fn set(&self, closed: bool) {
+            *self.closed.lock().unwrap() = closed;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Store for Gated {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
+            self.inner.scan_prefix(prefix)
+        }
+        fn scan_page(&self, p: &[u8], s: &[u8], l: usize) -> Result<Pairs, StoreError> {
+            self.inner.scan_page(p, s, l)
+        }
+        fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+            self.inner.apply(batch)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            let mut closed = self.closed.lock().unwrap();
+            while *closed {
+                closed = self.opened.wait(closed).unwrap();
+            }
+            self.inner.sync()
+        }
+    }
+
+    /// A committed change is in the store (and readable) before it is durable; its event is
+    /// sent only once the sync that covers it has returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_is_sent_only_once_durable() {
+        let store = Arc::new(Gated::default());
+        let node = Participant::open(store.clone(), NodeConfig::default()).unwrap();
+        store.set(true);
+        let txn = TxnId::parse("t", "1.1").unwrap();
+        let ops = vec![Op::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }];
+        let commit = {
+            let (node, txn) = (node.clone(), txn.clone());
+            tokio::spawn(async move { node.commit_one_phase(&txn, &ops).await })
+        };
+        while node.read(&[b"k".to_vec()]).unwrap()[0].value.is_none() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(node.events_head(), 0, "applied, not durable: not sent");
+        assert!(node.read_feed(0, 10).unwrap().events.is_empty());
+        store.set(false);
+        commit.await.unwrap().unwrap().unwrap();
+        assert_eq!(node.events_head(), 1);
+        let batch = node.read_feed(0, 10).unwrap();
+        assert_eq!(batch.events[0].txn_id, "1.1");
+    }
+}

@@ -145,6 +145,15 @@ impl ReadModel {
                 batch.participant
             )));
         }
+        let cursor = self
+            .check(txn_readmodel_core::keys::read_cursor(self.store(), source))
+            .map_err(retry)?;
+        if batch.from_offset > cursor.next_offset {
+            // The feed holds this read model further on than its view is (a rebuild).
+            return Err(ApplyError::Gap {
+                expected: cursor.next_offset,
+            });
+        }
         let mut wrote = false;
         for ev in &batch.events {
             let rec = event_from_pb(ev);
