@@ -438,6 +438,7 @@ impl CoordinatorCore {
                         .map(|p| p.as_str().to_owned())
                         .collect(),
                     decided_at_unix_ms: now_unix_ms,
+                    owner_epoch: 0,
                 };
                 vec![Effect::PersistDecision {
                     key: decision_key(txn),
@@ -685,22 +686,47 @@ impl CoordinatorCore {
         Ok(self.resolve_with(txn, logged, commit_point))
     }
 
-    fn resolve_with(&self, txn: &TxnId, logged: bool, commit_point: CommitPoint) -> Resolution {
-        if self.pinned.contains(txn) {
-            return Resolution::Pending;
+    /// [`Self::resolve`] with the log already read: whether a commit decision for `txn` is
+    /// logged there.
+    pub fn resolve_logged(
+        &self,
+        txn: &TxnId,
+        logged: bool,
+        commit_point: CommitPoint,
+    ) -> Resolution {
+        self.resolve_with(txn, logged, commit_point)
+    }
+
+    pub(crate) fn resolve_with(
+        &self,
+        txn: &TxnId,
+        logged: bool,
+        commit_point: CommitPoint,
+    ) -> Resolution {
+        if let Some(held) = self.resolve_held(txn) {
+            return held;
         }
-        let earlier_epoch = txn.epoch().is_none_or(|e| e < self.epoch);
+        let owner = crate::ha::single_liveness(txn, self.epoch);
+        match crate::ha::resolve_elsewhere(logged, owner, commit_point) {
+            crate::ha::Answer::Give(r) => r,
+            // A coordinator with a log of its own knows of no other live instance.
+            crate::ha::Answer::AskOwner => Resolution::Pending,
+        }
+    }
+
+    /// The answer about a txn this instance holds: PENDING while an operator acts on it or
+    /// it is undecided (or its decision not yet durable), COMMIT once it is committing. None
+    /// when it holds nothing of it: then the log decides ([`crate::ha::resolve_elsewhere`]).
+    pub fn resolve_held(&self, txn: &TxnId) -> Option<Resolution> {
+        if self.pinned.contains(txn) {
+            return Some(Resolution::Pending);
+        }
         match self.txns.get(txn).map(|s| &s.phase) {
             Some(Phase::Preparing { .. } | Phase::Fencing { .. } | Phase::Deciding) => {
-                Resolution::Pending
+                Some(Resolution::Pending)
             }
-            Some(Phase::Committing { .. }) => Resolution::Decided(Decision::Commit),
-            None if logged => Resolution::Decided(Decision::Commit),
-            None if commit_point == CommitPoint::Votes && earlier_epoch => {
-                Resolution::AskParticipants
-            }
-            // Presumed abort: no record, not in flight.
-            None => Resolution::Decided(Decision::Abort),
+            Some(Phase::Committing { .. }) => Some(Resolution::Decided(Decision::Commit)),
+            None => None,
         }
     }
 

@@ -171,6 +171,7 @@ fn open_bumps_the_epoch_and_reloads_unended_decisions() {
         txn_id: "1.4".into(),
         participants: vec!["p1".into()],
         decided_at_unix_ms: 5,
+        ..Default::default()
     };
     b.put(decision_key(&TxnId::generated(1, 4)), record::encode(&rec));
     store.apply(b).unwrap();

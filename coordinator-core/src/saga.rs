@@ -58,6 +58,8 @@ impl Saga {
                 updated_at_unix_ms: now_unix_ms,
                 compensation_attempts: 0,
                 last_error: String::new(),
+                owner_epoch: 0,
+                client_txn_id: String::new(),
             },
         }
     }
@@ -104,6 +106,32 @@ impl Saga {
 
     pub fn branch(&self, step: u32) -> &rec::Branch {
         &self.rec.branches[step as usize]
+    }
+
+    /// Names the client's idempotency key of the request, so that whoever ends the saga can
+    /// record the answer under it.
+    pub fn with_client_key(mut self, key: &TxnId) -> Self {
+        self.rec.client_txn_id = key.to_string();
+        self
+    }
+
+    /// Whether the saga has ended (completed or compensated); a parked one has not.
+    pub fn ended(&self) -> bool {
+        matches!(self.next(), Next::Completed | Next::Compensated)
+    }
+
+    /// The epoch of the instance that drives the saga (see [`crate::ha::owner_of`]).
+    pub fn owner(&self) -> Option<u64> {
+        let id = TxnId::parse("saga_id", &self.rec.saga_id).ok()?;
+        crate::ha::owner_of(self.rec.owner_epoch, &id)
+    }
+
+    /// Instance `epoch` takes the saga over from an owner that is gone; from its next write
+    /// on, the log names the new owner (the takeover itself is guarded, see
+    /// [`crate::ha::adoptions`]).
+    pub fn adopt(&mut self, epoch: u64, now: u64) {
+        self.rec.owner_epoch = epoch;
+        self.touch(now);
     }
 
     pub fn deadline_unix_ms(&self) -> u64 {
@@ -308,6 +336,17 @@ mod tests {
             (back.id(), back.deadline_unix_ms()),
             (s.id(), s.deadline_unix_ms())
         );
+    }
+
+    #[test]
+    fn an_adopted_saga_names_its_new_owner() {
+        let mut s = saga(2);
+        assert_eq!(s.owner(), Some(1), "the epoch of its id");
+        s.adopt(4, 9);
+        assert_eq!(s.owner(), Some(4));
+        assert_eq!(s.record().updated_at_unix_ms, 9);
+        let back = Saga::from_record(b"s/x", s.record().clone()).unwrap();
+        assert_eq!(back.owner(), Some(4));
     }
 
     #[test]

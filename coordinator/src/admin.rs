@@ -120,9 +120,9 @@ impl AdminService {
         info
     }
 
-    fn sagas(&self) -> Result<Vec<SagaRecord>, CoordError> {
+    async fn sagas(&self) -> Result<Vec<SagaRecord>, CoordError> {
         let mut out = Vec::new();
-        for (key, bytes) in self.check(self.gc.store().scan_prefix(SAGA_PREFIX))? {
+        for (key, bytes) in self.check(self.gc.scan_prefix(SAGA_PREFIX).await)? {
             out.push(self.check(record::decode::<SagaRecord>(&key, &bytes).map_err(Into::into))?);
         }
         Ok(out)
@@ -145,7 +145,14 @@ impl AdminService {
             participants,
             ..Default::default()
         };
-        for s in self.sagas()? {
+        if let Some(shared) = self.gc.shared() {
+            resp.coordinators = self
+                .check(shared.members().await)?
+                .iter()
+                .map(|(epoch, m)| format!("{epoch} {}", m.url))
+                .collect();
+        }
+        for s in self.sagas().await? {
             match SagaState::try_from(s.state).unwrap_or(SagaState::Unspecified) {
                 SagaState::Running => resp.sagas_running += 1,
                 SagaState::Compensating => resp.sagas_compensating += 1,
@@ -224,9 +231,9 @@ impl AdminService {
         Ok(out)
     }
 
-    fn forced(&self, txn: &TxnId) -> Result<Option<pb::ForcedOutcome>, CoordError> {
+    async fn forced(&self, txn: &TxnId) -> Result<Option<pb::ForcedOutcome>, CoordError> {
         let key = forced_key(txn);
-        match self.check(self.gc.store().get(&key))? {
+        match self.check(self.gc.get(&key).await)? {
             Some(b) => Ok(Some(
                 self.check(record::decode(&key, &b).map_err(Into::into))?,
             )),
@@ -234,12 +241,12 @@ impl AdminService {
         }
     }
 
-    pub(crate) fn logged_decision(
+    pub(crate) async fn logged_decision(
         &self,
         txn: &TxnId,
     ) -> Result<Option<DecisionRecord>, CoordError> {
         let key = decision_key(txn);
-        match self.check(self.gc.store().get(&key))? {
+        match self.check(self.gc.get(&key).await)? {
             Some(b) => Ok(Some(
                 self.check(record::decode(&key, &b).map_err(Into::into))?,
             )),
@@ -261,8 +268,8 @@ impl AdminService {
 
     pub async fn admin_show_txn(&self, txn: &TxnId) -> Result<pb::TxnDetail, CoordError> {
         let view = self.core().view(txn);
-        let logged = self.logged_decision(txn)?;
-        let forced = self.forced(txn)?;
+        let logged = self.logged_decision(txn).await?;
+        let forced = self.forced(txn).await?;
         let in_doubt = self.in_doubt_everywhere().await;
         let mut members: Vec<ParticipantId> = self.core().participants_of(txn).unwrap_or_default();
         if members.is_empty() {
@@ -364,7 +371,7 @@ impl AdminService {
         })
     }
 
-    pub fn admin_list_sagas(
+    pub async fn admin_list_sagas(
         &self,
         filter: SagaFilter,
         limit: usize,
@@ -375,7 +382,8 @@ impl AdminService {
             limit.min(MAX_LIST)
         };
         let mut out: Vec<pb::SagaSummary> = self
-            .sagas()?
+            .sagas()
+            .await?
             .iter()
             .filter(|r| filter.admits(saga_state(r)))
             .map(saga_summary)
@@ -385,8 +393,9 @@ impl AdminService {
         Ok(out)
     }
 
-    pub fn admin_show_saga(&self, id: &TxnId) -> Result<pb::SagaSummary, CoordError> {
-        self.saga(id)?
+    pub async fn admin_show_saga(&self, id: &TxnId) -> Result<pb::SagaSummary, CoordError> {
+        self.saga(id)
+            .await?
             .map(|r| saga_summary(&r))
             .ok_or_else(|| CoordError::NotFound(format!("saga_id {id}: no such saga")))
     }
@@ -459,7 +468,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListSagasResponse>, Status> {
         let r = r.into_inner();
         let filter = SagaFilter::from_wire(r.state).or_invalid()?;
-        let sagas = self.admin_list_sagas(filter, r.limit as usize)?;
+        let sagas = self.admin_list_sagas(filter, r.limit as usize).await?;
         Ok(Response::new(pb::ListSagasResponse { sagas }))
     }
 
@@ -468,7 +477,7 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::TxnIdRequest>,
     ) -> Result<Response<pb::SagaSummary>, Status> {
         let saga = id("saga_id", &r.into_inner().txn_id)?;
-        Ok(Response::new(self.admin_show_saga(&saga)?))
+        Ok(Response::new(self.admin_show_saga(&saga).await?))
     }
 
     async fn retry_saga(
@@ -477,7 +486,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::SagaSummary>, Status> {
         let saga = id("saga_id", &r.into_inner().txn_id)?;
         self.sagas.retry(&saga).await?;
-        Ok(Response::new(self.admin_show_saga(&saga)?))
+        Ok(Response::new(self.admin_show_saga(&saga).await?))
     }
 
     async fn list_participants(

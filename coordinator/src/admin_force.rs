@@ -43,6 +43,7 @@ impl AdminService {
             }
             None => {}
         }
+        self.owned_here(txn).await?;
         let _lock = self.operator_lock(txn)?;
         // Unknown here and not logged: presumed abort. Tell whoever still holds it.
         let in_doubt = self.in_doubt_everywhere().await;
@@ -71,6 +72,38 @@ impl AdminService {
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
+    }
+
+    /// Over a shared log (etcd), refuses an operator's action on a txn that another live
+    /// coordinator owns: only the owner knows whether it is about to decide it. A txn held
+    /// here, or whose owner is gone, is this instance's to act on.
+    async fn owned_here(&self, txn: &TxnId) -> Result<(), CoordError> {
+        let Some(shared) = self.gc.shared() else {
+            return Ok(());
+        };
+        if self.core().view(txn).is_some() {
+            return Ok(());
+        }
+        let logged = self.logged_decision(txn).await?;
+        let owner = match &logged {
+            Some(d) => txn_coordinator_core::ha::owner_of(d.owner_epoch, txn),
+            None => txn.epoch(),
+        };
+        let Some(owner) = owner.filter(|o| *o != shared.epoch()) else {
+            return Ok(());
+        };
+        let members = self.check(shared.members().await)?;
+        match (members.get(&owner), logged) {
+            (Some(m), _) => Err(CoordError::Precondition(format!(
+                "txn_id {txn}: the coordinator of epoch {owner} ({}) owns it; act there",
+                m.url
+            ))),
+            (None, Some(_)) => Err(CoordError::Precondition(format!(
+                "txn_id {txn}: its commit decision belonged to a coordinator that is gone, and a \
+                 live one takes it over within seconds; try again then"
+            ))),
+            (None, None) => Ok(()),
+        }
     }
 
     /// One operator action per txn at a time; while it runs, Resolve answers PENDING for the
@@ -127,6 +160,7 @@ impl AdminService {
                 InvalidInput::new("decision", "must be DECISION_COMMIT or DECISION_ABORT").into(),
             );
         }
+        self.owned_here(txn).await?;
         let _lock = self.operator_lock(txn)?;
         match decision {
             pb::Decision::Abort => self.force_abort(txn, reason, heuristic).await?,
@@ -141,7 +175,7 @@ impl AdminService {
         reason: &str,
         heuristic: bool,
     ) -> Result<(), CoordError> {
-        let logged = self.logged_decision(txn)?.is_some();
+        let logged = self.logged_decision(txn).await?.is_some();
         if !heuristic && self.core().view(txn).is_none() {
             // A txn at its votes that this coordinator does not hold: every participant
             // prepared would mean it has committed, and its resolvers will commit it.
@@ -235,7 +269,7 @@ impl AdminService {
         reason: &str,
         heuristic: bool,
     ) -> Result<(), CoordError> {
-        let logged = self.logged_decision(txn)?.is_some();
+        let logged = self.logged_decision(txn).await?.is_some();
         let verdict = self.core().force_commit_decision(txn, logged, heuristic);
         match verdict {
             ForceCommit::Refused(why) => return Err(CoordError::Precondition(why)),
@@ -312,6 +346,7 @@ impl AdminService {
             txn_id: txn.to_string(),
             participants: members.iter().map(|p| p.to_string()).collect(),
             decided_at_unix_ms: unix_ms(),
+            ..Default::default()
         };
         let mut b = WriteBatch::default();
         b.put(decision_key(txn), record::encode(&rec));

@@ -34,6 +34,7 @@ use txn_types::unix_ms;
 
 use crate::context::Context;
 use crate::error::CoordError;
+use crate::log::MAX_LOG_BATCH_OPS;
 
 /// Prefix of client key records: `k/KEY`.
 pub const CLIENT_PREFIX: &[u8] = b"k/";
@@ -89,6 +90,7 @@ pub(crate) fn client_record(
         protocol: protocol as i32,
         response: response.as_ref().map(|r| r.encode_to_vec()),
         at_unix_ms: unix_ms(),
+        owner_epoch: 0,
     };
     let mut response = response;
     let mut rec = record(&response);
@@ -129,7 +131,7 @@ pub(crate) enum Claim {
 }
 
 /// What a key's record says about a request sent again.
-enum Recorded {
+pub(crate) enum Recorded {
     Answer(pb::TransactResponse),
     /// An events transfer whose answer was not recorded: ask its source again.
     Resume(TxnId),
@@ -137,7 +139,7 @@ enum Recorded {
 
 /// The client-key component: the requests running under a key, and the key records.
 pub struct ClientKeys {
-    ctx: Arc<Context>,
+    pub(crate) ctx: Arc<Context>,
     /// Requests running under a client key right now (bounded by the admission limit).
     running: Mutex<HashMap<String, Running>>,
 }
@@ -158,32 +160,50 @@ impl ClientKeys {
         }
     }
 
-    /// Registers a request under `tag`, or says what it gets instead of running.
-    pub(crate) fn claim(&self, tag: &ClientTag) -> Result<Claim, CoordError> {
-        let mut running = self.running.lock().expect("client txns");
-        match running.get(tag.id.as_str()) {
-            Some(r) if r.request_sha256 != tag.request_sha256 => {
-                Err(mismatch(tag, "still running"))
+    /// Registers a request under `tag`, or says what it gets instead of running. The key is
+    /// held here first (a later request with it waits for this one), then the log says
+    /// whether it was used before; over a shared log (etcd) the key is also claimed there, so
+    /// no other coordinator runs the request meanwhile (see [`crate::dedup_shared`]).
+    pub(crate) async fn claim(&self, tag: &ClientTag) -> Result<Claim, CoordError> {
+        let tx = {
+            let mut running = self.running.lock().expect("client txns");
+            match running.get(tag.id.as_str()) {
+                Some(r) if r.request_sha256 != tag.request_sha256 => {
+                    return Err(mismatch(tag, "still running"));
+                }
+                Some(r) => return Ok(Claim::Wait(r.done.clone())),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    running.insert(
+                        tag.id.as_str().to_owned(),
+                        Running {
+                            request_sha256: tag.request_sha256.clone(),
+                            done: rx,
+                        },
+                    );
+                    tx
+                }
             }
-            Some(r) => Ok(Claim::Wait(r.done.clone())),
-            None => {
-                let resume = match self.recorded_answer(tag)? {
-                    Some(Recorded::Answer(answer)) => return Ok(Claim::Answered(answer)),
-                    Some(Recorded::Resume(id)) => Some(id),
-                    None => None,
-                };
-                let (tx, rx) = watch::channel(None);
-                running.insert(
-                    tag.id.as_str().to_owned(),
-                    Running {
-                        request_sha256: tag.request_sha256.clone(),
-                        done: rx,
-                    },
-                );
-                Ok(match resume {
-                    Some(id) => Claim::Resume(tx, id),
-                    None => Claim::Run(tx),
-                })
+        };
+        let known = match self.gc.shared() {
+            Some(shared) => self.claim_shared(shared, tag).await,
+            None => self.recorded_answer(tag).await,
+        };
+        match known {
+            Ok(None) => Ok(Claim::Run(tx)),
+            Ok(Some(Recorded::Resume(id))) => Ok(Claim::Resume(tx, id)),
+            Ok(Some(Recorded::Answer(answer))) => {
+                self.release(tag);
+                let _ = tx.send(Some(Ok(answer.clone())));
+                Ok(Claim::Answered(answer))
+            }
+            Err(e) => {
+                // Whoever waits on this key meanwhile gets the same refusal.
+                self.release(tag);
+                let status = tonic::Status::from(e);
+                let shared = (status.code(), status.message().to_owned());
+                let _ = tx.send(Some(Err(shared.clone())));
+                Err(CoordError::Replayed(shared.0, shared.1))
             }
         }
     }
@@ -197,49 +217,60 @@ impl ClientKeys {
     }
 
     /// The stored answer for `tag`, if the key was used before.
-    fn recorded_answer(&self, tag: &ClientTag) -> Result<Option<Recorded>, CoordError> {
+    async fn recorded_answer(&self, tag: &ClientTag) -> Result<Option<Recorded>, CoordError> {
         let key = client_key(&tag.id);
-        let Some(bytes) = self.check(self.gc.store().get(&key))? else {
+        let Some(bytes) = self.check(self.gc.get(&key).await)? else {
             return Ok(None);
         };
         let rec: ClientTxnRecord = self.check(record::decode(&key, &bytes).map_err(Into::into))?;
+        self.answer_of(tag, &key, rec).await.map(Some)
+    }
+
+    /// The answer a key record gives `tag`: the one recorded, or a saga's from its log, or for
+    /// an events transfer whose answer was not recorded, its id to ask its source again.
+    pub(crate) async fn answer_of(
+        &self,
+        tag: &ClientTag,
+        key: &[u8],
+        rec: ClientTxnRecord,
+    ) -> Result<Recorded, CoordError> {
         if rec.request_sha256 != tag.request_sha256 {
             return Err(mismatch(tag, &rec.txn_id));
         }
         if let Some(bytes) = rec.response {
             let r = pb::TransactResponse::decode(bytes.as_slice()).map_err(|e| {
                 txn_types::store::StoreError::Corrupt(record::CorruptRecord {
-                    key: String::from_utf8_lossy(&key).into_owned(),
+                    key: String::from_utf8_lossy(key).into_owned(),
                     problem: format!("the recorded answer is undecodable: {e}"),
                 })
             });
-            return Ok(Some(Recorded::Answer(self.check(r)?)));
+            return Ok(Recorded::Answer(self.check(r)?));
         }
         if rec.protocol == pb::Protocol::Events as i32 {
-            return Ok(Some(Recorded::Resume(TxnId::parse("txn_id", &rec.txn_id)?)));
+            return Ok(Recorded::Resume(TxnId::parse("txn_id", &rec.txn_id)?));
         }
         // A saga that was running when the coordinator stopped: answer from its log.
         let saga_id = TxnId::parse("txn_id", &rec.txn_id)?;
-        let Some(saga) = self.saga(&saga_id)? else {
+        let Some(saga) = self.saga(&saga_id).await? else {
             return Err(CoordError::Unavailable(format!(
                 "client_txn_id {}: saga {saga_id} has no log record; retry later",
                 tag.id
             )));
         };
-        Ok(Some(Recorded::Answer(
-            saga_answer(&saga_id, &saga).ok_or_else(|| {
+        Ok(Recorded::Answer(saga_answer(&saga_id, &saga).ok_or_else(
+            || {
                 CoordError::Unavailable(format!(
                     "client_txn_id {}: saga {saga_id} is still running; retry later",
                     tag.id
                 ))
-            })?,
-        )))
+            },
+        )?))
     }
 
     /// Forgets the keys whose record is older than `retention` at `now_unix_ms`, except keys
     /// of requests running now and of sagas not yet ended. The deletions are lazy: one lost in
     /// a crash is made again by the next sweep. Returns how many keys it forgot.
-    pub fn sweep_client_keys(
+    pub async fn sweep_client_keys(
         &self,
         retention: Duration,
         now_unix_ms: u64,
@@ -248,11 +279,11 @@ impl ClientKeys {
         let mut start = CLIENT_PREFIX.to_vec();
         let mut forgotten = 0;
         loop {
-            let page = self.check(self.gc.store().scan_page(
-                CLIENT_PREFIX,
-                &start,
-                CLIENT_KEY_SWEEP_PAGE,
-            ))?;
+            let page = self.check(
+                self.gc
+                    .scan_page(CLIENT_PREFIX, &start, CLIENT_KEY_SWEEP_PAGE)
+                    .await,
+            )?;
             let mut batch = WriteBatch::default();
             for (key, bytes) in &page {
                 let rec: ClientTxnRecord =
@@ -264,17 +295,22 @@ impl ClientKeys {
                 if self.running.lock().expect("client txns").contains_key(&id) {
                     continue;
                 }
-                let ended = rec.response.is_some() || {
-                    // A saga's key written before its end: keep it while the saga runs.
-                    let saga = TxnId::parse("txn_id", &rec.txn_id)?;
-                    match self.saga(&saga)? {
-                        Some(log) => saga_answer(&saga, &log).is_some(),
-                        None => true,
-                    }
-                };
+                let ended = rec.response.is_some()
+                    || match TxnId::parse("txn_id", &rec.txn_id) {
+                        // A saga's key written before its end: keep it while the saga runs.
+                        Ok(saga) => match self.saga(&saga).await? {
+                            Some(log) => saga_answer(&saga, &log).is_some(),
+                            None => true,
+                        },
+                        // A claim whose request never got an answer (a shared log's).
+                        Err(_) => true,
+                    };
                 if ended {
                     batch.delete(key.clone());
                     forgotten += 1;
+                }
+                if batch.ops.len() >= MAX_LOG_BATCH_OPS {
+                    self.check(self.gc.write_lazy(std::mem::take(&mut batch)))?;
                 }
             }
             if !batch.is_empty() {
@@ -293,10 +329,14 @@ impl ClientKeys {
     /// is shorter) until the process stops.
     pub async fn run_client_key_sweeper(self: Arc<Self>, retention: Duration) {
         let every = txn_server::serve::sweep_every(retention, CLIENT_KEY_SWEEP_INTERVAL);
-        txn_server::serve::run_sweeper("sweeping client keys", every, || {
-            self.sweep_client_keys(retention, unix_ms())
-        })
-        .await
+        loop {
+            tokio::time::sleep(every).await;
+            match self.sweep_client_keys(retention, unix_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(records = n, "forgot client keys past their retention"),
+                Err(e) => tracing::warn!(error = %e, "sweeping client keys failed; will retry"),
+            }
+        }
     }
 
     /// Adds the key record for a finished request to a batch.
@@ -315,7 +355,7 @@ impl ClientKeys {
 }
 
 /// The answer of a finished saga from its log record (its reads are not kept there).
-fn saga_answer(id: &TxnId, rec: &SagaRecord) -> Option<pb::TransactResponse> {
+pub(crate) fn saga_answer(id: &TxnId, rec: &SagaRecord) -> Option<pb::TransactResponse> {
     let outcome = match SagaState::try_from(rec.state).ok()? {
         SagaState::Completed => pb::Outcome::Committed,
         SagaState::Compensated | SagaState::Parked => pb::Outcome::Aborted,

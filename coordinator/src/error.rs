@@ -21,6 +21,11 @@ pub enum CoordError {
     AlreadyExists(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Refused before anything ran (the log is unreachable, or the request runs at another
+    /// coordinator): the client may send it again, here or elsewhere. The message starts with
+    /// "not started", so that clients can tell it from a call lost midway.
+    #[error("not started: {0}")]
+    NotStarted(String),
     /// An error passed on as it was (the answer of an earlier attempt).
     #[error("{1}")]
     Replayed(tonic::Code, String),
@@ -34,7 +39,10 @@ impl From<txn_types::record::CorruptRecord> for CoordError {
 
 impl CoordError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CoordError::Overloaded { .. })
+        matches!(
+            self,
+            CoordError::Overloaded { .. } | CoordError::NotStarted(_)
+        )
     }
 }
 
@@ -51,7 +59,7 @@ impl From<CoordError> for tonic::Status {
             CoordError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
             CoordError::Store(_) => Status::unavailable(msg),
             CoordError::AlreadyExists(_) => Status::already_exists(msg),
-            CoordError::Unavailable(_) => Status::unavailable(msg),
+            CoordError::Unavailable(_) | CoordError::NotStarted(_) => Status::unavailable(msg),
             CoordError::Replayed(code, _) => Status::new(code, msg),
         }
     }

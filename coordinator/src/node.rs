@@ -1,5 +1,7 @@
 //! The coordinator driver: runs [`CoordinatorCore`] against the decision log and the
 //! participants. The core's mutex is held only for in-memory steps, never across an await.
+//! Over a shared log (etcd), `ha.rs` adds what several coordinators need: adoption of a gone
+//! instance's records, and Resolve for txns held elsewhere.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,10 +15,7 @@ use tonic::transport::Channel;
 use tracing::{Instrument, info, info_span, warn};
 use txn_proto::convert::{FromWire, ToWire};
 use txn_proto::pb::v1 as pb;
-use txn_storage::GroupCommit;
-use txn_types::rec::{SagaRecord, SagaState};
-use txn_types::record;
-use txn_types::store::{Store, StoreError};
+use txn_types::store::StoreError;
 use txn_types::types::{
     CommitPoint, InvalidInput, KeyValue, ParticipantId, Protocol, Resolution, TxnId, TxnRequest,
     Vote,
@@ -27,6 +26,7 @@ use crate::context::Context;
 use crate::dedup::{Claim, ClientKeys, ClientTag};
 use crate::error::CoordError;
 use crate::events_driver::EventsDriver;
+use crate::log::CoordLog;
 use crate::outcome::TxnOutcome;
 use crate::saga_driver::SagaDriver;
 use futures::future::BoxFuture;
@@ -115,6 +115,8 @@ pub struct CoordStats {
     pub sagas_active: u64,
     pub sagas_completed: u64,
     pub sagas_compensated: u64,
+    /// Decisions and sagas taken over from coordinators whose lease expired (etcd log).
+    pub adopted: u64,
 }
 
 /// The coordinator: the two-phase driver's own state, plus its components. Everything they
@@ -147,25 +149,25 @@ impl std::ops::Deref for Coordinator {
 }
 
 impl Coordinator {
-    /// Opens the decision log, bumps the epoch durably, reloads unfinished commit decisions
-    /// and starts re-sending their Commits.
+    /// Starts the coordinator over `log`, whose epoch `core` has, re-sending the Commits of
+    /// every unfinished decision (`resend`) and resuming unfinished sagas. Over a shared log
+    /// (etcd) a new instance holds nothing yet: it takes over the records of gone instances
+    /// as it finds them ([`Coordinator::run_adoption`]).
     pub async fn open(
-        store: Arc<dyn Store>,
+        log: Arc<dyn CoordLog>,
+        core: CoordinatorCore,
+        resend: Vec<(TxnId, Vec<Effect>)>,
         participants: HashMap<ParticipantId, (String, Channel)>,
         config: CoordConfig,
     ) -> Result<Arc<Self>, CoordError> {
-        let gc = GroupCommit::start(store.clone());
-        let opened = CoordinatorCore::open(store.as_ref())?;
-        // The epoch is durable before any id of it is handed out.
-        gc.write_durable(opened.epoch_write).await?;
-        let (core, resend) = (opened.core, opened.resend);
         info!(
             epoch = core.epoch(),
             unfinished = resend.len(),
+            shared = log.shared().is_some(),
             "coordinator recovered"
         );
         let max_in_flight = config.max_in_flight.clamp(1, MAX_IN_FLIGHT_TXNS);
-        let ctx = Arc::new(Context::new(core, gc, participants, config));
+        let ctx = Arc::new(Context::new(core, log, participants, config));
         let node = Arc::new(Self {
             admission: Arc::new(Semaphore::new(max_in_flight)),
             commit_progress: Mutex::new(HashMap::new()),
@@ -179,7 +181,19 @@ impl Coordinator {
         for (txn, effects) in resend {
             node.run_effects(&txn, effects);
         }
-        node.sagas.resume()?;
+        if let Some(shared) = node.gc.shared() {
+            let mut lost = shared.lost();
+            let n = node.clone();
+            tokio::spawn(async move {
+                if let Ok(why) = lost.wait_for(Option::is_some).await {
+                    let why = why.clone().unwrap_or_default();
+                    n.stop(why);
+                }
+            });
+            tokio::spawn(node.clone().run_adoption());
+        } else {
+            node.sagas.resume().await?;
+        }
         Ok(node)
     }
 
@@ -189,7 +203,10 @@ impl Coordinator {
         req: TxnRequest,
         tag: ClientTag,
     ) -> Result<pb::TransactResponse, CoordError> {
-        let (sender, resume) = match self.keys.claim(&tag)? {
+        if let Some(shared) = self.gc.shared() {
+            shared.admits().map_err(CoordError::NotStarted)?;
+        }
+        let (sender, resume) = match self.keys.claim(&tag).await? {
             Claim::Answered(answer) => return Ok(answer),
             Claim::Run(tx) => (tx, None),
             Claim::Resume(tx, id) => (tx, Some(id)),
@@ -216,6 +233,10 @@ impl Coordinator {
                         Err((status.code(), status.message().to_owned()))
                     }
                 };
+            if shared.is_err() {
+                // No answer was recorded: a claim in a shared log must not hold the key.
+                node.keys.abandon(&tag).await;
+            }
             node.keys.release(&tag);
             let _ = sender.send(Some(shared.clone()));
             shared
@@ -262,6 +283,9 @@ impl Coordinator {
                 format!("{timeout_ms} is above the limit {MAX_PREPARE_TIMEOUT_MS}"),
             )
             .into());
+        }
+        if let Some(shared) = self.gc.shared() {
+            shared.admits().map_err(CoordError::NotStarted)?;
         }
         let permit =
             self.admission
@@ -346,7 +370,7 @@ impl Coordinator {
             .all(|b| b.ops.iter().all(|op| !op.writes()));
         let mut votes = FuturesUnordered::new();
         for (i, b) in req.branches.into_iter().enumerate() {
-            let mut client = self.participants[&b.participant].clone();
+            let queue = self.prepare_queues[&b.participant].clone();
             let msg = pb::PrepareRequest {
                 txn_id: txn.as_str().to_owned(),
                 coordinator_epoch: epoch,
@@ -356,11 +380,7 @@ impl Coordinator {
                 commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
                 writers: writers.clone(),
             };
-            votes.push(async move {
-                let mut request = tonic::Request::new(msg);
-                request.set_timeout(timeout);
-                (i, client.prepare(request).await)
-            });
+            votes.push(async move { (i, queue.prepare(msg, timeout).await) });
         }
         let mut reads: Vec<(ParticipantId, Vec<KeyValue>)> = participants
             .iter()
@@ -388,7 +408,7 @@ impl Coordinator {
             };
             let effects = match next {
                 Ok(Some((i, result))) => {
-                    let vote = match result.map(|r| Vote::from_pb(r.into_inner())) {
+                    let vote = match result.map(Vote::from_pb) {
                         Ok(Ok(Vote::Yes { reads: r })) => {
                             reads[i].1 = r;
                             VoteResult::Yes
@@ -496,14 +516,30 @@ impl Coordinator {
             .unwrap_or(self.config.prepare_timeout)
     }
 
-    /// The answer to an in-doubt participant (see [`CoordinatorCore::resolve`]).
-    pub fn resolve(
+    /// The answer to an in-doubt participant (see [`CoordinatorCore::resolve`]). Over a
+    /// shared log, a txn this instance does not hold is answered from the log, or by its
+    /// owner (see [`Coordinator::resolve_elsewhere`]); `forwarded` says another coordinator
+    /// already sent it here.
+    pub async fn resolve(
         &self,
         txn: &TxnId,
         commit_point: CommitPoint,
+        forwarded: bool,
     ) -> Result<Resolution, CoordError> {
-        let core = self.core();
-        self.check(core.resolve(txn, commit_point, self.gc.store().as_ref()))
+        if self.gc.shared().is_some() {
+            return self.resolve_elsewhere(txn, commit_point, forwarded).await;
+        }
+        let key = txn_coordinator_core::core::decision_key(txn);
+        let logged = self.check(self.gc.get(&key).await)?;
+        if let Some(bytes) = &logged {
+            self.check(
+                txn_types::record::decode::<txn_types::rec::DecisionRecord>(&key, bytes)
+                    .map_err(Into::into),
+            )?;
+        }
+        Ok(self
+            .core()
+            .resolve_logged(txn, logged.is_some(), commit_point))
     }
 
     pub fn stats(&self) -> CoordStats {
@@ -520,29 +556,16 @@ impl Coordinator {
             sagas_active: self.sagas.active() as u64,
             sagas_completed: self.counters.sagas_completed.load(Ordering::Relaxed),
             sagas_compensated: self.counters.sagas_compensated.load(Ordering::Relaxed),
+            adopted: self.counters.adopted.load(Ordering::Relaxed),
         }
     }
 
-    /// Sets the state gauges of the metrics from the txn table and the saga log.
+    /// Sets the state gauges of the metrics from the txn table and the saga driver.
     pub fn refresh_metrics(&self) {
         let m = txn_metrics::metrics();
         m.in_doubt.set(self.core().committing() as i64);
         m.sagas_active.set(self.sagas.active() as i64);
-        match self
-            .gc
-            .store()
-            .scan_prefix(txn_coordinator_core::saga::SAGA_PREFIX)
-        {
-            Ok(sagas) => {
-                let parked = sagas
-                    .iter()
-                    .filter_map(|(k, v)| record::decode::<SagaRecord>(k, v).ok())
-                    .filter(|r| r.state == SagaState::Parked as i32)
-                    .count();
-                m.sagas_parked.set(parked as i64);
-            }
-            Err(e) => warn!(error = %e, "metrics: cannot read the saga log"),
-        }
+        m.sagas_parked.set(self.sagas.parked() as i64);
     }
 
     pub async fn sync(&self) -> Result<(), CoordError> {

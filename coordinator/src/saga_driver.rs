@@ -65,9 +65,11 @@ fn transient(code: tonic::Code) -> bool {
 
 /// The saga component: which sagas a task drives right now, and the driving.
 pub struct SagaDriver {
-    ctx: Arc<Context>,
+    pub(crate) ctx: Arc<Context>,
     /// Sagas a task is driving right now, so a retry never drives one twice.
     active: Mutex<HashSet<TxnId>>,
+    /// Parked sagas this coordinator owns, for the metrics (no scan of the log per scrape).
+    parked: Mutex<HashSet<TxnId>>,
 }
 
 impl std::ops::Deref for SagaDriver {
@@ -83,6 +85,25 @@ impl SagaDriver {
         Self {
             ctx,
             active: Mutex::new(HashSet::new()),
+            parked: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Parked sagas this coordinator drives (all of them, over a log of its own).
+    pub fn parked(&self) -> usize {
+        self.parked.lock().expect("parked sagas").len()
+    }
+
+    /// Keeps the count of parked sagas: `saga` is parked now, or no longer.
+    pub(crate) fn note_parked(&self, saga: &Saga, parked: bool) {
+        let Ok(id) = TxnId::parse("saga_id", saga.id()) else {
+            return;
+        };
+        let mut set = self.parked.lock().expect("parked sagas");
+        if parked {
+            set.insert(id);
+        } else {
+            set.remove(&id);
         }
     }
 
@@ -112,7 +133,10 @@ impl SagaDriver {
             .map(txn_types::rec::Branch::from)
             .collect();
         let now = unix_ms();
-        let saga = Saga::new(&id, branches, now + timeout.as_millis() as u64, now);
+        let mut saga = Saga::new(&id, branches, now + timeout.as_millis() as u64, now);
+        if let Some(tag) = &tag {
+            saga = saga.with_client_key(&tag.id);
+        }
         let size = prost::Message::encoded_len(saga.record());
         if size > txn_types::types::MAX_RECORD_BYTES {
             return Err(txn_types::types::InvalidInput::new(
@@ -140,18 +164,8 @@ impl SagaDriver {
             self.active.lock().expect("active sagas").remove(&id);
             let (saga, reads) = result?;
             let outcome = self.saga_outcome(&id, &saga, reads);
-            if let Some(tag) = &tag {
-                // Lazy: the saga log already holds the outcome; this adds the reads.
-                let mut batch = WriteBatch::default();
-                ClientKeys::put_record(
-                    &mut batch,
-                    tag,
-                    &id,
-                    pb::Protocol::Saga,
-                    Some(outcome.to_pb()),
-                );
-                self.check(self.gc.write_lazy(batch))?;
-            }
+            self.finish(&saga, tag.as_ref().map(|t| (t, outcome.to_pb())))
+                .await?;
             Ok(outcome)
         }
         .instrument(span)
@@ -190,7 +204,7 @@ impl SagaDriver {
         }
     }
 
-    async fn persist_saga(&self, saga: &Saga, durable: bool) -> Result<(), CoordError> {
+    pub(crate) async fn persist_saga(&self, saga: &Saga, durable: bool) -> Result<(), CoordError> {
         let id = TxnId::parse("saga_id", saga.id())?;
         let mut batch = WriteBatch::default();
         batch.put(saga_key(&id), record::encode(saga.record()));
@@ -272,7 +286,10 @@ impl SagaDriver {
                     debug!(reason = %saga.record().reason, "saga compensated");
                     return Ok((saga, reads));
                 }
-                Next::Parked => return Ok((saga, reads)),
+                Next::Parked => {
+                    self.note_parked(&saga, true);
+                    return Ok((saga, reads));
+                }
             }
         }
     }
@@ -367,14 +384,18 @@ impl SagaDriver {
     }
 
     /// Resumes every saga that was running or compensating when the coordinator stopped.
-    pub(crate) fn resume(self: &Arc<Self>) -> Result<(), CoordError> {
+    pub(crate) async fn resume(self: &Arc<Self>) -> Result<(), CoordError> {
         let mut resumed = 0;
-        for (key, bytes) in self.check(self.gc.store().scan_prefix(SAGA_PREFIX))? {
+        for (key, bytes) in self.check(self.gc.scan_prefix(SAGA_PREFIX).await)? {
             let rec: SagaRecord = self.check(record::decode(&key, &bytes).map_err(Into::into))?;
             let saga = self.check(Saga::from_record(&key, rec).map_err(Into::into))?;
-            if matches!(saga.state(), SagaState::Running | SagaState::Compensating) {
-                resumed += 1;
-                self.spawn_saga(saga)?;
+            match saga.state() {
+                SagaState::Running | SagaState::Compensating => {
+                    resumed += 1;
+                    self.spawn_saga(saga)?;
+                }
+                SagaState::Parked => self.note_parked(&saga, true),
+                _ => {}
             }
         }
         if resumed > 0 {
@@ -383,7 +404,7 @@ impl SagaDriver {
         Ok(())
     }
 
-    fn spawn_saga(self: &Arc<Self>, saga: Saga) -> Result<(), CoordError> {
+    pub(crate) fn spawn_saga(self: &Arc<Self>, saga: Saga) -> Result<(), CoordError> {
         let id = TxnId::parse("saga_id", saga.id())?;
         if !self.claim_saga(&id) {
             // Resumed at start: nothing else can be driving it yet.
@@ -407,8 +428,13 @@ impl SagaDriver {
         let span = info_span!("saga", saga = %id);
         tokio::spawn(
             async move {
-                if let Err(e) = node.drive_saga(saga).await {
-                    warn!(error = %e, "saga stopped");
+                match node.drive_saga(saga).await {
+                    Ok((saga, _)) => {
+                        if let Err(e) = node.finish(&saga, None).await {
+                            warn!(error = %e, "could not record the saga's end");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "saga stopped"),
                 }
                 node.release_saga(&id);
             }
@@ -419,9 +445,11 @@ impl SagaDriver {
     /// An operator's retry of a parked saga: compensation resumes now with a fresh budget.
     pub async fn retry(self: &Arc<Self>, id: &TxnId) -> Result<(), CoordError> {
         let rec = self
-            .saga(id)?
+            .saga(id)
+            .await?
             .ok_or_else(|| CoordError::NotFound(format!("saga_id {id}: no such saga")))?;
         let mut saga = self.check(Saga::from_record(&saga_key(id), rec).map_err(Into::into))?;
+        self.owned_here(&saga)?;
         // Claim the saga first: its previous driver may still be finishing (it writes the
         // parked state before it lets go), and two drivers must never run one saga.
         if !self.claim_saga(id) {
@@ -440,6 +468,7 @@ impl SagaDriver {
             self.release_saga(id);
             return Err(e);
         }
+        self.note_parked(&saga, false);
         self.drive_claimed(id.clone(), saga);
         Ok(())
     }

@@ -15,10 +15,14 @@ use txn_proto::pb::v1 as pb;
 use txn_server::net::{AdminAuth, BearerToken, ClientTls};
 use txn_server::serve::StatsService;
 use txn_storage::SledStore;
-use txn_types::types::{CommitPoint, MAX_MESSAGE_BYTES, ParticipantId};
+use txn_types::types::{CommitPoint, MAX_MESSAGE_BYTES, ParticipantId, TxnId};
 
+use crate::log::etcd::{EtcdConfig, EtcdLog};
+use crate::log::local::SledLog;
+use crate::log::{CoordLog, SharedLog};
 use crate::node::{CoordConfig, Coordinator, failpoints};
 use crate::service::CoordinatorService;
+use txn_coordinator_core::core::{CoordinatorCore, Effect};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,9 +36,24 @@ pub struct Args {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Directory of the coordinator's database.
+    /// Directory of the coordinator's database (the sled log).
     #[arg(long, default_value = "data/coordinator")]
     pub data_dir: PathBuf,
+    /// Where the coordinator's durable state lives: `sled` (its own database in --data-dir,
+    /// one coordinator) or `etcd://HOST:PORT,HOST:PORT,...` (an etcd cluster shared by every
+    /// coordinator over it: each serves, and takes over the txns of any whose lease expires).
+    #[arg(long, default_value = "sled", value_parser = parse_log)]
+    pub log: LogSpec,
+    /// Prefix of this cluster's keys in etcd (several clusters may share one etcd).
+    #[arg(long, default_value = "txnkit/")]
+    pub etcd_prefix: String,
+    /// TTL of this coordinator's etcd lease: once it stops renewing it (crash, partition,
+    /// pause), other coordinators take its txns over after this long (plus up to a second).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub lease_ttl_secs: u64,
+    /// The URL other coordinators reach this one at (etcd log); default: http(s)://LISTEN.
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
     /// A participant as NAME=URL, e.g. p1=http://127.0.0.1:50061 (repeat for each).
     #[arg(long = "participant", value_name = "NAME=URL", required = true)]
     pub participants: Vec<String>,
@@ -125,8 +144,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let bearer = BearerToken::new(token.as_deref()).map_err(anyhow::Error::msg)?;
     let auth = AdminAuth::new(token);
     let endpoints = parse_participants(&args.participants, &client_tls)?;
-    let store = SledStore::open(&args.data_dir)
-        .with_context(|| format!("opening the database in {}", args.data_dir.display()))?;
+    let listener = txn_server::listen(args.listen)
+        .with_context(|| format!("binding {} (is the port already in use?)", args.listen))?;
+    let local = listener.local_addr()?;
+    let url = args.advertise_url.clone().unwrap_or_else(|| {
+        let scheme = if args.tls.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{local}")
+    });
+    let (log, core, resend) = open_log(&args, url).await?;
     let config = CoordConfig {
         prepare_timeout: Duration::from_millis(args.prepare_timeout_ms),
         rpc_timeout: Duration::from_millis(args.rpc_timeout_ms),
@@ -146,10 +175,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (id, (url, ep.connect_lazy()))
         })
         .collect();
-    let node = Coordinator::open(Arc::new(store), channels, config)
+    let node = Coordinator::open(log, core, resend, channels, config)
         .await
         .context("recovering the decision log")?;
     node.set_admin_token(bearer);
+    node.set_client_tls(client_tls.clone());
     if args.client_key_retention_secs > 0 {
         tokio::spawn(
             node.keys
@@ -163,9 +193,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     health
         .set_serving::<pb::coordinator_server::CoordinatorServer<CoordinatorService>>()
         .await;
-    let listener = txn_server::listen(args.listen)
-        .with_context(|| format!("binding {} (is the port already in use?)", args.listen))?;
-    let local = listener.local_addr()?;
     info!(addr = %local, epoch = node.stats().epoch, "coordinator listening");
     println!("coordinator listening on {local}");
 
@@ -194,9 +221,73 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         crate::admin::AdminService::new(node.clone()),
         auth,
     ));
-    txn_server::serve::serve(router, listener, node.fatal()).await?;
-    node.sync().await.context("final sync")?;
+    let served = txn_server::serve::serve(router, listener, node.fatal()).await;
+    if served.is_ok() {
+        node.sync().await.context("final sync")?;
+    }
+    if let Some(shared) = node.gc.shared() {
+        // Leaving at once lets the others take over now instead of after the lease's TTL.
+        if let Err(e) = shared.leave().await {
+            tracing::warn!(error = %e, "could not end the etcd lease; it expires by itself");
+        }
+    }
+    served?;
     Ok(())
+}
+
+/// Where the coordinator's durable state lives (`--log`).
+#[derive(Debug, Clone)]
+pub enum LogSpec {
+    Sled,
+    Etcd(Vec<String>),
+}
+
+fn parse_log(s: &str) -> Result<LogSpec, String> {
+    if s == "sled" {
+        return Ok(LogSpec::Sled);
+    }
+    if s.starts_with("etcd://") {
+        return txn_etcd::parse_endpoints(s)
+            .map(LogSpec::Etcd)
+            .map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "{s:?}: expected sled or etcd://HOST:PORT,HOST:PORT,..."
+    ))
+}
+
+/// Opens the log `args` name: the coordinator's core at its new epoch, and the Commits to
+/// send again.
+async fn open_log(
+    args: &Args,
+    url: String,
+) -> anyhow::Result<(
+    Arc<dyn CoordLog>,
+    CoordinatorCore,
+    Vec<(TxnId, Vec<Effect>)>,
+)> {
+    match &args.log {
+        LogSpec::Sled => {
+            let store = SledStore::open(&args.data_dir)
+                .with_context(|| format!("opening the database in {}", args.data_dir.display()))?;
+            let (log, opened) = SledLog::open(Arc::new(store))
+                .await
+                .context("recovering the decision log")?;
+            Ok((log, opened.core, opened.resend))
+        }
+        LogSpec::Etcd(endpoints) => {
+            let log = EtcdLog::open(EtcdConfig {
+                endpoints: endpoints.clone(),
+                prefix: args.etcd_prefix.clone(),
+                lease_ttl: Duration::from_secs(args.lease_ttl_secs),
+                url,
+            })
+            .await
+            .with_context(|| format!("joining the etcd log at {}", endpoints.join(",")))?;
+            let core = CoordinatorCore::new(log.epoch());
+            Ok((log, core, Vec::new()))
+        }
+    }
 }
 
 fn parse_commit_point(s: &str) -> Result<CommitPoint, String> {

@@ -54,7 +54,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let commit_point = txn_proto::convert::commit_point_from_pb(request.commit_point)
             .or_invalid()?
             .unwrap_or_default();
-        let resolution = self.node.resolve(&txn, commit_point)?;
+        let resolution = self
+            .node
+            .resolve(&txn, commit_point, request.from_coordinator)
+            .await?;
         Ok(Response::new(pb::ResolveResponse {
             decision: resolution.to_pb() as i32,
         }))
@@ -73,6 +76,8 @@ pub fn stats_to_pb(s: &CoordStats) -> pb::StatsResponse {
         sagas_active: s.sagas_active,
         sagas_completed: s.sagas_completed,
         sagas_compensated: s.sagas_compensated,
+        in_flight: s.in_flight,
+        adopted: s.adopted,
         ..Default::default()
     }
 }

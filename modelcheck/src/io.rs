@@ -6,13 +6,14 @@
 //! everything applied so far is durable, which is what the services' flusher gives, minus the
 //! batching (which cannot change what is durable when an answer goes out).
 
-use txn_participant_core::step::{Durability, Step};
+use txn_participant_core::step::Step;
 use txn_types::store::{MemStore, Store};
 
 /// Applies the step's write and, for a forced step, makes everything durable before the
 /// answer is returned.
 pub fn carry_out<A>(store: &MemStore, step: Step<A>) -> A {
-    let forced = step.durability == Durability::Forced;
+    // A patient step promises the same as a forced one; only the driver's timing differs.
+    let forced = step.durability.waits();
     let answer = carry_out_unsynced(store, step);
     if forced {
         store.sync().expect("mem store");

@@ -19,6 +19,8 @@
 //! - [`onephase`]: the one-phase model, with submodules of the same names and roles.
 //! - [`saga`]: the saga model (orchestrator and participants in one file).
 //! - [`locks`]: the lock queue model (one participant's lock table and its waiters).
+//! - [`adoption`]: several coordinators over a shared log: fencing, takeover of a gone
+//!   owner's decision, Resolve about a txn held elsewhere.
 //! - [`events`]: the events protocol and the outbox/inbox rules (exactly-once effects under
 //!   at-least-once delivery and crashes; a change and its event durable together).
 //! - [`golden`]: the runner of golden scripts over the 2PC and saga actors.
@@ -26,6 +28,7 @@
 //!   judged.
 //! - [`io`]: what the drivers do with a core's step over the in-memory store.
 
+pub mod adoption;
 pub mod checked;
 pub mod events;
 pub mod golden;

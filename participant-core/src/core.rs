@@ -415,12 +415,12 @@ impl ParticipantCore {
                 false,
                 facts,
             );
-            return Ok(Step::forced(batch, CommitAnswer::Committed).releasing());
+            return Ok(Step::patient(batch, CommitAnswer::Committed).releasing());
         }
         Ok(match read_outcome(store, txn)? {
             // The first commit may still be on its way to the disk.
             Some(OutcomeKind::Committed) => {
-                Step::forced(WriteBatch::default(), CommitAnswer::AlreadyCommitted)
+                Step::patient(WriteBatch::default(), CommitAnswer::AlreadyCommitted)
             }
             Some(OutcomeKind::Aborted) => Step::reply(CommitAnswer::Refused(Refusal::Conflict(
                 format!("txn {txn} was aborted here and cannot commit"),
@@ -468,7 +468,7 @@ impl ParticipantCore {
             }
         }
         let released = !answer.committed.is_empty();
-        let step = Step::forced(merged, answer);
+        let step = Step::patient(merged, answer);
         Ok(if released { step.releasing() } else { step })
     }
 

@@ -18,8 +18,22 @@ pub enum Durability {
     /// abort: an abort record, a NO vote's tombstone).
     Lazy,
     /// Only once this step's write, and every write applied before it, is durable: the answer
-    /// promises something a crash must not undo (a YES vote, a commit, "never prepared here").
+    /// promises something a crash must not undo (a YES vote, "never prepared here").
     Forced,
+    /// Exactly as [`Durability::Forced`] for what the answer promises, but nobody is waiting
+    /// on it urgently: the driver lets other writers' syncs cover the write and asks for one
+    /// of its own only after a short patience. A commit's ack is such an answer: the client
+    /// was told COMMITTED before the Commit was sent, and only the coordinator's bookkeeping
+    /// (ending the decision, forgetting the txn) waits for the ack. Under light load this
+    /// spares a sync per commit that would otherwise delay the next txn's YES vote.
+    Patient,
+}
+
+impl Durability {
+    /// Whether the answer waits until the write is durable (forced or patient).
+    pub fn waits(self) -> bool {
+        !matches!(self, Durability::Lazy)
+    }
 }
 
 /// One step of a participant's protocol.
@@ -49,6 +63,17 @@ impl<A> Step<A> {
         Self {
             write,
             durability: Durability::Forced,
+            released: false,
+            answer,
+        }
+    }
+
+    /// An answer sent once `write` and everything before it is durable, by a sync that need
+    /// not be its own (see [`Durability::Patient`]).
+    pub fn patient(write: WriteBatch, answer: A) -> Self {
+        Self {
+            write,
+            durability: Durability::Patient,
             released: false,
             answer,
         }

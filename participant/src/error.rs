@@ -22,6 +22,8 @@ pub enum ParticipantError {
     Store(#[from] StoreError),
     #[error("{}", .0.message)]
     Disk(crate::disk::DiskRefusal),
+    #[error("no vote within the Prepare's timeout (waited {waited_ms} ms for locks)")]
+    DeadlineExceeded { waited_ms: u64 },
     #[error("{0}")]
     Feed(txn_participant_core::outbox::FeedRefusal),
     #[error("transfer_id {0}: no record of this transfer here")]
@@ -47,6 +49,7 @@ impl From<ParticipantError> for tonic::Status {
             ParticipantError::UnknownTxn(_) => Status::not_found(msg),
             ParticipantError::OutcomeConflict(_) => Status::failed_precondition(msg),
             ParticipantError::Locked { .. } | ParticipantError::Busy { .. } => Status::aborted(msg),
+            ParticipantError::DeadlineExceeded { .. } => Status::deadline_exceeded(msg),
             ParticipantError::Store(StoreError::Corrupt(_)) => Status::data_loss(msg),
             ParticipantError::Store(_) => Status::unavailable(msg),
             ParticipantError::Disk(r) => match r.reason {

@@ -29,6 +29,7 @@ pub mod feed;
 pub mod feed_service;
 pub mod housekeeping;
 pub mod node;
+pub mod prepare;
 pub mod resolver;
 pub mod server;
 pub mod service;

@@ -12,15 +12,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use txn_participant_core::core::{
-    AbortAnswer, AbortSource, CommitAnswer, ParticipantCore, PrepareAnswer, PrepareRequest,
-    Refusal, TxnStatus,
+    AbortAnswer, AbortSource, CommitAnswer, ParticipantCore, Refusal, TxnStatus,
 };
 use txn_participant_core::one_phase::OnePhaseAnswer;
 use txn_participant_core::resolve::Resolved;
 use txn_participant_core::saga::{self, Compensation, StepResult};
 use txn_storage::{FailStop, GroupCommit};
 use txn_types::store::{Store, StoreError};
-use txn_types::types::{KeyValue, Op, TxnId, Vote};
+use txn_types::types::{KeyValue, Op, TxnId};
 use txn_types::unix_ms;
 
 use crate::disk::DiskRefusal;
@@ -198,49 +197,6 @@ impl Participant {
     /// Passes a storage result through the fail-stop policy.
     pub(crate) fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, ParticipantError> {
         Ok(self.fail_stop.check(r)?)
-    }
-
-    pub async fn prepare(&self, req: PrepareRequest) -> Result<Vote, ParticipantError> {
-        let span = info_span!("prepare", txn = %req.txn);
-        self.refuse_if_disk_degraded()?;
-        let started = Instant::now();
-        let crash = CrashPoints {
-            before_durable: Some(failpoints::BEFORE_PREPARE_DURABLE),
-            after_durable: Some(failpoints::AFTER_PREPARE_DURABLE),
-            on: |a| matches!(a, PrepareAnswer::Yes { .. }),
-        };
-        let answer = self
-            .run_unblocked(
-                &req.txn,
-                crash,
-                |core, store| core.prepare(&req, store, unix_ms()),
-                |core, _, holder, waited_ms| {
-                    Ok(Some(core.prepare_lock_wait_over(
-                        &req,
-                        holder,
-                        waited_ms,
-                        unix_ms(),
-                    )))
-                },
-            )
-            .instrument(span.clone())
-            .await;
-        txn_metrics::metrics()
-            .prepare_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let answer = answer?;
-        // A NO of its own counts as an abort here; a YES withdrawn because the txn was aborted
-        // meanwhile was counted by that abort.
-        if matches!(answer, PrepareAnswer::No { .. }) {
-            self.counters.aborted.fetch_add(1, Ordering::Relaxed);
-        }
-        let vote = self.core().confirm_vote(&req.txn, answer);
-        let _entered = span.enter();
-        match &vote {
-            Vote::Yes { .. } => debug!("voted YES"),
-            Vote::No { reason } => debug!(%reason, "voted NO"),
-        }
-        Ok(vote)
     }
 
     /// Commits a single-branch txn in one phase. `Ok(Err(reason))` means it did not commit

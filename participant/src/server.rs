@@ -42,7 +42,9 @@ pub struct Args {
     /// Directory of this participant's database (default: ./data/NAME).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// The coordinator, asked about txns whose decision is late.
+    /// The coordinator, asked about txns whose decision is late; several coordinators over
+    /// one etcd log as a comma-separated list (URL,URL,...): one that does not answer is
+    /// passed over for the next.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
     /// How long a Prepare waits for a conflicting lock before voting NO.
@@ -197,11 +199,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(node.clone().run_outcome_sweeper());
     tokio::spawn(node.clone().run_event_pruner());
     let followers = node.follow_peers(feeds);
-    let coordinator = client_tls
-        .endpoint("--coordinator", &args.coordinator, RESOLVE_RPC_TIMEOUT)?
-        .timeout(RESOLVE_RPC_TIMEOUT)
-        .connect_lazy();
-    let transport = Arc::new(GrpcTransport { coordinator, peers });
+    let mut coordinators = Vec::new();
+    for url in args
+        .coordinator
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        coordinators.push(
+            client_tls
+                .endpoint("--coordinator", url, RESOLVE_RPC_TIMEOUT)?
+                .timeout(RESOLVE_RPC_TIMEOUT)
+                .connect_lazy(),
+        );
+    }
+    anyhow::ensure!(!coordinators.is_empty(), "--coordinator: no URL given");
+    let transport = Arc::new(GrpcTransport {
+        coordinators,
+        current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        peers,
+    });
     let resolver = tokio::spawn(node.clone().run_resolver(transport));
 
     let svc = ParticipantService::new(node.clone());
@@ -254,37 +271,68 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reaches the coordinator and the peers over gRPC.
+/// Reaches the coordinators and the peers over gRPC.
 struct GrpcTransport {
-    coordinator: Channel,
+    /// Every coordinator (several over one etcd log); Resolve goes to `current` and moves on
+    /// to the next while one does not answer.
+    coordinators: Vec<Channel>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     peers: HashMap<String, Channel>,
 }
 
+/// One Resolve at one coordinator.
+async fn resolve_at(
+    channel: Channel,
+    txn: &TxnId,
+    commit_point: CommitPoint,
+) -> Result<Resolution, TransportError> {
+    let resp = pb::coordinator_client::CoordinatorClient::new(channel)
+        .resolve(pb::ResolveRequest {
+            txn_id: txn.as_str().to_owned(),
+            commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
+            from_coordinator: false,
+        })
+        .await
+        .map_err(|s| {
+            let msg = format!("{:?}: {}", s.code(), s.message());
+            match s.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                    TransportError::Unreachable(msg)
+                }
+                _ => TransportError::Other(msg),
+            }
+        })?;
+    Resolution::from_pb(resp.into_inner().decision)
+        .map_err(|e| TransportError::Other(e.to_string()))
+}
+
 impl ResolveTransport for GrpcTransport {
+    /// Asks the current coordinator, then each other one in turn while they are unreachable;
+    /// unreachable only if none answers (then the resolver asks the txn's peers).
     fn resolve(
         &self,
         txn: TxnId,
         commit_point: CommitPoint,
     ) -> BoxFuture<'static, Result<Resolution, TransportError>> {
-        let mut client = pb::coordinator_client::CoordinatorClient::new(self.coordinator.clone());
+        use std::sync::atomic::Ordering;
+        let n = self.coordinators.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let order: Vec<(usize, Channel)> = (0..n)
+            .map(|k| ((first + k) % n, self.coordinators[(first + k) % n].clone()))
+            .collect();
+        let current = self.current.clone();
         Box::pin(async move {
-            let resp = client
-                .resolve(pb::ResolveRequest {
-                    txn_id: txn.as_str().to_owned(),
-                    commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
-                })
-                .await
-                .map_err(|s| {
-                    let msg = format!("{:?}: {}", s.code(), s.message());
-                    match s.code() {
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-                            TransportError::Unreachable(msg)
-                        }
-                        _ => TransportError::Other(msg),
+            let mut last = None;
+            for (i, channel) in order {
+                match resolve_at(channel, &txn, commit_point).await {
+                    Err(TransportError::Unreachable(e)) => last = Some(e),
+                    answer => {
+                        current.store(i, Ordering::Relaxed);
+                        return answer;
                     }
-                })?;
-            Resolution::from_pb(resp.into_inner().decision)
-                .map_err(|e| TransportError::Other(e.to_string()))
+                }
+            }
+            Err(TransportError::Unreachable(last.unwrap_or_default()))
         })
     }
 

@@ -9,9 +9,11 @@ use txn_types::types::{InvalidInput, TxnId};
 
 use crate::housekeeping::NodeStats;
 use crate::node::{MAX_OUTCOMES_PAGE, MAX_READ_KEYS, Participant};
+use crate::prepare::BatchedPrepare;
 use txn_participant_core::core::{PrepareRequest, TxnStatus};
 use txn_participant_core::saga::{Compensation, StepResult};
 use txn_participant_core::transfer::StartAnswer;
+use txn_types::types::{MAX_PREPARE_BATCH, Vote};
 
 #[derive(Clone)]
 pub struct ParticipantService {
@@ -33,6 +35,36 @@ impl pb::participant_server::Participant for ParticipantService {
         let req = prepare_from_pb(request.into_inner()).or_invalid()?;
         let vote = self.node.prepare(req).await?;
         Ok(Response::new(vote.to_pb()))
+    }
+
+    type PrepareBatchStream = futures::stream::BoxStream<'static, Result<pb::BatchedVote, Status>>;
+
+    async fn prepare_batch(
+        &self,
+        request: Request<pb::PrepareBatchRequest>,
+    ) -> Result<Response<Self::PrepareBatchStream>, Status> {
+        let batch = prepare_batch_from_pb(request.into_inner()).or_invalid()?;
+        let n = batch.len();
+        // Room for every vote: the producers never wait for a slow reader.
+        let (tx, rx) = tokio::sync::mpsc::channel(n.max(1));
+        let node = self.node.clone();
+        // In its own task, as a unary Prepare is: the batch's records and votes do not depend
+        // on the caller staying. A failure of the whole batch ends the stream with its status.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = done_tx.send(node.prepare_batch(batch, tx).await);
+        });
+        let votes = futures::stream::unfold((rx, Some(done_rx)), |(mut rx, done)| async move {
+            if let Some((txn, vote)) = rx.recv().await {
+                return Some((Ok(batched_vote(txn, vote)), (rx, done)));
+            }
+            // Every sender is gone: the batch is over, or failed before every vote.
+            match done?.await {
+                Ok(Err(e)) => Some((Err(Status::from(e)), (rx, None))),
+                _ => None,
+            }
+        });
+        Ok(Response::new(Box::pin(votes)))
     }
 
     async fn commit_one_phase(
@@ -495,6 +527,68 @@ pub fn participant_names(field: &str, names: &[String]) -> Result<Vec<String>, I
 }
 
 /// Converts a wire Prepare; errors name the field.
+/// The wire answer to one Prepare of a batch.
+fn batched_vote(txn: TxnId, vote: Result<Vote, crate::error::ParticipantError>) -> pb::BatchedVote {
+    match vote {
+        Ok(v) => pb::BatchedVote {
+            txn_id: txn.to_string(),
+            vote: Some(v.to_pb()),
+            code: 0,
+            message: String::new(),
+        },
+        Err(e) => {
+            let status = Status::from(e);
+            pb::BatchedVote {
+                txn_id: txn.to_string(),
+                vote: None,
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            }
+        }
+    }
+}
+
+/// Checks a PrepareBatch: within [`MAX_PREPARE_BATCH`], every Prepare well-formed (its field
+/// named with its place in the batch), no txn twice.
+pub fn prepare_batch_from_pb(
+    req: pb::PrepareBatchRequest,
+) -> Result<Vec<BatchedPrepare>, InvalidInput> {
+    if req.prepares.len() > MAX_PREPARE_BATCH {
+        return Err(InvalidInput::new(
+            "prepares",
+            format!(
+                "has {} entries, the limit is {MAX_PREPARE_BATCH}",
+                req.prepares.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    req.prepares
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let at = |e: InvalidInput| {
+                InvalidInput::new(format!("prepares[{i}].prepare.{}", e.field), e.problem)
+            };
+            let prepare = p
+                .prepare
+                .ok_or_else(|| InvalidInput::new(format!("prepares[{i}].prepare"), "is missing"))?;
+            let req = prepare_from_pb(prepare).map_err(at)?;
+            if !seen.insert(req.txn.clone()) {
+                return Err(InvalidInput::new(
+                    format!("prepares[{i}].prepare.txn_id"),
+                    format!("txn {} appears twice in the batch", req.txn),
+                ));
+            }
+            Ok(BatchedPrepare {
+                req,
+                timeout: (p.timeout_ms > 0)
+                    .then(|| std::time::Duration::from_millis(p.timeout_ms.into())),
+            })
+        })
+        .collect()
+}
+
 pub fn prepare_from_pb(
     req: pb::PrepareRequest,
 ) -> Result<PrepareRequest, txn_types::types::InvalidInput> {
@@ -531,4 +625,65 @@ pub fn prepare_from_pb(
         commit_point: txn_proto::convert::commit_point_from_pb(req.commit_point)?
             .unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn prepare(txn: &str) -> pb::BatchedPrepare {
+        pb::BatchedPrepare {
+            prepare: Some(pb::PrepareRequest {
+                txn_id: txn.into(),
+                coordinator_epoch: 1,
+                participants: vec!["p1".into()],
+                ops: vec![pb::Op {
+                    kind: Some(pb::op::Kind::Read(pb::ReadOp { key: b"k".to_vec() })),
+                }],
+                writers: Vec::new(),
+                read_only: true,
+                commit_point: 0,
+            }),
+            timeout_ms: 100,
+        }
+    }
+
+    #[test]
+    fn a_batch_names_the_bad_field_with_its_place() {
+        let ok = prepare_batch_from_pb(pb::PrepareBatchRequest {
+            prepares: vec![prepare("1.1"), prepare("1.2")],
+        })
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].timeout, Some(std::time::Duration::from_millis(100)));
+
+        let twice = prepare_batch_from_pb(pb::PrepareBatchRequest {
+            prepares: vec![prepare("1.1"), prepare("1.1")],
+        })
+        .unwrap_err();
+        assert_eq!(twice.field, "prepares[1].prepare.txn_id");
+
+        let bad = prepare_batch_from_pb(pb::PrepareBatchRequest {
+            prepares: vec![prepare("1.1"), prepare("")],
+        })
+        .unwrap_err();
+        assert_eq!(bad.field, "prepares[1].prepare.txn_id");
+
+        let missing = prepare_batch_from_pb(pb::PrepareBatchRequest {
+            prepares: vec![pb::BatchedPrepare {
+                prepare: None,
+                timeout_ms: 0,
+            }],
+        })
+        .unwrap_err();
+        assert_eq!(missing.field, "prepares[0].prepare");
+
+        let too_many = prepare_batch_from_pb(pb::PrepareBatchRequest {
+            prepares: (0..=MAX_PREPARE_BATCH)
+                .map(|i| prepare(&format!("1.{i}")))
+                .collect(),
+        })
+        .unwrap_err();
+        assert_eq!(too_many.field, "prepares");
+    }
 }

@@ -26,6 +26,18 @@ use txn_types::store::{Store, StoreError, WriteBatch};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(u64);
 
+impl Ticket {
+    /// The batch's sequence number, for a caller that keeps tickets as plain numbers.
+    pub fn seq(self) -> u64 {
+        self.0
+    }
+
+    /// The ticket of sequence number `seq`, as [`Ticket::seq`] gave it.
+    pub fn from_seq(seq: u64) -> Self {
+        Self(seq)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Published {
     durable: u64,

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::Channel;
 use txn_proto::pb::v1 as pb;
-use txn_proto::pb::v1::coordinator_client::CoordinatorClient;
 use txn_types::types::encode_counter;
+
+pub use crate::coordinators::Transactor;
 
 pub use check::{
     UnknownResolved, check, check_outcomes, check_sagas, lost_updates, resolve_unknown,
@@ -86,8 +86,8 @@ fn by_participant(accounts: &[Account], op: impl Fn(&Account) -> pb::Op) -> Vec<
 /// Gives every account `balance`: in one txn per [`MAX_ACCOUNTS_PER_PARTICIPANT`] accounts
 /// (accounts are dealt round-robin, so no branch gets more ops than a branch may hold).
 /// Returns the seeding txns' ids: they are in no client's history.
-pub async fn seed(
-    client: &mut CoordinatorClient<Channel>,
+pub async fn seed<C: Transactor>(
+    client: &mut C,
     accounts: &[Account],
     balance: i64,
 ) -> anyhow::Result<Vec<String>> {
@@ -98,8 +98,8 @@ pub async fn seed(
     Ok(txns)
 }
 
-async fn seed_chunk(
-    client: &mut CoordinatorClient<Channel>,
+async fn seed_chunk<C: Transactor>(
+    client: &mut C,
     accounts: &[Account],
     balance: i64,
 ) -> anyhow::Result<String> {
@@ -110,16 +110,18 @@ async fn seed_chunk(
         })),
     });
     let resp = client
-        .transact(pb::TransactRequest {
-            protocol: pb::Protocol::TwoPhase as i32,
-            branches,
-            prepare_timeout_ms: 10_000,
-            client_txn_id: String::new(),
-            commit_point: 0,
-        })
+        .transact_for(
+            0,
+            pb::TransactRequest {
+                protocol: pb::Protocol::TwoPhase as i32,
+                branches,
+                prepare_timeout_ms: 10_000,
+                client_txn_id: String::new(),
+                commit_point: 0,
+            },
+        )
         .await
-        .context("seeding the bank")?
-        .into_inner();
+        .context("seeding the bank")?;
     if resp.outcome != pb::Outcome::Committed as i32 {
         bail!("seeding the bank aborted: {}", resp.reason);
     }
@@ -163,13 +165,16 @@ pub enum Outcome {
 }
 
 /// Whether a failed call certainly never ran: the connection was refused (the coordinator
-/// was down), or the coordinator refused it at admission. Anything else may have run.
+/// was down), or the coordinator refused it at admission (overloaded, or its log unreachable:
+/// "not started"). Anything else may have run.
 pub fn never_started(s: &tonic::Status) -> bool {
     match s.code() {
         tonic::Code::ResourceExhausted => true,
         tonic::Code::Unavailable => {
             let text = format!("{} {:?}", s.message(), std::error::Error::source(s));
-            text.contains("tcp connect error") || text.contains("Connection refused")
+            s.message().starts_with("not started")
+                || text.contains("tcp connect error")
+                || text.contains("Connection refused")
         }
         _ => false,
     }
@@ -222,11 +227,13 @@ impl Protocol {
 /// Moves `amount` from one account to another; the source may not go below zero. As a saga,
 /// the debit runs first, so an overdraft fails at step 0 and nothing needs undoing; a failure
 /// of the credit would undo the debit.
-pub async fn transfer(
-    client: &mut CoordinatorClient<Channel>,
+pub async fn transfer<C: Transactor>(
+    client: &mut C,
+    id: usize,
     accounts: &[Account],
     t: Transfer,
     protocol: Protocol,
+    commit_point: pb::CommitPoint,
 ) -> Outcome {
     let (from, to) = (&accounts[t.from], &accounts[t.to]);
     let mut credit = add(&to.key, t.amount, None);
@@ -257,11 +264,10 @@ pub async fn transfer(
         branches,
         prepare_timeout_ms: 0,
         client_txn_id: String::new(),
-        commit_point: 0,
+        commit_point: commit_point as i32,
     };
-    match client.transact(req).await {
+    match client.transact_for(id, req).await {
         Ok(r) => {
-            let r = r.into_inner();
             if r.outcome == pb::Outcome::Committed as i32
                 || r.outcome == pb::Outcome::Accepted as i32
             {
@@ -302,11 +308,13 @@ pub struct Workload {
     /// Transfers between two accounts of the same participant (one branch): the local
     /// baseline.
     pub local: bool,
+    /// Where 2PC transfers commit; UNSPECIFIED leaves it to the coordinator's --commit-point.
+    pub commit_point: pb::CommitPoint,
 }
 
 /// Runs closed-loop transfer clients; each picks two accounts on different participants.
-pub async fn run(
-    client: &CoordinatorClient<Channel>,
+pub async fn run<C: Transactor>(
+    client: &C,
     accounts: &[Account],
     balance: i64,
     w: &Workload,
@@ -331,7 +339,8 @@ pub async fn run(
                     t.refused_credit = rng.random_bool(w.refusal_share.clamp(0.0, 1.0));
                 }
                 let t0 = Instant::now();
-                let outcome = transfer(&mut client, &accounts, t, w.protocol).await;
+                let outcome =
+                    transfer(&mut client, c, &accounts, t, w.protocol, w.commit_point).await;
                 if matches!(
                     outcome,
                     Outcome::Unknown { .. } | Outcome::NotStarted { .. }

@@ -1,5 +1,6 @@
-//! A local cluster of real processes: one coordinator and N participants started from the
-//! built binaries, each on its own loopback port with its own data directory and log file.
+//! A local cluster of real processes: one coordinator (or several over a real etcd cluster)
+//! and N participants started from the built binaries, each on its own loopback port with its
+//! own data directory and log file.
 //! Tests and the harness use it to kill, restart and inspect processes the way an operator
 //! would.
 //!
@@ -8,6 +9,7 @@
 //! binaries, and `metrics` reads a node's Prometheus endpoint.
 
 mod binaries;
+pub mod etcd;
 mod metrics;
 mod process;
 
@@ -21,6 +23,7 @@ use txn_proto::pb::v1 as pb;
 use txn_server::net::{BearerToken, ClientTls, TlsArgs};
 
 pub use binaries::{bin_dir, ensure_binaries};
+pub use etcd::EtcdCluster;
 pub use metrics::{metric, scrape_metrics};
 pub use process::{Proc, READY_TIMEOUT};
 
@@ -82,6 +85,12 @@ pub struct ClusterOptions {
     pub outcome_retention_secs: u64,
     /// Start the read model too, following every participant's feed.
     pub readmodel: bool,
+    /// Coordinators to run (more than one needs `etcd`).
+    pub coordinators: usize,
+    /// Start a three-member etcd cluster and keep the coordinators' log there.
+    pub etcd: bool,
+    /// The coordinators' `--lease-ttl-secs` over etcd.
+    pub lease_ttl_secs: u64,
 }
 
 impl Default for ClusterOptions {
@@ -99,12 +108,23 @@ impl Default for ClusterOptions {
             env: Vec::new(),
             outcome_retention_secs: 0,
             readmodel: false,
+            coordinators: 1,
+            etcd: false,
+            lease_ttl_secs: 2,
         }
     }
 }
 
+/// Members of the etcd cluster a cluster with `etcd` starts.
+pub const ETCD_MEMBERS: usize = 3;
+
 pub struct Cluster {
+    /// The first coordinator (`coordinator`, or `c1` of several).
     pub coordinator: Proc,
+    /// The other coordinators (`c2`, `c3`, ...), over the same etcd log.
+    pub more_coordinators: Vec<Proc>,
+    /// The etcd cluster of the coordinators' log, when they keep it there.
+    pub etcd: Option<EtcdCluster>,
     pub participants: Vec<Proc>,
     /// The read model, when the options asked for it.
     pub readmodel: Option<Proc>,
@@ -128,10 +148,32 @@ impl Cluster {
             None => {
                 let t = tempfile::Builder::new().prefix("txn-cluster-").tempdir()?;
                 let d = t.path().to_path_buf();
-                (Some(t), d)
+                // TXN_KEEP_CLUSTER=1 keeps the data and logs of every cluster, for a post-mortem.
+                if std::env::var_os("TXN_KEEP_CLUSTER").is_some() {
+                    eprintln!("keeping the cluster in {}", t.keep().display());
+                    (None, d)
+                } else {
+                    (Some(t), d)
+                }
             }
         };
-        let coord_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        anyhow::ensure!(
+            opts.coordinators >= 1 && (opts.coordinators == 1 || opts.etcd),
+            "several coordinators need a shared log (etcd)"
+        );
+        let etcd = match opts.etcd {
+            true => Some(EtcdCluster::start(&dir, ETCD_MEMBERS).await?),
+            false => None,
+        };
+        let coord_addrs: Vec<SocketAddr> = (0..opts.coordinators)
+            .map(|_| Ok(format!("127.0.0.1:{}", free_port()?).parse()?))
+            .collect::<anyhow::Result<_>>()?;
+        let coord_addr = coord_addrs[0];
+        let all_coordinators = coord_addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let addrs: Vec<SocketAddr> = (0..opts.participants)
             .map(|_| Ok(format!("127.0.0.1:{}", free_port()?).parse()?))
             .collect::<anyhow::Result<_>>()?;
@@ -187,7 +229,7 @@ impl Cluster {
             let addr = addrs[i - 1];
             let coordinator_url = match proxied {
                 Some(j) if j == i => proxies[1].url(),
-                _ => format!("http://{coord_addr}"),
+                _ => all_coordinators.clone(),
             };
             let mut args = vec![
                 "--name".into(),
@@ -232,40 +274,55 @@ impl Cluster {
                 metrics_addr,
             });
         }
-        let mut args = vec![
-            "--listen".into(),
-            coord_addr.to_string(),
-            "--data-dir".into(),
-            dir.join("coordinator").display().to_string(),
-        ];
-        for (i, p) in participants.iter().enumerate() {
-            let url = match proxied {
-                Some(j) if j == i + 1 => proxies[0].url(),
-                _ => p.url(),
+        let mut coordinators = Vec::new();
+        for (k, addr) in coord_addrs.iter().enumerate() {
+            let name = if opts.coordinators == 1 && etcd.is_none() {
+                "coordinator".to_string()
+            } else {
+                format!("c{}", k + 1)
             };
-            args.push("--participant".into());
-            args.push(format!("{}={url}", p.name));
+            let mut args = vec![
+                "--listen".into(),
+                addr.to_string(),
+                "--data-dir".into(),
+                dir.join(&name).display().to_string(),
+            ];
+            for (i, p) in participants.iter().enumerate() {
+                let url = match proxied {
+                    Some(j) if j == i + 1 => proxies[0].url(),
+                    _ => p.url(),
+                };
+                args.push("--participant".into());
+                args.push(format!("{}={url}", p.name));
+            }
+            for (name, url) in &opts.external_participants {
+                args.push("--participant".into());
+                args.push(format!("{name}={url}"));
+            }
+            if let Some(e) = &etcd {
+                args.extend([
+                    "--log".into(),
+                    e.log_spec(),
+                    "--lease-ttl-secs".into(),
+                    opts.lease_ttl_secs.to_string(),
+                ]);
+            }
+            args.extend(tls_flags(if k == 0 { "coordinator" } else { &name }));
+            let (metrics_addr, flags) = metrics_flags()?;
+            args.extend(flags);
+            args.extend(opts.coordinator_args.iter().cloned());
+            coordinators.push(Proc {
+                log: dir.join(format!("{name}.log")),
+                name,
+                addr: *addr,
+                bin: binary("coordinator")?,
+                args,
+                env: env.clone(),
+                child: None,
+                tls: tls.clone(),
+                metrics_addr,
+            });
         }
-        for (name, url) in &opts.external_participants {
-            args.push("--participant".into());
-            args.push(format!("{name}={url}"));
-        }
-        args.extend(tls_flags("coordinator"));
-        let (metrics_addr, flags) = metrics_flags()?;
-        args.extend(flags);
-        args.extend(opts.coordinator_args.iter().cloned());
-        let env_for_readmodel = env.clone();
-        let coordinator = Proc {
-            name: "coordinator".into(),
-            addr: coord_addr,
-            bin: binary("coordinator")?,
-            args,
-            env,
-            log: dir.join("coordinator.log"),
-            child: None,
-            tls: tls.clone(),
-            metrics_addr,
-        };
         let readmodel = if opts.readmodel {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
             let mut args = vec![
@@ -284,7 +341,7 @@ impl Cluster {
                 addr,
                 bin: binary("readmodel")?,
                 args,
-                env: env_for_readmodel,
+                env: env.clone(),
                 log: dir.join("readmodel.log"),
                 child: None,
                 tls: tls.clone(),
@@ -293,9 +350,12 @@ impl Cluster {
         } else {
             None
         };
+        let coordinator = coordinators.remove(0);
         let mut cluster = Self {
             coordinator,
             readmodel,
+            more_coordinators: coordinators,
+            etcd,
             participants,
             proxies,
             tls,
@@ -306,7 +366,9 @@ impl Cluster {
         for p in &mut cluster.participants {
             p.start().await?;
         }
-        cluster.coordinator.start().await?;
+        for c in cluster.coordinators_mut() {
+            c.start().await?;
+        }
         if let Some(rm) = &mut cluster.readmodel {
             rm.start().await?;
         }
@@ -330,6 +392,30 @@ impl Cluster {
             .iter_mut()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no participant {name}"))
+    }
+
+    /// Every coordinator, the first one first.
+    pub fn coordinators_mut(&mut self) -> impl Iterator<Item = &mut Proc> {
+        std::iter::once(&mut self.coordinator).chain(self.more_coordinators.iter_mut())
+    }
+
+    pub fn coordinator_names(&self) -> Vec<String> {
+        std::iter::once(&self.coordinator)
+            .chain(&self.more_coordinators)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Clients of every coordinator, failing over from one to the next (see
+    /// [`crate::coordinators::Coordinators`]).
+    pub fn coordinators(&self) -> anyhow::Result<crate::coordinators::Coordinators> {
+        let mut clients = Vec::new();
+        for c in std::iter::once(&self.coordinator).chain(&self.more_coordinators) {
+            clients.push(pb::coordinator_client::CoordinatorClient::new(
+                self.channel(&c.url())?,
+            ));
+        }
+        Ok(crate::coordinators::Coordinators::new(clients))
     }
 
     pub async fn coordinator_client(
@@ -377,15 +463,7 @@ impl Cluster {
         &self,
         name: &str,
     ) -> anyhow::Result<pb::stats_client::StatsClient<Channel>> {
-        let url = if name == "coordinator" {
-            self.coordinator.url()
-        } else {
-            self.participants
-                .iter()
-                .find(|p| p.name == name)
-                .with_context(|| format!("no participant {name}"))?
-                .url()
-        };
+        let url = self.url_of(name)?;
         Ok(pb::stats_client::StatsClient::new(self.channel(&url)?))
     }
 
@@ -429,24 +507,32 @@ impl Cluster {
                 .context("this cluster has no read model")?
                 .url());
         }
-        Ok(self
-            .participants
-            .iter()
+        Ok(std::iter::once(&self.coordinator)
+            .chain(&self.more_coordinators)
+            .chain(&self.participants)
+            .chain(self.etcd.iter().flat_map(|e| &e.members))
             .find(|p| p.name == node)
             .with_context(|| format!("no node {node}"))?
             .url())
     }
 
+    /// A node by name: `coordinator` (the first), `c1`.., `p1`.., or an etcd member `e1`..
     pub fn node(&mut self, node: &str) -> &mut Proc {
         if node == "coordinator" {
-            &mut self.coordinator
-        } else if node == "readmodel" {
-            self.readmodel
-                .as_mut()
-                .expect("this cluster has no read model")
-        } else {
-            self.participant(node)
+            return &mut self.coordinator;
         }
+        if node == "readmodel" {
+            return self
+                .readmodel
+                .as_mut()
+                .expect("this cluster has no read model");
+        }
+        let found = std::iter::once(&mut self.coordinator)
+            .chain(self.more_coordinators.iter_mut())
+            .chain(self.participants.iter_mut())
+            .chain(self.etcd.iter_mut().flat_map(|e| e.members.iter_mut()))
+            .find(|p| p.name == node);
+        found.unwrap_or_else(|| panic!("no node {node}"))
     }
 
     /// Stops every process with SIGTERM and checks each exited cleanly.
@@ -456,6 +542,7 @@ impl Cluster {
             .readmodel
             .iter_mut()
             .chain(std::iter::once(&mut self.coordinator))
+            .chain(self.more_coordinators.iter_mut())
             .chain(self.participants.iter_mut())
         {
             if p.is_running() {

@@ -1,11 +1,16 @@
 //! `harness compare`: the same bank workload under 2PC, sagas and the events protocol, while
 //! processes crash and links fail, with every guarantee checked from what the participants
-//! recorded, and three ways of reading every balance measured side by side.
+//! recorded, and three ways of reading every balance measured side by side. Each protocol runs
+//! with the coordinator's own sled log, or (`2pc-etcd`, `saga-etcd`, `events-etcd`) with three
+//! coordinators over a three-member etcd cluster.
 //!
-//! Layout: this file runs one scenario under one protocol and reports it; `faults` injects and
-//! heals the scenario's faults.
+//! Layout: this file runs one scenario under one variant and measures it; `inject` holds the
+//! faults of each scenario.
 
-mod faults;
+mod inject;
+mod variant;
+
+pub use variant::{ETCD_COORDINATORS, ETCD_ONLY, SLED_ONLY, Variant, default_variants};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,14 +21,12 @@ use hdrhistogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
-use tonic::transport::Channel;
-use txn_proto::pb::v1::coordinator_client::CoordinatorClient;
 
 use crate::bank::{self, Account, Outcome, Protocol, Violation, Workload};
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::coordinators::Coordinators;
 use crate::plant::Plant;
 use crate::readpaths::{self, Markers, PathStats, ReadPath, ReadPathReport, Reader};
-use faults::{LINK_PARTICIPANT, heal, inject};
 
 /// Every scenario, in report order.
 pub const SCENARIOS: &[&str] = &[
@@ -36,7 +39,12 @@ pub const SCENARIOS: &[&str] = &[
     "pause",
     "message-loss",
     "consumer-crash",
+    "coordinator-failover",
+    "etcd-member-loss",
 ];
+
+/// How long a killed etcd member stays down.
+const ETCD_DOWNTIME: Duration = Duration::from_millis(1000);
 
 /// Balance every account starts with.
 pub const INITIAL_BALANCE: i64 = 1_000;
@@ -44,6 +52,14 @@ pub const INITIAL_BALANCE: i64 = 1_000;
 pub const BUCKET: Duration = Duration::from_millis(250);
 /// How long a run may take to settle after its faults heal.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a crashed process stays down before the harness restarts it.
+const DOWNTIME_MS: std::ops::Range<u64> = 300..800;
+/// Share of connections a lossy link cuts.
+const MESSAGE_LOSS: f64 = 0.2;
+/// Participant whose link to the coordinator is proxied, and the one paused or crashed by
+/// the crash-after-prepare and consumer-crash scenarios.
+const LINK_PARTICIPANT: &str = "p1";
+const VICTIM_PARTICIPANT: &str = "p2";
 
 #[derive(Debug, Clone)]
 pub struct CompareConfig {
@@ -91,7 +107,11 @@ pub struct EventsReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub scenario: String,
+    /// The variant: `2pc`, `saga`, `events`, or one of them with `-etcd`.
     pub protocol: String,
+    /// Where the coordinators kept their log (`sled` or `etcd`), and how many ran.
+    pub log: String,
+    pub coordinators: usize,
     pub seed: u64,
     pub duration_s: f64,
     pub clients: usize,
@@ -179,9 +199,11 @@ impl RunReport {
     }
 }
 
-fn options(scenario: &str, participants: usize) -> ClusterOptions {
+fn options(scenario: &str, participants: usize, variant: Variant) -> ClusterOptions {
     ClusterOptions {
         participants,
+        coordinators: if variant.etcd { ETCD_COORDINATORS } else { 1 },
+        etcd: variant.etcd,
         coordinator_args: vec![
             "--commit-retry-max-ms".into(),
             "200".into(),
@@ -214,7 +236,7 @@ fn options(scenario: &str, participants: usize) -> ClusterOptions {
 /// Starts the readers of every path and the marker writer; returns their tasks and stats.
 async fn start_readers(
     cluster: &Cluster,
-    client: &CoordinatorClient<Channel>,
+    client: &Coordinators,
     accounts: &[Account],
     cfg: &CompareConfig,
     stop: &Arc<AtomicBool>,
@@ -245,7 +267,7 @@ async fn start_readers(
         (
             ReadPath::Atomic,
             cfg.auditors,
-            Reader::Atomic(client.clone()),
+            Reader::Atomic(client.clone(), 0),
         ),
         (
             ReadPath::ReadModel,
@@ -256,9 +278,9 @@ async fn start_readers(
     let mut stats = Vec::new();
     for (path, readers, reader) in paths {
         let s = Arc::new(PathStats::new(path)?);
-        for _ in 0..readers {
+        for i in 0..readers {
             tasks.push(tokio::spawn(readpaths::read_loop(
-                reader.clone(),
+                reader.numbered(i),
                 accounts.to_vec(),
                 total,
                 stop.clone(),
@@ -274,13 +296,14 @@ async fn start_readers(
 /// Runs one scenario under one protocol on a fresh cluster.
 pub async fn run_one(
     scenario: &str,
-    protocol: Protocol,
+    variant: Variant,
     cfg: &CompareConfig,
 ) -> anyhow::Result<RunReport> {
-    let mut cluster = Cluster::start(options(scenario, cfg.participants))
+    let protocol = variant.protocol;
+    let mut cluster = Cluster::start(options(scenario, cfg.participants, variant))
         .await
         .context("starting the cluster")?;
-    let mut client = cluster.coordinator_client().await?;
+    let mut client = cluster.coordinators()?;
     let accounts = bank::accounts(cfg.participants, cfg.accounts);
     let seeding = bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
     let total = INITIAL_BALANCE * accounts.len() as i64;
@@ -298,6 +321,7 @@ pub async fn run_one(
         seed: cfg.seed,
         protocol,
         local: false,
+        commit_point: Default::default(),
     };
     let started = Instant::now();
     let started_unix_ms = txn_types::unix_ms();
@@ -307,9 +331,9 @@ pub async fn run_one(
         tokio::spawn(async move { bank::run(&client, &accounts, INITIAL_BALANCE, &workload).await })
     };
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ scenario_salt(scenario));
-    let faults = inject(
+    let faults = inject::inject(
         scenario,
-        protocol,
+        variant,
         &mut cluster,
         cfg.duration,
         started,
@@ -317,7 +341,7 @@ pub async fn run_one(
     )
     .await?;
     let history = runner.await.context("workload task")?;
-    heal(&mut cluster).await?;
+    inject::heal(&mut cluster).await?;
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         let _ = r.await;
@@ -392,7 +416,9 @@ pub async fn run_one(
         .sum();
     Ok(RunReport {
         scenario: scenario.to_string(),
-        protocol: protocol.name().to_string(),
+        protocol: variant.name(),
+        log: if variant.etcd { "etcd" } else { "sled" }.into(),
+        coordinators: if variant.etcd { ETCD_COORDINATORS } else { 1 },
         seed: cfg.seed,
         duration_s: cfg.duration.as_secs_f64(),
         clients: cfg.clients,

@@ -22,6 +22,7 @@
 pub mod bank;
 pub mod cluster;
 pub mod compare;
+pub mod coordinators;
 pub mod plant;
 pub mod proxy;
 pub mod readpaths;

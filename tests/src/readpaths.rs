@@ -22,6 +22,7 @@ use txn_proto::pb::v1 as pb;
 use txn_types::types::decode_counter;
 
 use crate::bank::Account;
+use crate::coordinators::{Coordinators, Transactor};
 
 /// The key of a participant's staleness marker (no account is named so).
 pub const MARKER_KEY: &str = "marker";
@@ -148,7 +149,7 @@ impl PathStats {
 
 /// Commits a marker at each participant in turn until `stop`.
 pub async fn marker_loop(
-    mut client: pb::coordinator_client::CoordinatorClient<Channel>,
+    client: Coordinators,
     participants: Vec<String>,
     stop: Arc<AtomicBool>,
     markers: Arc<Markers>,
@@ -176,8 +177,8 @@ pub async fn marker_loop(
             client_txn_id: String::new(),
             commit_point: 0,
         };
-        if let Ok(r) = client.transact(req).await
-            && r.get_ref().outcome == pb::Outcome::Committed as i32
+        if let Ok(r) = client.transact_for(0, req).await
+            && r.outcome == pb::Outcome::Committed as i32
         {
             let now = Instant::now();
             markers
@@ -196,7 +197,8 @@ pub async fn marker_loop(
 #[derive(Clone)]
 pub enum Reader {
     Composed(Vec<(String, pb::participant_client::ParticipantClient<Channel>)>),
-    Atomic(pb::coordinator_client::CoordinatorClient<Channel>),
+    /// The coordinators, and the reader's number (which picks the one it prefers).
+    Atomic(Coordinators, usize),
     ReadModel(pb::read_model_client::ReadModelClient<Channel>),
 }
 
@@ -208,6 +210,14 @@ fn value_of(v: Option<&[u8]>) -> i64 {
 }
 
 impl Reader {
+    /// This reader for the reader numbered `i` of its path.
+    pub fn numbered(&self, i: usize) -> Self {
+        match self {
+            Reader::Atomic(c, _) => Reader::Atomic(c.clone(), i),
+            other => other.clone(),
+        }
+    }
+
     async fn read(&mut self, accounts: &[Account]) -> Read {
         let mut wanted: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         for a in accounts {
@@ -256,7 +266,7 @@ impl Reader {
                     }
                 }
             }
-            Reader::Atomic(client) => {
+            Reader::Atomic(client, i) => {
                 let branches = wanted
                     .iter()
                     .map(|(p, keys)| pb::Branch {
@@ -276,7 +286,7 @@ impl Reader {
                     client_txn_id: String::new(),
                     commit_point: 0,
                 };
-                let r = client.transact(req).await.ok()?.into_inner();
+                let r = client.transact_for(*i, req).await.ok()?;
                 if r.outcome != pb::Outcome::Committed as i32 {
                     return None;
                 }

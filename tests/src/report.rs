@@ -336,11 +336,14 @@ pub fn write_all(dir: &Path, runs: &[RunReport], cfg: &CompareConfig) -> anyhow:
     Ok(())
 }
 
+/// One colour per variant in the chart.
 fn protocol_color(protocol: &str) -> RGBColor {
     match protocol {
         "2pc" => BLUE,
         "saga" => RED,
-        _ => RGBColor(0, 140, 60),
+        "events" => RGBColor(0, 140, 60),
+        "2pc-etcd" => RGBColor(130, 60, 180),
+        _ => RGBColor(200, 120, 0),
     }
 }
 

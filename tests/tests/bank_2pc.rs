@@ -24,6 +24,7 @@ async fn concurrent_transfers_are_atomic() -> anyhow::Result<()> {
         seed: 7,
         protocol: bank::Protocol::TwoPhase,
         local: false,
+        commit_point: Default::default(),
     };
     let history = bank::run(&client, &accounts, balance, &workload).await;
     let tally = bank::tally(&history);

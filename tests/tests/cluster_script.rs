@@ -271,3 +271,153 @@ fn up_tls_runs_the_cluster_with_mutual_tls_and_a_token() {
     let (ok, out) = script(&["down", "--dir", d]);
     assert!(ok, "{out}");
 }
+
+/// Ports `up --etcd` takes from its base: coordinators from the base, participants from
+/// base + 10, etcd members' client ports from base + 111 and peer ports from base + 121.
+const ETCD_CLUSTER_PORT_SPAN: u16 = 124;
+
+#[test]
+fn up_etcd_with_three_coordinators_survives_kills_and_pauses_of_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let port = txn_tests::cluster::free_port_block(ETCD_CLUSTER_PORT_SPAN)
+        .unwrap()
+        .to_string();
+    let (ok, out) = script(&[
+        "up",
+        "--etcd",
+        "--coordinators",
+        "3",
+        "--dir",
+        d,
+        "--participants",
+        "2",
+        "--base-port",
+        &port,
+    ]);
+    assert!(ok, "up --etcd failed:\n{out}");
+    let (ok, out) = script(&["status", "--dir", d]);
+    assert!(ok && out.matches("running").count() == 8, "{out}");
+    let names = ["e1", "e2", "e3", "c1", "c2", "c3", "p1", "p2"];
+    let pids: Vec<String> = names
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(dir.path().join(format!("{n}.pid")))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    // env names every coordinator, so txnctl can fail over.
+    let (ok, env) = script(&["env", "--dir", d]);
+    assert!(ok, "{env}");
+    let coordinators = env
+        .lines()
+        .find_map(|l| l.strip_prefix("export TXNCTL_COORDINATOR="))
+        .unwrap_or_else(|| panic!("{env}"))
+        .to_owned();
+    assert_eq!(coordinators.split(',').count(), 3, "{env}");
+    let txnctl = txn_tests::cluster::bin_dir().unwrap().join("txnctl");
+    let transfer = |what: &str| {
+        let attempt = || {
+            Command::new(&txnctl)
+                .env("TXNCTL_COORDINATOR", &coordinators)
+                .args([
+                    "transfer",
+                    "--from",
+                    "p1/a",
+                    "--to",
+                    "p2/b",
+                    "--amount",
+                    "1",
+                    "--allow-negative",
+                ])
+                .output()
+                .unwrap()
+        };
+        // Refused before it ran ("not started": etcd just lost a member) is safe to send again.
+        let mut out = attempt();
+        for _ in 0..50 {
+            if !String::from_utf8_lossy(&out.stderr).contains("not started") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            out = attempt();
+        }
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("committed"),
+            "{what}: {out:?}"
+        );
+    };
+    transfer("all up");
+    // status names every live coordinator.
+    let out = Command::new(&txnctl)
+        .env("TXNCTL_COORDINATOR", &coordinators)
+        .args(["--json", "status"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        status["coordinators"].as_array().map(Vec::len),
+        Some(3),
+        "{out:?}"
+    );
+    let run = |args: &[&str]| {
+        let (ok, out) = script(&[args, &["--dir", d]].concat());
+        assert!(ok, "{args:?}: {out}");
+    };
+    run(&["kill", "c1"]);
+    transfer("c1 killed");
+    run(&["pause", "c2"]);
+    transfer("c1 killed, c2 paused");
+    // Paused past its lease (txnctl waited 2 s for c2's answer), c2 is fenced: once resumed it
+    // finds its lease gone and stops. A restart makes it a new member.
+    run(&["resume", "c2"]);
+    run(&["restart", "c2"]);
+    run(&["restart", "c1"]);
+    run(&["kill", "e1"]);
+    transfer("etcd member e1 killed");
+    run(&["restart", "e1"]);
+    run(&["pause", "e2"]);
+    transfer("etcd member e2 paused");
+    run(&["resume", "e2"]);
+    // A read is refused while etcd recovers from the pause ("not started"), or aborts behind
+    // a lock: it is safe to ask again.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let out = Command::new(&txnctl)
+            .env("TXNCTL_COORDINATOR", &coordinators)
+            .args(["read", "p1/a", "p2/b"])
+            .output()
+            .unwrap();
+        text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        text.contains("-5") && text.contains(" 5 "),
+        "every transfer applied once: {text}"
+    );
+    let (ok, out) = script(&["status", "--dir", d]);
+    assert!(ok && out.matches("running").count() == 8, "{out}");
+    let restarted: Vec<String> = ["c1", "c2", "e1"]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(dir.path().join(format!("{n}.pid")))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let (ok, out) = script(&["down", "--dir", d]);
+    assert!(ok, "{out}");
+    for pid in pids.iter().chain(&restarted) {
+        assert!(!alive(pid), "process {pid} is still running after down");
+    }
+}

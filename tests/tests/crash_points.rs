@@ -97,6 +97,7 @@ async fn crash_and_recover_with(
         seed,
         protocol: bank::Protocol::TwoPhase,
         local,
+        commit_point: Default::default(),
     };
     let runner = {
         let accounts = accounts.clone();
@@ -249,6 +250,7 @@ async fn random_kill_9(options: ClusterOptions, transfers: usize) -> anyhow::Res
         seed,
         protocol: bank::Protocol::TwoPhase,
         local: false,
+        commit_point: Default::default(),
     };
     let runner = {
         let accounts = accounts.clone();

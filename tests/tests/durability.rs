@@ -144,6 +144,14 @@ impl pb::participant_server::Participant for FakeParticipant {
             ..Default::default()
         }))
     }
+    type PrepareBatchStream = futures::stream::BoxStream<'static, Result<pb::BatchedVote, Status>>;
+    async fn prepare_batch(
+        &self,
+        _: Request<pb::PrepareBatchRequest>,
+    ) -> Result<Response<Self::PrepareBatchStream>, Status> {
+        // Like a participant of an older version: the coordinator falls back to Prepare.
+        Err(Status::unimplemented("fake"))
+    }
     async fn commit(
         &self,
         _: Request<pb::CommitRequest>,
@@ -307,6 +315,7 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
         .resolve(pb::ResolveRequest {
             txn_id: resp.txn_id.clone(),
             commit_point: 0,
+            from_coordinator: false,
         })
         .await?
         .into_inner()
@@ -316,6 +325,7 @@ async fn coordinator_keeps_its_commit_decision_across_kill_9() -> anyhow::Result
         .resolve(pb::ResolveRequest {
             txn_id: format!("{epoch_before}.999999"),
             commit_point: 0,
+            from_coordinator: false,
         })
         .await?
         .into_inner()

@@ -24,6 +24,7 @@ fn workload(protocol: Protocol, seed: u64) -> Workload {
         seed,
         protocol,
         local: false,
+        commit_point: Default::default(),
     }
 }
 

@@ -23,6 +23,7 @@ fn local_workload(transfers: usize, seed: u64) -> Workload {
         seed,
         protocol: bank::Protocol::TwoPhase,
         local: true,
+        commit_point: Default::default(),
     }
 }
 

@@ -62,6 +62,7 @@ async fn ended_and_expired_outcomes_are_dropped_and_balances_stay() -> anyhow::R
             seed,
             protocol: bank::Protocol::TwoPhase,
             local,
+            commit_point: Default::default(),
         };
         history.extend(bank::run(&client, &accounts, BALANCE, &w).await);
     }

@@ -58,6 +58,7 @@ async fn concurrent_saga_transfers_conserve_the_total() -> anyhow::Result<()> {
         seed: 21,
         protocol: Protocol::Saga,
         local: false,
+        commit_point: Default::default(),
     };
     let history = bank::run(&client, &accounts, BALANCE, &workload).await;
     let tally = bank::tally(&history);
@@ -200,6 +201,7 @@ async fn coordinator_killed_mid_saga_resumes_after_restart() -> anyhow::Result<(
             seed: 31,
             protocol: Protocol::Saga,
             local: false,
+            commit_point: Default::default(),
         };
         let runner = {
             let accounts = accounts.clone();

@@ -22,6 +22,10 @@ pub enum StoreError {
     Corrupt(#[from] crate::record::CorruptRecord),
     #[error("the store failed earlier and stopped accepting writes: {0}")]
     Failed(String),
+    /// A store on other machines (etcd) could not be reached: nothing is known to have
+    /// failed, and the same call may succeed later. Never a reason to stop the service.
+    #[error("the log is unreachable: {0}")]
+    Unavailable(String),
 }
 
 /// Key-value pairs, in key order.

@@ -24,6 +24,12 @@ pub const MAX_OPS_PER_BRANCH: usize = 256;
 pub const MAX_BRANCHES: usize = 32;
 /// Most txns in one CommitBatch call: bounds the work and the write batch of one call.
 pub const MAX_COMMIT_BATCH: usize = 512;
+/// Most Prepares in one PrepareBatch call: bounds the work of one call and the votes it
+/// streams back.
+pub const MAX_PREPARE_BATCH: usize = 512;
+/// Most bytes of Prepares the coordinator puts in one PrepareBatch call, well below
+/// [`MAX_MESSAGE_BYTES`]; a Prepare larger than this goes alone.
+pub const MAX_PREPARE_BATCH_BYTES: usize = 1024 * 1024;
 /// Largest gRPC message either service accepts. A branch at the limits above is far smaller
 /// in practice; this caps what a hostile client can make a server buffer.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

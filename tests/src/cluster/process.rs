@@ -65,6 +65,13 @@ impl Proc {
 
     /// Starts the process and waits until it answers its health check.
     pub async fn start(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// Starts the process without waiting for it (see [`Proc::wait_ready`]): for members of a
+    /// group that answers only once enough of them run.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
         if self.is_running() {
             bail!("{} is already running", self.name);
         }
@@ -99,10 +106,11 @@ impl Proc {
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
         self.child = Some(child);
-        self.wait_ready().await
+        Ok(())
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Waits until the process answers its health check.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             if !self.is_running() {

@@ -166,6 +166,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
             .resolve(pb::ResolveRequest {
                 txn_id: String::new(),
                 commit_point: 0,
+                from_coordinator: false,
             })
             .await,
         ia,
@@ -177,6 +178,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
             .resolve(pb::ResolveRequest {
                 txn_id: long_id.clone(),
                 commit_point: 0,
+                from_coordinator: false,
             })
             .await,
         ia,
@@ -335,6 +337,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
         .resolve(pb::ResolveRequest {
             txn_id: "1.999999".into(),
             commit_point: 0,
+            from_coordinator: false,
         })
         .await
         .unwrap()

@@ -7,7 +7,7 @@ use txn_proto::pb::v1 as pb;
 
 use crate::Res;
 use crate::cli::{FailpointCmd, SagaCmd, TxnCmd};
-use crate::conn::{Ch, connect, status_err};
+use crate::conn::{Ch, connect, connect_any, status_err};
 use crate::output::{detail_json, phase_name, saga_json};
 
 pub async fn txn(c: TxnCmd, ch: Ch) -> Res<Value> {
@@ -136,9 +136,15 @@ pub async fn failpoint(c: FailpointCmd, coordinator: &str) -> Res<Value> {
         | FailpointCmd::List { node } => node.clone(),
     };
     let url = if node == "coordinator" {
-        coordinator.to_owned()
+        // Of several coordinators, the first listed.
+        coordinator
+            .split(',')
+            .map(str::trim)
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     } else {
-        participant_url(connect("the coordinator", coordinator).await?, &node).await?
+        participant_url(connect_any("the coordinator", coordinator).await?, &node).await?
     };
     let mut fp = pb::failpoints_client::FailpointsClient::new(connect(&node, &url).await?);
     Ok(match c {

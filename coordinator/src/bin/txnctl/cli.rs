@@ -15,7 +15,9 @@ use txn_proto::pb::v1 as pb;
                   its outcome is unknown (the call may have run; check with `txnctl txn show`)."
 )]
 pub struct Cli {
-    /// The coordinator's URL.
+    /// The coordinator's URL, or several coordinators' (over one etcd log) comma-separated:
+    /// txnctl uses the first that answers, and sends a transaction on to the next when one
+    /// refuses it before running it.
     #[arg(
         long,
         global = true,

@@ -40,6 +40,32 @@ pub fn setup_connections(cli: &Cli) -> Res<()> {
     Ok(())
 }
 
+/// Connects to the first of the comma-separated `urls` (several coordinators over one etcd
+/// log) that answers, trying them in order from the `start`th; returns which one it was.
+pub async fn connect_from(what: &str, urls: &str, start: usize) -> Res<(Ch, usize)> {
+    let list: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(format!("{what}: no URL given"));
+    }
+    let mut errors = Vec::new();
+    for (i, url) in list.iter().enumerate().skip(start) {
+        match connect(what, url).await {
+            Ok(ch) => return Ok((ch, i)),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// Connects to the first of the comma-separated `urls` that answers.
+pub async fn connect_any(what: &str, urls: &str) -> Res<Ch> {
+    Ok(connect_from(what, urls, 0).await?.0)
+}
+
 pub async fn connect(what: &str, url: &str) -> Res<Ch> {
     let (tls, token) = CONN.get_or_init(Default::default);
     let ep = tls

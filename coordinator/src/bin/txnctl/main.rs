@@ -27,7 +27,7 @@ use txn_proto::pb::v1 as pb;
 use admin::{failpoint, participant_url, saga, txn};
 use certs::make_certs;
 use cli::{Cli, Cmd, ParticipantCmd, ReadmodelCmd, TxnCmd};
-use conn::{Ch, connect, setup_connections, status_err};
+use conn::{connect, connect_any, connect_from, setup_connections, status_err};
 use output::{participant_json, print, status_json};
 use submit::{parse_submit, read_input};
 
@@ -59,7 +59,7 @@ async fn main() {
 async fn run(cli: Cli) -> Res<Exit> {
     let mut exit = Exit::Done;
     setup_connections(&cli)?;
-    let coord = || connect("the coordinator", &cli.coordinator);
+    let coord = || connect_any("the coordinator", &cli.coordinator);
     let out = match cli.command {
         Cmd::Status => {
             let s = pb::admin_client::AdminClient::new(coord().await?)
@@ -169,7 +169,7 @@ async fn run(cli: Cli) -> Res<Exit> {
                 client_txn_id: client_txn_id.unwrap_or_default(),
                 commit_point: 0,
             };
-            let (mut v, e) = transact(coord().await?, req).await?;
+            let (mut v, e) = transact(&cli.coordinator, req).await?;
             exit = e;
             if wait && v["outcome"] == "accepted" {
                 let id = v["txn_id"].as_str().unwrap_or_default().to_owned();
@@ -207,9 +207,7 @@ async fn run(cli: Cli) -> Res<Exit> {
                 client_txn_id: String::new(),
                 commit_point: 0,
             };
-            let r = pb::coordinator_client::CoordinatorClient::new(coord().await?)
-                .transact(req)
-                .await;
+            let r = transact_at_any(&cli.coordinator, req).await?;
             let r = match r {
                 Ok(r) => r.into_inner(),
                 Err(s) if may_have_run(&s) => {
@@ -236,7 +234,7 @@ async fn run(cli: Cli) -> Res<Exit> {
         Cmd::Submit { file } => {
             let text = read_input(&file)?;
             let req = parse_submit(&text).map_err(|e| format!("{file}: {e}"))?;
-            let (v, e) = transact(coord().await?, req).await?;
+            let (v, e) = transact(&cli.coordinator, req).await?;
             exit = e;
             v
         }
@@ -249,15 +247,42 @@ async fn run(cli: Cli) -> Res<Exit> {
 
 /// Whether a failed Transact call may still have run: it reached the coordinator (or may
 /// have) and then timed out, was cut off or broke. A call refused before it got there
-/// (connection refused, overloaded, bad input) certainly did not.
+/// (connection refused, overloaded, bad input, or the coordinator's "not started") certainly
+/// did not.
 fn may_have_run(s: &tonic::Status) -> bool {
     match s.code() {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => true,
         tonic::Code::Unavailable => {
             let text = format!("{} {:?}", s.message(), std::error::Error::source(s));
-            !(text.contains("tcp connect error") || text.contains("Connection refused"))
+            !(s.message().starts_with("not started")
+                || text.contains("tcp connect error")
+                || text.contains("Connection refused"))
         }
         _ => false,
+    }
+}
+
+/// Sends Transact to the first coordinator of `urls` that answers, and on to the next while
+/// one refuses it as unavailable before running it (its log unreachable, say).
+async fn transact_at_any(
+    urls: &str,
+    req: pb::TransactRequest,
+) -> Res<Result<tonic::Response<pb::TransactResponse>, tonic::Status>> {
+    let mut start = 0;
+    loop {
+        let (ch, i) = connect_from("the coordinator", urls, start).await?;
+        let r = pb::coordinator_client::CoordinatorClient::new(ch)
+            .transact(req.clone())
+            .await;
+        match &r {
+            Err(s) if s.code() == tonic::Code::Unavailable && !may_have_run(s) => {
+                if connect_from("the coordinator", urls, i + 1).await.is_err() {
+                    return Ok(r);
+                }
+                start = i + 1;
+            }
+            _ => return Ok(r),
+        }
     }
 }
 
@@ -280,10 +305,8 @@ fn protocol_of(raw: &str) -> Res<pb::Protocol> {
 }
 
 /// Runs one transaction: its result to print, and how the command exits.
-async fn transact(ch: Ch, req: pb::TransactRequest) -> Res<(Value, Exit)> {
-    let r = pb::coordinator_client::CoordinatorClient::new(ch)
-        .transact(req)
-        .await;
+async fn transact(urls: &str, req: pb::TransactRequest) -> Res<(Value, Exit)> {
+    let r = transact_at_any(urls, req).await?;
     let r = match r {
         Ok(r) => r.into_inner(),
         Err(s) if may_have_run(&s) => {

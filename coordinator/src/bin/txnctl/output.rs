@@ -12,6 +12,14 @@ pub fn participant_json(p: &pb::ParticipantInfo) -> Value {
 }
 
 pub fn status_json(s: &pb::AdminStatusResponse) -> Value {
+    let mut v = status_fields(s);
+    if !s.coordinators.is_empty() {
+        v["coordinators"] = json!(s.coordinators);
+    }
+    v
+}
+
+fn status_fields(s: &pb::AdminStatusResponse) -> Value {
     json!({
         "epoch": s.epoch,
         "uptime_s": s.uptime_ms / 1000,

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use txn_proto::pb::v1 as pb;
 use txn_tests::bank::{self, Outcome, Workload};
 use txn_tests::cluster::{self, Cluster, ClusterOptions};
 
-use crate::pgpeer;
 use crate::{INITIAL_BALANCE, QUIET_TIMEOUT, total_fsyncs};
+use crate::{pgpeer, scale};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -49,10 +50,41 @@ pub struct BenchArgs {
     /// `rpc_p50_ms`.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-    /// Where the coordinator commits 2PC txns (its --commit-point): `decision` (a logged
-    /// decision, presumed abort) or `votes` (at the last durable YES, nothing logged).
-    #[arg(long, default_value = "decision", value_parser = ["decision", "votes"])]
+    /// Where 2PC txns commit, comma-separated; each is measured in the same run (set per
+    /// request): `decision` (a logged decision, presumed abort) or `votes` (at the last
+    /// durable YES, nothing logged).
+    #[arg(long, default_value = "decision,votes")]
     commit_point: String,
+    /// Tokio worker threads of every service (their --worker-threads; 0: one per core).
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
+    /// Where the coordinators keep their log, comma-separated: `sled` (one coordinator, its
+    /// own database) and/or `etcd` (a three-member etcd cluster shared by --coordinators).
+    /// `--log etcd` measures sled's single coordinator beside it in the same run.
+    #[arg(long, default_value = "sled")]
+    log: String,
+    /// Coordinator counts to measure over etcd, comma-separated (clients spread over them).
+    #[arg(long, default_value = "1")]
+    coordinators: String,
+}
+
+/// Parses `--commit-point`.
+fn commit_points(list: &str) -> anyhow::Result<Vec<pb::CommitPoint>> {
+    list.split(',')
+        .map(|c| match c.trim() {
+            "decision" => Ok(pb::CommitPoint::Decision),
+            "votes" => Ok(pb::CommitPoint::Votes),
+            other => anyhow::bail!("--commit-point: {other:?} is not decision or votes"),
+        })
+        .collect()
+}
+
+/// The name a commit point goes by in the table and the JSON.
+fn commit_point_name(c: pb::CommitPoint) -> &'static str {
+    match c {
+        pb::CommitPoint::Votes => "votes",
+        _ => "decision",
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -101,21 +133,68 @@ async fn rpc_floor(url: &str) -> anyhow::Result<f64> {
 }
 
 #[derive(serde::Serialize)]
-struct BenchRow {
+pub(crate) struct BenchRow {
     /// What ran: `2pc`, `saga`, `local` (one participant, one phase) or `postgres` (the peer).
-    system: String,
+    pub(crate) system: String,
     protocol: String,
-    local: bool,
-    clients: usize,
-    tps: f64,
-    p50_ms: f64,
+    /// For `2pc` rows: `decision` or `votes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) commit_point: Option<&'static str>,
+    pub(crate) local: bool,
+    pub(crate) clients: usize,
+    pub(crate) tps: f64,
+    pub(crate) p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
     fsync_p50_ms: f64,
     rpc_p50_ms: f64,
     fsyncs_per_txn: f64,
+    /// CPU time (user + system) per committed txn, in microseconds, of the coordinator, of
+    /// every participant together, and of the harness's own clients (not for the peer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_us_per_txn: Option<CpuPerTxn>,
     committed: usize,
     aborted: usize,
+    /// Where the coordinators kept their log (`sled`, `etcd`; `postgres` for the peer), and
+    /// how many coordinators shared the clients.
+    pub(crate) log: String,
+    pub(crate) coordinators: usize,
+}
+
+#[derive(serde::Serialize, Clone, Copy, Debug)]
+struct CpuPerTxn {
+    coordinator: f64,
+    participants: f64,
+    client: f64,
+}
+
+/// CPU seconds (user + system) used so far by the coordinator, the participants together, and
+/// this process, from /proc (zero where it cannot be read).
+fn cpu_seconds(cluster: &Cluster) -> [f64; 3] {
+    // The kernel reports clock ticks; 100 per second on every Linux this runs on.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let read = |path: String| -> f64 {
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            return 0.0;
+        };
+        // Fields after the command name, which is in parentheses and may hold spaces:
+        // utime and stime are the 12th and 13th of them.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return 0.0;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (tick(11) + tick(12)) / TICKS_PER_SECOND
+    };
+    let of = |p: Option<u32>| p.map_or(0.0, |pid| read(format!("/proc/{pid}/stat")));
+    [
+        std::iter::once(&cluster.coordinator)
+            .chain(&cluster.more_coordinators)
+            .map(|c| of(c.pid()))
+            .sum(),
+        cluster.participants.iter().map(|p| of(p.pid())).sum(),
+        read("/proc/self/stat".into()),
+    ]
 }
 
 /// Mean time per phase and writes per fsync, from the nodes' metrics (coordinator and p1).
@@ -229,49 +308,97 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         );
     }
     cluster::ensure_binaries()?;
+    anyhow::ensure!(
+        (args.participants..=MAX_BENCH_ACCOUNTS).contains(&args.accounts),
+        "--accounts: must be between {} and {MAX_BENCH_ACCOUNTS}",
+        args.participants
+    );
+    let points = commit_points(&args.commit_point)?;
+    let setups = scale::setups(&args.log, &args.coordinators)?;
+    let mut rows = Vec::new();
+    let mut peer = None;
+    for (i, setup) in setups.iter().enumerate() {
+        if setups.len() > 1 {
+            println!("--- {setup}");
+        }
+        // The peer runs beside the first setup only: it has no coordinators to count.
+        let with_peer = i == 0 && args.peer.is_some();
+        rows.extend(
+            bench_setup(
+                &args, &clients, &protocols, &points, *setup, with_peer, &mut peer,
+            )
+            .await?,
+        );
+    }
+    if peer.is_some() {
+        print_against_peer(&rows);
+    }
+    if setups.len() > 1 {
+        scale::print_scale_out(&rows);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(true)
+}
+
+/// Measures one setup (a log and a number of coordinators) on a cluster of its own.
+async fn bench_setup(
+    args: &BenchArgs,
+    clients: &[usize],
+    protocols: &[bank::Protocol],
+    points: &[pb::CommitPoint],
+    setup: scale::Setup,
+    with_peer: bool,
+    peer: &mut Option<pgpeer::PgCluster>,
+) -> anyhow::Result<Vec<BenchRow>> {
     let mut cluster = Cluster::start(ClusterOptions {
         participants: args.participants,
         metrics: true,
         // By default as in production: outcomes are forgotten and swept (the bench audits
         // nothing per txn).
         outcome_retention_secs: args.outcome_retention_secs,
-        coordinator_args: vec!["--commit-point".into(), args.commit_point.clone()],
+        coordinator_args: vec!["--worker-threads".into(), args.worker_threads.to_string()],
+        participant_args: vec!["--worker-threads".into(), args.worker_threads.to_string()],
+        coordinators: setup.coordinators,
+        etcd: setup.etcd,
         ..Default::default()
     })
     .await
     .context("starting the cluster")?;
-    let mut client = cluster.coordinator_client().await?;
-    anyhow::ensure!(
-        (args.participants..=MAX_BENCH_ACCOUNTS).contains(&args.accounts),
-        "--accounts: must be between {} and {MAX_BENCH_ACCOUNTS}",
-        args.participants
-    );
+    let mut client = cluster.coordinators()?;
     let accounts = bank::accounts(args.participants, args.accounts);
     bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
     let fsync_p50_ms = fsync_floor(cluster.dir())?;
     let rpc_p50_ms = rpc_floor(&cluster.participants[0].url()).await?;
-    println!("2PC commit point: {}", args.commit_point);
     println!("floor: fsync p50 {fsync_p50_ms:.3} ms, no-op gRPC round trip p50 {rpc_p50_ms:.3} ms");
-    let peer = match args.peer {
-        Some(Peer::Postgres) => {
-            let pg = pgpeer::PgCluster::start().await?;
-            pg.seed(args.accounts, INITIAL_BALANCE).await?;
-            println!("peer: {} PostgreSQL servers seeded", pgpeer::PG_SERVERS);
-            Some(pg)
-        }
-        None => None,
-    };
+    if with_peer {
+        let pg = pgpeer::PgCluster::start().await?;
+        pg.seed(args.accounts, INITIAL_BALANCE).await?;
+        println!("peer: {} PostgreSQL servers seeded", pgpeer::PG_SERVERS);
+        *peer = Some(pg);
+    }
     let mut rows = Vec::new();
-    let mut runs: Vec<(bank::Protocol, bool)> = protocols.iter().map(|p| (*p, false)).collect();
+    // (protocol, local, commit point): 2PC once per commit point.
+    let mut runs: Vec<(bank::Protocol, bool, pb::CommitPoint)> = Vec::new();
+    for &p in protocols {
+        match p {
+            bank::Protocol::TwoPhase => runs.extend(points.iter().map(|c| (p, false, *c))),
+            _ => runs.push((p, false, pb::CommitPoint::Unspecified)),
+        }
+    }
     if args.local_baseline {
-        runs.push((bank::Protocol::TwoPhase, true));
+        runs.push((bank::Protocol::TwoPhase, true, pb::CommitPoint::Unspecified));
     }
     // Each client count runs every system before the next count, so that the machine's
     // drift over the run falls on all of them alike.
-    for &n in &clients {
-        for &(protocol, local) in &runs {
+    for &n in clients {
+        for &(protocol, local, commit_point) in &runs {
             let before = total_fsyncs(&cluster).await?;
             let phases_before = Phases::scrape(&cluster).await?;
+            let cpu_before = cpu_seconds(&cluster);
             let w = Workload {
                 clients: n,
                 transfers: usize::MAX,
@@ -281,10 +408,12 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
                 seed: n as u64,
                 protocol,
                 local,
+                commit_point,
             };
             let started = Instant::now();
             let history = bank::run(&client, &accounts, INITIAL_BALANCE, &w).await;
             let elapsed = started.elapsed();
+            let cpu_after = cpu_seconds(&cluster);
             bank::wait_quiet(&cluster, QUIET_TIMEOUT).await?;
             let fsyncs = total_fsyncs(&cluster).await? - before;
             let phases = Phases::scrape(&cluster).await?.since(&phases_before);
@@ -300,6 +429,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
             let row = BenchRow {
                 system: if local { "local" } else { protocol.name() }.into(),
                 protocol: protocol.name().into(),
+                commit_point: (protocol == bank::Protocol::TwoPhase && !local)
+                    .then(|| commit_point_name(commit_point)),
                 local,
                 clients: n,
                 tps: tally.committed as f64 / elapsed.as_secs_f64(),
@@ -309,36 +440,57 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
                 fsync_p50_ms,
                 rpc_p50_ms,
                 fsyncs_per_txn: fsyncs as f64 / tally.committed.max(1) as f64,
+                cpu_us_per_txn: {
+                    let per = |i: usize| {
+                        (cpu_after[i] - cpu_before[i]) * 1e6 / tally.committed.max(1) as f64
+                    };
+                    Some(CpuPerTxn {
+                        coordinator: per(0),
+                        participants: per(1),
+                        client: per(2),
+                    })
+                },
                 committed: tally.committed,
                 aborted: tally.aborted,
+                log: setup.log_name().into(),
+                coordinators: setup.coordinators,
             };
             print_row(&row);
             println!("      {phases}");
+            if let Some(c) = row.cpu_us_per_txn {
+                println!(
+                    "      CPU us per txn: coordinator {:.0}, participants {:.0}, clients {:.0}",
+                    c.coordinator, c.participants, c.client
+                );
+            }
             rows.push(row);
         }
-        if let Some(pg) = &peer {
-            let row = peer_run(pg, n, &args, fsync_p50_ms, rpc_p50_ms).await?;
+        if let (true, Some(pg)) = (with_peer, peer.as_ref()) {
+            let mut row = peer_run(pg, n, args, fsync_p50_ms, rpc_p50_ms).await?;
+            row.log = "postgres".into();
             print_row(&row);
             rows.push(row);
         }
     }
-    if peer.is_some() {
-        print_against_peer(&rows);
-    }
     cluster.shutdown()?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+    Ok(rows)
+}
+
+/// A row's name in the table: the system, and for 2PC its commit point.
+pub(crate) fn label(row: &BenchRow) -> String {
+    match row.commit_point {
+        Some(c) => format!("{}/{c}", row.system),
+        None => row.system.clone(),
     }
-    Ok(true)
 }
 
 fn print_row(row: &BenchRow) {
     println!(
-        "{:<8} {:<6} clients {:>3}: {:>7.0} txn/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms  fsyncs/txn {:.2}  ({} aborted)",
-        row.system,
+        "{:<13} {:<6} {:<6} x{} clients {:>3}: {:>7.0} txn/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms  syncs/txn {:.2}  ({} aborted)",
+        label(row),
         if row.local { "local" } else { "2-part" },
+        row.log,
+        row.coordinators,
         row.clients,
         row.tps,
         row.p50_ms,
@@ -401,6 +553,7 @@ async fn peer_run(
     Ok(BenchRow {
         system: "postgres".into(),
         protocol: "2pc".into(),
+        commit_point: None,
         local: false,
         clients: n,
         tps: committed as f64 / elapsed.as_secs_f64(),
@@ -410,8 +563,11 @@ async fn peer_run(
         fsync_p50_ms,
         rpc_p50_ms,
         fsyncs_per_txn: fsyncs as f64 / committed.max(1) as f64,
+        cpu_us_per_txn: None,
         committed,
         aborted,
+        log: String::new(),
+        coordinators: 0,
     })
 }
 
@@ -428,7 +584,8 @@ fn print_against_peer(rows: &[BenchRow]) {
             continue;
         };
         println!(
-            "  clients {:>3}: txn/s {:.2}x the peer's, p50 {:.2}x, p99 {:.2}x; fsyncs/txn {:.2} (peer {:.2}); p50 = {:.1} fsync floors = {:.1} RPC floors",
+            "  {:<13} clients {:>3}: txn/s {:.2}x the peer's, p50 {:.2}x, p99 {:.2}x; fsyncs/txn {:.2} (peer {:.2}); p50 = {:.1} fsync floors = {:.1} RPC floors",
+            label(ours),
             ours.clients,
             ours.tps / peer.tps.max(f64::MIN_POSITIVE),
             ours.p50_ms / peer.p50_ms.max(f64::MIN_POSITIVE),

@@ -9,6 +9,7 @@ mod bench;
 mod compare;
 mod pgpeer;
 mod run;
+mod scale;
 
 use std::time::Duration;
 
@@ -67,7 +68,9 @@ async fn main() {
 
 async fn total_fsyncs(cluster: &Cluster) -> anyhow::Result<u64> {
     let mut n = 0;
-    let names = std::iter::once("coordinator".to_string())
+    let names = cluster
+        .coordinator_names()
+        .into_iter()
         .chain(cluster.participants.iter().map(|p| p.name.clone()));
     for name in names {
         let s = cluster

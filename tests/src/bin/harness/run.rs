@@ -88,6 +88,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         seed: args.seed,
         protocol,
         local: false,
+        commit_point: Default::default(),
     };
     let started = Instant::now();
     let history = bank::run(&client, &accounts, INITIAL_BALANCE, &workload).await;

@@ -1,23 +1,18 @@
-//! The fault schedule of `harness compare`: each scenario's faults injected on a seeded
-//! schedule inside the run and healed before its last quarter, and the final heal.
+//! The faults of each scenario, injected on a seeded schedule inside a run, and the heal at
+//! its end (every process restarted or resumed, the read model too).
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::rngs::StdRng;
+use txn_proto::pb::v1 as pb;
 
-use super::{FaultWindow, SCENARIOS};
+use super::{
+    DOWNTIME_MS, ETCD_DOWNTIME, FaultWindow, LINK_PARTICIPANT, MESSAGE_LOSS, SCENARIOS,
+    VICTIM_PARTICIPANT, Variant,
+};
 use crate::bank::Protocol;
 use crate::cluster::Cluster;
-
-/// How long a crashed process stays down before the harness restarts it.
-const DOWNTIME_MS: std::ops::Range<u64> = 300..800;
-/// Share of connections a lossy link cuts.
-const MESSAGE_LOSS: f64 = 0.2;
-/// Participant whose link to the coordinator is proxied, and the one paused or crashed by
-/// the crash-after-prepare and consumer-crash scenarios.
-pub(super) const LINK_PARTICIPANT: &str = "p1";
-pub(super) const VICTIM_PARTICIPANT: &str = "p2";
 
 fn ms_since(t: Instant) -> u64 {
     t.elapsed().as_millis() as u64
@@ -34,15 +29,65 @@ async fn sleep_until(started: Instant, at: Duration) {
 /// the run's last quarter. Returns the fault windows.
 pub(super) async fn inject(
     scenario: &str,
-    protocol: Protocol,
+    variant: Variant,
     cluster: &mut Cluster,
     duration: Duration,
     started: Instant,
     rng: &mut StdRng,
 ) -> anyhow::Result<Vec<FaultWindow>> {
+    let protocol = variant.protocol;
     let mut faults = Vec::new();
     let at = |frac: f64| duration.mul_f64(frac);
     match scenario {
+        "coordinator-failover" => {
+            sleep_until(started, at(rng.random_range(0.2..0.35))).await;
+            let victim = busiest_coordinator(cluster).await?;
+            let start = ms_since(started);
+            cluster.node(&victim).kill();
+            // One coordinator of its own log comes back by a restart; of several over etcd,
+            // the others take over and the victim stays down until late in the run.
+            if variant.etcd {
+                sleep_until(started, at(0.75)).await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(DOWNTIME_MS))).await;
+            }
+            cluster.node(&victim).start().await?;
+            faults.push(FaultWindow {
+                what: format!("kill -9 {victim} (the most txns in flight)"),
+                start_ms: start,
+                end_ms: ms_since(started),
+            });
+        }
+        "etcd-member-loss" => {
+            anyhow::ensure!(
+                variant.etcd,
+                "etcd-member-loss needs the coordinators on etcd"
+            );
+            for (round, lo) in [(0, 0.2), (1, 0.5)] {
+                sleep_until(started, at(rng.random_range(lo..lo + 0.05))).await;
+                let etcd = cluster.etcd.as_mut().expect("an etcd variant has etcd");
+                let leader = etcd.leader().await?;
+                // First a follower, then the leader.
+                let member = if round == 0 {
+                    (leader + 1) % etcd.members.len()
+                } else {
+                    leader
+                };
+                let name = format!("e{}", member + 1);
+                let start = ms_since(started);
+                cluster.node(&name).kill();
+                tokio::time::sleep(ETCD_DOWNTIME).await;
+                cluster.node(&name).start().await?;
+                faults.push(FaultWindow {
+                    what: format!(
+                        "kill -9 etcd {} {name}",
+                        if round == 0 { "follower" } else { "leader" }
+                    ),
+                    start_ms: start,
+                    end_ms: ms_since(started),
+                });
+            }
+        }
         "none" => {}
         "coordinator-crash" | "participant-crash" => {
             for round in 0..2 {
@@ -195,7 +240,11 @@ pub(super) async fn heal(cluster: &mut Cluster) -> anyhow::Result<()> {
     for p in &cluster.proxies {
         p.heal();
     }
-    let names: Vec<String> = std::iter::once("coordinator".to_string())
+    let names: Vec<String> = cluster
+        .etcd
+        .iter()
+        .flat_map(|e| e.members.iter().map(|m| m.name.clone()))
+        .chain(cluster.coordinator_names())
         .chain(cluster.participants.iter().map(|p| p.name.clone()))
         .chain(cluster.readmodel.iter().map(|p| p.name.clone()))
         .collect();
@@ -208,4 +257,25 @@ pub(super) async fn heal(cluster: &mut Cluster) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The running coordinator with the most txns in flight (collecting votes, deciding, or
+/// committing); the first if none has any.
+async fn busiest_coordinator(cluster: &mut Cluster) -> anyhow::Result<String> {
+    let mut best = (0, cluster.coordinator.name.clone());
+    for name in cluster.coordinator_names() {
+        if !cluster.node(&name).is_running() {
+            continue;
+        }
+        let s = cluster
+            .stats_client(&name)
+            .await?
+            .get_stats(pb::StatsRequest {})
+            .await?
+            .into_inner();
+        if s.in_flight + s.in_doubt + s.sagas_active > best.0 {
+            best = (s.in_flight + s.in_doubt + s.sagas_active, name);
+        }
+    }
+    Ok(best.1)
 }
