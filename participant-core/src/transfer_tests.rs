@@ -41,7 +41,7 @@ fn ready<A: std::fmt::Debug>(a: Attempt<Step<A>>) -> Step<A> {
 
 fn apply<A>(store: &MemStore, step: Step<A>) -> A {
     store.apply(step.write).unwrap();
-    if step.durability == Durability::Forced {
+    if step.durability.waits() {
         store.sync().unwrap();
     }
     step.answer
@@ -128,7 +128,7 @@ fn transfer(t: &str, amount: i64) -> TransferRequest {
 }
 
 #[test]
-fn every_committed_change_appends_its_event_in_the_same_forced_batch() {
+fn every_committed_change_appends_its_event_in_the_same_durable_batch() {
     let store = MemStore::new();
     let mut core = ParticipantCore::new();
     // One-phase commit.
@@ -155,7 +155,8 @@ fn every_committed_change_appends_its_event_in_the_same_forced_batch() {
         "a prepare changes nothing yet"
     );
     let step = core.commit(&id("2"), &store, 12).unwrap();
-    assert_eq!(step.durability, Durability::Forced);
+    // A commit's ack is patient, but it too waits until its batch, event and all, is durable.
+    assert_eq!(step.durability, Durability::Patient);
     apply(&store, step);
     // A read-only branch commits with no event.
     let read = PrepareRequest {

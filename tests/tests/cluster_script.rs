@@ -104,7 +104,8 @@ fn up_status_transfer_kill_restart_down() {
     );
     // The same transfer as choreography: accepted at once, and --wait follows it until the
     // destination applied its credit.
-    let readmodel = format!("http://127.0.0.1:{}", port.parse::<u16>().unwrap() + 1);
+    // cluster.sh puts the read model at base + 9 (the coordinators take base + 0..8).
+    let readmodel = format!("http://127.0.0.1:{}", port.parse::<u16>().unwrap() + 9);
     let txnctl_json = |args: &[&str]| {
         let out = Command::new(&txnctl)
             .args([
@@ -272,8 +273,9 @@ fn up_tls_runs_the_cluster_with_mutual_tls_and_a_token() {
     assert!(ok, "{out}");
 }
 
-/// Ports `up --etcd` takes from its base: coordinators from the base, participants from
-/// base + 10, etcd members' client ports from base + 111 and peer ports from base + 121.
+/// Ports `up --etcd` takes from its base: coordinators from the base, the read model at
+/// base + 9, participants from base + 10, etcd members' client ports from base + 111 and peer
+/// ports from base + 121.
 const ETCD_CLUSTER_PORT_SPAN: u16 = 124;
 
 #[test]
@@ -297,7 +299,8 @@ fn up_etcd_with_three_coordinators_survives_kills_and_pauses_of_any_node() {
     ]);
     assert!(ok, "up --etcd failed:\n{out}");
     let (ok, out) = script(&["status", "--dir", d]);
-    assert!(ok && out.matches("running").count() == 8, "{out}");
+    // Three etcd members, three coordinators, the read model and two participants.
+    assert!(ok && out.matches("running").count() == 9, "{out}");
     let names = ["e1", "e2", "e3", "c1", "c2", "c3", "p1", "p2"];
     let pids: Vec<String> = names
         .iter()
@@ -405,7 +408,8 @@ fn up_etcd_with_three_coordinators_survives_kills_and_pauses_of_any_node() {
         "every transfer applied once: {text}"
     );
     let (ok, out) = script(&["status", "--dir", d]);
-    assert!(ok && out.matches("running").count() == 8, "{out}");
+    // Three etcd members, three coordinators, the read model and two participants.
+    assert!(ok && out.matches("running").count() == 9, "{out}");
     let restarted: Vec<String> = ["c1", "c2", "e1"]
         .iter()
         .map(|n| {
