@@ -136,6 +136,7 @@ fn read_path_rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
 fn events_rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let header = vec![
         "scenario",
+        "protocol",
         "accepted",
         "settled",
         "refunds",
@@ -152,6 +153,7 @@ fn events_rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         .map(|(r, e)| {
             vec![
                 r.scenario.clone(),
+                r.protocol.clone(),
                 e.accepted.to_string(),
                 e.settled.to_string(),
                 e.refunds.to_string(),
