@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# cluster.sh: run a local txnkit cluster (coordinators, N participants, optionally a three-member
-# etcd cluster for the coordinators' log) and hurt it on purpose.
+# cluster.sh: run a local txnkit cluster (coordinators, N participants, the read model,
+# optionally a three-member etcd cluster for the coordinators' log) and hurt it on purpose.
 #
 # Usage: scripts/cluster.sh COMMAND [NODE] [OPTIONS]
 #
 # Commands:
 #   up [--participants N] [--base-port PORT] [--release] [--tls] [--etcd] [--coordinators N]
-#                        build if needed, start the coordinator and participants p1..pN, wait
-#                        until each answers, print the addresses. Running up twice starts no
-#                        duplicates. --tls generates a throwaway CA, a certificate per node and
-#                        an admin token in DIR/tls, and runs every link with mutual TLS and the
-#                        operator services behind the token. --etcd starts a three-member etcd
-#                        cluster (e1, e2, e3, from Debian's etcd-server) on loopback and keeps
-#                        the coordinators' log there; with it, --coordinators N (1..9) starts
-#                        c1..cN, all serving, each taking over the txns of any that dies.
+#                        build if needed, start participants p1..pN, the coordinator and the
+#                        read model, wait until each answers, print the addresses. Running up
+#                        twice starts no duplicates. --tls generates a throwaway CA, a
+#                        certificate per node and an admin token in DIR/tls, and runs every link
+#                        with mutual TLS and the operator services behind the token. --etcd
+#                        starts a three-member etcd cluster (e1, e2, e3, from Debian's
+#                        etcd-server) on loopback and keeps the coordinators' log there; with it,
+#                        --coordinators N (1..9) starts c1..cN, all serving, each taking over the
+#                        txns of any that dies.
 #   down                 stop every node (SIGTERM, then SIGKILL after a grace period)
 #   status               each node: pid, port, running / paused / stopped
 #   kill NODE [--signal SIG]   send SIG (default KILL) to NODE
@@ -22,15 +23,16 @@
 #   resume NODE          SIGCONT
 #   logs NODE [-f]       print (or follow) NODE's log
 #   wipe                 down, then delete the cluster directory (data and logs)
-#   env                  print export lines for txnctl (every coordinator's address):
+#   env                  print export lines for txnctl (every coordinator's address, the
+#                        read model's):
 #                        eval "$(scripts/cluster.sh env)"
 #
-# NODE is coordinator (or c1..cN with --etcd), p1..pN, or e1..e3 (etcd members). Every command
-# takes --dir DIR (default: .cluster at the repository root) to address the cluster that
-# `up --dir DIR` started, before or after NODE. Ports: the coordinator (c1) on the base port
-# (default 50051), c2 on base+1, ...; p1 on base+10, p2 on base+11, ...; etcd member eK serves
-# clients on base+110+K and its peers on base+120+K. They are remembered in DIR, so later
-# commands need only --dir.
+# NODE is coordinator (or c1..cN with --etcd), readmodel, p1..pN, or e1..e3 (etcd members).
+# Every command takes --dir DIR (default: .cluster at the repository root) to address the
+# cluster that `up --dir DIR` started, before or after NODE. Ports: the coordinator (c1) on the
+# base port (default 50051), c2 on base+1, ...; the read model on base+9; p1 on base+10, p2 on
+# base+11, ...; etcd member eK serves clients on base+110+K and its peers on base+120+K. They
+# are remembered in DIR, so later commands need only --dir.
 #
 # The binaries are built with failpoints compiled in (unarmed), so scripts/demo.sh and txnctl
 # can crash nodes at exact protocol steps. With CLUSTER_NO_BUILD=1 in the environment, up uses
@@ -57,7 +59,7 @@ READY_TIMEOUT=30
 GRACE=5
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -95,11 +97,12 @@ coordinators() {
 }
 etcd_members() { if [[ "$ETCD" == 1 ]]; then for ((i = 1; i <= ETCD_MEMBERS; i++)); do echo "e$i"; done; fi; }
 participants() { for ((i = 1; i <= PARTICIPANTS; i++)); do echo "p$i"; done; }
-nodes() { etcd_members; coordinators; participants; }
+nodes() { etcd_members; coordinators; echo readmodel; participants; }
 is_coordinator() { [[ "$1" == coordinator || "$1" =~ ^c[1-9]$ ]]; }
 port_of() {
   case "$1" in
     coordinator) echo "$BASE_PORT" ;;
+    readmodel) echo $((BASE_PORT + 9)) ;;
     c[0-9]*) local n="${1#c}"; echo $((BASE_PORT + n - 1)) ;;
     p[0-9]*) local n="${1#p}"; echo $((BASE_PORT + 9 + n)) ;;
     e[0-9]*) local n="${1#e}"; echo $((BASE_PORT + 110 + n)) ;;
@@ -145,6 +148,7 @@ make_tls() {
 # What txnctl needs to reach this cluster, as environment variables.
 txnctl_env() {
   echo "TXNCTL_COORDINATOR=$(coordinator_urls)"
+  echo "TXNCTL_READMODEL=http://127.0.0.1:$(port_of readmodel)"
   if [[ "$TLS" == 1 ]]; then
     echo "TXNCTL_TLS_CA=$TLS_DIR/ca.pem"
     echo "TXNCTL_TLS_CERT=$TLS_DIR/client.pem"
@@ -156,12 +160,12 @@ txnctl_env() {
 build() {
   if [[ "${CLUSTER_NO_BUILD:-0}" == 1 ]]; then
     local b
-    for b in coordinator participant txnctl; do
+    for b in coordinator participant readmodel txnctl; do
       [[ -x "$(bin_dir)/$b" ]] || die "CLUSTER_NO_BUILD=1 but $(bin_dir)/$b is missing; build it first"
     done
     return 0
   fi
-  local flags=(--quiet --bins -p txn-coordinator -p txn-participant
+  local flags=(--quiet --bins -p txn-coordinator -p txn-participant -p txn-readmodel
     --features txn-coordinator/failpoints,txn-participant/failpoints)
   [[ "$PROFILE" == release ]] && flags+=(--release)
   echo "building the binaries ($PROFILE)..."
@@ -187,12 +191,12 @@ args_of() {
     printf '%s\n' --tls-cert "$TLS_DIR/$node.pem" --tls-key "$TLS_DIR/$node.key" \
       --tls-ca "$TLS_DIR/ca.pem" --admin-token-file "$TLS_DIR/admin.token"
   fi
-  if is_coordinator "$node"; then
+  if is_coordinator "$node" || [[ "$node" == readmodel ]]; then
     printf '%s\n' --listen "127.0.0.1:$port" --data-dir "$DIR/data/$node"
     for ((i = 1; i <= PARTICIPANTS; i++)); do
       printf '%s\n' --participant "p$i=http://127.0.0.1:$(port_of "p$i")"
     done
-    if [[ "$ETCD" == 1 ]]; then
+    if [[ "$ETCD" == 1 ]] && is_coordinator "$node"; then
       printf '%s\n' --log "$(etcd_spec)" --lease-ttl-secs "$LEASE_TTL_SECS"
     fi
   else
@@ -211,6 +215,7 @@ start_node() {
   port_busy "$port" && die "port $port (for $node) is already in use by another process"
   if [[ "$node" =~ ^e[0-9]+$ ]]; then bin="$(etcd_bin)"
   elif is_coordinator "$node"; then bin="$(bin_dir)/coordinator"
+  elif [[ "$node" == readmodel ]]; then bin="$(bin_dir)/readmodel"
   else bin="$(bin_dir)/participant"; fi
   [[ -x "$bin" ]] || die "$bin is missing; run: scripts/cluster.sh up"
   mapfile -t args < <(args_of "$node")
@@ -285,6 +290,7 @@ case "$COMMAND" in
     for n in $(etcd_members); do wait_ready "$n"; done
     for n in $(participants); do start_node "$n"; done
     for n in $(coordinators); do start_node "$n"; done
+    start_node readmodel
     mapfile -t txnctl_vars < <(txnctl_env)
     env "${txnctl_vars[@]}" "$(bin_dir)/txnctl" status >/dev/null \
       || die "the coordinator does not answer txnctl status; see the coordinators' logs in $DIR"
@@ -295,6 +301,9 @@ case "$COMMAND" in
     for v in "${txnctl_vars[@]}"; do echo "  export $v"; done
     echo "  $(bin_dir)/txnctl status"
     echo "  $(bin_dir)/txnctl transfer --from p1/alice --to p2/bob --amount 10 --allow-negative"
+    echo "  $(bin_dir)/txnctl transfer --from p1/alice --to p3/carol --amount 5 --protocol events --allow-negative --wait"
+    echo "  $(bin_dir)/txnctl events"
+    echo "  $(bin_dir)/txnctl readmodel balances --consistent"
     ;;
   env)
     [[ -f "$STATE" ]] || die "no cluster in $DIR (start one with: scripts/cluster.sh up --dir $DIR)"
@@ -302,8 +311,8 @@ case "$COMMAND" in
     ;;
   down)
     [[ -d "$DIR" ]] || { echo "no cluster in $DIR"; exit 0; }
-    # Coordinators first (they leave etcd), then participants, then etcd.
-    for n in $(coordinators) $(participants) $(etcd_members); do stop_node "$n"; done
+    # The read model and the coordinators first (they leave etcd), then participants, then etcd.
+    for n in readmodel $(coordinators) $(participants) $(etcd_members); do stop_node "$n"; done
     echo "cluster in $DIR is down"
     ;;
   status)
@@ -337,7 +346,7 @@ case "$COMMAND" in
     if (( FOLLOW )); then tail -n 50 -f "$DIR/$NODE.log"; else cat "$DIR/$NODE.log"; fi
     ;;
   wipe)
-    if [[ -f "$STATE" ]]; then for n in $(coordinators) $(participants) $(etcd_members); do stop_node "$n"; done; fi
+    if [[ -f "$STATE" ]]; then for n in readmodel $(coordinators) $(participants) $(etcd_members); do stop_node "$n"; done; fi
     rm -rf "$DIR"
     echo "wiped $DIR"
     ;;

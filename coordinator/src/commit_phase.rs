@@ -39,6 +39,7 @@ impl Coordinator {
                 let committed = TxnOutcome {
                     txn: txn.clone(),
                     committed: true,
+                    accepted: false,
                     reason: String::new(),
                     failed_branch: None,
                     reads: reads.clone(),
@@ -72,6 +73,7 @@ impl Coordinator {
         let mut outcome = TxnOutcome {
             txn: txn.clone(),
             committed: false,
+            accepted: false,
             reason: String::new(),
             failed_branch: None,
             reads: Vec::new(),

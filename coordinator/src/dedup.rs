@@ -124,6 +124,17 @@ pub(crate) enum Claim {
     Wait(watch::Receiver<Option<Shared>>),
     /// This request runs; send its answer here, then [`ClientKeys::release`].
     Run(watch::Sender<Option<Shared>>),
+    /// An events transfer was started under the key and its answer never recorded (the
+    /// coordinator stopped): run it again under the same id, which its source answers as it
+    /// did the first time. Then as for `Run`.
+    Resume(watch::Sender<Option<Shared>>, TxnId),
+}
+
+/// What a key's record says about a request sent again.
+pub(crate) enum Recorded {
+    Answer(pb::TransactResponse),
+    /// An events transfer whose answer was not recorded: ask its source again.
+    Resume(TxnId),
 }
 
 /// The client-key component: the requests running under a key, and the key records.
@@ -180,7 +191,8 @@ impl ClientKeys {
         };
         match known {
             Ok(None) => Ok(Claim::Run(tx)),
-            Ok(Some(answer)) => {
+            Ok(Some(Recorded::Resume(id))) => Ok(Claim::Resume(tx, id)),
+            Ok(Some(Recorded::Answer(answer))) => {
                 self.release(tag);
                 let _ = tx.send(Some(Ok(answer.clone())));
                 Ok(Claim::Answered(answer))
@@ -205,10 +217,7 @@ impl ClientKeys {
     }
 
     /// The stored answer for `tag`, if the key was used before.
-    async fn recorded_answer(
-        &self,
-        tag: &ClientTag,
-    ) -> Result<Option<pb::TransactResponse>, CoordError> {
+    async fn recorded_answer(&self, tag: &ClientTag) -> Result<Option<Recorded>, CoordError> {
         let key = client_key(&tag.id);
         let Some(bytes) = self.check(self.gc.get(&key).await)? else {
             return Ok(None);
@@ -217,13 +226,14 @@ impl ClientKeys {
         self.answer_of(tag, &key, rec).await.map(Some)
     }
 
-    /// The answer a key record gives `tag`: the one recorded, or a saga's from its log.
+    /// The answer a key record gives `tag`: the one recorded, or a saga's from its log, or for
+    /// an events transfer whose answer was not recorded, its id to ask its source again.
     pub(crate) async fn answer_of(
         &self,
         tag: &ClientTag,
         key: &[u8],
         rec: ClientTxnRecord,
-    ) -> Result<pb::TransactResponse, CoordError> {
+    ) -> Result<Recorded, CoordError> {
         if rec.request_sha256 != tag.request_sha256 {
             return Err(mismatch(tag, &rec.txn_id));
         }
@@ -234,7 +244,10 @@ impl ClientKeys {
                     problem: format!("the recorded answer is undecodable: {e}"),
                 })
             });
-            return self.check(r);
+            return Ok(Recorded::Answer(self.check(r)?));
+        }
+        if rec.protocol == pb::Protocol::Events as i32 {
+            return Ok(Recorded::Resume(TxnId::parse("txn_id", &rec.txn_id)?));
         }
         // A saga that was running when the coordinator stopped: answer from its log.
         let saga_id = TxnId::parse("txn_id", &rec.txn_id)?;
@@ -244,12 +257,14 @@ impl ClientKeys {
                 tag.id
             )));
         };
-        saga_answer(&saga_id, &saga).ok_or_else(|| {
-            CoordError::Unavailable(format!(
-                "client_txn_id {}: saga {saga_id} is still running; retry later",
-                tag.id
-            ))
-        })
+        Ok(Recorded::Answer(saga_answer(&saga_id, &saga).ok_or_else(
+            || {
+                CoordError::Unavailable(format!(
+                    "client_txn_id {}: saga {saga_id} is still running; retry later",
+                    tag.id
+                ))
+            },
+        )?))
     }
 
     /// Forgets the keys whose record is older than `retention` at `now_unix_ms`, except keys

@@ -13,10 +13,9 @@ use txn_types::record;
 use txn_types::store::{StoreError, WriteBatch};
 use txn_types::unix_ms;
 
-use crate::dedup::{ClientKeys, ClientTag, client_key};
+use crate::dedup::{ClientKeys, ClientTag, Recorded, client_key};
 use crate::error::CoordError;
 use crate::log::SharedLog;
-use txn_proto::pb::v1 as pb;
 
 /// Tries at claiming a key that other coordinators claim or answer at the same moment.
 const CLAIM_TRIES: usize = 5;
@@ -28,7 +27,7 @@ impl ClientKeys {
         &self,
         shared: &dyn SharedLog,
         tag: &ClientTag,
-    ) -> Result<Option<pb::TransactResponse>, CoordError> {
+    ) -> Result<Option<Recorded>, CoordError> {
         let key = client_key(&tag.id);
         let me = shared.epoch();
         for _ in 0..CLAIM_TRIES {

@@ -16,6 +16,8 @@
 //! - [`dedup`]: client idempotency keys, so a retried request never runs twice.
 //! - [`dedup_shared`]: claiming a key in a log shared with other coordinators.
 //! - [`error`]: the coordinator's errors and their gRPC status codes.
+//! - [`events_driver`]: the events protocol's first step, and a transfer's status from its
+//!   participants' records.
 //! - [`ha`]: over a shared log (etcd): taking over the records of gone instances, Resolve
 //!   about txns held elsewhere.
 //! - [`log`]: the durable state behind one trait: the coordinator's own sled database, or
@@ -40,6 +42,7 @@ pub mod context;
 pub mod dedup;
 pub mod dedup_shared;
 pub mod error;
+pub mod events_driver;
 pub mod ha;
 pub mod log;
 pub mod node;

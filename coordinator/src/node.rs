@@ -25,6 +25,7 @@ use txn_types::unix_ms;
 use crate::context::Context;
 use crate::dedup::{Claim, ClientKeys, ClientTag};
 use crate::error::CoordError;
+use crate::events_driver::EventsDriver;
 use crate::log::CoordLog;
 use crate::outcome::{TxnOutcome, call_failure};
 use crate::saga_driver::SagaDriver;
@@ -135,6 +136,8 @@ pub struct Coordinator {
     pub(crate) keys: Arc<ClientKeys>,
     /// The saga driver.
     pub(crate) sagas: Arc<SagaDriver>,
+    /// The events protocol's first step, and transfers' status.
+    pub(crate) events: Arc<EventsDriver>,
 }
 
 impl std::ops::Deref for Coordinator {
@@ -172,6 +175,7 @@ impl Coordinator {
             decided: Mutex::new(HashMap::new()),
             keys: Arc::new(ClientKeys::new(ctx.clone())),
             sagas: Arc::new(SagaDriver::new(ctx.clone())),
+            events: Arc::new(EventsDriver::new(ctx.clone())),
             ctx,
         });
         for (txn, effects) in resend {
@@ -209,9 +213,10 @@ impl Coordinator {
         if let Some(shared) = self.gc.shared() {
             shared.admits().map_err(CoordError::NotStarted)?;
         }
-        let sender = match self.keys.claim(&tag).await? {
+        let (sender, resume) = match self.keys.claim(&tag).await? {
             Claim::Answered(answer) => return Ok(answer),
-            Claim::Run(tx) => tx,
+            Claim::Run(tx) => (tx, None),
+            Claim::Resume(tx, id) => (tx, Some(id)),
             Claim::Wait(mut done) => {
                 // The same request is running: wait for its answer.
                 let answer = done
@@ -229,7 +234,7 @@ impl Coordinator {
         let run = tokio::spawn(
             async move {
                 let shared: crate::dedup::Shared =
-                    match node.transact_tagged(req, Some(tag.clone())).await {
+                    match node.transact_tagged(req, Some(tag.clone()), resume).await {
                         Ok(o) => Ok(o.to_pb()),
                         Err(e) => {
                             let status = tonic::Status::from(e);
@@ -254,14 +259,16 @@ impl Coordinator {
 
     /// Runs one client transaction to its outcome.
     pub async fn transact(self: &Arc<Self>, req: TxnRequest) -> Result<TxnOutcome, CoordError> {
-        self.transact_tagged(req, None).await
+        self.transact_tagged(req, None, None).await
     }
 
     /// Runs one client transaction; with a client key, records the outcome under it.
+    /// `resume`: an events transfer's id that the key recorded before its answer was.
     pub(crate) async fn transact_tagged(
         self: &Arc<Self>,
         req: TxnRequest,
         tag: Option<ClientTag>,
+        resume: Option<TxnId>,
     ) -> Result<TxnOutcome, CoordError> {
         for (i, b) in req.branches.iter().enumerate() {
             if !self.participants.contains_key(&b.participant) {
@@ -307,6 +314,12 @@ impl Coordinator {
                 let _permit = permit;
                 if req.protocol == Protocol::Saga {
                     return node.sagas.transact(req, tag).await;
+                }
+                // A one-branch events request is a local commit: it runs in one phase below, and
+                // its participant's event is the whole story.
+                if req.protocol == Protocol::Events && req.branches.len() == 2 {
+                    let timeout = node.prepare_timeout(&req);
+                    return node.events.transact(req, tag, resume, timeout).await;
                 }
                 let participants: Vec<ParticipantId> =
                     req.branches.iter().map(|b| b.participant.clone()).collect();
@@ -360,6 +373,12 @@ impl Coordinator {
             (core.epoch(), core.commit_point(&txn).unwrap_or_default())
         };
         let names: Vec<String> = participants.iter().map(|p| p.as_str().to_owned()).collect();
+        let writers: Vec<String> = req
+            .branches
+            .iter()
+            .filter(|b| b.ops.iter().any(|op| op.writes()))
+            .map(|b| b.participant.to_string())
+            .collect();
         let read_only = req
             .branches
             .iter()
@@ -374,6 +393,7 @@ impl Coordinator {
                 ops: b.ops.iter().map(|op| op.to_pb()).collect(),
                 read_only,
                 commit_point: txn_proto::convert::commit_point_to_pb(commit_point) as i32,
+                writers: writers.clone(),
             };
             votes.push(async move { (i, queue.prepare(msg, timeout).await) });
         }

@@ -79,6 +79,7 @@ impl Coordinator {
                 TxnOutcome {
                     txn: txn.clone(),
                     committed: true,
+                    accepted: false,
                     reason: String::new(),
                     failed_branch: None,
                     reads: vec![(to, reads)],
@@ -91,6 +92,7 @@ impl Coordinator {
                 TxnOutcome {
                     txn: txn.clone(),
                     committed: false,
+                    accepted: false,
                     reason,
                     failed_branch: Some(0),
                     reads: Vec::new(),

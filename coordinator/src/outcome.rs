@@ -9,6 +9,8 @@ use txn_types::types::{KeyValue, ParticipantId, TxnId};
 pub struct TxnOutcome {
     pub txn: TxnId,
     pub committed: bool,
+    /// Events protocol: `committed` means only that the first step committed ("accepted").
+    pub accepted: bool,
     pub reason: String,
     pub failed_branch: Option<usize>,
     pub reads: Vec<(ParticipantId, Vec<KeyValue>)>,
@@ -19,7 +21,9 @@ impl TxnOutcome {
     pub fn to_pb(&self) -> pb::TransactResponse {
         pb::TransactResponse {
             txn_id: self.txn.to_string(),
-            outcome: if self.committed {
+            outcome: if self.accepted {
+                pb::Outcome::Accepted
+            } else if self.committed {
                 pb::Outcome::Committed
             } else {
                 pb::Outcome::Aborted

@@ -48,6 +48,15 @@ enum Executed {
     Abandoned(String),
 }
 
+/// Every step's participant, in step order: each step's event names them.
+fn saga_members(saga: &Saga) -> Vec<String> {
+    saga.record()
+        .branches
+        .iter()
+        .map(|b| b.participant.clone())
+        .collect()
+}
+
 /// Whether a failed call may succeed if sent again.
 fn transient(code: tonic::Code) -> bool {
     use tonic::Code::*;
@@ -221,6 +230,7 @@ impl SagaDriver {
         TxnOutcome {
             txn: id.clone(),
             committed,
+            accepted: false,
             reason: if committed { String::new() } else { reason },
             failed_branch: rec.failed_step.map(|s| s as usize),
             reads: if committed {
@@ -359,6 +369,7 @@ impl SagaDriver {
                 step,
                 ops: ops.clone(),
                 deadline_unix_ms: saga.deadline_unix_ms(),
+                participants: saga_members(saga),
             });
             let timeout = self
                 .config
@@ -408,6 +419,7 @@ impl SagaDriver {
             saga_id: saga.id().to_owned(),
             step,
             deadline_unix_ms: saga.deadline_unix_ms(),
+            participants: saga_members(saga),
         });
         request.set_timeout(self.config.rpc_timeout);
         client

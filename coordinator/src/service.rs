@@ -37,6 +37,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(resp))
     }
 
+    async fn transfer_status(
+        &self,
+        request: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::TransferStatusResponse>, Status> {
+        let id = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
+        Ok(Response::new(self.node.events.status(&id).await?))
+    }
+
     async fn resolve(
         &self,
         request: Request<pb::ResolveRequest>,

@@ -21,6 +21,8 @@ pub enum ProtocolLabel {
     /// A single-branch txn the coordinator ran in one phase.
     OnePhase,
     Saga,
+    /// A transfer of the events protocol (the coordinator runs its first step only).
+    Events,
 }
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub enum OutcomeLabel {
     Aborted,
     Completed,
     Compensated,
+    /// Events protocol: the first step committed; the rest follows from the feeds.
+    Accepted,
 }
 
 /// Label values in snake_case, as Prometheus users expect.
@@ -49,12 +53,14 @@ label_values!(ProtocolLabel {
     TwoPhase => "two_phase",
     OnePhase => "one_phase",
     Saga => "saga",
+    Events => "events",
 });
 label_values!(OutcomeLabel {
     Committed => "committed",
     Aborted => "aborted",
     Completed => "completed",
     Compensated => "compensated",
+    Accepted => "accepted",
 });
 label_values!(RetryKind {
     Commit => "commit",

@@ -21,6 +21,8 @@
 //! - [`locks`]: the lock queue model (one participant's lock table and its waiters).
 //! - [`adoption`]: several coordinators over a shared log: fencing, takeover of a gone
 //!   owner's decision, Resolve about a txn held elsewhere.
+//! - [`events`]: the events protocol and the outbox/inbox rules (exactly-once effects under
+//!   at-least-once delivery and crashes; a change and its event durable together).
 //! - [`golden`]: the runner of golden scripts over the 2PC and saga actors.
 //! - [`checked`]: the model wrapper that drops steps which change nothing, so liveness can be
 //!   judged.
@@ -28,6 +30,7 @@
 
 pub mod adoption;
 pub mod checked;
+pub mod events;
 pub mod golden;
 pub mod io;
 pub mod locks;

@@ -146,6 +146,7 @@ impl Setup {
             txn: blocker(),
             coordinator_epoch: 1,
             participants: vec![self.participant.clone()],
+            writers: Vec::new(),
             ops: vec![Op::Read { key: KEY.to_vec() }],
             read_only: true,
             commit_point: Default::default(),

@@ -228,10 +228,13 @@ impl Node {
     }
 
     fn participant(&self, st: &mut Step, step: u32, msg: Msg, plan: &Plan) -> Option<Msg> {
-        let core = ParticipantCore::with_limits(Limits {
+        // The participant's core holds the outbox's position, which it reads back from the
+        // store as a restarted participant does, and the barrier margin.
+        let mut core = ParticipantCore::with_limits(Limits {
             barrier_margin_ms: Some(RETENTION),
             ..Limits::default()
         });
+        core.recover(&st.store).expect("recover");
         let id = saga_id();
         let now = TIMES[st.clock as usize];
         let at = StepRef {
@@ -239,11 +242,12 @@ impl Node {
             step,
             deadline_unix_ms: plan.sent_deadline(),
         };
+        let members: Vec<String> = (0..plan.ops.len()).map(|i| format!("p{}", i + 1)).collect();
         match msg {
             Msg::Execute { .. } => {
                 let ops = &plan.ops[step as usize];
                 let Attempt::Ready(done) =
-                    saga::execute(&core, at, ops, &st.store, now).expect("execute")
+                    saga::execute(&mut core, at, ops, &members, &st.store, now).expect("execute")
                 else {
                     unreachable!("no 2PC locks in the saga model")
                 };
@@ -263,7 +267,7 @@ impl Node {
             }
             Msg::Compensate { .. } => {
                 let Attempt::Ready(done) =
-                    saga::compensate(&core, at, &st.store, now).expect("compensate")
+                    saga::compensate(&mut core, at, &members, &st.store, now).expect("compensate")
                 else {
                     unreachable!("no 2PC locks in the saga model")
                 };

@@ -42,6 +42,7 @@ fn req(t: &str, ops: Vec<Op>) -> PrepareRequest {
         read_only: false,
         commit_point: Default::default(),
         ops,
+        writers: vec![ParticipantId::parse("p", "p1").unwrap()],
     }
 }
 
@@ -194,15 +195,21 @@ fn saga_core() -> ParticipantCore {
     })
 }
 
-fn execute(core: &ParticipantCore, store: &MemStore, s: &TxnId, step: u32, now: u64) -> StepResult {
+fn execute(
+    core: &mut ParticipantCore,
+    store: &MemStore,
+    s: &TxnId,
+    step: u32,
+    now: u64,
+) -> StepResult {
     apply(
         store,
-        ready(saga::execute(core, step_at(s, step), &[add("k", 1)], store, now).unwrap()),
+        ready(saga::execute(core, step_at(s, step), &[add("k", 1)], &[], store, now).unwrap()),
     )
 }
 
 fn compensate(
-    core: &ParticipantCore,
+    core: &mut ParticipantCore,
     store: &MemStore,
     s: &TxnId,
     step: u32,
@@ -210,7 +217,7 @@ fn compensate(
 ) -> Compensation {
     apply(
         store,
-        ready(saga::compensate(core, step_at(s, step), store, now).unwrap()),
+        ready(saga::compensate(core, step_at(s, step), &[], store, now).unwrap()),
     )
 }
 
@@ -225,10 +232,19 @@ fn barriers(store: &MemStore) -> usize {
 #[test]
 fn an_execute_past_the_deadline_is_refused_with_nothing_written() {
     let store = MemStore::new();
-    let core = saga_core();
+    let mut core = saga_core();
     let s = txn("5.1");
-    let step =
-        ready(saga::execute(&core, step_at(&s, 0), &[add("k", 1)], &store, DEADLINE + 1).unwrap());
+    let step = ready(
+        saga::execute(
+            &mut core,
+            step_at(&s, 0),
+            &[add("k", 1)],
+            &[],
+            &store,
+            DEADLINE + 1,
+        )
+        .unwrap(),
+    );
     assert!(step.write.is_empty());
     assert!(
         matches!(step.answer, StepResult::Refused { .. }),
@@ -238,12 +254,12 @@ fn an_execute_past_the_deadline_is_refused_with_nothing_written() {
     assert_eq!(counter(&store), 0);
     // At the deadline itself it still runs.
     assert!(matches!(
-        execute(&core, &store, &s, 0, DEADLINE),
+        execute(&mut core, &store, &s, 0, DEADLINE),
         StepResult::Succeeded { .. }
     ));
     // A duplicate after the deadline gets the stored result.
     assert!(matches!(
-        execute(&core, &store, &s, 0, DEADLINE + 1),
+        execute(&mut core, &store, &s, 0, DEADLINE + 1),
         StepResult::Succeeded { .. }
     ));
     assert_eq!(counter(&store), 1);
@@ -255,25 +271,28 @@ fn an_execute_past_the_deadline_is_refused_with_nothing_written() {
 #[test]
 fn ended_sagas_barriers_go_after_the_deadline_and_late_calls_cannot_apply() {
     let store = MemStore::new();
-    let core = saga_core();
+    let mut core = saga_core();
     let done = txn("5.1");
     let undone = txn("5.2");
     let running = txn("5.3");
     assert!(matches!(
-        execute(&core, &store, &done, 0, 1),
+        execute(&mut core, &store, &done, 0, 1),
         StepResult::Succeeded { .. }
     ));
     assert!(matches!(
-        execute(&core, &store, &undone, 0, 1),
+        execute(&mut core, &store, &undone, 0, 1),
         StepResult::Succeeded { .. }
     ));
     assert_eq!(
-        compensate(&core, &store, &undone, 0, 2),
+        compensate(&mut core, &store, &undone, 0, 2),
         Compensation::Applied
     );
-    assert_eq!(compensate(&core, &store, &undone, 1, 2), Compensation::Null);
+    assert_eq!(
+        compensate(&mut core, &store, &undone, 1, 2),
+        Compensation::Null
+    );
     assert!(matches!(
-        execute(&core, &store, &running, 0, 1),
+        execute(&mut core, &store, &running, 0, 1),
         StepResult::Succeeded { .. }
     ));
     assert_eq!(counter(&store), 2);
@@ -306,14 +325,14 @@ fn ended_sagas_barriers_go_after_the_deadline_and_late_calls_cannot_apply() {
     // Late copies of the calls (the sweep ran at DEADLINE + MARGIN at the earliest).
     let late = DEADLINE + MARGIN;
     assert!(matches!(
-        execute(&core, &store, &done, 0, late),
+        execute(&mut core, &store, &done, 0, late),
         StepResult::Refused { .. }
     ));
     assert!(matches!(
-        execute(&core, &store, &undone, 1, late),
+        execute(&mut core, &store, &undone, 1, late),
         StepResult::Refused { .. }
     ));
-    let step = ready(saga::compensate(&core, step_at(&undone, 0), &store, late).unwrap());
+    let step = ready(saga::compensate(&mut core, step_at(&undone, 0), &[], &store, late).unwrap());
     assert!(step.write.is_empty(), "no barrier that nobody would sweep");
     assert_eq!(step.answer, Compensation::Null);
     assert_eq!(counter(&store), 2, "no late call applied anything");
@@ -321,7 +340,7 @@ fn ended_sagas_barriers_go_after_the_deadline_and_late_calls_cannot_apply() {
 
     // Before the margin, a Compensate that finds nothing still records its barrier.
     assert_eq!(
-        compensate(&core, &store, &running, 1, late - 1),
+        compensate(&mut core, &store, &running, 1, late - 1),
         Compensation::Null
     );
     assert!(store.get(&compensate_key(&running, 1)).unwrap().is_some());

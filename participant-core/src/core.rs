@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 
-use txn_types::rec::{OutcomeKind, PreparedRecord};
+use txn_types::rec::{EventKind, OutcomeKind, PreparedRecord};
 use txn_types::record;
 use txn_types::store::{Store, StoreError, WriteBatch};
 use txn_types::types::{CommitPoint, KeyValue, MAX_RECORD_BYTES, Op, ParticipantId, TxnId, Vote};
@@ -28,6 +28,7 @@ use crate::keys::{
 };
 use crate::limits::{Limits, Overload};
 use crate::locks::LockTable;
+use crate::outbox::{self, Outbox};
 use crate::step::{Attempt, Durability, Step};
 
 /// A Prepare, validated.
@@ -36,6 +37,9 @@ pub struct PrepareRequest {
     pub txn: TxnId,
     pub coordinator_epoch: u64,
     pub participants: Vec<ParticipantId>,
+    /// The participants whose branches write (the coordinator says so): the commit's event
+    /// names them, so that a consumer knows which events make up the txn.
+    pub writers: Vec<ParticipantId>,
     pub ops: Vec<Op>,
     /// No branch of the txn writes (the coordinator says so).
     pub read_only: bool,
@@ -140,6 +144,8 @@ pub struct ParticipantCore {
     /// Abort moves them, never this participant's own resolver.
     held: BTreeSet<TxnId>,
     pub(crate) limits: Limits,
+    /// Where the next event of the outbox goes (see [`crate::outbox`]).
+    pub(crate) outbox: Outbox,
 }
 
 // Prepared records are prost messages, which derive neither `Eq` nor `Hash`; their fields
@@ -155,6 +161,7 @@ impl std::hash::Hash for ParticipantCore {
         }
         self.held.hash(state);
         self.limits.hash(state);
+        self.outbox.hash(state);
     }
 }
 
@@ -163,10 +170,11 @@ impl ParticipantCore {
         Self::default()
     }
 
-    /// Rebuilds the in-memory state from the durable prepared records, re-taking their locks.
-    /// Must run before any request is served: a prepared txn's keys may not be read or written
-    /// by anyone until its decision is known.
+    /// Rebuilds the in-memory state from the durable prepared records, re-taking their locks,
+    /// and the outbox's position. Must run before any request is served: a prepared txn's keys
+    /// may not be read or written by anyone until its decision is known.
     pub fn recover(&mut self, store: &dyn Store) -> Result<Vec<TxnId>, StoreError> {
+        self.outbox = Outbox::recover(store)?;
         let mut txns = Vec::new();
         for (key, bytes) in store.scan_prefix(PREPARED_PREFIX)? {
             let rec: PreparedRecord = record::decode(&key, &bytes)?;
@@ -274,6 +282,7 @@ impl ParticipantCore {
             shared_keys: shared,
             prepared_at_unix_ms: now_unix_ms,
             commit_at_votes: req.commit_point == CommitPoint::Votes,
+            writers: req.writers.iter().map(|p| p.as_str().to_owned()).collect(),
         };
         if rec.encoded_len() > MAX_RECORD_BYTES {
             self.locks
@@ -386,6 +395,22 @@ impl ParticipantCore {
                 .release_all(txn, &rec.exclusive_keys, &rec.shared_keys);
             let facts = OutcomeFacts::of_prepared(&rec);
             let mut batch = WriteBatch::default();
+            if !rec.writes.is_empty() {
+                // The event rides in the commit's own batch: durable exactly when it is.
+                let members = if rec.writers.is_empty() {
+                    rec.participants.clone()
+                } else {
+                    rec.writers.clone()
+                };
+                let ev = outbox::event(
+                    EventKind::TwoPhaseCommit,
+                    txn.as_str(),
+                    members,
+                    rec.writes.clone(),
+                    now_unix_ms,
+                );
+                self.outbox.append(&mut batch, ev);
+            }
             for w in rec.writes {
                 match w.value {
                     Some(v) => batch.put(data_key(&w.key), v),
@@ -668,5 +693,15 @@ impl ParticipantCore {
 
     pub fn lock_conflict_keys(&self, keys: &[Vec<u8>]) -> Option<TxnId> {
         self.locks.conflict(None, keys, &[])
+    }
+
+    /// The outbox: the offset the next event gets, and the first one kept.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The outbox, for the feed's pruning (see [`outbox::prune`]).
+    pub fn outbox_mut(&mut self) -> &mut Outbox {
+        &mut self.outbox
     }
 }

@@ -29,6 +29,20 @@ pub(crate) fn lock_sets(ops: &[Op]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 /// writes). Returns the writes and reads, or the reason to vote NO.
 pub(crate) type Evaluated = Result<(Vec<Write>, Vec<KeyValue>), String>;
 
+/// The change a branch made to a counter `key`, when every operation on the key is an Add:
+/// the sum of their deltas (each was checked not to overflow). None when something else
+/// (a Put, a Delete) touched the key: its change is its new value only.
+pub(crate) fn counter_delta(ops: &[Op], key: &[u8]) -> Option<i64> {
+    let mut sum = 0i64;
+    for op in ops.iter().filter(|op| op.writes() && op.key() == key) {
+        match op {
+            Op::Add { delta, .. } => sum = sum.checked_add(*delta)?,
+            _ => return None,
+        }
+    }
+    Some(sum)
+}
+
 pub(crate) fn evaluate(ops: &[Op], store: &dyn Store) -> Result<Evaluated, StoreError> {
     let mut overlay: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
     let mut reads = Vec::new();
@@ -104,7 +118,10 @@ pub(crate) fn evaluate(ops: &[Op], store: &dyn Store) -> Result<Evaluated, Store
     let writes = overlay
         .into_iter()
         .filter(|(k, _)| written.contains(k))
-        .map(|(key, value)| Write { key, value })
+        .map(|(key, value)| {
+            let delta = counter_delta(ops, &key);
+            Write { key, value, delta }
+        })
         .collect();
     Ok(Ok((writes, reads)))
 }

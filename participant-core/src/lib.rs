@@ -12,6 +12,10 @@
 //! - [`one_phase`]: one-phase commit of a single-branch txn.
 //! - [`resolve`]: peers' questions, cooperative termination, applying a learned decision.
 //! - [`saga`]: saga steps and their barrier (idempotent, null compensation, anti-hanging).
+//! - [`outbox`]: the transactional outbox (an event in the batch of every committed change)
+//!   and the change feed's rules: what may be sent, registered consumers, pruning.
+//! - [`transfer`]: the events protocol (choreography): the source's step with its event, and
+//!   a consumer applying another participant's events exactly once through its inbox.
 //! - [`keys`]: the storage layout, outcome records and their expiry.
 //! - [`limits`]: the bounds on prepared txns and locked keys, and a Prepare's refusal.
 //! - [`eval`]: what a branch's operations lock, read and write.
@@ -24,11 +28,16 @@ pub mod keys;
 pub mod limits;
 pub mod locks;
 pub mod one_phase;
+pub mod outbox;
 pub mod resolve;
 pub mod saga;
 pub mod step;
+pub mod transfer;
 
 #[cfg(test)]
 mod bounds_tests;
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod transfer_tests;

@@ -9,13 +9,14 @@
 //! durable: the client will be told ABORTED on the strength of a refusal, and a crash must
 //! not let a redelivered copy of the call commit afterwards.
 
-use txn_types::rec::OutcomeKind;
+use txn_types::rec::{EventKind, OutcomeKind};
 use txn_types::store::{Store, StoreError, WriteBatch};
 use txn_types::types::{KeyValue, Op, TxnId};
 
 use crate::core::{AbortRecord, ParticipantCore};
 use crate::eval::{evaluate, lock_sets};
 use crate::keys::{OutcomeFacts, data_key, put_abort, put_outcome, read_outcome};
+use crate::outbox;
 use crate::step::{Attempt, LockWait, Step};
 
 /// The answer to a one-phase commit.
@@ -31,7 +32,7 @@ pub enum OnePhaseAnswer {
 
 impl ParticipantCore {
     pub fn commit_one_phase(
-        &self,
+        &mut self,
         txn: &TxnId,
         ops: &[Op],
         store: &dyn Store,
@@ -80,6 +81,17 @@ impl ParticipantCore {
                     writes: writes.len() as u32,
                     ..OutcomeFacts::unknown()
                 };
+                if !writes.is_empty() {
+                    // This participant alone: the event names no members.
+                    let ev = outbox::event(
+                        EventKind::OnePhaseCommit,
+                        txn.as_str(),
+                        Vec::new(),
+                        writes.clone(),
+                        now_unix_ms,
+                    );
+                    self.outbox.append(&mut batch, ev);
+                }
                 for w in writes {
                     match w.value {
                         Some(v) => batch.put(data_key(&w.key), v),

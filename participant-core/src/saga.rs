@@ -23,7 +23,7 @@
 //! `bx/<at, 8 bytes big-endian><saga>` the expiry index of ended sagas' barriers.
 
 use prost::Message;
-use txn_types::rec::{BarrierKind, BarrierRecord, Restore, UndoOp, undo_op};
+use txn_types::rec::{BarrierKind, BarrierRecord, EventKind, Restore, UndoOp, Write, undo_op};
 use txn_types::record;
 use txn_types::store::{Store, StoreError, WriteBatch};
 use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, TxnId, decode_counter, encode_counter};
@@ -31,6 +31,7 @@ use txn_types::types::{KeyValue, MAX_RECORD_BYTES, Op, TxnId, decode_counter, en
 use crate::core::ParticipantCore;
 use crate::eval::evaluate;
 use crate::keys::{corrupt_key, data_key};
+use crate::outbox;
 use crate::step::{Attempt, LockWait, Step};
 
 pub const BARRIER_PREFIX: &[u8] = b"b/";
@@ -114,12 +115,88 @@ impl StepRef<'_> {
     }
 }
 
+/// How to undo `writes`, which `ops` made against what `store` holds now: an Add by the
+/// opposite delta (commutes with concurrent adds), anything else by restoring the before-image.
+pub(crate) fn undo_of(
+    ops: &[Op],
+    writes: &[Write],
+    store: &dyn Store,
+) -> Result<Vec<UndoOp>, StoreError> {
+    let mut undo = Vec::with_capacity(writes.len());
+    for w in writes {
+        let only_adds = ops
+            .iter()
+            .filter(|op| op.key() == w.key.as_slice())
+            .all(|op| matches!(op, Op::Add { .. }));
+        let before = store.get(&data_key(&w.key))?;
+        let kind = if only_adds {
+            let old = decode_counter(before.as_deref()).unwrap_or(0);
+            let new = decode_counter(w.value.as_deref()).unwrap_or(0);
+            undo_op::Kind::Add(old.wrapping_sub(new))
+        } else {
+            undo_op::Kind::Restore(Restore { value: before })
+        };
+        undo.push(UndoOp {
+            key: w.key.clone(),
+            kind: Some(kind),
+        });
+    }
+    Ok(undo)
+}
+
+/// Puts `writes` into `batch` as data.
+pub(crate) fn put_writes(batch: &mut WriteBatch, writes: &[Write]) {
+    for w in writes {
+        match &w.value {
+            Some(v) => batch.put(data_key(&w.key), v.clone()),
+            None => batch.delete(data_key(&w.key)),
+        };
+    }
+}
+
+/// Applies `undo` into `batch` against what `store` holds now; returns the changes it makes.
+pub(crate) fn apply_undo(
+    undo: &[UndoOp],
+    store: &dyn Store,
+    batch: &mut WriteBatch,
+) -> Result<Vec<Write>, StoreError> {
+    let mut changes = Vec::with_capacity(undo.len());
+    for u in undo {
+        let change = match &u.kind {
+            Some(undo_op::Kind::Add(delta)) => {
+                let current = store.get(&data_key(&u.key))?;
+                let n = decode_counter(current.as_deref()).unwrap_or(0);
+                Write {
+                    key: u.key.clone(),
+                    value: Some(encode_counter(n.wrapping_add(*delta))),
+                    delta: Some(*delta),
+                }
+            }
+            Some(undo_op::Kind::Restore(Restore { value })) => Write {
+                key: u.key.clone(),
+                value: value.clone(),
+                delta: None,
+            },
+            None => Write {
+                key: u.key.clone(),
+                value: None,
+                delta: None,
+            },
+        };
+        changes.push(change);
+    }
+    put_writes(batch, &changes);
+    Ok(changes)
+}
+
 /// Executes step `step` of `saga` with `ops`. Past the saga's deadline it is refused with
-/// nothing written (see the module docs).
+/// nothing written (see the module docs). `participants` are the saga's, in step order: the
+/// step's event names them.
 pub fn execute(
-    core: &ParticipantCore,
+    core: &mut ParticipantCore,
     at: StepRef<'_>,
     ops: &[Op],
+    participants: &[String],
     store: &dyn Store,
     now_unix_ms: u64,
 ) -> Result<ExecuteStep, StoreError> {
@@ -172,30 +249,8 @@ pub fn execute(
             )))
         }
         Ok((writes, reads)) => {
-            let mut undo = Vec::new();
-            for w in &writes {
-                let only_adds = ops
-                    .iter()
-                    .filter(|op| op.key() == w.key.as_slice())
-                    .all(|op| matches!(op, Op::Add { .. }));
-                let before = store.get(&data_key(&w.key))?;
-                let kind = if only_adds {
-                    // Undo by the opposite delta: commutes with concurrent adds.
-                    let old = decode_counter(before.as_deref()).unwrap_or(0);
-                    let new = decode_counter(w.value.as_deref()).unwrap_or(0);
-                    undo_op::Kind::Add(old.wrapping_sub(new))
-                } else {
-                    undo_op::Kind::Restore(Restore { value: before })
-                };
-                undo.push(UndoOp {
-                    key: w.key.clone(),
-                    kind: Some(kind),
-                });
-                match &w.value {
-                    Some(v) => batch.put(data_key(&w.key), v.clone()),
-                    None => batch.delete(data_key(&w.key)),
-                };
-            }
+            let undo = undo_of(ops, &writes, store)?;
+            put_writes(&mut batch, &writes);
             let rec = BarrierRecord {
                 kind: BarrierKind::Executed as i32,
                 reason: String::new(),
@@ -224,6 +279,17 @@ pub fn execute(
                 )));
             }
             batch.put(xkey, record::encode(&rec));
+            if !writes.is_empty() {
+                let mut ev = outbox::event(
+                    EventKind::SagaExecute,
+                    saga.as_str(),
+                    participants.to_vec(),
+                    writes,
+                    now_unix_ms,
+                );
+                ev.step = step;
+                core.outbox.append(&mut batch, ev);
+            }
             Ok(Attempt::Ready(Step::forced(
                 batch,
                 StepResult::Succeeded { reads },
@@ -232,10 +298,11 @@ pub fn execute(
     }
 }
 
-/// Compensates step `step` of `saga`.
+/// Compensates step `step` of `saga` (of `participants`, as for [`execute`]).
 pub fn compensate(
-    core: &ParticipantCore,
+    core: &mut ParticipantCore,
     at: StepRef<'_>,
+    participants: &[String],
     store: &dyn Store,
     now_unix_ms: u64,
 ) -> Result<CompensateStep, StoreError> {
@@ -281,27 +348,24 @@ pub fn compensate(
             wait: LockWait::Full,
         });
     }
-    for u in &executed.undo {
-        match &u.kind {
-            Some(undo_op::Kind::Add(delta)) => {
-                let current = store.get(&data_key(&u.key))?;
-                let n = decode_counter(current.as_deref()).unwrap_or(0);
-                batch.put(data_key(&u.key), encode_counter(n.wrapping_add(*delta)));
-            }
-            Some(undo_op::Kind::Restore(Restore { value: Some(v) })) => {
-                batch.put(data_key(&u.key), v.clone());
-            }
-            Some(undo_op::Kind::Restore(Restore { value: None })) | None => {
-                batch.delete(data_key(&u.key));
-            }
-        }
-    }
+    let changes = apply_undo(&executed.undo, store, &mut batch)?;
     let rec = BarrierRecord {
         kind: BarrierKind::Compensated as i32,
         at_unix_ms: now_unix_ms,
         ..Default::default()
     };
     batch.put(ckey, record::encode(&rec));
+    if !changes.is_empty() {
+        let mut ev = outbox::event(
+            EventKind::SagaCompensate,
+            saga.as_str(),
+            participants.to_vec(),
+            changes,
+            now_unix_ms,
+        );
+        ev.step = step;
+        core.outbox.append(&mut batch, ev);
+    }
     Ok(Attempt::Ready(Step::forced(batch, Compensation::Applied)))
 }
 
@@ -452,15 +516,15 @@ mod tests {
     #[test]
     fn duplicate_execute_applies_once_and_returns_the_stored_result() {
         let store = MemStore::new();
-        let core = ParticipantCore::new();
+        let mut core = ParticipantCore::new();
         let ops = [add("a", 7)];
         let r1 = apply(
             &store,
-            execute(&core, at(&saga(), 0), &ops, &store, 0).unwrap(),
+            execute(&mut core, at(&saga(), 0), &ops, &[], &store, 0).unwrap(),
         );
         let r2 = apply(
             &store,
-            execute(&core, at(&saga(), 0), &ops, &store, 0).unwrap(),
+            execute(&mut core, at(&saga(), 0), &ops, &[], &store, 0).unwrap(),
         );
         assert_eq!(r1, r2);
         assert!(matches!(r1, StepResult::Succeeded { .. }));
@@ -469,14 +533,14 @@ mod tests {
         assert_eq!(
             apply_c(
                 &store,
-                compensate(&core, at(&saga(), 0), &store, 0).unwrap()
+                compensate(&mut core, at(&saga(), 0), &[], &store, 0).unwrap()
             ),
             Compensation::Applied
         );
         assert_eq!(
             apply_c(
                 &store,
-                compensate(&core, at(&saga(), 0), &store, 0).unwrap()
+                compensate(&mut core, at(&saga(), 0), &[], &store, 0).unwrap()
             ),
             Compensation::Applied
         );
@@ -486,17 +550,17 @@ mod tests {
     #[test]
     fn null_compensation_then_late_execute_is_refused() {
         let store = MemStore::new();
-        let core = ParticipantCore::new();
+        let mut core = ParticipantCore::new();
         assert_eq!(
             apply_c(
                 &store,
-                compensate(&core, at(&saga(), 1), &store, 0).unwrap()
+                compensate(&mut core, at(&saga(), 1), &[], &store, 0).unwrap()
             ),
             Compensation::Null
         );
         let late = apply(
             &store,
-            execute(&core, at(&saga(), 1), &[add("a", 5)], &store, 0).unwrap(),
+            execute(&mut core, at(&saga(), 1), &[add("a", 5)], &[], &store, 0).unwrap(),
         );
         assert!(matches!(late, StepResult::Refused { .. }), "{late:?}");
         assert_eq!(
@@ -509,16 +573,16 @@ mod tests {
     #[test]
     fn failed_step_records_failure_and_compensates_to_nothing() {
         let store = MemStore::new();
-        let core = ParticipantCore::new();
+        let mut core = ParticipantCore::new();
         let r = apply(
             &store,
-            execute(&core, at(&saga(), 0), &[add("a", -5)], &store, 0).unwrap(),
+            execute(&mut core, at(&saga(), 0), &[add("a", -5)], &[], &store, 0).unwrap(),
         );
         assert!(matches!(r, StepResult::Failed { .. }));
         assert_eq!(
             apply_c(
                 &store,
-                compensate(&core, at(&saga(), 0), &store, 0).unwrap()
+                compensate(&mut core, at(&saga(), 0), &[], &store, 0).unwrap()
             ),
             Compensation::Null
         );
@@ -528,18 +592,21 @@ mod tests {
     #[test]
     fn add_undo_commutes_with_concurrent_adds_but_put_undo_loses_the_update() {
         let store = MemStore::new();
-        let core = ParticipantCore::new();
+        let mut core = ParticipantCore::new();
         let s1 = TxnId::parse("s", "1.1").unwrap();
         let s2 = TxnId::parse("s", "1.2").unwrap();
         apply(
             &store,
-            execute(&core, at(&s1, 0), &[add("n", 10)], &store, 0).unwrap(),
+            execute(&mut core, at(&s1, 0), &[add("n", 10)], &[], &store, 0).unwrap(),
         );
         apply(
             &store,
-            execute(&core, at(&s2, 0), &[add("n", 5)], &store, 0).unwrap(),
+            execute(&mut core, at(&s2, 0), &[add("n", 5)], &[], &store, 0).unwrap(),
         );
-        apply_c(&store, compensate(&core, at(&s1, 0), &store, 0).unwrap());
+        apply_c(
+            &store,
+            compensate(&mut core, at(&s1, 0), &[], &store, 0).unwrap(),
+        );
         assert_eq!(balance(&store, "n"), 5, "the other saga's add survives");
 
         let put = |v: &str| Op::Put {
@@ -548,13 +615,16 @@ mod tests {
         };
         apply(
             &store,
-            execute(&core, at(&s1, 1), &[put("one")], &store, 0).unwrap(),
+            execute(&mut core, at(&s1, 1), &[put("one")], &[], &store, 0).unwrap(),
         );
         apply(
             &store,
-            execute(&core, at(&s2, 1), &[put("two")], &store, 0).unwrap(),
+            execute(&mut core, at(&s2, 1), &[put("two")], &[], &store, 0).unwrap(),
         );
-        apply_c(&store, compensate(&core, at(&s1, 1), &store, 0).unwrap());
+        apply_c(
+            &store,
+            compensate(&mut core, at(&s1, 1), &[], &store, 0).unwrap(),
+        );
         assert_eq!(
             store.get(&data_key(b"p")).unwrap(),
             None,

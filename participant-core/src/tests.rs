@@ -27,6 +27,7 @@ fn req(t: &str, ops: Vec<Op>) -> PrepareRequest {
         txn: txn(t),
         coordinator_epoch: 1,
         participants: vec![ParticipantId::parse("p", "p1").unwrap()],
+        writers: vec![ParticipantId::parse("p", "p1").unwrap()],
         read_only: ops.iter().all(|op| !op.writes()),
         commit_point: Default::default(),
         ops,
@@ -71,7 +72,7 @@ fn prepare(core: &mut ParticipantCore, store: &MemStore, t: &str, ops: Vec<Op>) 
     core.confirm_vote(&txn(t), answer)
 }
 
-fn one_phase(core: &ParticipantCore, store: &MemStore, t: &str, ops: &[Op]) -> OnePhaseAnswer {
+fn one_phase(core: &mut ParticipantCore, store: &MemStore, t: &str, ops: &[Op]) -> OnePhaseAnswer {
     apply(
         store,
         ready(core.commit_one_phase(&txn(t), ops, store, 0).unwrap()),
@@ -371,14 +372,14 @@ fn commit_batch_commits_each_once_and_forgets_when_told() {
 #[test]
 fn one_phase_applies_once_and_a_duplicate_changes_nothing() {
     let store = MemStore::new();
-    let core = ParticipantCore::new();
+    let mut core = ParticipantCore::new();
     assert!(matches!(
-        one_phase(&core, &store, "1", &[add("a", 10)]),
+        one_phase(&mut core, &store, "1", &[add("a", 10)]),
         OnePhaseAnswer::Committed { .. }
     ));
     assert_eq!(balance(&store, "a"), 10);
     assert_eq!(
-        one_phase(&core, &store, "1", &[add("a", 10)]),
+        one_phase(&mut core, &store, "1", &[add("a", 10)]),
         OnePhaseAnswer::AlreadyCommitted
     );
     assert_eq!(balance(&store, "a"), 10);
@@ -397,7 +398,7 @@ fn one_phase_refuses_after_an_abort_and_on_a_failed_check() {
     // An Abort that overtakes the one-phase call leaves a tombstone; the call refuses.
     abort(&mut core, &store, "1", AbortSource::Coordinator);
     assert!(matches!(
-        one_phase(&core, &store, "1", &[add("a", 10)]),
+        one_phase(&mut core, &store, "1", &[add("a", 10)]),
         OnePhaseAnswer::Refused { .. }
     ));
     // A check that fails (balance below min) refuses, durably, and records the abort.
@@ -413,7 +414,7 @@ fn one_phase_refuses_after_an_abort_and_on_a_failed_check() {
     assert_eq!(core.status(&txn("2"), &store).unwrap(), TxnStatus::Aborted);
     assert_eq!(store.get(&data_key(b"a")).unwrap(), None);
     // And an Abort after a one-phase commit is refused: the outcome is fixed.
-    one_phase(&core, &store, "3", &[add("a", 1)]);
+    one_phase(&mut core, &store, "3", &[add("a", 1)]);
     assert!(matches!(
         abort(&mut core, &store, "3", AbortSource::Coordinator),
         AbortAnswer::Refused(Refusal::Conflict(_))
@@ -435,7 +436,7 @@ fn one_phase_waits_for_a_prepared_txn_and_refuses_durably_when_the_wait_is_over(
     );
     // The prepared txn's own id cannot be committed in one phase.
     assert!(matches!(
-        one_phase(&core, &store, "1", &[add("a", 1)]),
+        one_phase(&mut core, &store, "1", &[add("a", 1)]),
         OnePhaseAnswer::Refused { .. }
     ));
     let over = core
@@ -447,12 +448,12 @@ fn one_phase_waits_for_a_prepared_txn_and_refuses_durably_when_the_wait_is_over(
     store.crash();
     // The tombstone survives a crash: a redelivered call cannot commit any more.
     assert!(matches!(
-        one_phase(&core, &store, "2", &[add("a", 1)]),
+        one_phase(&mut core, &store, "2", &[add("a", 1)]),
         OnePhaseAnswer::Refused { .. }
     ));
     // A txn that committed meanwhile: look again instead of refusing.
     apply(&store, core.commit(&txn("1"), &store, 0).unwrap());
-    one_phase(&core, &store, "3", &[add("a", 1)]);
+    one_phase(&mut core, &store, "3", &[add("a", 1)]);
     assert_eq!(
         core.one_phase_lock_wait_over(&txn("3"), &txn("1"), 50, &store, 0)
             .unwrap(),
@@ -603,7 +604,7 @@ fn locks_writers_exclusive_readers_shared() {
     assert!(core.lock_conflict(&[add("r", 1)]).is_some());
     assert_eq!(core.lock_conflict_keys(&[b"a".to_vec()]), Some(txn("1")));
     assert_eq!(core.lock_conflict_keys(&[b"z".to_vec()]), None);
-    let ex = saga::execute(&core, at(&txn("9"), 0), &[add("a", 1)], &store, 0).unwrap();
+    let ex = saga::execute(&mut core, at(&txn("9"), 0), &[add("a", 1)], &[], &store, 0).unwrap();
     assert_eq!(
         ex,
         Attempt::Blocked {
@@ -719,29 +720,29 @@ fn expired_outcomes_are_swept_after_their_cutoff_only() {
 #[test]
 fn barriers_are_per_step_and_keep_their_answers() {
     let store = MemStore::new();
-    let core = ParticipantCore::new();
+    let mut core = ParticipantCore::new();
     let saga_id = txn("7");
     let run = |step: Step<StepResult>| apply(&store, step);
     // Compensating step 0 refuses step 0's late Execute, not step 1's.
     let c = apply(
         &store,
-        ready(saga::compensate(&core, at(&saga_id, 0), &store, 0).unwrap()),
+        ready(saga::compensate(&mut core, at(&saga_id, 0), &[], &store, 0).unwrap()),
     );
     assert_eq!(c, Compensation::Null);
     let late = run(ready(
-        saga::execute(&core, at(&saga_id, 0), &[add("a", 1)], &store, 0).unwrap(),
+        saga::execute(&mut core, at(&saga_id, 0), &[add("a", 1)], &[], &store, 0).unwrap(),
     ));
     assert!(matches!(late, StepResult::Refused { .. }));
     let other = run(ready(
-        saga::execute(&core, at(&saga_id, 1), &[add("a", 1)], &store, 0).unwrap(),
+        saga::execute(&mut core, at(&saga_id, 1), &[add("a", 1)], &[], &store, 0).unwrap(),
     ));
     assert!(matches!(other, StepResult::Succeeded { .. }));
     // A failed step answers the same failure, reason included, when asked again.
     let failed = run(ready(
-        saga::execute(&core, at(&saga_id, 2), &[add("a", -5)], &store, 0).unwrap(),
+        saga::execute(&mut core, at(&saga_id, 2), &[add("a", -5)], &[], &store, 0).unwrap(),
     ));
     let again = run(ready(
-        saga::execute(&core, at(&saga_id, 2), &[add("a", -5)], &store, 0).unwrap(),
+        saga::execute(&mut core, at(&saga_id, 2), &[add("a", -5)], &[], &store, 0).unwrap(),
     ));
     assert_eq!(failed, again);
     let StepResult::Failed { reason } = again else {
@@ -811,7 +812,7 @@ fn outcome_records_name_the_members_and_the_writes_and_keep_them_when_forgotten(
             }
         ))
     );
-    one_phase(&core, &store, "5", &[add("c", 3)]);
+    one_phase(&mut core, &store, "5", &[add("c", 3)]);
     assert_eq!(
         facts("5"),
         Some((

@@ -27,6 +27,10 @@ pub enum ParticipantError {
     Overloaded(String),
     #[error("no vote within the Prepare's timeout (waited {waited_ms} ms for locks)")]
     DeadlineExceeded { waited_ms: u64 },
+    #[error("{0}")]
+    Feed(txn_participant_core::outbox::FeedRefusal),
+    #[error("transfer_id {0}: no record of this transfer here")]
+    UnknownTransfer(String),
 }
 
 impl ParticipantError {
@@ -56,6 +60,18 @@ impl From<ParticipantError> for tonic::Status {
                 _ => Status::resource_exhausted(msg),
             },
             ParticipantError::Overloaded(_) => Status::resource_exhausted(msg),
+            ParticipantError::Feed(r) => {
+                use txn_participant_core::outbox::FeedRefusal;
+                match r {
+                    FeedRefusal::OutOfRange { .. } => Status::out_of_range(msg),
+                    FeedRefusal::TooManyConsumers => Status::resource_exhausted(msg),
+                    FeedRefusal::UnknownConsumer => Status::not_found(format!("consumer: {msg}")),
+                    FeedRefusal::AckBeyondHead { .. } => {
+                        Status::invalid_argument(format!("offset: {msg}"))
+                    }
+                }
+            }
+            ParticipantError::UnknownTransfer(_) => Status::not_found(msg),
         }
     }
 }

@@ -43,17 +43,22 @@ impl<A> Default for CrashPoints<A> {
 pub const COMMIT_ACK_PATIENCE: Duration = Duration::from_millis(5);
 
 /// A step whose write is applied; what is left is waiting and answering.
-struct Applied<A> {
-    wait_for: Option<Ticket>,
+pub(crate) struct Applied<A> {
+    pub(crate) wait_for: Option<Ticket>,
     /// Whether the wait may ride on other writers' syncs (see [`COMMIT_ACK_PATIENCE`]).
-    patient: bool,
-    released: bool,
-    answer: A,
+    pub(crate) patient: bool,
+    pub(crate) released: bool,
+    pub(crate) answer: A,
 }
 
 impl Participant {
-    /// Applies a step's write; the caller holds the core's lock.
-    fn apply<A>(&self, step: Step<A>) -> Result<Applied<A>, ParticipantError> {
+    /// Applies a step's write; the caller holds the core's lock (`core`). A step that
+    /// appended events is noted for the feed, which sends them once they are durable.
+    pub(crate) fn apply<A>(
+        &self,
+        core: &ParticipantCore,
+        step: Step<A>,
+    ) -> Result<Applied<A>, ParticipantError> {
         let written = if step.write.is_empty() {
             None
         } else {
@@ -64,6 +69,16 @@ impl Participant {
             }
             Some(ticket)
         };
+        let head = core.outbox().head();
+        if let Some(ticket) = written
+            && head > self.feed.applied_head()
+        {
+            debug_assert!(
+                step.durability.waits(),
+                "an event rides only in a step that waits for durability"
+            );
+            self.feed.note_applied(ticket, head);
+        }
         // Everything applied so far: a step with no write of its own answers on the strength
         // of earlier ones (a duplicate, a status).
         let wait_for = step
@@ -111,6 +126,7 @@ impl Participant {
                 self.gc.wait(ticket).await
             };
             self.check(durable)?;
+            self.feed.note_durable(ticket);
             if armed {
                 crash.after_durable.map(failpoint::hit);
             }
@@ -142,7 +158,7 @@ impl Participant {
             requests.into_iter().try_for_each(|r| {
                 match self.check(attempt(&r, &mut core, self.store()))? {
                     Attempt::Ready(step) => {
-                        applied.push(self.apply(step)?);
+                        applied.push(self.apply(&core, step)?);
                         ready.push(r);
                     }
                     Attempt::Blocked { .. } => waiting.push(r),
@@ -166,7 +182,7 @@ impl Participant {
         let applied = {
             let mut core = self.core();
             let step = self.check(step(&mut core, self.store()))?;
-            self.apply(step)?
+            self.apply(&core, step)?
         };
         self.finish(applied, crash).await
     }
@@ -204,7 +220,7 @@ impl Participant {
             let applied = {
                 let mut core = self.core();
                 match self.check(attempt(&mut core, self.store()))? {
-                    Attempt::Ready(step) => Ok(self.apply(step)?),
+                    Attempt::Ready(step) => Ok(self.apply(&core, step)?),
                     Attempt::Blocked { holder, wait } => Err((holder, wait)),
                 }
             };
@@ -228,7 +244,10 @@ impl Participant {
             let applied = {
                 let mut core = self.core();
                 match wait_over(&mut core, self.store(), &holder, waited_ms)? {
-                    Some(step) => self.apply(core.leave_lock_queue(txn, step))?,
+                    Some(step) => {
+                        let step = core.leave_lock_queue(txn, step);
+                        self.apply(&core, step)?
+                    }
                     None => continue,
                 }
             };
@@ -297,6 +316,7 @@ mod tests {
             txn: txn(t),
             coordinator_epoch: 1,
             participants: vec![ParticipantId::parse("p", "p1").unwrap()],
+            writers: Vec::new(),
             read_only: ops.iter().all(|op| !op.writes()),
             commit_point: Default::default(),
             ops,

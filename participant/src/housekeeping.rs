@@ -33,6 +33,9 @@ pub const IN_DOUBT_PAGE: usize = 1_000;
 /// page stays well inside it whatever the entries hold.
 pub const MAX_PAGE_BYTES: usize = txn_types::types::MAX_MESSAGE_BYTES / 4;
 
+/// Most unsettled transfers the statistics count (exact below it).
+const UNSETTLED_COUNTED: usize = 100_000;
+
 /// A snapshot of the node's counters.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeStats {
@@ -43,6 +46,9 @@ pub struct NodeStats {
     pub in_doubt: u64,
     pub max_in_doubt_ms: u64,
     pub oldest_in_doubt_ms: u64,
+    /// The feed's durable head, and this participant's transfers not settled yet.
+    pub events_head: u64,
+    pub unsettled_transfers: u64,
 }
 
 /// A prepared txn as operators see it.
@@ -125,7 +131,8 @@ impl Participant {
     }
 
     /// One step of the sweep of what has outlived `retention` at `now_unix_ms`: expired
-    /// outcomes, then the barriers of ended sagas past their deadline by the retention.
+    /// outcomes, the barriers of ended sagas past their deadline by the retention, and the
+    /// settled transfer records of the events protocol as old.
     /// What is due is read with no lock held; the outcomes are checked (one point read each)
     /// and dropped under the core's lock, a page of [`OUTCOME_SWEEP_PAGE`] at a time, so a
     /// step that rewrites one of them meanwhile is never undone. Barriers need no check: no
@@ -141,7 +148,22 @@ impl Participant {
             self.check(due_outcomes(self.store(), cutoff, OUTCOME_SWEEP_PAGE))?;
         let (barriers, more_barriers) =
             self.check(due_barriers(self.store(), cutoff, BARRIER_SWEEP_PAGE))?;
-        let dropped = outcomes.len() + barriers.len();
+        // Settled transfers of the events protocol: nothing writes a settled record again,
+        // but the page is read and dropped under the core's lock, like a step's own writes.
+        let (transfers, more_transfers) = {
+            let _core = self.core();
+            let (batch, more) = self.check(txn_participant_core::transfer::sweep_settled(
+                self.store(),
+                cutoff,
+                OUTCOME_SWEEP_PAGE,
+            ))?;
+            let n = batch.ops.len();
+            if !batch.is_empty() {
+                self.check(self.gc.write_lazy(batch))?;
+            }
+            (n, more)
+        };
+        let dropped = outcomes.len() + barriers.len() + transfers;
         if !outcomes.is_empty() {
             let _core = self.core();
             let batch = self.check(expire_outcomes(self.store(), outcomes))?;
@@ -152,7 +174,7 @@ impl Participant {
         }
         Ok(Swept {
             dropped,
-            more: more_outcomes || more_barriers,
+            more: more_outcomes || more_barriers || more_transfers,
         })
     }
 
@@ -305,6 +327,12 @@ impl Participant {
             in_doubt,
             max_in_doubt_ms: self.counters.max_in_doubt_ms.load(Ordering::Relaxed),
             oldest_in_doubt_ms,
+            events_head: self.feed.durable_head(),
+            unsettled_transfers: txn_participant_core::transfer::unsettled_transfers(
+                self.store(),
+                UNSETTLED_COUNTED,
+            )
+            .unwrap_or(0) as u64,
         }
     }
 

@@ -9,6 +9,10 @@
 //!
 //! Layout:
 //! - [`disk`]: the disk guard that refuses new Prepares when the disk is full or read-only.
+//! - [`feed`]: the change feed's durability tracking and bounds; [`subscribe`]: serving it
+//!   (streams, acknowledgements, pruning); [`feed_service`]: its gRPC face.
+//! - [`choreo`]: the events protocol: a transfer's first step here, and following the peers'
+//!   feeds to apply what their events ask of this participant.
 //! - [`error`]: the participant's errors and their gRPC status codes.
 //! - [`exec`]: how a core's step is carried out: apply, wait for durability, wake waiters.
 //! - [`node`]: the driver that runs the core against a store with group commit.
@@ -18,9 +22,12 @@
 //! - [`service_lists`]: the listings a page at a time, and the `ParticipantAdmin` service.
 //! - [`server`]: process wiring (flags, health, shutdown) used by the `participant` binary.
 
+pub mod choreo;
 pub mod disk;
 pub mod error;
 pub mod exec;
+pub mod feed;
+pub mod feed_service;
 pub mod housekeeping;
 pub mod node;
 pub mod prepare;
@@ -28,3 +35,4 @@ pub mod resolver;
 pub mod server;
 pub mod service;
 pub mod service_lists;
+pub mod subscribe;

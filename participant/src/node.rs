@@ -26,6 +26,9 @@ use txn_types::unix_ms;
 use crate::disk::DiskRefusal;
 use crate::error::ParticipantError;
 use crate::exec::{CrashPoints, busy};
+use crate::feed::Feed;
+use txn_participant_core::outbox::Retention;
+use txn_server::feed::Links;
 
 /// Crash points (see `txn_server::failpoint`).
 pub mod failpoints {
@@ -41,6 +44,12 @@ pub mod failpoints {
     pub const AFTER_ONE_PHASE_DURABLE: &str = "participant::after_one_phase_durable";
     /// A saga step is applied and durable; the answer is not sent yet.
     pub const AFTER_STEP_EXECUTED: &str = "participant::saga_after_step_executed";
+    /// Events protocol: the source's step (the debit) and its event are durable; the
+    /// "accepted" answer is not sent yet.
+    pub const AFTER_DEBIT_DURABLE: &str = "participant::events_after_debit_durable";
+    /// Events protocol: the destination's step (the credit) consumed from a feed is durable
+    /// with the inbox; the feed has not been acknowledged yet, so it will come again.
+    pub const AFTER_CREDIT_DURABLE: &str = "participant::events_after_credit_durable";
     pub const ALL: &[&str] = &[
         BEFORE_PREPARE_DURABLE,
         AFTER_PREPARE_DURABLE,
@@ -48,6 +57,8 @@ pub mod failpoints {
         BEFORE_ONE_PHASE_DURABLE,
         AFTER_ONE_PHASE_DURABLE,
         AFTER_STEP_EXECUTED,
+        AFTER_DEBIT_DURABLE,
+        AFTER_CREDIT_DURABLE,
     ];
 }
 
@@ -94,6 +105,9 @@ pub struct NodeConfig {
     pub max_prepared: usize,
     /// Most keys locked here at once; a Prepare that would lock more is refused likewise.
     pub max_locked_keys: usize,
+    /// How long acknowledged events are kept, and how many events at most (see
+    /// [`txn_participant_core::outbox::prune`]).
+    pub event_retention: Retention,
 }
 
 impl Default for NodeConfig {
@@ -109,6 +123,10 @@ impl Default for NodeConfig {
             outcome_retention: Some(DEFAULT_OUTCOME_RETENTION),
             max_prepared: DEFAULT_MAX_PREPARED_TXNS,
             max_locked_keys: DEFAULT_MAX_LOCKED_KEYS,
+            event_retention: Retention {
+                min_age_ms: crate::feed::DEFAULT_EVENT_RETENTION.as_millis() as u64,
+                max_events: crate::feed::DEFAULT_MAX_RETAINED_EVENTS,
+            },
         }
     }
 }
@@ -136,6 +154,10 @@ pub struct Participant {
     /// The ticket of the last applied write that changed data (`d/` keys): a Read answers
     /// only once it is durable, so no reader sees a value a crash could take back.
     pub(crate) last_data_write: Mutex<Option<Ticket>>,
+    /// The change feed: what is durable, and who subscribes (see [`crate::feed`]).
+    pub(crate) feed: Feed,
+    /// This participant's links to the feeds of its peers (the events protocol).
+    pub(crate) links: Links,
 }
 
 impl Participant {
@@ -158,7 +180,10 @@ impl Participant {
         // crash between its flush and our fdatasync). Make them durable before answering
         // anyone on their strength.
         store.sync()?;
+        let feed = Feed::new(core.outbox().head(), core.outbox().floor());
         Ok(Arc::new(Self {
+            feed,
+            links: Links::default(),
             core: Mutex::new(core),
             gc: GroupCommit::start(store),
             released: Notify::new(),
@@ -424,6 +449,7 @@ impl Participant {
         step: u32,
         deadline_unix_ms: u64,
         ops: &[Op],
+        participants: &[String],
     ) -> Result<StepResult, ParticipantError> {
         let at = StepRef {
             saga,
@@ -440,7 +466,7 @@ impl Participant {
         self.run_unblocked(
             saga,
             crash,
-            |core, store| saga::execute(core, at, ops, store, unix_ms()),
+            |core, store| saga::execute(core, at, ops, participants, store, unix_ms()),
             busy,
         )
         .instrument(span)
@@ -453,6 +479,7 @@ impl Participant {
         saga: &TxnId,
         step: u32,
         deadline_unix_ms: u64,
+        participants: &[String],
     ) -> Result<Compensation, ParticipantError> {
         let at = StepRef {
             saga,
@@ -463,7 +490,7 @@ impl Participant {
         self.run_unblocked(
             saga,
             CrashPoints::default(),
-            |core, store| saga::compensate(core, at, store, unix_ms()),
+            |core, store| saga::compensate(core, at, participants, store, unix_ms()),
             busy,
         )
         .instrument(span)

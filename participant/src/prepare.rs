@@ -203,6 +203,7 @@ mod tests {
                 txn: txn(t),
                 coordinator_epoch: 1,
                 participants: vec![ParticipantId::parse("p", "p1").unwrap()],
+                writers: Vec::new(),
                 read_only: false,
                 commit_point: Default::default(),
                 ops: vec![Op::Put {

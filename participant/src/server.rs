@@ -80,8 +80,19 @@ pub struct Args {
     /// it vote NO.
     #[arg(long, hide = true)]
     pub unsafe_outcome_retention_ms: Option<u64>,
+    /// Seconds to keep events every registered consumer has acknowledged, so a read model can
+    /// be rebuilt from the feed within that window; 0 prunes them as soon as every consumer is
+    /// past them.
+    #[arg(long, default_value_t = crate::feed::DEFAULT_EVENT_RETENTION.as_secs())]
+    pub event_retention_secs: u64,
+    /// Most events the feed keeps, whoever has not acknowledged them: beyond it the oldest go,
+    /// and a consumer that still needed them is told OUT_OF_RANGE.
+    #[arg(long, default_value_t = crate::feed::DEFAULT_MAX_RETAINED_EVENTS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_retained_events: u64,
     /// Another participant as NAME=URL, asked during cooperative termination while the
-    /// coordinator is unreachable (repeat for each).
+    /// coordinator is unreachable, and whose feed this one follows for the events protocol
+    /// (repeat for each).
     #[arg(long = "peer", value_name = "NAME=URL")]
     pub peers: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when not given).
@@ -124,6 +135,8 @@ const KNOWN_FAILPOINTS: &[&str] = &[
     failpoints::BEFORE_ONE_PHASE_DURABLE,
     failpoints::AFTER_ONE_PHASE_DURABLE,
     failpoints::AFTER_STEP_EXECUTED,
+    failpoints::AFTER_DEBIT_DURABLE,
+    failpoints::AFTER_CREDIT_DURABLE,
     crate::disk::READ_ONLY_FAILPOINT,
 ];
 
@@ -162,15 +175,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = args.tls.server()?;
     let auth = AdminAuth::new(args.token.load()?);
     let mut peers = HashMap::new();
+    let mut feeds = Vec::new();
     for entry in &args.peers {
         let (name, url) = entry
             .split_once('=')
             .with_context(|| format!("--peer {entry:?}: expected NAME=URL"))?;
         ParticipantId::parse("--peer NAME", name)?;
-        let ch = client_tls
-            .endpoint("--peer", url, RESOLVE_RPC_TIMEOUT)?
-            .timeout(RESOLVE_RPC_TIMEOUT)
-            .connect_lazy();
+        let endpoint = client_tls.endpoint("--peer", url, RESOLVE_RPC_TIMEOUT)?;
+        // A subscription lives as long as the link: no deadline on its calls (the feed's
+        // heartbeats tell a dead link from a quiet one).
+        feeds.push((name.to_owned(), endpoint.clone().connect_lazy()));
+        let ch = endpoint.timeout(RESOLVE_RPC_TIMEOUT).connect_lazy();
         peers.insert(name.to_owned(), ch);
     }
     let config = NodeConfig {
@@ -188,6 +203,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         max_prepared: args.max_prepared_txns as usize,
         max_locked_keys: args.max_locked_keys as usize,
+        event_retention: txn_participant_core::outbox::Retention {
+            min_age_ms: args.event_retention_secs.saturating_mul(1000),
+            max_events: args.max_retained_events,
+        },
     };
     let node = Participant::open(Arc::new(store), config).context("recovering prepared txns")?;
 
@@ -197,6 +216,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::spawn(node.clone().run_disk_guard(data_dir.clone(), reserve_bytes));
     tokio::spawn(node.clone().run_outcome_sweeper());
+    tokio::spawn(node.clone().run_event_pruner());
+    let followers = node.follow_peers(feeds);
     let mut coordinators = Vec::new();
     for url in args
         .coordinator
@@ -257,9 +278,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pb::participant_server::ParticipantServer::new(svc.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
+    .add_service(
+        pb::event_feed_server::EventFeedServer::new(crate::feed_service::FeedService::new(
+            node.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
     .add_service(pb::participant_admin_server::ParticipantAdminServer::with_interceptor(svc, auth));
     let served = txn_server::serve::serve(router, listener, node.fatal()).await;
     resolver.abort();
+    for f in followers {
+        f.abort();
+    }
     served?;
     node.sync().await.context("final sync")?;
     Ok(())

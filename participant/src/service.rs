@@ -13,6 +13,7 @@ use crate::node::{MAX_READ_KEYS, Participant};
 use crate::prepare::BatchedPrepare;
 use txn_participant_core::core::{PrepareRequest, TxnStatus};
 use txn_participant_core::saga::{Compensation, StepResult};
+use txn_participant_core::transfer::StartAnswer;
 use txn_types::types::{MAX_PREPARE_BATCH, Vote};
 
 #[derive(Clone)]
@@ -200,9 +201,10 @@ impl pb::participant_server::Participant for ParticipantService {
         let r = request.into_inner();
         let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
         let ops = txn_proto::convert::ops_from_pb("ops", r.ops).or_invalid()?;
+        let members = participant_names("participants", &r.participants).or_invalid()?;
         let executed = self
             .node
-            .execute_step(&saga, r.step, r.deadline_unix_ms, &ops)
+            .execute_step(&saga, r.step, r.deadline_unix_ms, &ops, &members)
             .await?;
         let (result, reason, reads) = match executed {
             StepResult::Succeeded { reads } => (pb::StepResult::Succeeded, String::new(), reads),
@@ -222,9 +224,10 @@ impl pb::participant_server::Participant for ParticipantService {
     ) -> Result<Response<pb::CompensateResponse>, Status> {
         let r = request.into_inner();
         let saga = saga_step(&r.saga_id, r.step).or_invalid()?;
+        let members = participant_names("participants", &r.participants).or_invalid()?;
         let kind = match self
             .node
-            .compensate_step(&saga, r.step, r.deadline_unix_ms)
+            .compensate_step(&saga, r.step, r.deadline_unix_ms, &members)
             .await?
         {
             Compensation::Applied => pb::CompensationKind::Applied,
@@ -280,6 +283,70 @@ impl pb::participant_server::Participant for ParticipantService {
         self.node.end_sagas(&sagas).await?;
         Ok(Response::new(pb::EndSagasResponse {}))
     }
+
+    async fn start_transfer(
+        &self,
+        request: Request<pb::StartTransferRequest>,
+    ) -> Result<Response<pb::StartTransferResponse>, Status> {
+        let req =
+            crate::feed_service::transfer_from_pb(&self.node, request.into_inner()).or_invalid()?;
+        Ok(Response::new(
+            match self.node.start_transfer(&req).await? {
+                StartAnswer::Accepted { reads } => pb::StartTransferResponse {
+                    accepted: true,
+                    reads: reads.into_iter().map(Into::into).collect(),
+                    reason: String::new(),
+                },
+                StartAnswer::AlreadyAccepted => pb::StartTransferResponse {
+                    accepted: true,
+                    ..Default::default()
+                },
+                StartAnswer::Rejected { reason } => pb::StartTransferResponse {
+                    accepted: false,
+                    reads: Vec::new(),
+                    reason,
+                },
+            },
+        ))
+    }
+
+    async fn get_transfer(
+        &self,
+        request: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::TransferInfo>, Status> {
+        let id = TxnId::parse("txn_id", &request.into_inner().txn_id).or_invalid()?;
+        let rec = self.node.transfer_record(id.as_str())?;
+        Ok(Response::new(txn_proto::events::transfer_to_pb(
+            id.as_str(),
+            &self.node.config.name,
+            &rec,
+        )))
+    }
+
+    async fn list_transfers(
+        &self,
+        request: Request<pb::ListTransfersRequest>,
+    ) -> Result<Response<pb::ListTransfersResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => crate::choreo::MAX_TRANSFERS_PAGE,
+            n => n as usize,
+        };
+        let page = self.node.transfer_records(&r.start_after, limit)?;
+        let next = if page.len() >= limit.min(crate::choreo::MAX_TRANSFERS_PAGE) {
+            page.last().map(|(id, _)| id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let name = &self.node.config.name;
+        Ok(Response::new(pb::ListTransfersResponse {
+            transfers: page
+                .iter()
+                .map(|(id, rec)| txn_proto::events::transfer_to_pb(id, name, rec))
+                .collect(),
+            next,
+        }))
+    }
 }
 
 fn saga_step(saga_id: &str, step: u32) -> Result<TxnId, InvalidInput> {
@@ -327,6 +394,8 @@ pub fn stats_to_pb(s: &NodeStats) -> pb::StatsResponse {
         in_doubt: s.in_doubt,
         max_in_doubt_ms: s.max_in_doubt_ms,
         oldest_in_doubt_ms: s.oldest_in_doubt_ms,
+        events_head: s.events_head,
+        unsettled_transfers: s.unsettled_transfers,
         ..Default::default()
     }
 }
@@ -347,6 +416,22 @@ fn txn_ids(field: &str, ids: &[String]) -> Result<Vec<TxnId>, InvalidInput> {
     ids.iter()
         .enumerate()
         .map(|(i, id)| TxnId::parse(&format!("{field}[{i}]"), id))
+        .collect()
+}
+
+/// A checked list of participant names (at most [`txn_types::types::MAX_BRANCHES`]).
+pub fn participant_names(field: &str, names: &[String]) -> Result<Vec<String>, InvalidInput> {
+    use txn_types::types::{MAX_BRANCHES, ParticipantId};
+    if names.len() > MAX_BRANCHES {
+        return Err(InvalidInput::new(
+            field,
+            format!("has {} entries, the limit is {MAX_BRANCHES}", names.len()),
+        ));
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Ok(ParticipantId::parse(&format!("{field}[{i}]"), p)?.to_string()))
         .collect()
 }
 
@@ -434,11 +519,16 @@ pub fn prepare_from_pb(
         .enumerate()
         .map(|(i, p)| ParticipantId::parse(&format!("participants[{i}]"), p))
         .collect::<Result<Vec<_>, _>>()?;
+    let writers = participant_names("writers", &req.writers)?
+        .iter()
+        .map(|p| ParticipantId::parse("writers", p))
+        .collect::<Result<Vec<_>, _>>()?;
     let ops = ops_from_pb("ops", req.ops)?;
     Ok(PrepareRequest {
         txn,
         coordinator_epoch: req.coordinator_epoch,
         participants,
+        writers,
         ops,
         read_only: req.read_only,
         commit_point: txn_proto::convert::commit_point_from_pb(req.commit_point)?
@@ -459,6 +549,7 @@ mod batch_tests {
                 ops: vec![pb::Op {
                     kind: Some(pb::op::Kind::Read(pb::ReadOp { key: b"k".to_vec() })),
                 }],
+                writers: Vec::new(),
                 read_only: true,
                 commit_point: 0,
             }),

@@ -170,4 +170,14 @@ impl pb::participant_admin_server::ParticipantAdmin for ParticipantService {
             state: state as i32,
         }))
     }
+
+    async fn forget_consumer(
+        &self,
+        request: Request<pb::ForgetConsumerRequest>,
+    ) -> Result<Response<pb::ForgetConsumerResponse>, Status> {
+        let consumer =
+            crate::feed_service::consumer_name(&request.into_inner().consumer).or_invalid()?;
+        let forgotten = self.node.forget_consumer(&consumer).await?;
+        Ok(Response::new(pb::ForgetConsumerResponse { forgotten }))
+    }
 }

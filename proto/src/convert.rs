@@ -199,9 +199,10 @@ impl FromWire<i32> for Protocol {
         match pb::Protocol::try_from(raw) {
             Ok(pb::Protocol::TwoPhase) => Ok(Protocol::TwoPhase),
             Ok(pb::Protocol::Saga) => Ok(Protocol::Saga),
+            Ok(pb::Protocol::Events) => Ok(Protocol::Events),
             Ok(pb::Protocol::Unspecified) => Err(InvalidInput::new(
                 "protocol",
-                "is UNSPECIFIED; set PROTOCOL_TWO_PHASE or PROTOCOL_SAGA",
+                "is UNSPECIFIED; set PROTOCOL_TWO_PHASE, PROTOCOL_SAGA or PROTOCOL_EVENTS",
             )),
             Err(_) => Err(InvalidInput::new(
                 "protocol",
@@ -244,6 +245,16 @@ impl FromWire<pb::TransactRequest> for TxnRequest {
             let ops = ops_from_pb(&format!("branches[{i}].ops"), b.ops)?;
             branches.push(Branch { participant, ops });
         }
+        if protocol == Protocol::Events && branches.len() > MAX_EVENTS_BRANCHES {
+            return Err(InvalidInput::new(
+                "branches",
+                format!(
+                    "has {} branches; an events transfer has at most {MAX_EVENTS_BRANCHES}: the \
+                     source (run at once) and the destination (applied from the source's feed)",
+                    branches.len()
+                ),
+            ));
+        }
         let prepare_timeout_ms = (req.prepare_timeout_ms > 0).then_some(req.prepare_timeout_ms);
         let commit_point = commit_point_from_pb(req.commit_point)?;
         Ok(Self {
@@ -254,6 +265,11 @@ impl FromWire<pb::TransactRequest> for TxnRequest {
         })
     }
 }
+
+/// Most branches of a txn under the events protocol: a source and a destination. A longer
+/// chain would be a choreographed saga, whose refunds would have to travel back through every
+/// earlier participant; the bank's transfer, the pattern this protocol shows, has two.
+pub const MAX_EVENTS_BRANCHES: usize = 2;
 
 /// `?` for checked conversions inside a gRPC handler: an invalid field becomes
 /// INVALID_ARGUMENT naming it.

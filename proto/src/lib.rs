@@ -5,8 +5,10 @@
 //! Layout:
 //! - [`pb`]: generated protobuf messages and tonic clients and servers.
 //! - [`convert`]: wire to domain (checked, errors name the field) and back.
+//! - [`events`]: the feed's events and the events protocol's transfer records on the wire.
 
 pub mod convert;
+pub mod events;
 
 /// Generated protobuf code.
 pub mod pb {

@@ -10,8 +10,11 @@
 //! - [`failpoint`]: named crash points, armed at start or over gRPC, for fault tests.
 //! - [`serve`]: the services and serving loop both binaries share, and the sweeper loop.
 //! - [`trace`]: W3C trace context on every call, and the OTLP export of spans.
+//! - [`feed`]: following another service's change feed (the events protocol's participants
+//!   and the read model are its consumers).
 
 pub mod failpoint;
+pub mod feed;
 pub mod metrics_endpoint;
 pub mod net;
 pub mod process;

@@ -25,6 +25,9 @@ pub async fn shutdown_signal() {
 /// itself if open connections hold graceful shutdown up for longer than [`SHUTDOWN_GRACE`]),
 /// or when `fatal` reports an error the service must not continue after.
 pub async fn stop_requested(mut fatal: watch::Receiver<Option<String>>) {
+    // Long-lived calls (feed subscriptions) end on this, so graceful shutdown need not wait
+    // for them.
+    let _stopping = StopGuard;
     tokio::select! {
         _ = shutdown_signal() => {
             info!("shutting down");
@@ -35,6 +38,27 @@ pub async fn stop_requested(mut fatal: watch::Receiver<Option<String>>) {
             });
         }
         _ = fatal.wait_for(|f| f.is_some()) => {}
+    }
+}
+
+fn stopping_tx() -> &'static watch::Sender<bool> {
+    static STOPPING: std::sync::OnceLock<watch::Sender<bool>> = std::sync::OnceLock::new();
+    STOPPING.get_or_init(|| watch::channel(false).0)
+}
+
+/// Becomes true once the service has been asked to stop (see [`stop_requested`]): streams
+/// that would otherwise never end (a feed subscription) end on it, so that graceful shutdown
+/// does not wait for them.
+pub fn stopping() -> watch::Receiver<bool> {
+    stopping_tx().subscribe()
+}
+
+/// Sets [`stopping`] when [`stop_requested`] returns (or is dropped while the server stops).
+struct StopGuard;
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        stopping_tx().send_replace(true);
     }
 }
 

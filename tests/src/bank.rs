@@ -8,6 +8,7 @@
 //! the checks report.
 
 mod check;
+mod feeds;
 mod observe;
 mod timing;
 mod violation;
@@ -26,8 +27,12 @@ pub use check::{
     UnknownResolved, check, check_outcomes, check_sagas, lost_updates, resolve_unknown,
     txns_checked,
 };
+pub use feeds::{FeedsSeen, check_events, check_readmodel, check_transfers, sides};
 pub use observe::{Observed, Recorded, observe, wait_quiet};
-pub use timing::{longest_in_doubt_ms, longest_in_flight_ms, settled_after_ms};
+pub use timing::{
+    TransferSpan, longest_in_doubt_ms, longest_in_flight_ms, money_in_flight, settled_after_ms,
+    transfer_spans,
+};
 pub use violation::{Violation, to_strings};
 
 /// Most accounts a bank may have: the seeding txn puts every account of a participant in one
@@ -128,7 +133,14 @@ pub struct Transfer {
     pub from: usize,
     pub to: usize,
     pub amount: i64,
+    /// The destination refuses the credit (its account is closed): 2PC votes NO, a saga
+    /// compensates the debit, the events protocol refunds it.
+    pub refused_credit: bool,
 }
+
+/// The bound a closed account's credit is checked against: no balance is negative, so no
+/// credit fits under it.
+pub const CLOSED_ACCOUNT_MAX: i64 = -1;
 
 /// What the client was told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +194,9 @@ pub struct Record {
 pub enum Protocol {
     TwoPhase,
     Saga,
+    /// Choreography: the debit commits at the source and is answered "accepted"; the credit
+    /// follows from the source's feed. A client's "committed" means accepted.
+    Events,
 }
 
 impl Protocol {
@@ -189,6 +204,7 @@ impl Protocol {
         match self {
             Protocol::TwoPhase => pb::Protocol::TwoPhase,
             Protocol::Saga => pb::Protocol::Saga,
+            Protocol::Events => pb::Protocol::Events,
         }
     }
 
@@ -196,7 +212,15 @@ impl Protocol {
         match self {
             Protocol::TwoPhase => "2pc",
             Protocol::Saga => "saga",
+            Protocol::Events => "events",
         }
+    }
+
+    /// Parses a name as `name` prints it.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Protocol::TwoPhase, Protocol::Saga, Protocol::Events]
+            .into_iter()
+            .find(|p| p.name() == name)
     }
 }
 
@@ -212,13 +236,16 @@ pub async fn transfer<C: Transactor>(
     commit_point: pb::CommitPoint,
 ) -> Outcome {
     let (from, to) = (&accounts[t.from], &accounts[t.to]);
+    let mut credit = add(&to.key, t.amount, None);
+    if t.refused_credit
+        && let Some(pb::op::Kind::Add(a)) = &mut credit.kind
+    {
+        a.max = Some(CLOSED_ACCOUNT_MAX);
+    }
     let branches = if from.participant == to.participant {
         vec![pb::Branch {
             participant: from.participant.clone(),
-            ops: vec![
-                add(&from.key, -t.amount, Some(0)),
-                add(&to.key, t.amount, None),
-            ],
+            ops: vec![add(&from.key, -t.amount, Some(0)), credit],
         }]
     } else {
         vec![
@@ -228,7 +255,7 @@ pub async fn transfer<C: Transactor>(
             },
             pb::Branch {
                 participant: to.participant.clone(),
-                ops: vec![add(&to.key, t.amount, None)],
+                ops: vec![credit],
             },
         ]
     };
@@ -241,7 +268,9 @@ pub async fn transfer<C: Transactor>(
     };
     match client.transact_for(id, req).await {
         Ok(r) => {
-            if r.outcome == pb::Outcome::Committed as i32 {
+            if r.outcome == pb::Outcome::Committed as i32
+                || r.outcome == pb::Outcome::Accepted as i32
+            {
                 Outcome::Committed { txn: r.txn_id }
             } else {
                 if std::env::var_os("HARNESS_DEBUG").is_some() {
@@ -271,6 +300,9 @@ pub struct Workload {
     pub duration: Duration,
     /// Share of transfers (0..=1) that ask for more than any account can hold, so they abort.
     pub overdraft_share: f64,
+    /// Share of transfers (0..=1) whose destination refuses the credit (see
+    /// [`Transfer::refused_credit`]).
+    pub refusal_share: f64,
     pub seed: u64,
     pub protocol: Protocol,
     /// Transfers between two accounts of the same participant (one branch): the local
@@ -301,7 +333,11 @@ pub async fn run<C: Transactor>(
             while started.elapsed() < w.duration
                 && issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < w.transfers
             {
-                let t = pick(&mut rng, &accounts, balance, w.overdraft_share, w.local);
+                let mut t = pick(&mut rng, &accounts, balance, w.overdraft_share, w.local);
+                // Drawn only when asked for, so that a seed gives the same transfers as before.
+                if w.refusal_share > 0.0 {
+                    t.refused_credit = rng.random_bool(w.refusal_share.clamp(0.0, 1.0));
+                }
                 let t0 = Instant::now();
                 let outcome =
                     transfer(&mut client, c, &accounts, t, w.protocol, w.commit_point).await;
@@ -348,7 +384,12 @@ fn pick(
         } else {
             rng.random_range(1..=balance / 10 + 1)
         };
-        return Transfer { from, to, amount };
+        return Transfer {
+            from,
+            to,
+            amount,
+            refused_credit: false,
+        };
     }
 }
 

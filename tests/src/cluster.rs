@@ -83,6 +83,8 @@ pub struct ClusterOptions {
     /// the checkers can audit each txn after a run; the services' own default drops them.
     /// Values below the services' minimum (120 s) go through their hidden test-only flag.
     pub outcome_retention_secs: u64,
+    /// Start the read model too, following every participant's feed.
+    pub readmodel: bool,
     /// Coordinators to run (more than one needs `etcd`).
     pub coordinators: usize,
     /// Start a three-member etcd cluster and keep the coordinators' log there.
@@ -105,6 +107,7 @@ impl Default for ClusterOptions {
             metrics: false,
             env: Vec::new(),
             outcome_retention_secs: 0,
+            readmodel: false,
             coordinators: 1,
             etcd: false,
             lease_ttl_secs: 2,
@@ -123,6 +126,8 @@ pub struct Cluster {
     /// The etcd cluster of the coordinators' log, when they keep it there.
     pub etcd: Option<EtcdCluster>,
     pub participants: Vec<Proc>,
+    /// The read model, when the options asked for it.
+    pub readmodel: Option<Proc>,
     /// The proxies of the proxied link: coordinator -> participant, participant -> coordinator.
     pub proxies: Vec<crate::proxy::Proxy>,
     /// How the test process reaches the nodes.
@@ -318,9 +323,37 @@ impl Cluster {
                 metrics_addr,
             });
         }
+        let readmodel = if opts.readmodel {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let mut args = vec![
+                "--listen".into(),
+                addr.to_string(),
+                "--data-dir".into(),
+                dir.join("readmodel").display().to_string(),
+            ];
+            for p in &participants {
+                args.push("--participant".into());
+                args.push(format!("{}={}", p.name, p.url()));
+            }
+            args.extend(tls_flags("readmodel"));
+            Some(Proc {
+                name: "readmodel".into(),
+                addr,
+                bin: binary("readmodel")?,
+                args,
+                env: env.clone(),
+                log: dir.join("readmodel.log"),
+                child: None,
+                tls: tls.clone(),
+                metrics_addr: None,
+            })
+        } else {
+            None
+        };
         let coordinator = coordinators.remove(0);
         let mut cluster = Self {
             coordinator,
+            readmodel,
             more_coordinators: coordinators,
             etcd,
             participants,
@@ -335,6 +368,9 @@ impl Cluster {
         }
         for c in cluster.coordinators_mut() {
             c.start().await?;
+        }
+        if let Some(rm) = &mut cluster.readmodel {
+            rm.start().await?;
         }
         Ok(cluster)
     }
@@ -403,6 +439,26 @@ impl Cluster {
         ))
     }
 
+    /// A client of the read model's query service.
+    pub fn readmodel_client(
+        &self,
+    ) -> anyhow::Result<pb::read_model_client::ReadModelClient<Channel>> {
+        Ok(pb::read_model_client::ReadModelClient::new(
+            self.channel(&self.url_of("readmodel")?)?,
+        ))
+    }
+
+    /// A client of a participant's change feed.
+    pub fn feed_client(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<pb::event_feed_client::EventFeedClient<Channel>> {
+        Ok(
+            pb::event_feed_client::EventFeedClient::new(self.channel(&self.url_of(name)?)?)
+                .max_decoding_message_size(txn_types::types::MAX_MESSAGE_BYTES),
+        )
+    }
+
     pub async fn stats_client(
         &self,
         name: &str,
@@ -462,6 +518,13 @@ impl Cluster {
         if node == "coordinator" {
             return Ok(self.coordinator.url());
         }
+        if node == "readmodel" {
+            return Ok(self
+                .readmodel
+                .as_ref()
+                .context("this cluster has no read model")?
+                .url());
+        }
         Ok(std::iter::once(&self.coordinator)
             .chain(&self.more_coordinators)
             .chain(&self.participants)
@@ -476,6 +539,12 @@ impl Cluster {
         if node == "coordinator" {
             return &mut self.coordinator;
         }
+        if node == "readmodel" {
+            return self
+                .readmodel
+                .as_mut()
+                .expect("this cluster has no read model");
+        }
         let found = std::iter::once(&mut self.coordinator)
             .chain(self.more_coordinators.iter_mut())
             .chain(self.participants.iter_mut())
@@ -487,7 +556,10 @@ impl Cluster {
     /// Stops every process with SIGTERM and checks each exited cleanly.
     pub fn shutdown(&mut self) -> anyhow::Result<()> {
         let mut failures = Vec::new();
-        for p in std::iter::once(&mut self.coordinator)
+        for p in self
+            .readmodel
+            .iter_mut()
+            .chain(std::iter::once(&mut self.coordinator))
             .chain(self.more_coordinators.iter_mut())
             .chain(self.participants.iter_mut())
         {

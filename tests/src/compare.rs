@@ -1,15 +1,19 @@
-//! `harness compare`: the same bank workload under 2PC and under sagas, while processes crash
-//! and links fail, with every guarantee checked from what the participants recorded. Each
-//! protocol runs with the coordinator's own sled log, or (`2pc-etcd`, `saga-etcd`) with three
+//! `harness compare`: the same bank workload under 2PC, sagas and the events protocol, while
+//! processes crash and links fail, with every guarantee checked from what the participants
+//! recorded, and three ways of reading every balance measured side by side. Each protocol runs
+//! with the coordinator's own sled log, or (`2pc-etcd`, `saga-etcd`, `events-etcd`) with three
 //! coordinators over a three-member etcd cluster.
 //!
 //! Layout: this file runs one scenario under one variant and measures it; `inject` holds the
 //! faults of each scenario.
 
 mod inject;
+mod variant;
+
+pub use variant::{ETCD_COORDINATORS, ETCD_ONLY, SLED_ONLY, Variant, default_variants};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -17,11 +21,12 @@ use hdrhistogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
-use txn_proto::pb::v1 as pb;
 
-use crate::bank::{self, Account, Outcome, Protocol, Transactor, Violation, Workload};
+use crate::bank::{self, Account, Outcome, Protocol, Violation, Workload};
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::coordinators::Coordinators;
 use crate::plant::Plant;
+use crate::readpaths::{self, Markers, PathStats, ReadPath, ReadPathReport, Reader};
 
 /// Every scenario, in report order.
 pub const SCENARIOS: &[&str] = &[
@@ -33,74 +38,13 @@ pub const SCENARIOS: &[&str] = &[
     "partition",
     "pause",
     "message-loss",
+    "consumer-crash",
     "coordinator-failover",
     "etcd-member-loss",
 ];
 
-/// Scenarios that run only where the coordinators keep their log in etcd, and scenarios only
-/// where one coordinator keeps it in sled (the proxied link is the one coordinator's).
-pub const ETCD_ONLY: &[&str] = &["etcd-member-loss"];
-pub const SLED_ONLY: &[&str] = &["partition", "message-loss"];
-
-/// Coordinators of a run over etcd.
-pub const ETCD_COORDINATORS: usize = 3;
 /// How long a killed etcd member stays down.
 const ETCD_DOWNTIME: Duration = Duration::from_millis(1000);
-
-/// What a run runs: a protocol, over one coordinator's sled log or over etcd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Variant {
-    pub protocol: Protocol,
-    pub etcd: bool,
-}
-
-impl Variant {
-    /// `2pc`, `saga`, `2pc-etcd` or `saga-etcd`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let (p, etcd) = match s.strip_suffix("-etcd") {
-            Some(p) => (p, true),
-            None => (s, false),
-        };
-        let protocol = match p {
-            "2pc" => Protocol::TwoPhase,
-            "saga" => Protocol::Saga,
-            _ => return None,
-        };
-        Some(Self { protocol, etcd })
-    }
-
-    pub fn name(&self) -> String {
-        format!(
-            "{}{}",
-            self.protocol.name(),
-            if self.etcd { "-etcd" } else { "" }
-        )
-    }
-
-    /// Whether `scenario` can run under this variant.
-    pub fn runs(&self, scenario: &str) -> bool {
-        if self.etcd {
-            !SLED_ONLY.contains(&scenario)
-        } else {
-            !ETCD_ONLY.contains(&scenario)
-        }
-    }
-}
-
-/// The variants a scenario runs when none are asked for: 2PC and sagas on sled, and for the
-/// scenarios about failover, 2PC and sagas over etcd too.
-pub fn default_variants(scenario: &str) -> Vec<Variant> {
-    let all = ["2pc", "saga", "2pc-etcd", "saga-etcd"];
-    let wanted: &[&str] = match scenario {
-        "coordinator-failover" | "etcd-member-loss" => &all,
-        _ => &all[..2],
-    };
-    wanted
-        .iter()
-        .filter_map(|v| Variant::parse(v))
-        .filter(|v| v.runs(scenario))
-        .collect()
-}
 
 /// Balance every account starts with.
 pub const INITIAL_BALANCE: i64 = 1_000;
@@ -108,14 +52,12 @@ pub const INITIAL_BALANCE: i64 = 1_000;
 pub const BUCKET: Duration = Duration::from_millis(250);
 /// How long a run may take to settle after its faults heal.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause between two audits of one auditor.
-const AUDIT_PAUSE: Duration = Duration::from_millis(20);
 /// How long a crashed process stays down before the harness restarts it.
 const DOWNTIME_MS: std::ops::Range<u64> = 300..800;
 /// Share of connections a lossy link cuts.
 const MESSAGE_LOSS: f64 = 0.2;
 /// Participant whose link to the coordinator is proxied, and the one paused or crashed by
-/// the crash-after-prepare scenario.
+/// the crash-after-prepare and consumer-crash scenarios.
 const LINK_PARTICIPANT: &str = "p1";
 const VICTIM_PARTICIPANT: &str = "p2";
 
@@ -123,10 +65,15 @@ const VICTIM_PARTICIPANT: &str = "p2";
 pub struct CompareConfig {
     pub duration: Duration,
     pub clients: usize,
+    /// Readers of each path: atomic 2PC reads (the auditors), composed reads, read model.
     pub auditors: usize,
+    pub composed_readers: usize,
+    pub readmodel_readers: usize,
     pub participants: usize,
     pub accounts: usize,
     pub overdraft_share: f64,
+    /// Share of transfers whose credit the destination refuses (see `bank::Workload`).
+    pub refusal_share: f64,
     pub seed: u64,
     /// A violation to plant once the run is quiet, to test that the checks catch it.
     pub plant: Option<Plant>,
@@ -140,11 +87,27 @@ pub struct FaultWindow {
     pub end_ms: u64,
 }
 
+/// The events protocol's own figures, from the transfer records.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsReport {
+    /// Transfers whose debit committed (the client heard ACCEPTED, or heard nothing).
+    pub accepted: usize,
+    pub settled: usize,
+    /// Transfers the destination refused and the source refunded.
+    pub refunds: usize,
+    /// From the debit's commit to the credit (or the refund).
+    pub accept_to_settled_p50_ms: f64,
+    pub accept_to_settled_p99_ms: f64,
+    pub accept_to_settled_max_ms: f64,
+    /// The most money taken from a source and not yet at its destination, at any bucket end.
+    pub in_flight_max: i64,
+}
+
 /// Everything measured and checked in one run (one scenario under one protocol).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub scenario: String,
-    /// The variant: `2pc`, `saga`, `2pc-etcd` or `saga-etcd`.
+    /// The variant: `2pc`, `saga`, `events`, or one of them with `-etcd`.
     pub protocol: String,
     /// Where the coordinators kept their log (`sled` or `etcd`), and how many ran.
     pub log: String,
@@ -152,6 +115,7 @@ pub struct RunReport {
     pub seed: u64,
     pub duration_s: f64,
     pub clients: usize,
+    /// Under events: accepted.
     pub committed: usize,
     pub aborted: usize,
     /// Calls with no answer that may have run.
@@ -161,23 +125,24 @@ pub struct RunReport {
     pub not_started: usize,
     /// What became of the `unknown` calls, from the participants' records.
     pub unknown_resolved: bank::UnknownResolved,
-    /// Txns judged all-or-none from the participants' own outcome records (every recorded
-    /// txn but the auditors' reads), whatever their clients heard.
+    /// Txns (2PC), sagas or transfers (events) judged from the participants' own records
+    /// (every recorded one but the auditors' reads), whatever their clients heard.
     pub txns_checked_at_participants: usize,
     pub atomicity_violations: usize,
     pub lost_acknowledged: usize,
     pub total_before: i64,
     pub total_after: i64,
     pub total_conserved: bool,
-    /// Audits tried (refused before reaching a live coordinator: not counted), audits that
-    /// read every balance (the rest aborted on a lock wait or a fault), and those whose total
-    /// was off (a reader saw money in flight).
+    /// The atomic 2PC read path (the auditors): tried (refused before reaching a live
+    /// coordinator: not counted), completed, and off (a reader saw money in flight).
     pub audits_tried: u64,
     pub audits_completed: u64,
     pub audits_inconsistent: u64,
     /// Latency of the completed audits.
     pub audit_p50_ms: f64,
     pub audit_p99_ms: f64,
+    /// Each read path: composed, atomic 2PC, read model.
+    pub read_paths: Vec<ReadPathReport>,
     /// Accounts whose final balance differs from the acknowledged transfers; null when some
     /// call had no answer, so that is unknowable.
     pub lost_updates: Option<usize>,
@@ -185,9 +150,21 @@ pub struct RunReport {
     /// records). Auditors left out.
     pub longest_in_doubt_ms: Option<u64>,
     /// Sagas: longest from a saga's first step executed to its end (from the barrier
-    /// records).
+    /// records); events: longest from a debit to its credit or refund.
     pub longest_in_flight_ms: Option<u64>,
     pub unresolved_at_end: u64,
+    /// Changes without their event, feed gaps, events a consumer never applied: must be 0.
+    pub events_lost: usize,
+    /// Effects applied twice or lost (the events protocol's accounts against its records,
+    /// the read model against the participants): must be 0.
+    pub double_effects: usize,
+    /// Events delivered again to a consumer (the participants' inboxes and the read model)
+    /// and suppressed there.
+    pub duplicates_delivered: u64,
+    /// The events protocol's figures (null under the other protocols).
+    pub events: Option<EventsReport>,
+    /// Events: money in flight at the end of each bucket.
+    pub in_flight_timeline: Vec<i64>,
     pub tps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -201,21 +178,22 @@ pub struct RunReport {
     pub quiet_ms: u64,
     pub faults: Vec<FaultWindow>,
     pub bucket_ms: u64,
-    /// Committed transfers per bucket.
+    /// Committed (events: accepted) transfers per bucket.
     pub timeline: Vec<u64>,
     /// Broken guarantees: any one fails the run. The protocols' prices are not findings but
-    /// counts: sagas' intermediate states are `audits_inconsistent`, 2PC's blocking is
-    /// `longest_in_doubt_ms`. The bank's compensations are additive (Add undone by Add), so a
-    /// lost update is a bug under either protocol here; only a before-image compensation
-    /// (Put or Delete restored) could lose one by design, and the bank runs none.
+    /// counts: intermediate states are the reads that saw money in flight, 2PC's blocking is
+    /// `longest_in_doubt_ms`, the events protocol's delay is its accept-to-settled time. The
+    /// bank's compensations are additive (Add undone by Add), so a lost update is a bug under
+    /// any protocol here.
     pub problems: Vec<Violation>,
 }
 
 impl RunReport {
     /// Whether the run broke a guarantee its protocol must keep: the harness then exits
-    /// non-zero. That is every finding (atomicity, an ABORTED txn applied, a COMMITTED one not
-    /// applied everywhere, a saga step recorded twice or left half done, a lost update, a
-    /// phantom commit, a broken total), and anything still unresolved.
+    /// non-zero. That is every finding (atomicity, an ABORTED txn applied, a COMMITTED or
+    /// ACCEPTED one not applied, a saga step recorded twice or left half done, a lost update,
+    /// a phantom commit, a broken total, an event lost, an effect applied twice, a transfer
+    /// not settled, a read model that is wrong), and anything still unresolved.
     pub fn is_failure(&self) -> bool {
         !self.problems.is_empty() || !self.total_conserved || self.unresolved_at_end > 0
     }
@@ -250,8 +228,69 @@ fn options(scenario: &str, participants: usize, variant: Variant) -> ClusterOpti
         ],
         proxy: matches!(scenario, "partition" | "message-loss")
             .then(|| LINK_PARTICIPANT.to_string()),
+        readmodel: true,
         ..Default::default()
     }
+}
+
+/// Starts the readers of every path and the marker writer; returns their tasks and stats.
+async fn start_readers(
+    cluster: &Cluster,
+    client: &Coordinators,
+    accounts: &[Account],
+    cfg: &CompareConfig,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, Vec<Arc<PathStats>>)> {
+    let total = INITIAL_BALANCE * accounts.len() as i64;
+    let markers = Arc::new(Markers::default());
+    let names: Vec<String> = cluster
+        .participants
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let mut tasks = vec![tokio::spawn(readpaths::marker_loop(
+        client.clone(),
+        names.clone(),
+        stop.clone(),
+        markers.clone(),
+    ))];
+    let mut composed = Vec::new();
+    for n in &names {
+        composed.push((n.clone(), cluster.participant_client(n).await?));
+    }
+    let paths = [
+        (
+            ReadPath::Composed,
+            cfg.composed_readers,
+            Reader::Composed(composed),
+        ),
+        (
+            ReadPath::Atomic,
+            cfg.auditors,
+            Reader::Atomic(client.clone(), 0),
+        ),
+        (
+            ReadPath::ReadModel,
+            cfg.readmodel_readers,
+            Reader::ReadModel(cluster.readmodel_client()?),
+        ),
+    ];
+    let mut stats = Vec::new();
+    for (path, readers, reader) in paths {
+        let s = Arc::new(PathStats::new(path)?);
+        for i in 0..readers {
+            tasks.push(tokio::spawn(readpaths::read_loop(
+                reader.numbered(i),
+                accounts.to_vec(),
+                total,
+                stop.clone(),
+                s.clone(),
+                markers.clone(),
+            )));
+        }
+        stats.push(s);
+    }
+    Ok((tasks, stats))
 }
 
 /// Runs one scenario under one protocol on a fresh cluster.
@@ -268,26 +307,17 @@ pub async fn run_one(
     let accounts = bank::accounts(cfg.participants, cfg.accounts);
     let seeding = bank::seed(&mut client, &accounts, INITIAL_BALANCE).await?;
     let total = INITIAL_BALANCE * accounts.len() as i64;
+    // The read model shows the seeded bank before anyone reads it.
+    bank::wait_quiet(&cluster, QUIET_TIMEOUT).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let audits = Arc::new(Audits::new()?);
-    let mut auditors = Vec::new();
-    for a in 0..cfg.auditors {
-        auditors.push(tokio::spawn(audit_loop(
-            client.clone(),
-            a,
-            accounts.clone(),
-            total,
-            stop.clone(),
-            audits.clone(),
-        )));
-    }
-
+    let (readers, paths) = start_readers(&cluster, &client, &accounts, cfg, &stop).await?;
     let workload = Workload {
         clients: cfg.clients,
         transfers: usize::MAX,
         duration: cfg.duration,
         overdraft_share: cfg.overdraft_share,
+        refusal_share: cfg.refusal_share,
         seed: cfg.seed,
         protocol,
         local: false,
@@ -313,8 +343,8 @@ pub async fn run_one(
     let history = runner.await.context("workload task")?;
     inject::heal(&mut cluster).await?;
     stop.store(true, Ordering::Relaxed);
-    for a in auditors {
-        let _ = a.await;
+    for r in readers {
+        let _ = r.await;
     }
     let quiet_started = Instant::now();
     let unresolved_at_end = bank::wait_quiet(&cluster, QUIET_TIMEOUT).await?;
@@ -329,6 +359,10 @@ pub async fn run_one(
     let (unknown_resolved, phantoms) = bank::resolve_unknown(&history, &observed, &seeding);
     let mut problems = bank::check(&initial, &history, &observed);
     problems.extend(phantoms);
+    problems.extend(bank::check_transfers(
+        &initial, &accounts, &history, &observed,
+    ));
+    problems.extend(bank::check_readmodel(&observed, &accounts));
     cluster.shutdown()?;
 
     let tally = bank::tally(&history);
@@ -359,6 +393,27 @@ pub async fn run_one(
         last_heal.map(|heal| bank::settled_after_ms(&observed, protocol, started_unix_ms + heal));
     let count = |kind: fn(&Violation) -> bool| problems.iter().filter(|p| kind(p)).count();
     let elapsed = history.iter().map(|r| r.at).max().unwrap_or(cfg.duration);
+    let read_paths: Vec<ReadPathReport> = paths.iter().map(|p| p.report()).collect();
+    let atomic = read_paths
+        .iter()
+        .find(|p| p.path == ReadPath::Atomic.name())
+        .cloned()
+        .expect("the atomic path");
+    let spans = bank::transfer_spans(&observed);
+    let events = (protocol == Protocol::Events).then(|| events_report(&spans));
+    let duplicates_delivered = observed
+        .feeds
+        .inboxes
+        .iter()
+        .map(|(_, i)| i.duplicates)
+        .chain(
+            observed
+                .feeds
+                .readmodel
+                .iter()
+                .flat_map(|r| r.feeds.iter().map(|f| f.duplicates)),
+        )
+        .sum();
     Ok(RunReport {
         scenario: scenario.to_string(),
         protocol: variant.name(),
@@ -375,23 +430,37 @@ pub async fn run_one(
         txns_checked_at_participants: match protocol {
             Protocol::TwoPhase => bank::txns_checked(&observed),
             Protocol::Saga => observed.barriers.len(),
+            Protocol::Events => observed.feeds.transfers.len(),
         },
         atomicity_violations: count(Violation::breaks_atomicity),
         lost_acknowledged: count(Violation::loses_acknowledged),
         total_before: total,
         total_after: observed.balances.iter().sum(),
         total_conserved: observed.balances.iter().sum::<i64>() == total,
-        audits_tried: audits.tried.load(Ordering::Relaxed),
-        audits_completed: audits.completed.load(Ordering::Relaxed),
-        audits_inconsistent: audits.inconsistent.load(Ordering::Relaxed),
-        audit_p50_ms: audits.quantile_ms(0.5),
-        audit_p99_ms: audits.quantile_ms(0.99),
+        audits_tried: atomic.tried,
+        audits_completed: atomic.completed,
+        audits_inconsistent: atomic.off,
+        audit_p50_ms: atomic.p50_ms,
+        audit_p99_ms: atomic.p99_ms,
+        read_paths,
         lost_updates: bank::lost_updates(&initial, &history, &observed),
         longest_in_doubt_ms: (protocol == Protocol::TwoPhase)
             .then(|| bank::longest_in_doubt_ms(&observed)),
-        longest_in_flight_ms: (protocol == Protocol::Saga)
-            .then(|| bank::longest_in_flight_ms(&observed)),
+        longest_in_flight_ms: match protocol {
+            Protocol::Saga => Some(bank::longest_in_flight_ms(&observed)),
+            Protocol::Events => events.as_ref().map(|e| e.accept_to_settled_max_ms as u64),
+            Protocol::TwoPhase => None,
+        },
         unresolved_at_end,
+        events_lost: count(Violation::loses_events),
+        double_effects: count(Violation::double_or_lost_effect),
+        duplicates_delivered,
+        in_flight_timeline: if protocol == Protocol::Events {
+            bank::money_in_flight(&spans, started_unix_ms, BUCKET.as_millis() as u64, buckets)
+        } else {
+            Vec::new()
+        },
+        events,
         tps: tally.committed as f64 / elapsed.as_secs_f64().max(0.001),
         p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
@@ -403,6 +472,54 @@ pub async fn run_one(
         timeline,
         problems,
     })
+}
+
+/// The events protocol's figures from its transfers' spans.
+fn events_report(spans: &[bank::TransferSpan]) -> EventsReport {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    let mut settled = 0;
+    for s in spans {
+        if let Some(at) = s.settled_at {
+            settled += 1;
+            let _ = h.record((at.saturating_sub(s.accepted_at) * 1000).max(1));
+        }
+    }
+    let q = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1000.0
+        }
+    };
+    EventsReport {
+        accepted: spans.len(),
+        settled,
+        refunds: spans.iter().filter(|s| s.refunded).count(),
+        accept_to_settled_p50_ms: q(0.5),
+        accept_to_settled_p99_ms: q(0.99),
+        accept_to_settled_max_ms: if h.is_empty() {
+            0.0
+        } else {
+            h.max() as f64 / 1000.0
+        },
+        in_flight_max: {
+            // The peak over the whole run, at every acceptance (when money leaves a source).
+            spans
+                .iter()
+                .map(|at| {
+                    spans
+                        .iter()
+                        .filter(|t| {
+                            t.accepted_at <= at.accepted_at
+                                && t.settled_at.is_none_or(|s| s > at.accepted_at)
+                        })
+                        .map(|t| t.amount)
+                        .sum::<i64>()
+                })
+                .max()
+                .unwrap_or(0)
+        },
+    }
 }
 
 /// Share of the pre-fault rate that counts as recovered.
@@ -428,110 +545,10 @@ fn back_to_rate(timeline: &[u64], fault_ms: u64, heal_ms: u64) -> Option<u64> {
         .map(|(i, _)| ((i as u64 + 1) * bucket).saturating_sub(heal_ms))
 }
 
-/// What the auditors saw: how many atomic reads they tried, completed, and found off, and
-/// how long the completed ones took.
-struct Audits {
-    tried: AtomicU64,
-    completed: AtomicU64,
-    inconsistent: AtomicU64,
-    latency_us: std::sync::Mutex<Histogram<u64>>,
-}
-
-impl Audits {
-    fn new() -> anyhow::Result<Self> {
-        Ok(Self {
-            tried: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            inconsistent: AtomicU64::new(0),
-            latency_us: std::sync::Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
-        })
-    }
-
-    fn quantile_ms(&self, q: f64) -> f64 {
-        let h = self.latency_us.lock().expect("audit histogram");
-        if h.is_empty() {
-            0.0
-        } else {
-            h.value_at_quantile(q) as f64 / 1000.0
-        }
-    }
-}
-
 fn scenario_salt(scenario: &str) -> u64 {
     scenario.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
-}
-
-/// Reads every balance in one atomic multi-participant read and counts totals that are off.
-/// The read is a 2PC read-only txn under either protocol: it shows what a consistent reader
-/// would see of the data each protocol leaves behind.
-async fn audit_loop(
-    client: crate::coordinators::Coordinators,
-    id: usize,
-    accounts: Vec<Account>,
-    total: i64,
-    stop: Arc<AtomicBool>,
-    audits: Arc<Audits>,
-) {
-    let mut branches: Vec<pb::Branch> = Vec::new();
-    for a in &accounts {
-        let op = pb::Op {
-            kind: Some(pb::op::Kind::Read(pb::ReadOp {
-                key: a.key.as_bytes().to_vec(),
-            })),
-        };
-        match branches.iter_mut().find(|b| b.participant == a.participant) {
-            Some(b) => b.ops.push(op),
-            None => branches.push(pb::Branch {
-                participant: a.participant.clone(),
-                ops: vec![op],
-            }),
-        }
-    }
-    while !stop.load(Ordering::Relaxed) {
-        let req = pb::TransactRequest {
-            protocol: pb::Protocol::TwoPhase as i32,
-            branches: branches.clone(),
-            prepare_timeout_ms: 0,
-            client_txn_id: String::new(),
-            commit_point: 0,
-        };
-        let t0 = Instant::now();
-        let res = client.transact_for(id, req).await;
-        // An audit refused before it reached a live coordinator (it was down) never ran: it
-        // says nothing about readers, so it is not counted as tried.
-        if !matches!(&res, Err(s) if crate::bank::never_started(s)) {
-            audits.tried.fetch_add(1, Ordering::Relaxed);
-        }
-        if std::env::var_os("HARNESS_DEBUG").is_some() {
-            eprintln!(
-                "audit: {:?}",
-                res.as_ref().map(|r| (r.outcome, r.reason.clone()))
-            );
-        }
-        if let Ok(r) = res
-            && r.outcome == pb::Outcome::Committed as i32
-        {
-            let sum: i64 = r
-                .results
-                .iter()
-                .flat_map(|b| &b.reads)
-                .map(|kv| txn_types::types::decode_counter(kv.value.as_deref()).unwrap_or(0))
-                .sum();
-            audits.completed.fetch_add(1, Ordering::Relaxed);
-            let us = t0.elapsed().as_micros().max(1) as u64;
-            let _ = audits
-                .latency_us
-                .lock()
-                .expect("audit histogram")
-                .record(us);
-            if sum != total {
-                audits.inconsistent.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        tokio::time::sleep(AUDIT_PAUSE).await;
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //!   participants hold once the system is quiet, `bank::check` judges a history against that,
 //!   and `bank::violation` names each kind of finding ([`bank::Violation`]).
 //! - [`compare`]: one run of `harness compare`, a fault scenario under one protocol.
+//! - [`readpaths`]: the three read paths compare measures (composed, atomic 2PC, read model)
+//!   and the markers that measure their staleness.
 //! - [`report`]: renders the comparison as a table, report.json, report.md and a chart.
 //! - [`proxy`]: the fault-injecting TCP proxy a cluster can put on one link.
 //! - [`plant`]: planted violations in a participant's own database, to test the checker.
@@ -25,5 +27,6 @@ pub mod compare;
 pub mod coordinators;
 pub mod plant;
 pub mod proxy;
+pub mod readpaths;
 pub mod report;
 pub mod soak;

@@ -23,6 +23,13 @@ pub enum Plant {
     /// Apply one completed saga's credit step a second time at its participant, and record
     /// the step's execution at a second participant too.
     DoubleEffect,
+    /// Apply one settled transfer's credit (events protocol) a second time at its
+    /// destination, as a consumer whose inbox was stored apart from its effect would.
+    DoubleCredit,
+    /// Drop the last event of a participant's feed (and its place), leaving the change it
+    /// described without its event, as an event written outside its change's batch would be
+    /// lost.
+    LostEvent,
 }
 
 /// Plants `what` into one participant's database; returns the txn or saga it touched.
@@ -32,10 +39,14 @@ pub async fn plant(
     accounts: &[Account],
     history: &[Record],
 ) -> anyhow::Result<String> {
+    if what == Plant::LostEvent {
+        return lose_last_event(cluster, "p1").await;
+    }
     // A committed transfer between two participants: its credit is the branch changed.
     let Some((txn, record)) = history.iter().find_map(|r| match &r.outcome {
         Outcome::Committed { txn }
-            if accounts[r.transfer.from].participant != accounts[r.transfer.to].participant =>
+            if accounts[r.transfer.from].participant != accounts[r.transfer.to].participant
+                && !r.transfer.refused_credit =>
         {
             Some((txn.clone(), r))
         }
@@ -69,9 +80,10 @@ pub async fn plant(
                 batch.put(key, encode_counter(balance - amount));
                 batch.delete(outcome_key(&id));
             }
-            Plant::DoubleEffect => {
+            Plant::DoubleEffect | Plant::DoubleCredit => {
                 batch.put(key, encode_counter(balance + amount));
             }
+            Plant::LostEvent => unreachable!("planted above"),
         }
         store.apply(batch)?;
         store.sync()?;
@@ -95,5 +107,42 @@ pub async fn plant(
     if what == Plant::DoubleEffect {
         cluster.node(&other).start().await?;
     }
+    Ok(txn)
+}
+
+/// Drops `victim`'s last event and moves its feed's next offset back over it (so the feed
+/// stays dense, and the change the event described is left without one). Returns the txn.
+async fn lose_last_event(cluster: &mut Cluster, victim: &str) -> anyhow::Result<String> {
+    use txn_types::rec::{EventRecord, FeedPosition};
+    let dir = cluster.dir().join(victim);
+    cluster
+        .node(victim)
+        .terminate()
+        .with_context(|| format!("stopping {victim}"))?;
+    let txn = {
+        let store = SledStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        let next_key = b"f/next".to_vec();
+        let next: FeedPosition = txn_types::record::decode(
+            &next_key,
+            &store.get(&next_key)?.context("the feed holds no event")?,
+        )?;
+        let last = next
+            .offset
+            .checked_sub(1)
+            .context("the feed holds no event")?;
+        let key = txn_participant_core::outbox::event_key(last);
+        let ev: EventRecord =
+            txn_types::record::decode(&key, &store.get(&key)?.context("the last event")?)?;
+        let mut batch = WriteBatch::default();
+        batch.delete(key);
+        batch.put(
+            next_key,
+            txn_types::record::encode(&FeedPosition { offset: last }),
+        );
+        store.apply(batch)?;
+        store.sync()?;
+        ev.txn_id
+    };
+    cluster.node(victim).start().await?;
     Ok(txn)
 }

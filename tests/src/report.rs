@@ -1,5 +1,6 @@
-//! Renders the comparison: a side-by-side table, report.json, report.md, and a throughput
-//! chart (SVG) with the fault windows marked.
+//! Renders the comparison: side-by-side tables (the runs, the read paths, the events
+//! protocol), report.json, report.md, and a chart (SVG) of throughput and of the events
+//! protocol's money in flight over time, with the fault windows marked.
 
 use std::path::Path;
 
@@ -29,6 +30,7 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "p99 ms",
         "atomicity viol.",
         "lost acks",
+        "events lost",
         "total kept",
         "audits off/ok/tried",
         "audit p50/p99 ms",
@@ -55,6 +57,7 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 format!("{:.1}", r.p99_ms),
                 r.atomicity_violations.to_string(),
                 r.lost_acknowledged.to_string(),
+                r.events_lost.to_string(),
                 if r.total_conserved {
                     "yes".into()
                 } else {
@@ -85,6 +88,98 @@ fn rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
 
 pub fn table(runs: &[RunReport]) -> String {
     let (header, rows) = rows(runs);
+    terminal(header, rows)
+}
+
+fn pct(part: u64, of: u64) -> String {
+    if of == 0 {
+        "-".into()
+    } else {
+        format!("{:.0}%", 100.0 * part as f64 / of as f64)
+    }
+}
+
+/// The read paths of every run: one row per run and path.
+fn read_path_rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec![
+        "scenario",
+        "protocol",
+        "read path",
+        "reads ok/tried",
+        "saw money in flight or torn",
+        "p50 / p99 ms",
+        "stale p50 / p99 / max ms",
+    ];
+    let rows = runs
+        .iter()
+        .flat_map(|r| {
+            r.read_paths.iter().map(move |p| {
+                vec![
+                    r.scenario.clone(),
+                    r.protocol.clone(),
+                    p.path.clone(),
+                    format!("{}/{}", p.completed, p.tried),
+                    format!("{} ({})", pct(p.off, p.completed), p.off),
+                    format!("{:.1} / {:.1}", p.p50_ms, p.p99_ms),
+                    format!(
+                        "{:.0} / {:.0} / {:.0}",
+                        p.stale_p50_ms, p.stale_p99_ms, p.stale_max_ms
+                    ),
+                ]
+            })
+        })
+        .collect();
+    (header, rows)
+}
+
+/// The events protocol's runs.
+fn events_rows(runs: &[RunReport]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec![
+        "scenario",
+        "protocol",
+        "accepted",
+        "settled",
+        "refunds",
+        "accept to settled p50 / p99 / max ms",
+        "max money in flight",
+        "dups delivered / suppressed",
+        "events lost",
+        "total kept once quiet",
+        "result",
+    ];
+    let rows = runs
+        .iter()
+        .filter_map(|r| r.events.as_ref().map(|e| (r, e)))
+        .map(|(r, e)| {
+            vec![
+                r.scenario.clone(),
+                r.protocol.clone(),
+                e.accepted.to_string(),
+                e.settled.to_string(),
+                e.refunds.to_string(),
+                format!(
+                    "{:.0} / {:.0} / {:.0}",
+                    e.accept_to_settled_p50_ms,
+                    e.accept_to_settled_p99_ms,
+                    e.accept_to_settled_max_ms
+                ),
+                e.in_flight_max.to_string(),
+                format!(
+                    "{} / {}",
+                    r.duplicates_delivered,
+                    r.duplicates_delivered
+                        .saturating_sub(r.double_effects as u64)
+                ),
+                r.events_lost.to_string(),
+                if r.total_conserved { "yes" } else { "NO" }.into(),
+                if r.is_failure() { "FAILED" } else { "ok" }.into(),
+            ]
+        })
+        .collect();
+    (header, rows)
+}
+
+fn terminal(header: Vec<&'static str>, rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(header.into_iter().map(Cell::new));
@@ -94,20 +189,42 @@ pub fn table(runs: &[RunReport]) -> String {
     t.to_string()
 }
 
+fn markdown_table(md: &mut String, (header, rows): (Vec<&'static str>, Vec<Vec<String>>)) {
+    md.push_str(&format!("| {} |\n", header.join(" | ")));
+    md.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+    for r in rows {
+        md.push_str(&format!("| {} |\n", r.join(" | ")));
+    }
+}
+
+pub fn read_paths_table(runs: &[RunReport]) -> String {
+    let (header, rows) = read_path_rows(runs);
+    terminal(header, rows)
+}
+
+pub fn events_table(runs: &[RunReport]) -> String {
+    let (header, rows) = events_rows(runs);
+    terminal(header, rows)
+}
+
 pub fn markdown(runs: &[RunReport], cfg: &CompareConfig) -> String {
     let (header, rows) = rows(runs);
     let mut md = String::new();
-    md.push_str("# 2PC versus saga under faults\n\n");
+    md.push_str("# 2PC, saga and events under faults\n\n");
     md.push_str(&format!(
-        "Seed {}, {} s per run, {} transfer clients and {} auditors, {} participants, {} accounts, \
-         {:.0}% of transfers overdraw. Produced by `harness compare`.\n\n",
+        "Seed {}, {} s per run, {} transfer clients; readers: {} atomic, {} composed, {} read \
+         model; {} participants, {} accounts, {:.0}% of transfers overdraw, {:.0}% go to a \
+         closed account. Produced by `harness compare`.\n\n",
         cfg.seed,
         cfg.duration.as_secs(),
         cfg.clients,
         cfg.auditors,
+        cfg.composed_readers,
+        cfg.readmodel_readers,
         cfg.participants,
         cfg.accounts,
-        cfg.overdraft_share * 100.0
+        cfg.overdraft_share * 100.0,
+        cfg.refusal_share * 100.0
     ));
     md.push_str(&format!("| {} |\n", header.join(" | ")));
     md.push_str(&format!("|{}\n", "---|".repeat(header.len())));
@@ -136,6 +253,26 @@ pub fn markdown(runs: &[RunReport], cfg: &CompareConfig) -> String {
          the run broke a guarantee its protocol must keep, which also fails `harness \
          compare`.\n\n",
     );
+    md.push_str("## Read paths\n\n");
+    markdown_table(&mut md, read_path_rows(runs));
+    md.push_str(
+        "\n*composed* reads every participant's Read in parallel (retrying a key a prepared txn \
+         holds), *atomic 2pc* is one read-only 2PC txn, *read model* one txn-consistent query \
+         of the read model. *Saw money in flight or torn*: completed reads whose total was not \
+         the bank's. *Stale*: how long before a read began the first commit it does not \
+         reflect had been acknowledged (from markers committed at each participant in turn).\n\n",
+    );
+    if runs.iter().any(|r| r.events.is_some()) {
+        md.push_str("## Events protocol\n\n");
+        markdown_table(&mut md, events_rows(runs));
+        md.push_str(
+            "\n*accepted*: debits committed; *settled*: credited, or refunded after the \
+             destination refused; times from the participants' records. *Dups delivered / \
+             suppressed*: events a consumer (a participant's inbox, the read model) got again, \
+             and those it did not apply again. *Events lost*: changes without their event, feed \
+             gaps, events a consumer never applied (must be 0).\n\n",
+        );
+    }
     md.push_str("## Faults injected\n\n");
     for r in runs {
         for f in &r.faults {
@@ -169,8 +306,11 @@ struct JsonReport<'a> {
     duration_s: f64,
     clients: usize,
     auditors: usize,
+    composed_readers: usize,
+    readmodel_readers: usize,
     participants: usize,
     accounts: usize,
+    refusal_share: f64,
     runs: &'a [RunReport],
 }
 
@@ -182,6 +322,9 @@ pub fn write_all(dir: &Path, runs: &[RunReport], cfg: &CompareConfig) -> anyhow:
         duration_s: cfg.duration.as_secs_f64(),
         clients: cfg.clients,
         auditors: cfg.auditors,
+        composed_readers: cfg.composed_readers,
+        readmodel_readers: cfg.readmodel_readers,
+        refusal_share: cfg.refusal_share,
         participants: cfg.participants,
         accounts: cfg.accounts,
         runs,
@@ -195,8 +338,24 @@ pub fn write_all(dir: &Path, runs: &[RunReport], cfg: &CompareConfig) -> anyhow:
     Ok(())
 }
 
-/// One panel per scenario: committed transfers per second over time, one line per protocol,
-/// fault windows shaded.
+/// One colour per variant in the chart.
+fn protocol_color(protocol: &str) -> RGBColor {
+    match protocol {
+        "2pc" => BLUE,
+        "saga" => RED,
+        "events" => RGBColor(0, 140, 60),
+        "2pc-etcd" => RGBColor(130, 60, 180),
+        _ => RGBColor(200, 120, 0),
+    }
+}
+
+fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// One row per scenario: on the left committed (events: accepted) transfers per second over
+/// time, one line per protocol; on the right the events protocol's money in flight (taken
+/// from a source, not yet at its destination). Fault windows shaded.
 pub fn chart(path: &Path, runs: &[RunReport]) -> anyhow::Result<()> {
     let mut scenarios: Vec<&str> = Vec::new();
     for r in runs {
@@ -204,81 +363,92 @@ pub fn chart(path: &Path, runs: &[RunReport]) -> anyhow::Result<()> {
             scenarios.push(&r.scenario);
         }
     }
-    let cols = 2usize;
-    let panels = scenarios.len().max(1);
-    let rows = panels.div_ceil(cols);
-    let root = SVGBackend::new(path, (1200, 300 * rows as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let areas = root.split_evenly((rows, cols));
-    for (scenario, area) in scenarios.iter().zip(areas.iter()) {
+    let rows = scenarios.len().max(1);
+    let root = SVGBackend::new(path, (1200, 260 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let areas = root.split_evenly((rows, 2));
+    for (i, scenario) in scenarios.iter().enumerate() {
         let these: Vec<&RunReport> = runs.iter().filter(|r| r.scenario == *scenario).collect();
-        let bucket_s = these
-            .first()
-            .map(|r| r.bucket_ms as f64 / 1000.0)
-            .unwrap_or(0.25);
-        let x_max = these
-            .iter()
-            .map(|r| r.timeline.len() as f64 * bucket_s)
-            .fold(1.0, f64::max);
-        let y_max = these
-            .iter()
-            .flat_map(|r| r.timeline.iter())
-            .map(|&n| n as f64 / bucket_s)
-            .fold(10.0, f64::max)
-            * 1.1;
-        let mut c = ChartBuilder::on(area)
-            .caption(*scenario, ("sans-serif", 18))
-            .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        c.configure_mesh()
-            .x_desc("seconds")
-            .y_desc("txn/s")
-            .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for r in &these {
-            for f in &r.faults {
-                let (a, b) = (f.start_ms as f64 / 1000.0, f.end_ms as f64 / 1000.0);
-                let color = variant_color(&r.protocol).mix(0.08);
-                c.draw_series(std::iter::once(Rectangle::new(
-                    [(a, 0.0), (b.max(a + 0.05), y_max)],
-                    color.filled(),
-                )))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-        }
-        for r in &these {
-            let color = variant_color(&r.protocol);
-            let points = r
-                .timeline
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| ((i as f64 + 0.5) * bucket_s, n as f64 / bucket_s));
-            c.draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .label(r.protocol.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-        }
-        c.configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let throughput = |r: &RunReport| -> Vec<f64> {
+            let bucket_s = r.bucket_ms as f64 / 1000.0;
+            r.timeline.iter().map(|&n| n as f64 / bucket_s).collect()
+        };
+        let in_flight = |r: &RunReport| -> Vec<f64> {
+            r.in_flight_timeline.iter().map(|&n| n as f64).collect()
+        };
+        panel(&areas[2 * i], scenario, "txn/s", &these, throughput)?;
+        panel(
+            &areas[2 * i + 1],
+            &format!("{scenario}: money in flight (events)"),
+            "amount",
+            &these,
+            in_flight,
+        )?;
     }
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(plot_err)?;
     Ok(())
 }
 
-/// One colour per variant in the chart.
-fn variant_color(protocol: &str) -> RGBColor {
-    match protocol {
-        "2pc" => BLUE,
-        "saga" => RED,
-        "2pc-etcd" => RGBColor(0, 140, 70),
-        _ => RGBColor(200, 120, 0),
+/// One panel: `series` of each run over time, fault windows shaded.
+fn panel(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    runs: &[&RunReport],
+    series: impl Fn(&RunReport) -> Vec<f64>,
+) -> anyhow::Result<()> {
+    let bucket_s = runs
+        .first()
+        .map(|r| r.bucket_ms as f64 / 1000.0)
+        .unwrap_or(0.25);
+    let x_max = runs
+        .iter()
+        .map(|r| r.timeline.len() as f64 * bucket_s)
+        .fold(1.0, f64::max);
+    let y_max = runs.iter().flat_map(|r| series(r)).fold(10.0, f64::max) * 1.1;
+    let mut c = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(52)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(plot_err)?;
+    c.configure_mesh()
+        .x_desc("seconds")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(plot_err)?;
+    for r in runs {
+        for f in &r.faults {
+            let (a, b) = (f.start_ms as f64 / 1000.0, f.end_ms as f64 / 1000.0);
+            c.draw_series(std::iter::once(Rectangle::new(
+                [(a, 0.0), (b.max(a + 0.05), y_max)],
+                protocol_color(&r.protocol).mix(0.06).filled(),
+            )))
+            .map_err(plot_err)?;
+        }
     }
+    for r in runs {
+        let values = series(r);
+        if values.is_empty() {
+            continue;
+        }
+        let color = protocol_color(&r.protocol);
+        let points = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| ((i as f64 + 0.5) * bucket_s, v));
+        c.draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(plot_err)?
+            .label(r.protocol.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+    }
+    c.configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(plot_err)?;
+    Ok(())
 }

@@ -198,7 +198,15 @@ fn pick(
     } else {
         Protocol::TwoPhase
     };
-    (Transfer { from, to, amount }, protocol)
+    (
+        Transfer {
+            from,
+            to,
+            amount,
+            refused_credit: false,
+        },
+        protocol,
+    )
 }
 
 /// Runs the load on `cluster` (seeded with `accounts`) and samples every node, until

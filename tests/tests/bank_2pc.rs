@@ -20,6 +20,7 @@ async fn concurrent_transfers_are_atomic() -> anyhow::Result<()> {
         transfers: 400,
         duration: Duration::from_secs(120),
         overdraft_share: 0.15,
+        refusal_share: 0.0,
         seed: 7,
         protocol: bank::Protocol::TwoPhase,
         local: false,

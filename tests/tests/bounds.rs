@@ -34,6 +34,7 @@ fn prepare(txn: &str, ops: Vec<pb::Op>) -> pb::PrepareRequest {
         ops,
         read_only: false,
         commit_point: 0,
+        writers: vec!["p1".into()],
     }
 }
 

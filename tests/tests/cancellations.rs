@@ -26,6 +26,7 @@ fn prepare(txn: &str) -> pb::PrepareRequest {
         ops: vec![put(b"held")],
         read_only: false,
         commit_point: 0,
+        writers: vec!["p1".into()],
     }
 }
 

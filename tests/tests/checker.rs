@@ -2,7 +2,8 @@
 //! workload, then plants a violation in one participant's own database through the storage
 //! layer (the participant stopped, changed, started again) before its checks. Its exit status
 //! must fail, and its output must name the violation; report.json must carry the fields other
-//! tools read.
+//! tools read. Planted: a 2PC half-commit, a saga step applied twice, an events transfer
+//! credited twice, a committed change whose event is lost.
 
 use std::process::Command;
 
@@ -99,6 +100,10 @@ fn a_planted_half_commit_fails_compare_and_is_named() {
         "longest_in_doubt_ms",
         "longest_in_flight_ms",
         "recovery_ms",
+        "events_lost",
+        "double_effects",
+        "duplicates_delivered",
+        "read_paths",
         "problems",
     ] {
         assert!(run.get(field).is_some(), "report.json lacks {field}: {run}");
@@ -118,4 +123,38 @@ fn a_planted_double_effect_of_a_saga_step_fails_compare_and_is_named() {
         "{output}"
     );
     assert_eq!(report["runs"][0]["total_conserved"], false);
+}
+
+#[test]
+fn a_planted_double_credit_of_an_events_transfer_fails_compare_and_is_named() {
+    let (ok, output, report) = compare_with("events", "double-credit");
+    assert!(!ok, "compare passed a double credit:\n{output}");
+    let transfer = planted_txn(&output);
+    assert!(output.contains("FAILED none / events"), "{output}");
+    assert!(
+        output.contains("double or lost effect: "),
+        "the account credited twice is named:\n{output}"
+    );
+    let run = &report["runs"][0];
+    assert_eq!(run["total_conserved"], false, "{run}");
+    assert!(run["double_effects"].as_u64().unwrap() >= 1, "{run}");
+    assert!(
+        run["events"]["accepted"].as_u64().unwrap() > 0,
+        "{transfer} and others ran: {run}"
+    );
+}
+
+#[test]
+fn a_planted_lost_event_fails_compare_and_is_named() {
+    let (ok, output, report) = compare_with("2pc", "lost-event");
+    assert!(!ok, "compare passed a lost event:\n{output}");
+    let txn = planted_txn(&output);
+    assert!(output.contains("FAILED none / 2pc"), "{output}");
+    assert!(
+        output.contains(&format!(
+            "event lost: p1 recorded a change of {txn} but its feed holds no"
+        )),
+        "the change without its event is named:\n{output}"
+    );
+    assert!(report["runs"][0]["events_lost"].as_u64().unwrap() >= 1);
 }

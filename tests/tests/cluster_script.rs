@@ -1,11 +1,12 @@
-//! scripts/cluster.sh driven as a user would: up, status, a transfer through txnctl, kill and
-//! restart a participant, down; then no process of the cluster may be left running.
+//! scripts/cluster.sh driven as a user would: up, status, transfers through txnctl under 2PC
+//! and the events protocol, the feeds and the read model, kill and restart a participant,
+//! down; then no process of the cluster may be left running.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Ports a two-participant cluster.sh cluster takes from its base: the coordinator's, the nine
-/// it leaves free, and one per participant.
+/// Ports a two-participant cluster.sh cluster takes from its base: the coordinator's, the read
+/// model's, the eight it leaves free, and one per participant.
 const CLUSTER_PORT_SPAN: u16 = 12;
 
 fn root() -> PathBuf {
@@ -63,7 +64,7 @@ fn up_status_transfer_kill_restart_down() {
         &port,
     ]);
     assert!(ok, "up failed:\n{out}");
-    let pids: Vec<String> = ["coordinator", "p1", "p2"]
+    let pids: Vec<String> = ["coordinator", "readmodel", "p1", "p2"]
         .iter()
         .map(|n| {
             std::fs::read_to_string(dir.path().join(format!("{n}.pid")))
@@ -78,7 +79,7 @@ fn up_status_transfer_kill_restart_down() {
     assert!(ok && out.contains("already running"), "{out}");
 
     let (ok, out) = script(&["status", "--dir", d]);
-    assert!(ok && out.matches("running").count() == 3, "{out}");
+    assert!(ok && out.matches("running").count() == 4, "{out}");
 
     let txnctl = txn_tests::cluster::bin_dir().unwrap().join("txnctl");
     let coordinator = format!("http://127.0.0.1:{port}");
@@ -101,6 +102,62 @@ fn up_status_transfer_kill_restart_down() {
         String::from_utf8_lossy(&out.stdout).contains("committed"),
         "{out:?}"
     );
+    // The same transfer as choreography: accepted at once, and --wait follows it until the
+    // destination applied its credit.
+    // cluster.sh puts the read model at base + 9 (the coordinators take base + 0..8).
+    let readmodel = format!("http://127.0.0.1:{}", port.parse::<u16>().unwrap() + 9);
+    let txnctl_json = |args: &[&str]| {
+        let out = Command::new(&txnctl)
+            .args([
+                "--coordinator",
+                &coordinator,
+                "--readmodel",
+                &readmodel,
+                "--json",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        (out.status.code(), v)
+    };
+    let (code, v) = txnctl_json(&[
+        "transfer",
+        "--from",
+        "p1/a",
+        "--to",
+        "p2/b",
+        "--amount",
+        "2",
+        "--protocol",
+        "events",
+        "--allow-negative",
+        "--wait",
+    ]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["phase"], "credited", "{v}");
+    let (_, events) = txnctl_json(&["events"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["consumer"] == "readmodel"),
+        "the read model follows every feed: {events}"
+    );
+    // The read model shows both transfers once it has caught up (polled, not slept for).
+    let mut balances = serde_json::Value::Null;
+    for _ in 0..200 {
+        let (_, v) = txnctl_json(&["readmodel", "balances", "--consistent", "p1/a", "p2/b"]);
+        balances = v["balances"].clone();
+        if balances[0]["value"] == "-5" && balances[1]["value"] == "5" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(balances[0]["value"], "-5", "{balances}");
+    assert_eq!(balances[1]["value"], "5", "{balances}");
 
     let (ok, out) = script(&["kill", "p1", "--dir", d]);
     assert!(ok, "{out}");
@@ -120,8 +177,8 @@ fn up_status_transfer_kill_restart_down() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("-3") && text.contains(" 3 "),
-        "the transfer survived the restart: {text}"
+        text.contains("-5") && text.contains(" 5 "),
+        "the transfers survived the restart: {text}"
     );
 
     let new_pid = std::fs::read_to_string(dir.path().join("p1.pid"))
@@ -162,12 +219,13 @@ fn up_tls_runs_the_cluster_with_mutual_tls_and_a_token() {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    assert_eq!(vars.len(), 5, "{env}");
+    assert_eq!(vars.len(), 6, "{env}");
     let txnctl = txn_tests::cluster::bin_dir().unwrap().join("txnctl");
     let run = |envs: &[(String, String)], args: &[&str]| {
         let mut cmd = Command::new(&txnctl);
         for k in [
             "TXNCTL_COORDINATOR",
+            "TXNCTL_READMODEL",
             "TXNCTL_TLS_CA",
             "TXNCTL_TLS_CERT",
             "TXNCTL_TLS_KEY",
@@ -215,8 +273,9 @@ fn up_tls_runs_the_cluster_with_mutual_tls_and_a_token() {
     assert!(ok, "{out}");
 }
 
-/// Ports `up --etcd` takes from its base: coordinators from the base, participants from
-/// base + 10, etcd members' client ports from base + 111 and peer ports from base + 121.
+/// Ports `up --etcd` takes from its base: coordinators from the base, the read model at
+/// base + 9, participants from base + 10, etcd members' client ports from base + 111 and peer
+/// ports from base + 121.
 const ETCD_CLUSTER_PORT_SPAN: u16 = 124;
 
 #[test]
@@ -240,7 +299,8 @@ fn up_etcd_with_three_coordinators_survives_kills_and_pauses_of_any_node() {
     ]);
     assert!(ok, "up --etcd failed:\n{out}");
     let (ok, out) = script(&["status", "--dir", d]);
-    assert!(ok && out.matches("running").count() == 8, "{out}");
+    // Three etcd members, three coordinators, the read model and two participants.
+    assert!(ok && out.matches("running").count() == 9, "{out}");
     let names = ["e1", "e2", "e3", "c1", "c2", "c3", "p1", "p2"];
     let pids: Vec<String> = names
         .iter()
@@ -348,7 +408,8 @@ fn up_etcd_with_three_coordinators_survives_kills_and_pauses_of_any_node() {
         "every transfer applied once: {text}"
     );
     let (ok, out) = script(&["status", "--dir", d]);
-    assert!(ok && out.matches("running").count() == 8, "{out}");
+    // Three etcd members, three coordinators, the read model and two participants.
+    assert!(ok && out.matches("running").count() == 9, "{out}");
     let restarted: Vec<String> = ["c1", "c2", "e1"]
         .iter()
         .map(|n| {

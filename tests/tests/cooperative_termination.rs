@@ -9,6 +9,7 @@ use txn_tests::cluster::{Cluster, ClusterOptions};
 
 fn prepare(txn: &str) -> pb::PrepareRequest {
     pb::PrepareRequest {
+        writers: vec![],
         txn_id: txn.into(),
         coordinator_epoch: 1,
         participants: vec!["p1".into(), "p2".into()],

@@ -22,6 +22,7 @@ fn add(key: &str, delta: i64) -> pb::Op {
 
 fn prepare(txn: &str, ops: Vec<pb::Op>) -> pb::PrepareRequest {
     pb::PrepareRequest {
+        writers: vec![],
         txn_id: txn.into(),
         coordinator_epoch: 1,
         participants: vec!["p1".into()],
@@ -229,6 +230,27 @@ impl pb::participant_server::Participant for FakeParticipant {
         &self,
         _: Request<pb::EndSagasRequest>,
     ) -> Result<Response<pb::EndSagasResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn start_transfer(
+        &self,
+        _: Request<pb::StartTransferRequest>,
+    ) -> Result<Response<pb::StartTransferResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_transfer(
+        &self,
+        _: Request<pb::TxnIdRequest>,
+    ) -> Result<Response<pb::TransferInfo>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_transfers(
+        &self,
+        _: Request<pb::ListTransfersRequest>,
+    ) -> Result<Response<pb::ListTransfersResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }

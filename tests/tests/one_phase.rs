@@ -19,6 +19,7 @@ fn local_workload(transfers: usize, seed: u64) -> Workload {
         transfers,
         duration: Duration::from_secs(60),
         overdraft_share: 0.2,
+        refusal_share: 0.0,
         seed,
         protocol: bank::Protocol::TwoPhase,
         local: true,

@@ -58,6 +58,7 @@ async fn ended_and_expired_outcomes_are_dropped_and_balances_stay() -> anyhow::R
             transfers: 300,
             duration: Duration::from_secs(60),
             overdraft_share: 0.2,
+            refusal_share: 0.0,
             seed,
             protocol: bank::Protocol::TwoPhase,
             local,

@@ -54,6 +54,7 @@ async fn concurrent_saga_transfers_conserve_the_total() -> anyhow::Result<()> {
         transfers: 400,
         duration: Duration::from_secs(120),
         overdraft_share: 0.15,
+        refusal_share: 0.0,
         seed: 21,
         protocol: Protocol::Saga,
         local: false,
@@ -101,6 +102,7 @@ async fn barrier_gives_idempotency_null_compensation_and_anti_hanging() -> anyho
     .await?;
     let p1 = cluster.participant_client("p1").await?;
     let execute = |saga: &str, step: u32, delta: i64| pb::ExecuteRequest {
+        participants: vec![],
         saga_id: saga.into(),
         step,
         ops: vec![add("acct", delta)],
@@ -125,6 +127,7 @@ async fn barrier_gives_idempotency_null_compensation_and_anti_hanging() -> anyho
     for _ in 0..10 {
         let mut c = p1.clone();
         let req = pb::CompensateRequest {
+            participants: vec![],
             saga_id: "t.1".into(),
             step: 0,
             deadline_unix_ms: 0,
@@ -142,6 +145,7 @@ async fn barrier_gives_idempotency_null_compensation_and_anti_hanging() -> anyho
     let mut c = p1.clone();
     let r = c
         .compensate(pb::CompensateRequest {
+            participants: vec![],
             saga_id: "t.2".into(),
             step: 0,
             deadline_unix_ms: 0,
@@ -196,6 +200,7 @@ async fn coordinator_killed_mid_saga_resumes_after_restart() -> anyhow::Result<(
             transfers: 300,
             duration: Duration::from_secs(90),
             overdraft_share: 0.2,
+            refusal_share: 0.0,
             seed: 31,
             protocol: Protocol::Saga,
             local: false,

@@ -166,6 +166,7 @@ async fn ended_sagas_and_their_barriers_go_and_a_late_execute_cannot_apply() -> 
             step: 0,
             ops: vec![add("b", 1, None)],
             deadline_unix_ms: created + SAGA_TIMEOUT_MS,
+            participants: vec!["p1".into(), "p2".into()],
         })
         .await?
         .into_inner();
@@ -181,6 +182,7 @@ async fn ended_sagas_and_their_barriers_go_and_a_late_execute_cannot_apply() -> 
             saga_id: compensated[0].clone(),
             step: 0,
             deadline_unix_ms: created + SAGA_TIMEOUT_MS,
+            participants: vec!["p1".into(), "p2".into()],
         })
         .await?
         .into_inner();

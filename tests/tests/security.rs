@@ -204,6 +204,7 @@ async fn mutual_tls_and_the_admin_token_keep_strangers_out() {
         .connect_lazy();
     let vote = pb::participant_client::ParticipantClient::new(p1.clone())
         .prepare(pb::PrepareRequest {
+            writers: vec![],
             txn_id: "orphan.1".into(),
             coordinator_epoch: 1,
             participants: vec!["p1".into(), "p2".into()],

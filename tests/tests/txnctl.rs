@@ -49,6 +49,7 @@ fn fails(out: Output, code: i32) -> String {
 
 fn prepare(txn: &str, key: &str) -> pb::PrepareRequest {
     pb::PrepareRequest {
+        writers: vec![],
         txn_id: txn.into(),
         coordinator_epoch: 9,
         participants: vec!["p1".into(), "p2".into()],

@@ -90,6 +90,7 @@ impl From<t::Protocol> for Protocol {
         match p {
             t::Protocol::TwoPhase => Protocol::TwoPhase,
             t::Protocol::Saga => Protocol::Saga,
+            t::Protocol::Events => Protocol::Events,
         }
     }
 }

@@ -157,6 +157,21 @@ impl MemStore {
     }
 }
 
+impl MemStore {
+    /// A store holding only what is durable here: what a crash would leave. A model's feed
+    /// reads from it, since a feed may only ever send durable events.
+    pub fn durable_view(&self) -> MemStore {
+        let inner = self.inner.lock().expect("mem store lock");
+        MemStore {
+            inner: Mutex::new(MemInner {
+                current: inner.durable.clone(),
+                durable: inner.durable.clone(),
+                syncs: inner.syncs,
+            }),
+        }
+    }
+}
+
 impl Store for MemStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self

@@ -324,6 +324,9 @@ impl CommitPoint {
 pub enum Protocol {
     TwoPhase,
     Saga,
+    /// Choreography: the first branch commits at once with an outbox event, and the second
+    /// branch's participant applies its own branch when it consumes that event.
+    Events,
 }
 
 /// One branch of a txn: the operations a participant runs.

@@ -91,6 +91,13 @@ impl Node {
             txn,
             coordinator_epoch: epoch,
             participants: cluster.participants.clone(),
+            writers: cluster
+                .participants
+                .iter()
+                .zip(&cluster.ops)
+                .filter(|(_, ops)| ops.iter().any(|op| op.writes()))
+                .map(|(p, _)| p.clone())
+                .collect(),
             ops: cluster.ops[self.me()].clone(),
             read_only: cluster.ops.iter().flatten().all(|op| !op.writes()),
             commit_point: cluster.commit_point,

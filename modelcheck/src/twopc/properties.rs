@@ -7,7 +7,8 @@
 use stateright::{Expectation, Model, Property};
 use txn_coordinator_core::core::{TxnView, decision_key};
 use txn_participant_core::core::{ParticipantCore, TxnStatus};
-use txn_participant_core::keys::{outcome_key, prepared_key};
+use txn_participant_core::keys::{data_key, outcome_key, prepared_key};
+use txn_participant_core::outbox::event_key;
 use txn_types::store::Store;
 use txn_types::types::Decision;
 
@@ -115,6 +116,18 @@ pub fn stale_tombstone(s: &SysState) -> bool {
     participants(s).any(|p| p.ghost.stale_tombstone)
 }
 
+/// At every participant, the commit's change and its outbox event are durable together: the
+/// event rides in the commit's own batch (see `txn_participant_core::outbox`).
+pub fn change_with_event(s: &SysState) -> bool {
+    // One txn, so its event, if any, is the feed's first.
+    participants(s).all(|p| {
+        let durable = p.store.durable_view();
+        let changed = durable.get(&data_key(b"k")).expect("mem store").is_some();
+        let evented = durable.get(&event_key(0)).expect("mem store").is_some();
+        changed == evented
+    })
+}
+
 /// Nothing left to do: no txn held by the coordinator or in its log, nobody in doubt. (Lazy
 /// writes may still be unsynced: a crash that loses them re-opens the txn, and the model then
 /// requires it to be decided again.)
@@ -147,6 +160,10 @@ pub(super) fn properties<const FORGET: bool, const EXPIRE: bool>() -> Vec<Proper
         Property::always("a logged commit is never forgotten", |_, s| {
             logged_commit_kept(s)
         }),
+        Property::always(
+            "a commit's change and its event are durable together",
+            |_, s| change_with_event(s),
+        ),
         Property::eventually("eventually decided", |_, s| decided(s)),
         Property::sometimes("commits everywhere", |_, s| {
             coordinator(s).ghost.replied == Some(Decision::Commit)

@@ -152,7 +152,19 @@ pub fn resolve_unknown(
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Unknown { .. }))
         .count();
-    let committed = if observed.protocol == Some(Protocol::Saga) {
+    let committed = if observed.protocol == Some(Protocol::Events) {
+        observed
+            .feeds
+            .transfers
+            .iter()
+            .filter(|(id, _)| !known.contains(id.as_str()))
+            .filter(|(_, records)| {
+                super::sides(records)
+                    .0
+                    .is_some_and(|s| s.state != pb::TransferState::Rejected as i32)
+            })
+            .count()
+    } else if observed.protocol == Some(Protocol::Saga) {
         observed
             .barriers
             .iter()
@@ -167,10 +179,12 @@ pub fn resolve_unknown(
             .outcomes
             .iter()
             .filter(|(txn, _)| !known.contains(txn.as_str()))
+            // A transfer between two participants names both; a commit naming none is a
+            // one-branch txn (the read paths' staleness markers), not a transfer.
             .filter(|(_, records)| {
-                records
-                    .iter()
-                    .any(|r| r.state == pb::TxnState::Committed && r.writes > 0)
+                records.iter().any(|r| {
+                    r.state == pb::TxnState::Committed && r.writes > 0 && !r.members.is_empty()
+                })
             })
             .count()
     };
@@ -223,6 +237,7 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<Vi
     if observed.protocol == Some(Protocol::Saga) {
         problems.extend(check_sagas(observed, SAGA_STEPS as u32));
     }
+    problems.extend(super::check_events(observed));
     let mut expected = initial.to_vec();
     for r in history {
         let (txn, client_committed) = match &r.outcome {
@@ -230,6 +245,14 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<Vi
             Outcome::Aborted { txn, .. } => (txn, false),
             Outcome::Unknown { .. } | Outcome::NotStarted { .. } => continue,
         };
+        if observed.protocol == Some(Protocol::Events) {
+            // The transfer records decide; see `check_transfers`.
+            if applies(r, observed) {
+                expected[r.transfer.from] -= r.transfer.amount;
+                expected[r.transfer.to] += r.transfer.amount;
+            }
+            continue;
+        }
         if observed.protocol == Some(Protocol::Saga) {
             let records = observed.barriers.get(txn).map(Vec::as_slice).unwrap_or(&[]);
             let (executed, compensated) = saga_progress(records);
@@ -305,6 +328,14 @@ pub fn check(initial: &[i64], history: &[Record], observed: &Observed) -> Vec<Vi
     problems
 }
 
+/// Whether the client's answer says the transfer moved the money: committed, and under the
+/// events protocol (where committed means accepted) not one the destination refuses, which is
+/// refunded.
+fn applies(r: &Record, observed: &Observed) -> bool {
+    matches!(r.outcome, Outcome::Committed { .. })
+        && !(observed.protocol == Some(Protocol::Events) && r.transfer.refused_credit)
+}
+
 /// Accounts whose final balance differs from what the acknowledged transfers give. `None`
 /// when some call had no answer, so the expected balances are not known.
 pub fn lost_updates(initial: &[i64], history: &[Record], observed: &Observed) -> Option<usize> {
@@ -315,11 +346,9 @@ pub fn lost_updates(initial: &[i64], history: &[Record], observed: &Observed) ->
         return None;
     }
     let mut expected = initial.to_vec();
-    for r in history {
-        if matches!(r.outcome, Outcome::Committed { .. }) {
-            expected[r.transfer.from] -= r.transfer.amount;
-            expected[r.transfer.to] += r.transfer.amount;
-        }
+    for r in history.iter().filter(|r| applies(r, observed)) {
+        expected[r.transfer.from] -= r.transfer.amount;
+        expected[r.transfer.to] += r.transfer.amount;
     }
     Some(
         expected
@@ -342,7 +371,12 @@ mod tests {
 
     fn rec(from: usize, to: usize, amount: i64, outcome: Outcome) -> Record {
         Record {
-            transfer: Transfer { from, to, amount },
+            transfer: Transfer {
+                from,
+                to,
+                amount,
+                refused_credit: false,
+            },
             outcome,
             latency: Duration::ZERO,
             at: Duration::ZERO,
@@ -520,14 +554,22 @@ mod tests {
             }
         );
         assert!(problems.is_empty(), "{problems:?}");
+        // A one-branch commit (a staleness marker) is not a transfer.
+        observed.outcomes.insert(
+            "1.9".to_string(),
+            vec![Recorded::new("p2", Committed, &[], 1)],
+        );
+        let (resolved, problems) = resolve_unknown(&history, &observed, &seed);
+        assert_eq!(resolved.committed, 1);
+        assert!(problems.is_empty(), "{problems:?}");
         // A third committed transfer nobody heard of: one call ran twice.
         observed.outcomes.insert(
             "1.7".to_string(),
-            vec![Recorded::new("p2", Committed, &[], 2)],
+            vec![Recorded::new("p2", Committed, &both, 2)],
         );
         observed.outcomes.insert(
             "1.8".to_string(),
-            vec![Recorded::new("p2", Committed, &[], 2)],
+            vec![Recorded::new("p2", Committed, &both, 2)],
         );
         let (_, problems) = resolve_unknown(&history, &observed, &seed);
         assert_eq!(

@@ -27,6 +27,8 @@ pub struct Observed {
     pub barriers: HashMap<String, Vec<(String, pb::Barrier)>>,
     /// The protocol the history ran under (None: checks that need it are skipped).
     pub protocol: Option<Protocol>,
+    /// The feeds, the events protocol's transfer records, the inboxes and the read model.
+    pub feeds: super::feeds::FeedsSeen,
 }
 
 /// One participant's durable outcome record of a txn.
@@ -168,6 +170,7 @@ pub async fn observe(
             start_after = page.next;
         }
     }
+    let feeds = super::feeds::observe_feeds(cluster, accounts).await?;
     Ok(Observed {
         balances,
         states,
@@ -175,11 +178,13 @@ pub async fn observe(
         outcomes,
         barriers,
         protocol: Some(protocol),
+        feeds,
     })
 }
 
-/// Waits until no participant holds a prepared txn, the coordinator has no commit decision
-/// waiting for acks and drives no saga, or `timeout` passes. Returns what is left.
+/// Waits until no participant holds a prepared txn or an unsettled transfer, the coordinator
+/// has no commit decision waiting for acks and drives no saga, and the read model (if any)
+/// has caught up with every feed, or `timeout` passes. Returns what is left.
 pub async fn wait_quiet(
     cluster: &crate::cluster::Cluster,
     timeout: Duration,
@@ -187,14 +192,18 @@ pub async fn wait_quiet(
     let deadline = Instant::now() + timeout;
     loop {
         let mut in_doubt = 0;
+        let mut heads = HashMap::new();
         for p in &cluster.participants {
             let s = cluster
                 .stats_client(&p.name)
                 .await?
                 .get_stats(pb::StatsRequest {})
-                .await?;
-            in_doubt += s.into_inner().in_doubt;
+                .await?
+                .into_inner();
+            in_doubt += s.in_doubt + s.unsettled_transfers;
+            heads.insert(p.name.clone(), s.events_head);
         }
+        in_doubt += readmodel_behind(cluster, &heads).await;
         let names = cluster.coordinator_names();
         for name in &names {
             let stats = match cluster
@@ -217,5 +226,32 @@ pub async fn wait_quiet(
             return Ok(in_doubt);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many events the read model has yet to make visible (consistently), over every feed;
+/// 1 if it does not answer. 0 without a read model.
+async fn readmodel_behind(cluster: &crate::cluster::Cluster, heads: &HashMap<String, u64>) -> u64 {
+    if cluster.readmodel.is_none() {
+        return 0;
+    }
+    let Ok(mut rm) = cluster.readmodel_client() else {
+        return 1;
+    };
+    match rm.status(pb::ReadModelStatusRequest {}).await {
+        Ok(s) => s
+            .into_inner()
+            .feeds
+            .iter()
+            .map(|f| {
+                heads
+                    .get(&f.participant)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(f.offset)
+                    + f.held
+            })
+            .sum(),
+        Err(_) => 1,
     }
 }

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use txn_proto::pb::v1 as pb;
+
 use super::{Observed, Protocol};
 
 /// Longest a participant held a transfer prepared before its outcome was recorded (2PC's
@@ -65,8 +67,72 @@ pub fn settled_after_ms(observed: &Observed, protocol: Protocol, heal_unix_ms: u
             .filter(|(first, _)| *first <= heal_unix_ms)
             .map(|(_, last)| *last)
             .max(),
+        Protocol::Events => transfer_spans(observed)
+            .into_iter()
+            .filter(|t| t.accepted_at <= heal_unix_ms)
+            .map(|t| t.settled_at.unwrap_or(u64::MAX))
+            .max(),
     };
     last.map_or(0, |t| t.saturating_sub(heal_unix_ms))
+}
+
+/// One transfer of the events protocol, from its records: accepted when the source's step
+/// committed, settled when the destination applied its own or the source refunded; `amount`
+/// the money it took from the source meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferSpan {
+    pub accepted_at: u64,
+    pub settled_at: Option<u64>,
+    pub amount: i64,
+    pub refunded: bool,
+}
+
+/// Every accepted transfer's span, from the records.
+pub fn transfer_spans(observed: &Observed) -> Vec<TransferSpan> {
+    let mut out = Vec::new();
+    for records in observed.feeds.transfers.values() {
+        let (Some(source), dest) = super::sides(records) else {
+            continue;
+        };
+        let state = pb::TransferState::try_from(source.state).unwrap_or_default();
+        if state == pb::TransferState::Rejected {
+            continue;
+        }
+        let refunded = state == pb::TransferState::Refunded;
+        let settled_at = if refunded {
+            Some(source.settled_at_unix_ms)
+        } else {
+            dest.filter(|d| d.state == pb::TransferState::Credited as i32)
+                .map(|d| d.settled_at_unix_ms)
+        };
+        out.push(TransferSpan {
+            accepted_at: source.accepted_at_unix_ms,
+            settled_at,
+            amount: -source.changes.iter().filter_map(|c| c.delta).sum::<i64>(),
+            refunded,
+        });
+    }
+    out
+}
+
+/// Money taken from a source and not yet at its destination (or back), sampled at the end of
+/// each `bucket_ms` bucket from `start_unix_ms`, for `buckets` buckets.
+pub fn money_in_flight(
+    spans: &[TransferSpan],
+    start_unix_ms: u64,
+    bucket_ms: u64,
+    buckets: usize,
+) -> Vec<i64> {
+    (1..=buckets as u64)
+        .map(|b| {
+            let at = start_unix_ms + b * bucket_ms;
+            spans
+                .iter()
+                .filter(|t| t.accepted_at <= at && t.settled_at.is_none_or(|s| s > at))
+                .map(|t| t.amount)
+                .sum()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -76,7 +142,6 @@ mod tests {
     use super::*;
     use crate::bank::Recorded;
     use pb::TxnState::Committed;
-    use txn_proto::pb::v1 as pb;
 
     fn at(mut r: Recorded, prepared: u64, decided: u64) -> Recorded {
         r.prepared_at_unix_ms = prepared;

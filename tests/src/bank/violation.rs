@@ -93,6 +93,60 @@ pub enum Violation {
     /// The participants hold more committed transfers that no client heard of than there were
     /// calls with no answer: some request ran more than once.
     PhantomCommits { committed: usize, unknown: usize },
+    /// A participant's feed skips an offset.
+    FeedGap {
+        participant: String,
+        expected: u64,
+        found: u64,
+    },
+    /// A change a participant recorded (a commit, a saga step, a transfer's step) has no
+    /// event in its feed.
+    EventLost {
+        participant: String,
+        txn: String,
+        what: String,
+    },
+    /// An event in a participant's feed describes a change it has no record of.
+    EventWithoutChange {
+        participant: String,
+        offset: u64,
+        txn: String,
+    },
+    /// Events protocol: the client saw the transfer accepted, but the source has no debit.
+    AcknowledgedTransferLost { transfer: String },
+    /// Events protocol: the client saw the transfer refused, but the source debited it.
+    AbortedTransferApplied { transfer: String },
+    /// Events protocol: once quiet, the transfer is still in flight.
+    TransferUnsettled { transfer: String },
+    /// Events protocol: the source's and the destination's records of a transfer cannot both
+    /// be true.
+    TransferRecordsDisagree { transfer: String, detail: String },
+    /// Events protocol: an account holds something else than the effects its participants
+    /// recorded give: an effect applied twice, or lost.
+    EffectMismatch {
+        account: String,
+        holds: i64,
+        expected: i64,
+    },
+    /// The read model has not caught up with a feed once everything is quiet.
+    ReadModelBehind {
+        participant: String,
+        offset: u64,
+        head: u64,
+    },
+    /// The read model applied a different number of a feed's events than the feed holds.
+    ReadModelCountOff {
+        participant: String,
+        applied: u64,
+        head: u64,
+    },
+    /// The read model's view of an account differs from what the participant holds.
+    ReadModelWrong {
+        account: String,
+        view: &'static str,
+        holds: i64,
+        expected: i64,
+    },
 }
 
 impl Violation {
@@ -114,7 +168,32 @@ impl Violation {
     pub fn loses_acknowledged(&self) -> bool {
         matches!(
             self,
-            Violation::AcknowledgedTxnLost { .. } | Violation::AcknowledgedSagaLost { .. }
+            Violation::AcknowledgedTxnLost { .. }
+                | Violation::AcknowledgedSagaLost { .. }
+                | Violation::AcknowledgedTransferLost { .. }
+        )
+    }
+
+    /// An event lost: a change with no event, a gap in a feed, or an event a consumer (the
+    /// read model) did not apply.
+    pub fn loses_events(&self) -> bool {
+        matches!(
+            self,
+            Violation::EventLost { .. }
+                | Violation::FeedGap { .. }
+                | Violation::ReadModelBehind { .. }
+        )
+    }
+
+    /// An effect applied twice or not at all (the inbox and the read model's cursor exist to
+    /// prevent both).
+    pub fn double_or_lost_effect(&self) -> bool {
+        matches!(
+            self,
+            Violation::EffectMismatch { .. }
+                | Violation::ReadModelCountOff { .. }
+                | Violation::ReadModelWrong { .. }
+                | Violation::EventWithoutChange { .. }
         )
     }
 }
@@ -198,6 +277,77 @@ impl fmt::Display for Violation {
             Violation::PhantomCommits { committed, unknown } => write!(
                 f,
                 "{committed} committed transfers no client heard of, from only {unknown} calls with no answer"
+            ),
+            Violation::FeedGap {
+                participant,
+                expected,
+                found,
+            } => write!(
+                f,
+                "event lost: {participant}'s feed has offset {found} where {expected} should be"
+            ),
+            Violation::EventLost {
+                participant,
+                txn,
+                what,
+            } => write!(
+                f,
+                "event lost: {participant} recorded a change of {txn} but its feed holds no {what} event of it"
+            ),
+            Violation::EventWithoutChange {
+                participant,
+                offset,
+                txn,
+            } => write!(
+                f,
+                "event without its change: {participant}'s event {offset} describes {txn}, which it has no record of"
+            ),
+            Violation::AcknowledgedTransferLost { transfer } => write!(
+                f,
+                "acknowledged transfer {transfer} lost: client saw ACCEPTED, the source has no debit"
+            ),
+            Violation::AbortedTransferApplied { transfer } => write!(
+                f,
+                "transfer {transfer}: client saw ABORTED, yet the source debited it"
+            ),
+            Violation::TransferUnsettled { transfer } => {
+                write!(f, "transfer {transfer}: still in flight once quiet")
+            }
+            Violation::TransferRecordsDisagree { transfer, detail } => {
+                write!(f, "transfer {transfer}: records disagree ({detail})")
+            }
+            Violation::EffectMismatch {
+                account,
+                holds,
+                expected,
+            } => write!(
+                f,
+                "double or lost effect: {account} holds {holds}, but its recorded effects give {expected}"
+            ),
+            Violation::ReadModelBehind {
+                participant,
+                offset,
+                head,
+            } => write!(
+                f,
+                "event lost: the read model reflects {participant}'s feed up to {offset}, its head is {head}"
+            ),
+            Violation::ReadModelCountOff {
+                participant,
+                applied,
+                head,
+            } => write!(
+                f,
+                "the read model applied {applied} of {participant}'s {head} events: not exactly once"
+            ),
+            Violation::ReadModelWrong {
+                account,
+                view,
+                holds,
+                expected,
+            } => write!(
+                f,
+                "the read model's {view} view holds {holds} for {account}, the participant holds {expected}"
             ),
         }
     }

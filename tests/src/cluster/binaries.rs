@@ -36,7 +36,7 @@ pub(super) fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Builds the `coordinator` and `participant` binaries with the profile of the running
+/// Builds the `coordinator`, `participant` and `readmodel` binaries with the profile of the running
 /// executable, when it was started by `cargo run` (which sets `CARGO`); otherwise the binaries
 /// must already be in [`bin_dir`]. Not for use inside `cargo test`, which holds the build lock.
 pub fn ensure_binaries() -> anyhow::Result<()> {
@@ -57,6 +57,8 @@ pub fn ensure_binaries() -> anyhow::Result<()> {
         "txn-coordinator",
         "-p",
         "txn-participant",
+        "-p",
+        "txn-readmodel",
     ])
     .args([
         "--features",
@@ -71,7 +73,7 @@ pub fn ensure_binaries() -> anyhow::Result<()> {
         .status()
         .context("running cargo build for the service binaries")?;
     if !status.success() {
-        bail!("building the coordinator and participant binaries failed");
+        bail!("building the coordinator, participant and readmodel binaries failed");
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The faults of each scenario, injected on a seeded schedule inside a run, and the heal at
-//! its end.
+//! its end (every process restarted or resumed, the read model too).
 
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,16 @@ pub(super) async fn inject(
                 (_, Protocol::Saga) => {
                     (VICTIM_PARTICIPANT, "participant::saga_after_step_executed")
                 }
+                // The accept point: the debit and its event durable, no answer yet.
+                ("crash-after-decision", Protocol::Events) => (
+                    VICTIM_PARTICIPANT,
+                    "participant::events_after_debit_durable",
+                ),
+                // A credit durable with its inbox, the feed not acknowledged: it comes again.
+                (_, Protocol::Events) => (
+                    VICTIM_PARTICIPANT,
+                    "participant::events_after_credit_durable",
+                ),
             };
             sleep_until(started, at(rng.random_range(0.2..0.35))).await;
             cluster.set_failpoint(node, failpoint, "crash").await?;
@@ -148,6 +158,25 @@ pub(super) async fn inject(
                         end_ms: armed,
                     });
                 }
+            }
+        }
+        "consumer-crash" => {
+            // The read model and a participant, both consumers of feeds (and the participant
+            // a feed too), killed together mid-stream.
+            for round in 0..2 {
+                let lo = 0.15 + 0.3 * round as f64;
+                sleep_until(started, at(rng.random_range(lo..lo + 0.2))).await;
+                let start = ms_since(started);
+                cluster.node("readmodel").kill();
+                cluster.node(VICTIM_PARTICIPANT).kill();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(DOWNTIME_MS))).await;
+                cluster.node(VICTIM_PARTICIPANT).start().await?;
+                cluster.node("readmodel").start().await?;
+                faults.push(FaultWindow {
+                    what: format!("kill -9 readmodel and {VICTIM_PARTICIPANT}"),
+                    start_ms: start,
+                    end_ms: ms_since(started),
+                });
             }
         }
         "partition" => {
@@ -217,6 +246,7 @@ pub(super) async fn heal(cluster: &mut Cluster) -> anyhow::Result<()> {
         .flat_map(|e| e.members.iter().map(|m| m.name.clone()))
         .chain(cluster.coordinator_names())
         .chain(cluster.participants.iter().map(|p| p.name.clone()))
+        .chain(cluster.readmodel.iter().map(|p| p.name.clone()))
         .collect();
     for name in names {
         let node = cluster.node(&name);

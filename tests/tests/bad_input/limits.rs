@@ -177,6 +177,7 @@ async fn a_participant_without_disk_refuses_prepares_and_keeps_serving() {
     refused(
         "Prepare on a full disk",
         p1.prepare(pb::PrepareRequest {
+            writers: vec![],
             txn_id: "full.1".into(),
             coordinator_epoch: 1,
             participants: vec!["p1".into()],
@@ -196,6 +197,7 @@ async fn a_participant_without_disk_refuses_prepares_and_keeps_serving() {
     let (mut cluster, _coord) = start(&[], &[]).await;
     let mut p1 = cluster.participant_client("p1").await.unwrap();
     let prepare = |id: &str| pb::PrepareRequest {
+        writers: vec![],
         txn_id: id.into(),
         coordinator_epoch: 1,
         participants: vec!["p1".into()],

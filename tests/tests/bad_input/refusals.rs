@@ -207,6 +207,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     refused(
         "Prepare with an over-long txn id",
         p1.prepare(pb::PrepareRequest {
+            writers: vec![],
             txn_id: long_id.clone(),
             coordinator_epoch: 1,
             participants: vec!["p1".into()],
@@ -221,6 +222,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     refused(
         "Execute with an empty saga id",
         p1.execute(pb::ExecuteRequest {
+            participants: vec![],
             saga_id: String::new(),
             step: 0,
             ops: vec![add("a", 1, None, None)],
@@ -233,6 +235,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     refused(
         "Execute with an over-long saga id",
         p1.execute(pb::ExecuteRequest {
+            participants: vec![],
             saga_id: long_id.clone(),
             step: 0,
             ops: vec![add("a", 1, None, None)],
@@ -245,6 +248,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     refused(
         "Compensate with an empty saga id",
         p1.compensate(pb::CompensateRequest {
+            participants: vec![],
             saga_id: String::new(),
             step: 0,
             deadline_unix_ms: 0,
@@ -352,6 +356,7 @@ async fn every_bad_input_is_refused_by_name_and_writes_nothing() {
     .unwrap();
     let v = p1
         .prepare(pb::PrepareRequest {
+            writers: vec![],
             txn_id: "late.1".into(),
             coordinator_epoch: 1,
             participants: vec!["p1".into(), "p2".into()],
@@ -389,6 +394,7 @@ async fn a_commit_batch_commits_each_prepared_txn_once_and_reports_the_rest() {
     for (id, key) in [("b.1", "x"), ("b.2", "y")] {
         let v = p1
             .prepare(pb::PrepareRequest {
+                writers: vec![],
                 txn_id: id.into(),
                 coordinator_epoch: 1,
                 participants: vec!["p1".into()],

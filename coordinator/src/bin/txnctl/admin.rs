@@ -75,7 +75,7 @@ pub async fn txn(c: TxnCmd, ch: Ch) -> Res<(Value, Exit)> {
                 (v, Exit::Failed(why))
             }
         }
-        TxnCmd::Show { id } => done(detail_json(
+        TxnCmd::Show { id, .. } => done(detail_json(
             &admin
                 .show_txn(pb::TxnIdRequest { txn_id: id })
                 .await

@@ -38,6 +38,14 @@ pub struct Cli {
     /// Print machine-readable JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The read model's URL (for `txnctl readmodel`).
+    #[arg(
+        long,
+        global = true,
+        env = "TXNCTL_READMODEL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub readmodel: String,
     /// Bearer token for operator calls, when the services require one.
     #[arg(long, global = true, env = "TXNCTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -77,9 +85,15 @@ pub enum Cmd {
         to: String,
         #[arg(long)]
         amount: i64,
-        /// 2pc or saga.
+        /// 2pc, saga or events (choreography: the debit commits at once and is answered
+        /// "accepted"; the credit follows from the source's feed).
         #[arg(long, default_value = "2pc")]
         protocol: String,
+        /// With --protocol events: wait until the transfer has settled (credited, or refunded
+        /// after a refusal) and exit 0 only if it was credited (3 refunded, 4 not settled in
+        /// time).
+        #[arg(long)]
+        wait: bool,
         /// Let the source go below zero (by default an overdraft aborts).
         #[arg(long)]
         allow_negative: bool,
@@ -95,6 +109,15 @@ pub enum Cmd {
     },
     /// Run a transaction described as JSON, from FILE or - for standard input.
     Submit { file: String },
+    /// Each participant's change feed: its durable head, first kept offset, and each
+    /// registered consumer's acknowledged offset and lag.
+    Events {
+        #[command(subcommand)]
+        cmd: Option<EventsCmd>,
+    },
+    /// The read model (CQRS view built from every feed): balances, statements, its lag.
+    #[command(subcommand)]
+    Readmodel(ReadmodelCmd),
     /// Failpoints of services built with them (tests and the harness).
     #[command(subcommand)]
     Failpoint(FailpointCmd),
@@ -167,8 +190,14 @@ pub enum TxnCmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Decision, each participant's state and ack, retries and last error, forced outcome.
-    Show { id: String },
+    /// Decision, each participant's state and ack, retries and last error, forced outcome; for
+    /// a transfer of the events protocol, where it stands at its source and destination.
+    Show {
+        id: String,
+        /// Events transfers: poll until the transfer has settled, printing each change.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Re-drive now: re-send Commit, or Abort a txn the coordinator has no decision for.
     Retry { id: String },
     /// Force ABORT; refused after a durable commit decision unless --heuristic.
@@ -211,6 +240,53 @@ pub enum ParticipantCmd {
     /// Prepared txns a participant holds: age, participants, locks. NAME may also be the
     /// participant's URL, which works while the coordinator is down.
     InDoubt { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum EventsCmd {
+    /// Every feed and its consumers (the default).
+    List,
+    /// This participant as a consumer of its peers' feeds (the events protocol): position,
+    /// events applied, duplicates suppressed, link state.
+    Inboxes,
+    /// Durable events of a participant's feed from an offset.
+    Show {
+        participant: String,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Unregister a consumer that is gone for good, so it holds no events back.
+    Forget {
+        participant: String,
+        consumer: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ReadmodelCmd {
+    /// Balances from the view (PARTICIPANT/KEY ..., or every account), with the offset of
+    /// each feed the answer reflects and its lag.
+    Balances {
+        accounts: Vec<String>,
+        /// Only whole two-phase txns (a txn's events from different participants together).
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// The transfers that touched an account, across services, most recent first.
+    Statement {
+        account: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// Each feed's position, lag, held events and link state.
+    Status,
+    /// Drop the view and replay every feed from offset 0 (refused if a feed no longer keeps
+    /// offset 0).
+    Rebuild,
 }
 
 #[derive(Subcommand)]

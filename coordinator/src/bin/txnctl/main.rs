@@ -17,6 +17,7 @@ mod admin;
 mod certs;
 mod cli;
 mod conn;
+mod feeds;
 mod output;
 mod submit;
 
@@ -26,7 +27,7 @@ use txn_proto::pb::v1 as pb;
 
 use admin::{failpoint, in_doubt, participant_url, saga, txn};
 use certs::make_certs;
-use cli::{Cli, Cmd, ParticipantCmd};
+use cli::{Cli, Cmd, ParticipantCmd, ReadmodelCmd, TxnCmd};
 use conn::{connect_any, connect_from, setup_connections, status_err};
 use output::{participant_json, print, status_json};
 use submit::{parse_submit, read_input};
@@ -80,10 +81,32 @@ async fn run(cli: Cli) -> Res<Exit> {
                 .into_inner();
             status_json(&s)
         }
+        Cmd::Txn(TxnCmd::Show { id, follow }) => {
+            // An events transfer is known to its participants, not to the coordinator.
+            let s = feeds::transfer_status(coord().await?, &id, follow).await?;
+            if s.phase == pb::TransferPhase::Unknown as i32 {
+                let (v, e) = txn(TxnCmd::Show { id, follow }, coord().await?).await?;
+                exit = e;
+                v
+            } else {
+                feeds::transfer_json(&s)
+            }
+        }
         Cmd::Txn(c) => {
             let (v, e) = txn(c, coord().await?).await?;
             exit = e;
             v
+        }
+        Cmd::Events { cmd } => feeds::events(cmd, coord().await?).await?,
+        Cmd::Readmodel(c) => {
+            let balances = matches!(c, ReadmodelCmd::Balances { .. });
+            let v = feeds::readmodel(c, &cli.readmodel).await?;
+            if balances && !cli.json {
+                print(&v["balances"], false);
+                v["feeds"].clone()
+            } else {
+                v
+            }
         }
         Cmd::Saga(c) => saga(c, coord().await?).await?,
         Cmd::Participant(ParticipantCmd::List) => {
@@ -107,6 +130,7 @@ async fn run(cli: Cli) -> Res<Exit> {
             to,
             amount,
             protocol,
+            wait,
             allow_negative,
             client_txn_id,
         } => {
@@ -142,8 +166,18 @@ async fn run(cli: Cli) -> Res<Exit> {
                 client_txn_id: client_txn_id.unwrap_or_default(),
                 commit_point: 0,
             };
-            let (v, e) = transact(&cli.coordinator, req).await?;
+            let (mut v, e) = transact(&cli.coordinator, req).await?;
             exit = e;
+            if wait && v["outcome"] == "accepted" {
+                let id = v["txn_id"].as_str().unwrap_or_default().to_owned();
+                let s = feeds::transfer_status(coord().await?, &id, true).await?;
+                v = feeds::transfer_json(&s);
+                exit = match pb::TransferPhase::try_from(s.phase) {
+                    Ok(pb::TransferPhase::Credited) => Exit::Done,
+                    Ok(pb::TransferPhase::Refunded | pb::TransferPhase::Rejected) => Exit::Aborted,
+                    _ => Exit::Unknown,
+                };
+            }
             v
         }
         Cmd::Read { accounts } => {
@@ -270,7 +304,8 @@ fn protocol_of(raw: &str) -> Res<pb::Protocol> {
     match raw {
         "2pc" | "two-phase" => Ok(pb::Protocol::TwoPhase),
         "saga" => Ok(pb::Protocol::Saga),
-        other => Err(format!("--protocol: {other:?} is not 2pc or saga")),
+        "events" => Ok(pb::Protocol::Events),
+        other => Err(format!("--protocol: {other:?} is not 2pc, saga or events")),
     }
 }
 
@@ -291,6 +326,8 @@ async fn transact(urls: &str, req: pb::TransactRequest) -> Res<(Value, Exit)> {
     };
     let (outcome, exit) = match pb::Outcome::try_from(r.outcome) {
         Ok(pb::Outcome::Committed) => ("committed", Exit::Done),
+        // The first step committed; the rest follows from the feeds (`txnctl txn show ID`).
+        Ok(pb::Outcome::Accepted) => ("accepted", Exit::Done),
         Ok(pb::Outcome::Aborted) => ("aborted", Exit::Aborted),
         _ => ("unknown", Exit::Unknown),
     };

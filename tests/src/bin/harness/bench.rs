@@ -404,6 +404,7 @@ async fn bench_setup(
                 transfers: usize::MAX,
                 duration: Duration::from_secs(args.duration),
                 overdraft_share: 0.0,
+                refusal_share: 0.0,
                 seed: n as u64,
                 protocol,
                 local,

@@ -1,5 +1,6 @@
-//! `harness compare`: the command-line side of the comparison of 2PC and sagas under faults.
-//! It checks the flags, runs every scenario under both protocols and writes the reports; the
+//! `harness compare`: the command-line side of the comparison of 2PC, sagas and the events
+//! protocol under faults. It checks the flags, runs every scenario under every protocol and
+//! writes the reports; the
 //! runs themselves are `txn_tests::compare`. It fails only on runs that broke a guarantee their
 //! protocol must keep, not on every finding.
 
@@ -13,8 +14,9 @@ use txn_tests::cluster;
 pub struct CompareArgs {
     /// Scenarios to run, comma-separated, or "all": none, coordinator-crash,
     /// participant-crash, crash-after-decision, crash-after-prepare, partition, pause,
-    /// message-loss, coordinator-failover (kill -9 the coordinator with the most txns in
-    /// flight), etcd-member-loss (kill an etcd member, then the leader).
+    /// message-loss, consumer-crash (kill -9 the read model and a participant mid-feed),
+    /// coordinator-failover (kill -9 the coordinator with the most txns in flight),
+    /// etcd-member-loss (kill an etcd member, then the leader).
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Seconds of workload per run (each scenario runs once per protocol).
@@ -23,9 +25,15 @@ pub struct CompareArgs {
     /// Concurrent closed-loop transfer clients.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Auditor clients taking atomic reads of every balance.
+    /// Auditor clients taking atomic (2PC) reads of every balance.
     #[arg(long, default_value_t = 2)]
     auditors: usize,
+    /// Clients reading every balance by composition (each service's Read, in parallel).
+    #[arg(long, default_value_t = 1)]
+    composed_readers: usize,
+    /// Clients reading every balance from the read model (txn-consistent).
+    #[arg(long, default_value_t = 1)]
+    readmodel_readers: usize,
     /// Number of participants (p1..pN).
     #[arg(long, default_value_t = 3)]
     participants: usize,
@@ -38,14 +46,18 @@ pub struct CompareArgs {
     /// Directory for report.json, report.md and throughput.svg.
     #[arg(long, default_value = "compare-report")]
     out: std::path::PathBuf,
-    /// What to run each scenario under, comma-separated: 2pc, saga (one coordinator, its
-    /// own sled log), 2pc-etcd, saga-etcd (three coordinators over a three-member etcd
-    /// cluster, which needs Debian's etcd-server). "auto": 2pc and saga, and for
-    /// coordinator-failover and etcd-member-loss the etcd variants too. A scenario is skipped
-    /// under a variant it cannot run on (etcd-member-loss without etcd; partition and
-    /// message-loss, whose proxied link is a single coordinator's, with it).
+    /// What to run each scenario under, comma-separated: 2pc, saga, events (one coordinator,
+    /// its own sled log), 2pc-etcd, saga-etcd, events-etcd (three coordinators over a
+    /// three-member etcd cluster, which needs Debian's etcd-server). "auto": 2pc, saga and
+    /// events, and for coordinator-failover and etcd-member-loss the etcd variants too. A
+    /// scenario is skipped under a variant it cannot run on (etcd-member-loss without etcd;
+    /// partition and message-loss, whose proxied link is a single coordinator's, with it).
     #[arg(long, default_value = "auto")]
     protocols: String,
+    /// Share of transfers whose destination refuses the credit (a closed account): 2PC votes
+    /// NO, a saga compensates, the events protocol refunds.
+    #[arg(long, default_value_t = 0.05)]
+    refusal_share: f64,
     /// Test the checker: plant this violation into a participant's database once each run
     /// is quiet, before the checks (the run must then fail).
     #[arg(long, value_enum, hide = true)]
@@ -89,6 +101,9 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         duration: Duration::from_secs(args.duration),
         clients: args.clients.max(1),
         auditors: args.auditors,
+        composed_readers: args.composed_readers,
+        readmodel_readers: args.readmodel_readers,
+        refusal_share: args.refusal_share.clamp(0.0, 1.0),
         participants: args.participants,
         accounts: args.accounts,
         overdraft_share: 0.1,
@@ -103,7 +118,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                 .map(|p| {
                     compare::Variant::parse(p).with_context(|| {
                         format!(
-                            "--protocols: unknown protocol {p:?}; known: 2pc, saga, 2pc-etcd, saga-etcd, auto"
+                            "--protocols: unknown protocol {p:?}; known: 2pc, saga, events, 2pc-etcd, saga-etcd, \
+                             events-etcd, auto"
                         )
                     })
                 })
@@ -154,6 +170,10 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     }
     bar.finish_and_clear();
     println!("{}", txn_tests::report::table(&runs));
+    println!("{}", txn_tests::report::read_paths_table(&runs));
+    if runs.iter().any(|r| r.events.is_some()) {
+        println!("{}", txn_tests::report::events_table(&runs));
+    }
     txn_tests::report::write_all(&args.out, &runs, &cfg)?;
     println!(
         "wrote {0}/report.json, {0}/report.md and {0}/throughput.svg",
@@ -162,7 +182,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let failures: Vec<_> = runs.iter().filter(|r| r.is_failure()).collect();
     if failures.is_empty() {
         println!(
-            "no run broke a guarantee it must keep (atomicity at every participant, nothing acknowledged lost, no aborted txn applied, one effect per saga step, nothing unresolved, total conserved)"
+            "no run broke a guarantee it must keep (atomicity at every participant, nothing acknowledged lost, no aborted txn applied, one effect per saga step, every change with its event and no event lost, every transfer settled with each effect once, the read model equal to the participants, nothing unresolved, total conserved)"
         );
         Ok(true)
     } else {

@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// Share of transfers that overdraw and must abort (0..1).
     #[arg(long, default_value_t = 0.1)]
     overdraft_share: f64,
+    /// Share of transfers whose credit the destination refuses (a closed account), so that
+    /// 2PC aborts them, sagas compensate them and the events protocol refunds them (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    refusal_share: f64,
     /// Seed of the workload's random choices (printed, so a run can be replayed).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -80,6 +84,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         transfers: usize::MAX,
         duration: Duration::from_secs(args.duration),
         overdraft_share: args.overdraft_share,
+        refusal_share: args.refusal_share,
         seed: args.seed,
         protocol,
         local: false,
