@@ -28,4 +28,5 @@ if ! have_etcd; then
     exit 1
   fi
 fi
+"${ETCD_BIN:-etcd}" --version 2>/dev/null | head -1 || true
 exec cargo test --workspace "$@"

@@ -82,11 +82,11 @@ fn saga_barriers_expire_safely() {
     let mut required = vec!["completes", "compensates an executed step"];
     required.extend(EXPIRY);
     let states = check(Plan::new(3, false).with_expiry(), &required);
-    assert_eq!(states, 5_778);
+    assert_eq!(states, 5_959);
     let mut required = vec!["compensates an executed step"];
     required.extend(EXPIRY);
     let states = check(Plan::new(3, true).with_expiry(), &required);
-    assert_eq!(states, 6_530);
+    assert_eq!(states, 6_740);
 }
 
 /// Planted: a participant drops an ended saga's barriers as soon as it hears the saga ended,

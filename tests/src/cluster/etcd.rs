@@ -32,7 +32,7 @@ pub fn etcd_binary() -> anyhow::Result<PathBuf> {
         }
     }
     bail!(
-        "etcd not found: install Debian's etcd-server (apt-get install etcd-server; .ci/run does) \
+        "etcd not found: install Debian's etcd-server (apt-get install etcd-server; scripts/test.sh does) \
          or set ETCD_BIN"
     )
 }
