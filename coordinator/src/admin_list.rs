@@ -253,7 +253,9 @@ impl AdminService {
             } else {
                 Vec::new()
             };
-            let done = chunk.len() < SAGA_SCAN_CHUNK.min(budget);
+            // Only an empty chunk ends a phase: over etcd, a chunk may come back short before
+            // the end (this instance's pending deletes are merged into etcd's answer).
+            let done = chunk.is_empty();
             for (key, bytes) in &chunk {
                 budget -= 1;
                 let rec: SagaRecord = self.check(record::decode(key, bytes).map_err(Into::into))?;

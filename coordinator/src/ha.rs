@@ -146,6 +146,11 @@ impl Coordinator {
                         .as_ref()
                         .is_none_or(|k| k.iter().any(|e| !live.contains(e)));
                     if someone_left || last_sweep.elapsed() >= ADOPTION_SWEEP_INTERVAL {
+                        if someone_left && known.is_some() {
+                            // A gone instance's end notices (`sn/`) are read again from the
+                            // log: participants take a notice sent twice idempotently.
+                            self.sagas.notices.rescan_soon();
+                        }
                         match self.adopt_orphans(&live).await {
                             Ok(()) => {
                                 last_sweep = Instant::now();

@@ -46,7 +46,7 @@ use txn_types::unix_ms;
 use crate::context::Context;
 use crate::dedup::{ClientKeys, ClientTag, client_key, saga_answer};
 use crate::error::CoordError;
-use crate::log::CoordLog;
+use crate::log::{CoordLog, MAX_LOG_BATCH_OPS};
 use crate::saga_driver::SagaDriver;
 
 /// Notices waiting for one participant's EndSagas task; beyond it they wait in the log.
@@ -182,7 +182,8 @@ impl EndNotices {
                 .gc
                 .scan_page(SAGA_END_NOTICE_PREFIX, &start, END_NOTICE_SCAN_PAGE)
                 .await?;
-            let full = page.len() == END_NOTICE_SCAN_PAGE;
+            // A page may come back short before the end (a log that merges its own pending
+            // deletes into etcd's answer): only an empty page ends the scan.
             for (key, bytes) in &page {
                 let saga = id_after(SAGA_END_NOTICE_PREFIX, key)?;
                 let notice = decode_end_notice(key, bytes)?;
@@ -193,10 +194,16 @@ impl EndNotices {
                 queued += 1;
             }
             match page.last() {
-                Some((last, _)) if full => start = [last.as_slice(), b"\0"].concat(),
-                _ => return Ok(queued),
+                Some((last, _)) => start = [last.as_slice(), b"\0"].concat(),
+                None => return Ok(queued),
             }
         }
+    }
+
+    /// Asks for a read of the log at the next rescan, as after an overflow: for the notices
+    /// of a coordinator that is gone.
+    pub(crate) fn rescan_soon(&self) {
+        self.overflowed.store(true, Ordering::Relaxed);
     }
 
     /// Reads the log again every [`END_NOTICE_RESCAN`] while some notice did not fit.
@@ -280,12 +287,19 @@ impl Context {
                 .await,
         )?;
         let (due, more) = self.check(due_in_page(page, cutoff, SAGA_SWEEP_PAGE))?;
+        // One saga's key answer and its drops go in one batch; batches stay within what the
+        // log takes at once (etcd refuses a transaction of more operations).
         let mut batch = WriteBatch::default();
         for d in &due {
+            let mut one = WriteBatch::default();
             if let Some(rec) = self.saga(&d.id).await? {
-                crate::dedup::answer_key_from_log(self, &mut batch, &d.id, &rec).await?;
+                crate::dedup::answer_key_from_log(self, &mut one, &d.id, &rec).await?;
             }
-            d.drop(&mut batch);
+            d.drop(&mut one);
+            if batch.ops.len() + one.ops.len() > MAX_LOG_BATCH_OPS {
+                self.check(self.gc.write_lazy(std::mem::take(&mut batch)))?;
+            }
+            batch.append(one);
         }
         if !batch.is_empty() {
             self.check(self.gc.write_lazy(batch))?;
@@ -362,13 +376,22 @@ impl SagaDriver {
     /// Picks up a saga this coordinator just took over from a gone one: drives it on if it
     /// was running or compensating, keeps it parked, or finishes what its end left undone.
     pub(crate) async fn adopted(self: &Arc<Self>, saga: Saga) -> Result<(), CoordError> {
+        let id = TxnId::parse("saga_id", saga.id())?;
         match saga.state() {
-            SagaState::Running | SagaState::Compensating => self.spawn_saga(saga),
+            SagaState::Running | SagaState::Compensating => {
+                self.track(&id, saga.state());
+                self.spawn_saga(saga)
+            }
             SagaState::Parked => {
-                self.track(&TxnId::parse("saga_id", saga.id())?, SagaState::Parked);
+                self.track(&id, SagaState::Parked);
                 Ok(())
             }
-            _ => self.finish(&saga, None).await,
+            _ => {
+                // Ended but still in the unfinished log (written by an older version): the
+                // write that ends it moves it out, indexes it for expiry and sends its notice.
+                self.persist_saga(&saga, true).await?;
+                self.finish(&saga, None).await
+            }
         }
     }
 

@@ -291,7 +291,11 @@ impl Participant {
         use txn_participant_core::keys::{
             DATA_PREFIX, EXPIRY_PREFIX, OUTCOME_PREFIX, PREPARED_PREFIX,
         };
+        use txn_participant_core::outbox::{CONSUMER_PREFIX, EVENT_PREFIX};
         use txn_participant_core::saga::{BARRIER_EXPIRY_PREFIX, BARRIER_PREFIX};
+        use txn_participant_core::transfer::{
+            IN_FLIGHT_PREFIX, INBOX_PREFIX, TRANSFER_EXPIRY_PREFIX, TRANSFER_PREFIX,
+        };
         txn_server::serve::count_records(
             self.store(),
             &[
@@ -301,6 +305,12 @@ impl Participant {
                 EXPIRY_PREFIX,
                 BARRIER_PREFIX,
                 BARRIER_EXPIRY_PREFIX,
+                EVENT_PREFIX,
+                CONSUMER_PREFIX,
+                TRANSFER_PREFIX,
+                IN_FLIGHT_PREFIX,
+                TRANSFER_EXPIRY_PREFIX,
+                INBOX_PREFIX,
             ],
         )
     }

@@ -46,6 +46,7 @@ async fn a_minute_of_load_levels_off_and_leaves_only_data_behind() -> anyhow::Re
             "--saga-timeout-ms".into(),
             "1000".into(),
         ],
+        participant_args: vec!["--event-retention-secs".into(), "1".into()],
         ..Default::default()
     })
     .await?;

@@ -44,6 +44,10 @@ pub struct SoakArgs {
     /// The coordinator's --saga-retention-secs; default: the service's own.
     #[arg(long)]
     saga_retention_secs: Option<u64>,
+    /// The participants' --event-retention-secs (events every consumer has acknowledged; with
+    /// no consumer, every durable event); default: the service's own.
+    #[arg(long)]
+    event_retention_secs: Option<u64>,
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -82,10 +86,15 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
             .map_or("the coordinator's default".to_owned(), |s| format!("{s} s")),
         args.seed
     );
+    let participant_args = match args.event_retention_secs {
+        Some(secs) => vec!["--event-retention-secs".to_owned(), secs.to_string()],
+        None => Vec::new(),
+    };
     let mut cluster = Cluster::start(ClusterOptions {
         participants: args.participants,
         outcome_retention_secs: outcome_retention,
         coordinator_args,
+        participant_args,
         dir: Some(args.out.join("cluster")),
         ..Default::default()
     })
@@ -179,6 +188,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         "max_growth_pct": args.max_growth_pct,
         "outcome_retention_secs": outcome_retention,
         "saga_retention_secs": args.saga_retention_secs,
+        "event_retention_secs": args.event_retention_secs,
         "answered_per_s_after_warmup": reached,
         "committed_per_s_after_warmup": committed as f64 / span,
         "shed_after_warmup": shed,
