@@ -29,10 +29,12 @@ pub use process::{Proc, READY_TIMEOUT};
 
 use binaries::binary;
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, drawn at random below the kernel's ephemeral
+/// range (see [`BLOCK_PORTS`]): a port the kernel handed out (port 0) could be taken by some
+/// outgoing connection's local end between this check and the node's bind, which a CI run
+/// hit ("Address already in use" at a coordinator's start).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    free_port_block(1)
 }
 
 /// Lowest and highest first port of [`free_port_block`]: below Linux's default ephemeral range
